@@ -1,0 +1,104 @@
+"""What every bench shares: its own cluster when no URL is given, result files, plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cogs.catalog import Catalog
+from cogs.cluster import LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from cogs.errors import CatalogMismatch
+
+Progress = Callable[[str], None]
+RESULTS_DIR = Path("bench") / "results"
+BENCH_CATALOG = Path(__file__).resolve().parents[1] / "catalogs" / "bench.toml"
+
+
+def noop(_: str) -> None:
+    pass
+
+
+@contextmanager
+def bench_cluster(url: str | None, progress: Progress, masters: int = 3) -> Iterator[str]:
+    """A coordinator URL running the bench catalog: the given one, or a fresh local cluster.
+
+    A given coordinator must already store the bench states (``cogs catalog load
+    cogs/catalogs/bench.toml``): a bench never replaces someone's catalog.
+    """
+    catalog = Catalog.from_file(BENCH_CATALOG)
+    if url:
+
+        async def verify() -> None:
+            async with Coordinator(url=url) as co:
+                stored, _ = await co.stored_catalog()
+                missing = [s.name for s in catalog if s.name not in stored]
+                if missing:
+                    raise CatalogMismatch(
+                        f"the coordinator at {url} lacks the bench states {missing}: "
+                        f"load them with `cogs catalog load {BENCH_CATALOG}` or run without --url"
+                    )
+
+        anyio.run(verify)
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="cogs-bench-") as d:
+        lc = LocalCluster(port=free_port_base(masters), masters=masters, dir=Path(d))
+        progress(f"starting a {masters}-primary cluster on ports {lc.ports[0]}-{lc.ports[-1]}")
+        lc.up()
+        try:
+
+            async def load() -> None:
+                async with Coordinator(url=lc.url) as co:
+                    await co.load_library(catalog)
+
+            anyio.run(load)
+            yield lc.url
+        finally:
+            lc.down()
+
+
+def environment() -> dict[str, Any]:
+    try:
+        redis_v = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        redis_v = "?"
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "redis_server": redis_v,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str, out: Path | None) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` (or ``out`` and its .md sibling)."""
+    path = out or (RESULTS_DIR / f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown)
+    return path
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"

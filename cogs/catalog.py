@@ -1,0 +1,264 @@
+"""The state catalog: every global state an NF cluster uses, declared in TOML.
+
+    [states.scan_ports]           # name
+    class = "trigger"             # trigger | direct | indirect
+    type = "set"                  # a type of the Lua library (int, string, set, map, hll, ...)
+    window = "5m"                 # trigger states: reset this long after creation
+    checker = "cardinality"       # run at the coordinator after every update
+    params = { threshold = 15 }
+
+The catalog is compiled into the Lua library (see coordinator/library.py), so what
+the coordinator stores is exactly what every proxy and every script agree on; its
+digest travels with every batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from cogs.coordinator.library import LibrarySpec, canonical_json, library_spec
+from cogs.errors import CatalogError
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(v: object) -> int | None:
+    """Seconds (number) or a string with a unit (``250ms``, ``30s``, ``5m``) -> ms."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError("a duration cannot be a boolean")
+    if isinstance(v, int | float):
+        ms = float(v) * 1000
+    elif isinstance(v, str) and (m := _DURATION_RE.match(v)):
+        ms = float(m[1]) * _UNITS[m[2] or "s"]
+    else:
+        raise ValueError(f"{v!r} is not a duration (use seconds or e.g. '250ms', '30s', '5m', '1h')")
+    if ms < 1 or ms > 366 * _UNITS["d"]:
+        raise ValueError(f"{v!r} is out of range (1 ms to 366 days)")
+    return int(ms)
+
+
+Duration = Annotated[int | None, BeforeValidator(parse_duration)]
+
+
+class StateSpec(BaseModel):
+    """One catalog entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=NAME_RE.pattern)
+    state_class: Literal["trigger", "direct", "indirect"] = Field(alias="class")
+    type: str = "blob"
+    mode: Literal["singleton", "replica"] = "singleton"
+    window: Duration = None
+    ttl: Duration = None
+    checker: str | None = None
+    params: dict[str, int | float | str] = Field(default_factory=dict)
+    max_bytes: int = Field(1 << 20, ge=1, le=512 << 20)
+    max_items: int | None = Field(None, ge=1)
+    description: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        """What the Lua library is told about this state (canonical JSON)."""
+        return {
+            "name": self.name,
+            "class": self.state_class,
+            "type": self.type,
+            "mode": self.mode,
+            "window_ms": self.window,
+            "ttl_ms": self.ttl,
+            "checker": self.checker,
+            "params": self.params,
+            "max_bytes": self.max_bytes,
+            "max_items": self.max_items,
+        }
+
+
+class Catalog:
+    """A validated set of states; index order (by name) is the wire order."""
+
+    def __init__(self, states: list[StateSpec], spec: LibrarySpec) -> None:
+        self.states: tuple[StateSpec, ...] = tuple(sorted(states, key=lambda s: s.name))
+        self.spec = spec
+        self._index = {s.name: i + 1 for i, s in enumerate(self.states)}
+
+    def __iter__(self) -> Iterator[StateSpec]:
+        return iter(self.states)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def index(self, name: str) -> int:
+        """1-based wire index of ``name``."""
+        return self._index[name]
+
+    def get(self, name: str) -> StateSpec:
+        return self.states[self._index[name] - 1]
+
+    @cached_property
+    def json(self) -> str:
+        return canonical_json({"states": [s.wire() for s in self.states]})
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.json.encode()).hexdigest()[:16]
+
+    # -- loading -------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], spec: LibrarySpec | None = None, source: str = "catalog"
+    ) -> Catalog:
+        spec = spec or library_spec()
+        problems: list[str] = []
+        unknown = sorted(set(data) - {"states", "description"})
+        if unknown:
+            problems.append(f"unknown top-level key(s) {unknown}; expected [states.<name>] tables")
+        raw = data.get("states", {})
+        if not isinstance(raw, Mapping) or not raw:
+            problems.append("no states: declare at least one [states.<name>] table")
+            raw = {}
+        states: list[StateSpec] = []
+        for name, entry in raw.items():
+            if not isinstance(entry, Mapping):
+                problems.append(f"state {name!r}: must be a table, got {type(entry).__name__}")
+                continue
+            try:
+                st = StateSpec.model_validate({**entry, "name": name})
+            except ValidationError as e:
+                for err in e.errors():
+                    loc = ".".join(str(p) for p in err["loc"])
+                    problems.append(f"state {name!r}: {loc}: {err['msg']}")
+                continue
+            found = _semantic_problems(st, spec)
+            problems += [f"state {name!r}: {p}" for p in found]
+            if not found:
+                states.append(st.model_copy(update={"params": _with_defaults(st, spec)}))
+        if problems:
+            raise CatalogError(problems, source)
+        return cls(states, spec)
+
+    @classmethod
+    def from_toml(cls, text: str, spec: LibrarySpec | None = None, source: str = "catalog") -> Catalog:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise CatalogError([f"not valid TOML: {e}"], source) from e
+        return cls.from_mapping(data, spec, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path, spec: LibrarySpec | None = None) -> Catalog:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise CatalogError([f"cannot read: {e.strerror}"], str(p)) from e
+        return cls.from_toml(text, spec, str(p))
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any], spec: LibrarySpec | None = None) -> Catalog:
+        """Rebuild from the canonical form the coordinator stores (``cogs_info``)."""
+        states: dict[str, dict[str, Any]] = {}
+        for s in obj["states"]:
+            entry = {k: v for k, v in s.items() if v is not None and k != "name"}
+            for ms_key, key in (("window_ms", "window"), ("ttl_ms", "ttl")):
+                if ms_key in entry:
+                    entry[key] = f"{entry.pop(ms_key)}ms"
+            if not entry.get("params"):
+                entry.pop("params", None)
+            states[s["name"]] = entry
+        return cls.from_mapping({"states": states}, spec, "stored catalog")
+
+
+def catalog_diff(stored: Catalog, given: Catalog) -> str:
+    """One line saying how two catalogs differ."""
+    a = {s.name: s.wire() for s in stored}
+    b = {s.name: s.wire() for s in given}
+    parts = []
+    if only := sorted(set(a) - set(b)):
+        parts.append(f"only stored: {', '.join(only)}")
+    if only := sorted(set(b) - set(a)):
+        parts.append(f"only given: {', '.join(only)}")
+    for name in sorted(set(a) & set(b)):
+        fields = sorted(k for k in a[name] if a[name][k] != b[name][k])
+        if fields:
+            parts.append(f"{name} differs in {', '.join(fields)}")
+    return "; ".join(parts) or "same states, different encoding"
+
+
+def _semantic_problems(st: StateSpec, spec: LibrarySpec) -> list[str]:
+    """Checks that need the library: types, checkers and their params."""
+    out: list[str] = []
+    if st.state_class == "indirect":
+        if st.type != "blob":
+            out.append(
+                f"indirect states hold opaque values on middleboxes: type must be 'blob', not {st.type!r}"
+            )
+    elif st.type not in spec.types:
+        out.append(f"type {st.type!r} is not in the library (known: {', '.join(sorted(spec.types))})")
+    if st.state_class == "trigger":
+        if st.mode != "singleton":
+            out.append("trigger states are centralized: mode must be 'singleton'")
+        if st.ttl is not None:
+            out.append("trigger states take 'window' (reset after creation), not 'ttl'")
+    else:
+        if st.window is not None:
+            out.append(f"'window' is for trigger states; {st.state_class} states take 'ttl' (idle expiry)")
+        if st.checker is not None:
+            out.append(f"checkers run on trigger states only, not on {st.state_class} states")
+    if st.checker is None:
+        if st.params:
+            out.append("'params' given without a checker")
+        return out
+    chk = spec.checkers.get(st.checker)
+    if chk is None:
+        out.append(
+            f"checker {st.checker!r} is not in the library (known: {', '.join(sorted(spec.checkers))})"
+        )
+        return out
+    if st.type not in chk.types:
+        out.append(f"checker {st.checker!r} works on {', '.join(chk.types)} states, not {st.type!r}")
+    if "window" in chk.needs and st.window is None:
+        out.append(f"checker {st.checker!r} needs a 'window' on its state")
+    declared = {p.name: p for p in chk.params}
+    for name in sorted(set(st.params) - set(declared)):
+        out.append(f"checker {st.checker!r} has no parameter {name!r} (has: {', '.join(declared)})")
+    for p in chk.params:
+        if p.name not in st.params:
+            if p.required:
+                out.append(f"checker {st.checker!r} needs parameter {p.name!r} ({p.kind})")
+            continue
+        v = st.params[p.name]
+        ok = (
+            (p.kind == "int" and isinstance(v, int) and not isinstance(v, bool))
+            or (p.kind == "number" and isinstance(v, int | float) and not isinstance(v, bool))
+            or (p.kind == "string" and isinstance(v, str))
+        )
+        if not ok:
+            out.append(f"checker parameter {p.name!r} must be {p.kind}, got {v!r}")
+    return out
+
+
+def _with_defaults(st: StateSpec, spec: LibrarySpec) -> dict[str, int | float | str]:
+    """Checker parameters with the checker's declared defaults filled in (Lua reads them all)."""
+    if st.checker is None:
+        return {}
+    full = dict(st.params)
+    for p in spec.checkers[st.checker].params:
+        if p.default is not None:
+            full.setdefault(p.name, p.default)
+    return full

@@ -1,0 +1,372 @@
+"""A local coordinator: real ``redis-server`` processes on loopback formed into a cluster.
+
+``cogs cluster up`` starts the nodes with the shared config (``cogs/redis.conf``,
+also used by compose.yaml), forms the cluster (:func:`form_cluster`, also what the
+compose init service runs through ``cogs cluster create``), waits for
+``cluster_state:ok`` and loads the Lua library on every primary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cogs.errors import ClusterError
+from cogs.keys import SLOTS
+from cogs.settings import DEFAULT_PORT
+
+CONFIG_PATH = Path(__file__).with_name("redis.conf")
+INSTALL_HINT = (
+    "redis-server is not installed: on Debian/Ubuntu run `sudo apt-get install -y redis-server` "
+    "(the README's setup command does it for you), or put redis-server 7+ on PATH"
+)
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    port: int
+    running: bool
+    role: str = "-"
+    slots: int = 0
+    keys: int = 0
+    memory: str = "-"
+    state: str = "-"
+    error: str = ""
+
+
+def redis_server() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ClusterError(INSTALL_HINT)
+    return exe
+
+
+def _client(host: str, port: int, **kw: Any) -> redis.Redis:
+    # no client-side retries: the launcher polls on its own, and a retried SHUTDOWN
+    # would spend seconds reconnecting to a node that is gone
+    return redis.Redis(
+        host=host, port=port, socket_timeout=5, socket_connect_timeout=2,
+        retry=Retry(NoBackoff(), 0), **kw,
+    )  # fmt: skip
+
+
+def _wait(what: str, test: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if test():
+                return
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            pass
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def form_cluster(
+    addrs: Sequence[tuple[str, int]],
+    replicas: int = 0,
+    *,
+    timeout: float = 30.0,
+    progress: Progress = _quiet,
+    client_kw: dict[str, Any] | None = None,
+) -> None:
+    """Make a cluster of empty nodes: the first ``len/(1+replicas)`` become primaries
+    splitting the slots evenly, the rest replicate them in turn. Idempotent: a formed
+    cluster is left alone."""
+    kw = client_kw or {}
+    clients = [_client(h, p, **kw) for h, p in addrs]
+    try:
+        n_masters, rem = divmod(len(addrs), 1 + replicas)
+        if rem or n_masters < 1:
+            raise ClusterError(f"{len(addrs)} nodes cannot make primaries with {replicas} replica(s) each")
+        _wait("the nodes to answer", lambda: all(c.ping() for c in clients), timeout)
+        if _cluster_ok(clients, len(addrs)):
+            progress("cluster already formed")
+            return
+        masters, slaves = clients[:n_masters], clients[n_masters:]
+        for i, c in enumerate(masters):
+            a, b = i * SLOTS // n_masters, (i + 1) * SLOTS // n_masters - 1
+            if not _my_slots(c):
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
+        progress(f"assigned {SLOTS} slots to {n_masters} primaries")
+        host0, port0 = addrs[0]
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", host0, port0)
+        _wait(
+            "all nodes to meet",
+            lambda: all(_known(c) >= len(addrs) for c in clients),
+            timeout,
+        )
+        ids = [c.execute_command("CLUSTER", "MYID") for c in masters]
+        for j, c in enumerate(slaves):
+            target = ids[j % n_masters]
+            target = target.decode() if isinstance(target, bytes) else target
+            _wait("replica to see its primary", functools.partial(_knows, c, target), timeout)
+            c.execute_command("CLUSTER", "REPLICATE", target)
+        if slaves:
+            progress(f"attached {len(slaves)} replica(s)")
+        _wait("cluster_state:ok on every node", lambda: _cluster_ok(clients, len(addrs)), timeout)
+        if slaves:
+            _wait(
+                "replicas to sync",
+                lambda: all(c.info("replication").get("master_link_status") == "up" for c in slaves),
+                timeout,
+            )
+        progress("cluster_state:ok")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _info(c: redis.Redis) -> dict[str, str]:
+    raw = c.execute_command("CLUSTER", "INFO")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+def _known(c: redis.Redis) -> int:
+    return int(_info(c)["cluster_known_nodes"])
+
+
+def _knows(c: redis.Redis, node_id: str) -> bool:
+    raw = c.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return node_id in text
+
+
+def _cluster_ok(clients: Sequence[redis.Redis], n: int) -> bool:
+    for c in clients:
+        info = _info(c)
+        if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < n:
+            return False
+        if int(info["cluster_slots_assigned"]) != SLOTS:
+            return False
+    return True
+
+
+@dataclass
+class LocalCluster:
+    """Redis nodes on 127.0.0.1 ports ``port .. port+N-1`` with data under ``dir``."""
+
+    port: int = DEFAULT_PORT
+    masters: int = 3
+    replicas: int = 0
+    dir: Path | None = None
+    host: str = "127.0.0.1"
+    extra_args: tuple[str, ...] = ()
+    _meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dir is None:
+            self.dir = Path(".cogs") / f"cluster-{self.port}"
+        self.dir = Path(self.dir).resolve()
+        if self.masters < 1 or self.replicas < 0:
+            raise ClusterError("need at least 1 primary and 0 or more replicas per primary")
+        if not 1024 <= self.port <= 65535 - 10000 - self.size:
+            raise ClusterError(f"port {self.port} out of range (cluster bus ports are port+10000)")
+
+    @property
+    def size(self) -> int:
+        return self.masters * (1 + self.replicas)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port + i for i in range(self.size)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+    def node_dir(self, port: int) -> Path:
+        assert self.dir is not None
+        return self.dir / str(port)
+
+    def _pid(self, port: int) -> int | None:
+        try:
+            pid = int((self.node_dir(port) / "redis.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start_node(self, port: int) -> None:
+        d = self.node_dir(port)
+        d.mkdir(parents=True, exist_ok=True)
+        if self._pid(port):
+            return
+        cmd = [
+            redis_server(), str(CONFIG_PATH),
+            "--port", str(port), "--bind", self.host, "--dir", str(d),
+            "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise ClusterError(
+                f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}"
+            )
+        try:
+            _wait(f"redis-server on port {port}", lambda: _client(self.host, port).ping(), 10)
+        except ClusterError as e:
+            log = (d / "redis.log").read_text()[-800:] if (d / "redis.log").exists() else ""
+            raise ClusterError(f"{e}; log tail:\n{log}") from e
+
+    def up(self, *, progress: Progress = _quiet, timeout: float = 60.0) -> str:
+        """Start (or resume) the nodes and form the cluster; returns the seed URL."""
+        assert self.dir is not None
+        redis_server()
+        busy = [p for p in self.ports if not self._pid(p) and _port_busy(self.host, p)]
+        if busy:
+            raise ClusterError(f"port(s) {busy} already in use by another process; pick another --port")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "cluster.json").write_text(
+            json.dumps(
+                {
+                    "port": self.port,
+                    "masters": self.masters,
+                    "replicas": self.replicas,
+                    "host": self.host,
+                }
+            )
+        )
+        for p in self.ports:
+            self.start_node(p)
+        progress(f"started {self.size} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}")
+        form_cluster([(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress)
+        return self.url
+
+    def stop_node(self, port: int, *, hard: bool = False) -> None:
+        """Stop one node: SHUTDOWN (AOF flushed), or SIGKILL with ``hard`` (a crash)."""
+        pid = self._pid(port)
+        if pid is None:
+            return
+        if hard:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
+                _client(self.host, port).execute_command("SHUTDOWN")
+        # Redis removes its pidfile just before exiting: also wait for the port to close
+        deadline = time.monotonic() + 10
+        while (_alive(pid) or _port_busy(self.host, port)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+    def down(self, *, purge: bool = False) -> None:
+        for p in self.ports:
+            self.stop_node(p)
+        if purge and self.dir is not None and self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def status(self) -> list[NodeStatus]:
+        out = []
+        for p in self.ports:
+            if not self._pid(p):
+                out.append(NodeStatus(p, False))
+                continue
+            try:
+                c = _client(self.host, p)
+                info = c.info()
+                cinfo = _info(c)
+                slots = sum(b - a + 1 for a, b in _my_slots(c))
+                out.append(
+                    NodeStatus(
+                        p,
+                        True,
+                        role=str(info.get("role", "?")),
+                        slots=slots,
+                        keys=int(c.dbsize()),
+                        memory=str(info.get("used_memory_human", "?")),
+                        state=cinfo.get("cluster_state", "?"),
+                    )
+                )
+            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError) as e:
+                out.append(NodeStatus(p, True, error=str(e)))
+        return out
+
+    @classmethod
+    def from_dir(cls, port: int, dir: Path | None = None) -> LocalCluster:
+        """The cluster started earlier with this port/dir (reads its cluster.json)."""
+        probe = cls(port=port, dir=dir)
+        assert probe.dir is not None
+        meta = probe.dir / "cluster.json"
+        if not meta.exists():
+            return probe
+        m = json.loads(meta.read_text())
+        return cls(port=port, masters=m["masters"], replicas=m["replicas"], dir=probe.dir, host=m["host"])
+
+
+def _my_slots(c: redis.Redis) -> list[tuple[int, int]]:
+    myid = c.execute_command("CLUSTER", "MYID")
+    myid = myid.decode() if isinstance(myid, bytes) else myid
+    out = []
+    for entry in c.execute_command("CLUSTER", "SLOTS"):
+        nid = entry[2][2]
+        if (nid.decode() if isinstance(nid, bytes) else nid) == myid:
+            out.append((int(entry[0]), int(entry[1])))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _port_busy(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port_base(n: int, start: int = 20000, stop: int = 40000, host: str = "127.0.0.1") -> int:
+    """A port p such that p..p+n-1 and their cluster bus ports (+10000) are all free."""
+    import random
+
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    for _ in range(200):
+        base = rng.randrange(start, stop - n)
+        ports = [base + i for i in range(n)] + [base + 10000 + i for i in range(n)]
+        if not any(_port_busy(host, p) or not _bindable(host, p) for p in ports):
+            return base
+    raise ClusterError(f"no {n} free consecutive ports found in {start}-{stop}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

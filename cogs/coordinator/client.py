@@ -1,0 +1,258 @@
+"""The connection to the coordinator: one client per primary, the slot map, the library.
+
+Everything that talks to Redis goes through :class:`Coordinator`, and Redis errors
+become cogs errors here, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from cogs.catalog import Catalog, catalog_diff
+from cogs.coordinator.library import Library, LibrarySpec, assemble, library_spec
+from cogs.coordinator.topology import Topology
+from cogs.errors import (
+    BadFrame,
+    CatalogMismatch,
+    CogsError,
+    CoordinatorUnavailable,
+    LibraryOutdated,
+)
+from cogs.keys import alert_stream
+from cogs.settings import CogsSettings, load_settings
+
+_BATCH = "cogs_batch"
+_INFO = "cogs_info"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReply:
+    """What one ``cogs_batch`` call returned: per-op errors and results by op index."""
+
+    applied: int
+    errors: dict[int, str]
+    results: dict[int, Any]
+
+
+@dataclass(frozen=True)
+class NodeLibrary:
+    addr: str
+    version: str | None
+    catalog_digest: str | None
+    error: str | None = None
+
+
+def _pairs(flat: list[Any]) -> dict[int, Any]:
+    return {int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def parse_reply(raw: list[Any]) -> BatchReply:
+    errs = {i: (m.decode() if isinstance(m, bytes) else str(m)) for i, m in _pairs(raw[1]).items()}
+    return BatchReply(int(raw[0]), errs, _pairs(raw[2]))
+
+
+class Coordinator:
+    """Async connection to a Redis Cluster (or one Redis) running the cogs library.
+
+    Use as ``async with Coordinator(settings) as coord:``. ``topology`` maps slots to
+    primaries; ``call_batch`` sends one batch to one primary.
+    """
+
+    def __init__(self, settings: CogsSettings | None = None, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.topology: Topology | None = None
+        self._clients: dict[str, aioredis.Redis] = {}
+        self._seed_pool: aioredis.ConnectionPool | None = None
+        self.spec: LibrarySpec = library_spec(self.settings.lua_paths)
+
+    # -- connection ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Coordinator:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        s = self.settings
+        try:
+            self._seed_pool = aioredis.ConnectionPool.from_url(s.url, **s.connection_kwargs())
+        except ValueError as e:
+            raise CoordinatorUnavailable(f"bad coordinator URL {s.url!r}: {e}") from e
+        await self.refresh()
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for c in clients.values():
+            await c.aclose()
+        if self._seed_pool is not None:
+            await self._seed_pool.disconnect()
+            self._seed_pool = None
+
+    def _client(self, host: str, port: int) -> aioredis.Redis:
+        addr = f"{host}:{port}"
+        c = self._clients.get(addr)
+        if c is None:
+            assert self._seed_pool is not None, "connect() first"
+            kw = {**self._seed_pool.connection_kwargs, "host": host, "port": port}
+            pool = aioredis.ConnectionPool(connection_class=self._seed_pool.connection_class, **kw)
+            c = self._clients[addr] = aioredis.Redis(connection_pool=pool)
+        return c
+
+    async def refresh(self) -> Topology:
+        """(Re)read the slot map from the seed or any node known so far."""
+        assert self._seed_pool is not None, "connect() first"
+        seed_kw = self._seed_pool.connection_kwargs
+        seed_host, seed_port = seed_kw.get("host", "127.0.0.1"), int(seed_kw.get("port", 6379))
+        candidates = [(seed_host, seed_port)]
+        if self.topology:
+            candidates += [(n.host, n.port) for n in self.topology.nodes]
+            candidates += [r for n in self.topology.nodes for r in n.replicas]
+        last: Exception | None = None
+        for host, port in dict.fromkeys(candidates):
+            try:
+                topo = await self._discover(self._client(host, port), host, port)
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError, CoordinatorUnavailable) as e:
+                last = e
+                continue
+            self.topology = topo
+            return topo
+        raise CoordinatorUnavailable(
+            f"no coordinator node answered at {self.settings.url} (last error: {last})"
+        ) from last
+
+    async def _discover(self, c: aioredis.Redis, host: str, port: int) -> Topology:
+        try:
+            info = await c.info("cluster")
+            if not info.get("cluster_enabled"):
+                return Topology.standalone(host, port)
+            return Topology.from_cluster_slots(await c.execute_command("CLUSTER", "SLOTS"), host)
+        except rexc.AuthenticationError as e:
+            raise CogsError(f"coordinator at {host}:{port} refused the credentials: {e}") from e
+        except rexc.ResponseError as e:
+            raise CoordinatorUnavailable(f"{host}:{port}: {e}") from e
+
+    def node_client(self, i: int) -> aioredis.Redis:
+        n = self._topo.nodes[i]
+        return self._client(n.host, n.port)
+
+    @property
+    def _topo(self) -> Topology:
+        if self.topology is None:
+            raise CoordinatorUnavailable("not connected: use `async with Coordinator(...)`")
+        return self.topology
+
+    def alert_stream(self, i: int) -> str:
+        """The alert stream that node ``i`` serves (the slot tag of its first slot)."""
+        return alert_stream(self._topo.nodes[i].first_slot)
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def call_batch(self, node: int, token: str, stream: str, payload: str | bytes) -> BatchReply:
+        """One ``FCALL cogs_batch`` on primary ``node``; Redis errors become cogs errors."""
+        n = self._topo.nodes[node]
+        try:
+            raw = await self._client(n.host, n.port).execute_command(
+                "FCALL", _BATCH, 0, token, stream, payload
+            )
+        except rexc.ResponseError as e:
+            raise _translate(e, n.addr) from e
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+            raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
+        return parse_reply(raw)
+
+    async def load_library(self, catalog: Catalog) -> Library:
+        """Assemble the library for ``catalog`` and load it on every primary."""
+        lib = assemble(self.spec, catalog.json, catalog.digest)
+
+        async def load(i: int) -> None:
+            n = self._topo.nodes[i]
+            try:
+                await self.node_client(i).function_load(lib.source, replace=True)
+            except rexc.ResponseError as e:
+                raise LibraryOutdated(f"node {n.addr} refused the library: {e}") from e
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+                raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(self._topo.nodes)):
+                tg.start_soon(load, i)
+        return lib
+
+    async def node_info(self, i: int) -> dict[str, Any]:
+        """The ``cogs_info`` of primary ``i`` (library version, catalog, types)."""
+        n = self._topo.nodes[i]
+        try:
+            raw = await self.node_client(i).execute_command("FCALL_RO", _INFO, 0)
+        except rexc.ResponseError as e:
+            raise _translate(e, n.addr) from e
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+            raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
+        info: dict[str, Any] = json.loads(raw)
+        return info
+
+    async def library_status(self) -> list[NodeLibrary]:
+        """Library version and catalog digest on every primary (None where missing)."""
+        out: list[NodeLibrary] = []
+        for i, n in enumerate(self._topo.nodes):
+            try:
+                info = await self.node_info(i)
+            except LibraryOutdated as e:
+                out.append(NodeLibrary(n.addr, None, None, str(e)))
+            else:
+                out.append(NodeLibrary(n.addr, info["version"], info["catalog_digest"]))
+        return out
+
+    async def stored_catalog(self, expected: Catalog | None = None) -> tuple[Catalog, str]:
+        """The catalog every primary runs, and the library token to send with batches.
+
+        Raises :class:`LibraryOutdated` when a node lacks the library, runs another
+        library version than this package, or nodes disagree; :class:`CatalogMismatch`
+        when ``expected`` differs from the stored catalog.
+        """
+        infos = [await self.node_info(i) for i in range(len(self._topo.nodes))]
+        tokens = {f"{x['version']}:{x['catalog_digest']}" for x in infos}
+        if len(tokens) > 1:
+            raise LibraryOutdated(
+                f"coordinator nodes run different cogs libraries {sorted(tokens)}: "
+                "reload it with `cogs catalog load`"
+            )
+        info = infos[0]
+        if info["version"] != self.spec.version:
+            raise LibraryOutdated(
+                f"coordinator runs cogs library {info['version']}, this process has "
+                f"{self.spec.version}: reload it with `cogs catalog load` (or upgrade this proxy)"
+            )
+        stored = Catalog.from_wire(info["catalog"], self.spec)
+        if expected is not None and expected.digest != stored.digest:
+            raise CatalogMismatch(
+                f"the catalog given ({expected.digest}) differs from the one the coordinator "
+                f"stores ({stored.digest}): {catalog_diff(stored, expected)}. Load it with "
+                "`cogs catalog load FILE` or start without a catalog to use the stored one."
+            )
+        return stored, f"{self.spec.version}:{stored.digest}"
+
+    @property
+    def nodes(self) -> Sequence[str]:
+        return [n.addr for n in self._topo.nodes]
+
+
+def _translate(e: rexc.ResponseError, addr: str) -> CogsError:
+    msg = str(e)
+    if msg.startswith("OUTDATED"):
+        return LibraryOutdated(f"node {addr}: {msg[9:]}")
+    if "Function not found" in msg or "Library not found" in msg:
+        return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run `cogs catalog load`")
+    if msg.startswith("BAD_FRAME"):
+        return BadFrame(f"node {addr}: {msg}")
+    if msg.startswith(("CLUSTERDOWN", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN")):
+        return CoordinatorUnavailable(f"node {addr}: {msg}")
+    return CogsError(f"node {addr}: {msg}")

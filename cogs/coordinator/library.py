@@ -1,0 +1,238 @@
+"""Assemble the Lua sources (lua/, checkers/) into one Redis Functions library.
+
+The library carries the state catalog, so every node runs exactly the states the
+catalog names and a proxy built for another catalog or library version is refused
+(the token check in lua/api.lua). Type and checker files open with a header
+(``-- update: add sub``) that tells the Python side their ops and parameters;
+adding a type or a checker is adding one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from cogs.errors import ConfigError
+
+LIBRARY_NAME = "cogs"
+_HEADER_LINE = re.compile(r"^--\s?(?:(?P<key>[a-z_-]+):(?P<value>.*)|(?P<cont>\s+.*))$")
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    name: str
+    update: tuple[str, ...]
+    retrieve: tuple[str, ...]
+    check: tuple[str, ...]
+    measure: tuple[str, ...]
+    whole: str = ""
+    coalesce: dict[str, str] = field(default_factory=dict)
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: str  # int | number | string
+    default: int | float | str | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+@dataclass(frozen=True)
+class CheckerSpec:
+    name: str
+    types: tuple[str, ...]
+    params: tuple[ParamSpec, ...]
+    needs: tuple[str, ...] = ()
+    alert: str = ""
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """What the Lua sources offer, read from their headers (no Redis needed)."""
+
+    types: dict[str, TypeSpec]
+    checkers: dict[str, CheckerSpec]
+    files: tuple[Path, ...]
+    version: str
+
+
+@dataclass(frozen=True)
+class Library:
+    """The assembled library for one catalog: source to FUNCTION LOAD and its token."""
+
+    source: str
+    version: str
+    catalog_digest: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.version}:{self.catalog_digest}"
+
+
+def source_dirs() -> tuple[Path, Path]:
+    """lua/ and checkers/: packaged in the wheel, or at the repository top."""
+    pkg = resources.files("cogs")
+    lua, chk = pkg / "_lua", pkg / "_checkers"
+    if lua.is_dir() and chk.is_dir():
+        return Path(str(lua)), Path(str(chk))
+    root = Path(__file__).resolve().parents[2]
+    lua_dir, chk_dir = root / "lua", root / "checkers"
+    if not lua_dir.is_dir():
+        raise ConfigError(f"cogs Lua sources not found (looked in {pkg}/_lua and {lua_dir})")
+    return lua_dir, chk_dir
+
+
+def parse_header(text: str) -> dict[str, str]:
+    """The ``-- key: value`` lines that open a Lua file (continuations indented)."""
+    out: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        m = _HEADER_LINE.match(line)
+        if not m:
+            break
+        if m["key"]:
+            last = m["key"]
+            out[last] = m["value"].strip()
+        elif last and m["cont"]:
+            out[last] += " " + m["cont"].strip()
+    return out
+
+
+def _words(s: str) -> tuple[str, ...]:
+    return tuple(s.split())
+
+
+def _parse_param(word: str, where: Path) -> ParamSpec:
+    m = re.fullmatch(r"([a-z_]+):(int|number|string)(?:=(.*))?", word)
+    if not m:
+        raise ConfigError(f"{where}: bad param declaration {word!r} (want name:int|number|string[=default])")
+    name, kind, default = m.groups()
+    value: int | float | str | None = default
+    if default is not None and kind == "int":
+        value = int(default)
+    elif default is not None and kind == "number":
+        value = float(default)
+    return ParamSpec(name, kind, value)
+
+
+def _type_spec(path: Path) -> TypeSpec:
+    h = parse_header(path.read_text())
+    if "type" not in h:
+        raise ConfigError(f"{path}: a type file must open with '-- type: <name>'")
+    coalesce = dict(w.split("=", 1) for w in _words(h.get("coalesce", "")))
+    return TypeSpec(
+        name=h["type"],
+        update=_words(h.get("update", "")),
+        retrieve=_words(h.get("retrieve", "")),
+        check=_words(h.get("check", "")),
+        measure=_words(h.get("measure", "")),
+        whole=h.get("whole", ""),
+        coalesce=coalesce,
+        about=h.get("about", ""),
+    )
+
+
+def _checker_spec(path: Path) -> CheckerSpec:
+    h = parse_header(path.read_text())
+    if "checker" not in h:
+        raise ConfigError(f"{path}: a checker file must open with '-- checker: <name>'")
+    return CheckerSpec(
+        name=h["checker"],
+        types=_words(h.get("types", "")),
+        params=tuple(_parse_param(w, path) for w in _words(h.get("params", ""))),
+        needs=_words(h.get("needs", "")),
+        alert=h.get("alert", ""),
+        about=h.get("about", ""),
+    )
+
+
+def _files(extra_dirs: Sequence[Path]) -> tuple[list[Path], list[Path], Path, Path]:
+    lua_dir, chk_dir = source_dirs()
+    types = sorted((lua_dir / "types").glob("*.lua"))
+    checkers = sorted(chk_dir.glob("*.lua"))
+    for d in extra_dirs:
+        if not Path(d).is_dir():
+            raise ConfigError(f"extra Lua directory {d} does not exist")
+        types += sorted(Path(d, "types").glob("*.lua"))
+        checkers += sorted(Path(d, "checkers").glob("*.lua"))
+    return types, checkers, lua_dir / "core.lua", lua_dir / "api.lua"
+
+
+def library_spec(extra_dirs: Sequence[Path] = ()) -> LibrarySpec:
+    types, checkers, core, api = _files(extra_dirs)
+    tspecs: dict[str, TypeSpec] = {}
+    for p in types:
+        t = _type_spec(p)
+        if t.name in tspecs:
+            raise ConfigError(f"{p}: type {t.name!r} is defined twice")
+        tspecs[t.name] = t
+    cspecs: dict[str, CheckerSpec] = {}
+    for p in checkers:
+        c = _checker_spec(p)
+        if c.name in cspecs:
+            raise ConfigError(f"{p}: checker {c.name!r} is defined twice")
+        cspecs[c.name] = c
+    files = (core, *types, *checkers, api)
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return LibrarySpec(tspecs, cspecs, files, digest.hexdigest()[:16])
+
+
+def _long_string(text: str) -> str:
+    level = 1
+    while f"]{'=' * level}]" in text:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{text}]{eq}]"
+
+
+def assemble(spec: LibrarySpec, catalog_json: str, catalog_digest: str) -> Library:
+    """The library source for ``spec`` carrying the catalog (canonical JSON)."""
+    core, *middle, api = spec.files
+    parts = [
+        f"#!lua name={LIBRARY_NAME}",
+        f"-- generated by cogs: library {spec.version}, catalog {catalog_digest}",
+        f"local LIB_VERSION = '{spec.version}'",
+        f"local CATALOG_DIGEST = '{catalog_digest}'",
+        f"local CATALOG_JSON = {_long_string(catalog_json)}",
+        f"-- {core.name}",
+        core.read_text(),
+    ]
+    for p in middle:
+        parts += [f"-- {p.parent.name}/{p.name}", "do", p.read_text(), "end"]
+    parts += [f"-- {api.name}", api.read_text()]
+    return Library("\n".join(parts), spec.version, catalog_digest)
+
+
+def describe(spec: LibrarySpec) -> dict[str, object]:
+    """JSON-able summary of the library (for `cogs catalog types`)."""
+    return {
+        "version": spec.version,
+        "types": {
+            n: {"update": t.update, "retrieve": t.retrieve, "check": t.check, "about": t.about}
+            for n, t in spec.types.items()
+        },
+        "checkers": {
+            n: {
+                "types": c.types,
+                "params": {p.name: p.kind + ("" if p.required else f"={p.default}") for p in c.params},
+                "alert": c.alert,
+            }
+            for n, c in spec.checkers.items()
+        },
+    }
+
+
+def canonical_json(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,81 @@
+"""Settings from ``COGS_*`` environment variables or a ``.env`` file (pydantic-settings).
+
+Anything given explicitly (a URL on the command line, a keyword to StateProxy) wins
+over the environment, which wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cogs.errors import ConfigError
+
+DEFAULT_PORT = 7000
+DEFAULT_URL = f"redis://127.0.0.1:{DEFAULT_PORT}"
+
+
+class CogsSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="COGS_", env_file=".env", extra="ignore", frozen=True, validate_default=True
+    )
+
+    #: Any one coordinator node: ``redis://[user:pass@]host:port`` or ``rediss://`` for TLS.
+    #: Cluster or standalone is detected.
+    url: str = DEFAULT_URL
+    #: Redis ACL user and password (override what the URL carries).
+    username: str | None = None
+    password: SecretStr | None = None
+    #: TLS (with a ``rediss://`` URL): CA bundle, client certificate and key.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_check_hostname: bool = False
+    connect_timeout_s: float = Field(2.0, gt=0)
+    command_timeout_s: float = Field(5.0, gt=0)
+    #: The state catalog (TOML) this process expects; None = take the stored one.
+    catalog: Path | None = None
+    #: Extra directories holding ``types/*.lua`` and ``checkers/*.lua``.
+    lua_paths: tuple[Path, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{v!r} is not a Redis URL (redis://host:port, rediss://..., unix://...)")
+        return v
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for redis-py's ``from_url`` (credentials, TLS, timeouts)."""
+        kw: dict[str, Any] = {
+            "socket_connect_timeout": self.connect_timeout_s,
+            "socket_timeout": self.command_timeout_s,
+        }
+        if self.username:
+            kw["username"] = self.username
+        if self.password:
+            kw["password"] = self.password.get_secret_value()
+        if self.url.startswith("rediss://"):
+            if self.tls_ca_file:
+                kw["ssl_ca_certs"] = str(self.tls_ca_file)
+            if self.tls_cert_file:
+                kw["ssl_certfile"] = str(self.tls_cert_file)
+            if self.tls_key_file:
+                kw["ssl_keyfile"] = str(self.tls_key_file)
+            kw["ssl_check_hostname"] = self.tls_check_hostname
+        return kw
+
+
+def load_settings(**overrides: Any) -> CogsSettings:
+    """Settings with ``overrides`` (None values ignored); bad values -> :class:`ConfigError`."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return CogsSettings(**given)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"COGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"bad settings: {problems}") from e

@@ -1,0 +1,269 @@
+-- cogs API: the functions proxies call. Paper operations: Update, Retrieve, Check,
+-- applied many at a time by one FCALL per cluster node.
+--
+-- FCALL cogs_batch 0 <token> <alert_stream> <ops_json>
+--   token        "<LIB_VERSION>:<CATALOG_DIGEST>" the caller was built for; a mismatch
+--                rejects the whole batch (OUTDATED) before anything is touched.
+--   alert_stream a key "cogs:alerts:{tag}" whose slot this node serves (the caller
+--                picks it from the slot map), where alerts raised here are kept.
+--   ops_json     flat JSON array, 5 items per op: mode, state index (1-based, catalog
+--                order), op name, key, argument (null when none).
+--                mode 0 Update (no reply; trigger path)  1 Update returning the state
+--                     2 Retrieve                            3 Check
+--   Keys are undeclared (0 numkeys): with allow-cross-slot-keys a function may touch
+--   keys of many slots as long as this node serves them. A key of another node fails
+--   that op alone with MOVED; the caller re-routes it.
+-- Returns {applied, errors, results}: applied = number of ops that took effect;
+--   errors = flat {op index (0-based), "CODE state=.. key=.. op=..: message", ...};
+--   results = flat {op index, value, ...} for modes 1-3 (nil values come back as nil).
+--
+-- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog, types, checkers}
+do
+    local R, decode, encode, null, byte, sub, gsub, pcall_, classify
+    local STATES, TOKEN
+    local MAX_KEY = 512
+    local ALERTS_CHANNEL = 'cogs:alerts'
+    local ALERTS_MAXLEN = 100000
+
+    local function bind_states()
+        local cat = decode(CATALOG_JSON)
+        STATES = {}
+        for i, s in ipairs(cat.states) do
+            local T = cogs.types[s.type]
+            local st = {
+                name = s.name,
+                class = s.class,
+                T = T,
+                prefix = 'cogs:' .. s.name .. ':{',
+                window = s.window_ms ~= null and s.window_ms or nil,
+                ttl = s.ttl_ms ~= null and s.ttl_ms or nil,
+                max_bytes = s.max_bytes,
+                max_items = s.max_items ~= null and s.max_items or nil,
+                update = T and T.update,
+            }
+            if s.class == 'indirect' then
+                st.broken = 'indirect state: its values live on middleboxes, the coordinator keeps locators'
+            elseif T == nil then
+                st.broken = 'type ' .. s.type .. ' is not in this library'
+            end
+            if s.checker ~= null then
+                local c = cogs.checkers[s.checker]
+                if c == nil then
+                    st.broken = 'checker ' .. s.checker .. ' is not in this library'
+                else
+                    st.checker = c
+                    st.checker_name = s.checker
+                    st.params = s.params
+                    st.params_json = encode(s.params)
+                end
+            end
+            st.post = (st.window or st.ttl or st.checker) and true or false
+            STATES[i] = st
+        end
+        TOKEN = LIB_VERSION .. ':' .. CATALOG_DIGEST
+    end
+
+    local function bind()
+        if STATES then return end
+        R, decode, encode, null = redis.call, cjson.decode, cjson.encode, cjson.null
+        byte, sub, gsub, pcall_ = string.byte, string.sub, string.gsub, pcall
+        cogs.bind()
+        classify = cogs.classify
+        bind_states()
+    end
+
+    local function nf_key(key)
+        -- keys.py escapes '%' and '}' so a key never ends the hash tag early
+        return (gsub(gsub(key, '%%7D', '}'), '%%25', '%%'))
+    end
+
+    local function now_ms()
+        local t = R('TIME')
+        return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+
+    -- One alert per key per window: a marker key next to the state, expiring with it.
+    local function raise(st, key, rk, value, stream)
+        local mk = rk .. ':alerted'
+        local set
+        local left = st.window and R('PTTL', rk) or -1
+        if left > 0 then
+            set = R('SET', mk, '1', 'NX', 'PX', left)
+        else
+            set = R('SET', mk, '1', 'NX')
+        end
+        if not set then return end
+        local value_s = cogs.num2s(value)
+        local ms = now_ms()
+        local k = nf_key(key)
+        local id = R('XADD', stream, 'MAXLEN', '~', ALERTS_MAXLEN, '*',
+            'state', st.name, 'key', k, 'value', value_s, 'checker', st.checker_name,
+            'params', st.params_json, 'time', ms, 'window', st.window or 0)
+        R('PUBLISH', ALERTS_CHANNEL, encode({
+            id = id, stream = stream, state = st.name, key = k, value = value_s,
+            checker = st.checker_name, params = st.params, time = ms, window = st.window or 0,
+        }))
+    end
+
+    local function after_update(st, key, rk, changed, hint, stream)
+        if not changed then return end
+        if st.window then
+            R('PEXPIRE', rk, st.window, 'NX')
+        elseif st.ttl then
+            R('PEXPIRE', rk, st.ttl)
+        end
+        if st.checker then
+            local fire, value = st.checker.test(rk, hint, st, st.params)
+            if fire then
+                -- the update stands even if recording its alert fails
+                local ok, e = pcall_(raise, st, key, rk, value, stream)
+                if not ok then
+                    local _, msg = classify(e)
+                    cogs.fail('ALERT', 'applied, but the alert was not recorded: ' .. msg)
+                end
+            end
+        end
+    end
+
+    -- Generic ops every type has.
+    local function clear(rk)
+        return R('DEL', rk, rk .. ':alerted') > 0
+    end
+
+    local function apply(mode, st, op, key, rk, arg, stream)
+        local T = st.T
+        if mode == 0 or mode == 1 then
+            local fn = T.update[op]
+            local changed, hint
+            if fn then
+                changed, hint = fn(rk, arg, st)
+            elseif op == 'clear' then
+                return clear(rk) and 1 or 0
+            else
+                cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no update op ' .. cogs.show(op))
+            end
+            after_update(st, key, rk, changed, hint, stream)
+            if mode == 1 then
+                return T.retrieve[T.whole](rk, null, st)
+            end
+            return nil
+        elseif mode == 2 then
+            local fn = T.retrieve[op]
+            if fn then
+                if st.ttl then R('PEXPIRE', rk, st.ttl) end
+                return fn(rk, arg, st)
+            elseif op == 'exists' then
+                return R('EXISTS', rk)
+            elseif op == 'ttl' then
+                return R('PTTL', rk)
+            end
+            cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no retrieve op ' .. cogs.show(op))
+        elseif mode == 3 then
+            if op == 'checker' then
+                if not st.checker then
+                    cogs.fail('UNKNOWN_OP', 'state has no checker to run')
+                end
+                local fire = st.checker.test(rk, nil, st, st.params)
+                return fire and 1 or 0
+            end
+            local fn = T.check[op]
+            if not fn then
+                cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no check op ' .. cogs.show(op))
+            end
+            return fn(rk, arg, st) and 1 or 0
+        end
+        cogs.fail('BAD_FRAME', 'unknown mode ' .. cogs.show(mode))
+    end
+
+    local function describe(st, key, op)
+        return ' state=' .. (st and st.name or '?') .. ' key=' .. cogs.show(key) .. ' op=' .. cogs.show(op) .. ': '
+    end
+
+    local function batch(_, args)
+        bind()
+        if args[1] ~= TOKEN then
+            return redis.error_reply('OUTDATED the coordinator runs cogs library ' .. TOKEN
+                .. ' but the caller expects ' .. tostring(args[1])
+                .. ': reload the library (cogs catalog load) or restart the proxy with the stored catalog')
+        end
+        local stream = args[2]
+        if type(stream) ~= 'string' or sub(stream, 1, 12) ~= 'cogs:alerts:' then
+            return redis.error_reply('BAD_FRAME alert stream must be a cogs:alerts:{...} key')
+        end
+        local ok, ops = pcall_(decode, args[3])
+        if not ok or type(ops) ~= 'table' or #ops % 5 ~= 0 or byte(args[3]) ~= 91 then
+            return redis.error_reply('BAD_FRAME ops must be a flat JSON array of 5 items per op')
+        end
+        local errs, res, applied = {}, {}, 0
+        local n = #ops
+        for i = 1, n, 5 do
+            local mode, sidx, op, key, arg = ops[i], ops[i + 1], ops[i + 2], ops[i + 3], ops[i + 4]
+            local st = STATES[sidx]
+            local code, msg, value
+            if st == nil then
+                code, msg = 'UNKNOWN_STATE', 'no state with index ' .. cogs.show(sidx) .. ' in catalog ' .. CATALOG_DIGEST
+            elseif st.broken then
+                code, msg = 'UNKNOWN_STATE', st.broken
+            elseif type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
+                -- a leading '}' would make the hash tag empty and split the entry's keys
+                code, msg = 'BAD_KEY', 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes'
+            else
+                local rk = st.prefix .. key .. '}'
+                local fn = mode == 0 and st.update[op]
+                if fn then
+                    -- the trigger hot path: update, then window/ttl/checker if the state has any
+                    local changed, hint
+                    ok, changed, hint = pcall_(fn, rk, arg, st)
+                    if ok and changed and st.post then
+                        ok, value = pcall_(after_update, st, key, rk, changed, hint, stream)
+                    else
+                        value = changed
+                    end
+                else
+                    ok, value = pcall_(apply, mode, st, op, key, rk, arg, stream)
+                end
+                if ok then
+                    applied = applied + 1
+                else
+                    code, msg = classify(value)
+                    if code == 'ALERT' then applied = applied + 1 end
+                end
+            end
+            if code then
+                errs[#errs + 1] = (i - 1) / 5
+                errs[#errs + 1] = code .. describe(st, key, op) .. msg
+            elseif mode ~= 0 then
+                res[#res + 1] = (i - 1) / 5
+                if value == nil then value = false end
+                res[#res + 1] = value
+            end
+        end
+        return { applied, errs, res }
+    end
+
+    local function info()
+        bind()
+        local types = {}
+        for name, T in pairs(cogs.types) do
+            local t = { update = {}, retrieve = {}, check = {}, whole = T.whole }
+            for _, kind in ipairs({ 'update', 'retrieve', 'check' }) do
+                for op, _ in pairs(T[kind]) do t[kind][#t[kind] + 1] = op end
+                table.sort(t[kind])
+            end
+            types[name] = t
+        end
+        local checkers = {}
+        for name, _ in pairs(cogs.checkers) do checkers[#checkers + 1] = name end
+        table.sort(checkers)
+        return encode({
+            version = LIB_VERSION,
+            catalog_digest = CATALOG_DIGEST,
+            catalog = decode(CATALOG_JSON),
+            types = types,
+            checkers = checkers,
+        })
+    end
+
+    redis.register_function({ function_name = 'cogs_batch', callback = batch, flags = { 'allow-cross-slot-keys' } })
+    redis.register_function({ function_name = 'cogs_info', callback = info, flags = { 'no-writes' } })
+end

@@ -1,0 +1,65 @@
+-- type: int
+-- update: add sub max min set
+-- retrieve: get
+-- check: gt ge lt le eq
+-- measure: value
+-- whole: get
+-- coalesce: add=sum sub=sum
+-- about: a counter. add/sub are S' = S +/- d (INCRBY, exact to 64 bits); max/min keep
+--   the larger/smaller; set overwrites. Deltas are integers within +/-2^53 (JSON
+--   numbers are doubles). A missing state reads as nil; predicates treat it as 0.
+-- args: add/sub/max/min/set take an integer; gt/ge/lt/le/eq take an integer.
+local R, int, intarg, tonum = nil, cogs.int, cogs.intarg, cogs.tonum
+cogs.on_bind(function() R = redis.call end)
+
+local function keep(rk, d, better)
+    local cur = R('GET', rk)
+    if cur and not better(d, tonumber(cur)) then
+        return false, tonumber(cur)
+    end
+    R('SET', rk, cogs.num2s(d), 'KEEPTTL')
+    return true, d
+end
+
+local function cmp(test)
+    return function(rk, arg)
+        return test(tonum(R('GET', rk)), int(arg, 'argument'))
+    end
+end
+
+cogs.register_type('int', {
+    update = {
+        add = function(rk, d)
+            d = intarg(d)
+            return d ~= '0', R('INCRBY', rk, d)
+        end,
+        sub = function(rk, d)
+            d = intarg(d)
+            return d ~= '0', R('DECRBY', rk, d)
+        end,
+        max = function(rk, d) return keep(rk, int(d), function(a, b) return a > b end) end,
+        min = function(rk, d) return keep(rk, int(d), function(a, b) return a < b end) end,
+        set = function(rk, d)
+            d = int(d)
+            R('SET', rk, cogs.num2s(d), 'KEEPTTL')
+            return true, d
+        end,
+    },
+    retrieve = {
+        get = function(rk) return R('GET', rk) end,
+    },
+    check = {
+        gt = cmp(function(a, b) return a > b end),
+        ge = cmp(function(a, b) return a >= b end),
+        lt = cmp(function(a, b) return a < b end),
+        le = cmp(function(a, b) return a <= b end),
+        eq = cmp(function(a, b) return a == b end),
+    },
+    measure = {
+        value = function(rk, hint)
+            if hint then return hint end
+            return tonum(R('GET', rk))
+        end,
+    },
+    whole = 'get',
+})

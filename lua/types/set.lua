@@ -1,0 +1,50 @@
+-- type: set
+-- update: add remove
+-- retrieve: members card contains
+-- check: contains
+-- measure: card
+-- whole: members
+-- coalesce: add=union remove=union
+-- about: a set of strings. add/remove take one member or an array of members (a
+--   coalesced batch of inserts is one op). max_items bounds the cardinality: an add
+--   that would exceed it fails whole and leaves the set untouched.
+-- args: add/remove take a string or an array of strings; contains takes a string.
+local R, strlist, str = nil, cogs.strlist, cogs.str
+cogs.on_bind(function() R = redis.call end)
+
+cogs.register_type('set', {
+    update = {
+        add = function(rk, d, st)
+            local ms = strlist(d, st, 'member')
+            if st.max_items then
+                local card = R('SCARD', rk)
+                if card + #ms > st.max_items then
+                    local new = 0
+                    for i = 1, #ms do
+                        if R('SISMEMBER', rk, ms[i]) == 0 then new = new + 1 end
+                    end
+                    if card + new > st.max_items then
+                        cogs.fail('OVERSIZE', 'set would hold ' .. (card + new)
+                            .. ' members, limit ' .. st.max_items)
+                    end
+                end
+            end
+            return cogs.chunked('SADD', rk, ms) > 0, nil
+        end,
+        remove = function(rk, d, st)
+            return cogs.chunked('SREM', rk, strlist(d, st, 'member')) > 0, nil
+        end,
+    },
+    retrieve = {
+        members = function(rk) return R('SMEMBERS', rk) end,
+        card = function(rk) return R('SCARD', rk) end,
+        contains = function(rk, arg, st) return R('SISMEMBER', rk, str(arg, st, 'member')) end,
+    },
+    check = {
+        contains = function(rk, arg, st) return R('SISMEMBER', rk, str(arg, st, 'member')) == 1 end,
+    },
+    measure = {
+        card = function(rk) return R('SCARD', rk) end,
+    },
+    whole = 'members',
+})

@@ -1,0 +1,111 @@
+"""Fixtures: real redis-server processes on free loopback ports, torn down after.
+
+Nothing here ever touches a Redis on 6379: every node is started by the fixtures
+on ports chosen free at run time, with data in pytest's temporary directories.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+
+from cogs.catalog import Catalog
+from cogs.cluster import LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from tests.helpers import make_catalog
+
+CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shutil.which("redis-server") is None:
+        raise pytest.UsageError(
+            "redis-server is not installed; run the README test command (it installs it) "
+            "or `apt-get install -y redis-server`"
+        )
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return make_catalog()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Iterator[LocalCluster]:
+    """A 3-primary Redis Cluster running the cogs library with the test catalog."""
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path_factory.mktemp("cluster"))
+    lc.up()
+    try:
+        anyio.run(_load, lc.url, catalog)
+        yield lc
+    finally:
+        lc.down()
+
+
+async def _load(url: str, catalog: Catalog) -> None:
+    async with Coordinator(url=url) as co:
+        await co.load_library(catalog)
+
+
+class Standalone:
+    """One non-cluster redis-server process."""
+
+    def __init__(self, port: int, dir: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(dir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
+    s = Standalone(free_port_base(1), tmp_path_factory.mktemp("standalone"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def captures(name: str) -> Path:
+    """A real capture from ../shared/captures, or skip with the reason."""
+    p = CAPTURES / name
+    if not p.exists():
+        pytest.skip(f"capture {name} not found: the shared captures folder {CAPTURES} is absent")
+    return p

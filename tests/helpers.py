@@ -1,0 +1,123 @@
+"""Test helpers shared by the unit and integration tiers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+
+from cogs.catalog import Catalog
+from cogs.coordinator.client import BatchReply, parse_reply
+from cogs.coordinator.library import Library, assemble, library_spec
+from cogs.coordinator.ops import wire_arg
+from cogs.keys import escape
+
+TEST_CATALOG = """
+[states.cnt]
+class = "trigger"
+type = "int"
+
+[states.hits]
+class = "trigger"
+type = "int"
+checker = "threshold"
+params = { threshold = 10 }
+
+[states.ports]
+class = "trigger"
+type = "set"
+window = "5m"
+checker = "cardinality"
+params = { threshold = 3 }
+
+[states.tags]
+class = "trigger"
+type = "set"
+max_items = 4
+max_bytes = 16
+
+[states.note]
+class = "trigger"
+type = "string"
+max_bytes = 10
+
+[states.qtypes]
+class = "trigger"
+type = "map"
+checker = "ratio"
+params = { numerator = "odd", denominator = "all", threshold = 0.5, min_denominator = 4 }
+
+[states.fields]
+class = "trigger"
+type = "map"
+max_items = 3
+
+[states.distinct]
+class = "trigger"
+type = "hll"
+checker = "cardinality"
+params = { threshold = 50 }
+
+[states.rate]
+class = "trigger"
+type = "int"
+window = "10s"
+checker = "rate"
+params = { threshold = 5.0, min_count = 3 }
+
+[states.mapping]
+class = "direct"
+type = "string"
+ttl = "1m"
+
+[states.objects]
+class = "indirect"
+"""
+
+ALERT_STREAM = "cogs:alerts:{0}"
+
+
+def make_catalog() -> Catalog:
+    return Catalog.from_toml(TEST_CATALOG)
+
+
+class LuaHarness:
+    """The assembled library loaded into a Redis (fakeredis or real), driven by FCALL."""
+
+    def __init__(self, r: Any, catalog: Catalog | None = None) -> None:
+        self.r = r
+        self.catalog = catalog or make_catalog()
+        spec = library_spec()
+        self.lib: Library = assemble(spec, self.catalog.json, self.catalog.digest)
+        r.function_load(self.lib.source, replace=True)
+
+    def op(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> list[Any]:
+        sidx = self.catalog.index(state) if state in self.catalog else 999
+        spec = self.catalog.get(state) if state in self.catalog else self.catalog.states[0]
+        return [mode, sidx, op, escape(key), wire_arg(arg, spec, op)]
+
+    def raw(self, payload: str, token: str | None = None, stream: str = ALERT_STREAM) -> Any:
+        return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload)
+
+    def batch(self, *ops: list[Any]) -> BatchReply:
+        flat = [x for o in ops for x in o]
+        return parse_reply(self.raw(json.dumps(flat)))
+
+    def one(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> Any:
+        reply = self.batch(self.op(mode, state, key, op, arg))
+        if reply.errors:
+            raise AssertionError(reply.errors[0])
+        return reply.results.get(0)
+
+    def error(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> str:
+        reply = self.batch(self.op(mode, state, key, op, arg))
+        assert reply.applied == 0, reply
+        return reply.errors[0]
+
+    def alerts(self) -> list[dict[str, str]]:
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in self.r.xrange(ALERT_STREAM)]
+
+
+def fake_harness() -> LuaHarness:
+    return LuaHarness(fakeredis.FakeRedis())

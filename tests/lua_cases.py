@@ -1,0 +1,359 @@
+"""Lua library cases, run against fakeredis (unit tier) and a real redis-server
+(integration tier) with the same assertions. Each takes a ``h`` (LuaHarness) fixture.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import LuaHarness
+
+U, UG, R, C = 0, 1, 2, 3  # modes: update, update returning state, retrieve, check
+
+
+# -- int -------------------------------------------------------------------------------
+
+
+def test_int_add_sub_accumulate(h: LuaHarness) -> None:
+    assert h.one(UG, "cnt", "a", "add", 5) == b"5"
+    h.one(U, "cnt", "a", "add", 7)
+    h.one(U, "cnt", "a", "sub", 2)
+    assert h.one(R, "cnt", "a", "get") == b"10"
+
+
+def test_int_exact_beyond_2_53(h: LuaHarness) -> None:
+    h.one(U, "cnt", "big", "add", 2**62)
+    h.one(U, "cnt", "big", "add", 3)
+    assert h.one(R, "cnt", "big", "get") == str(2**62 + 3).encode()
+
+
+def test_int_max_min_set(h: LuaHarness) -> None:
+    h.one(U, "cnt", "m", "max", 4)
+    h.one(U, "cnt", "m", "max", 2)
+    assert h.one(R, "cnt", "m", "get") == b"4"
+    h.one(U, "cnt", "m", "min", -3)
+    h.one(U, "cnt", "m", "min", 1)
+    assert h.one(R, "cnt", "m", "get") == b"-3"
+    h.one(U, "cnt", "m", "set", 42)
+    assert h.one(R, "cnt", "m", "get") == b"42"
+
+
+def test_int_missing_reads_nil(h: LuaHarness) -> None:
+    assert h.one(R, "cnt", "nobody", "get") is None
+    assert h.one(C, "cnt", "nobody", "eq", 0) == 1
+
+
+@pytest.mark.parametrize(
+    ("op", "arg", "want"),
+    [("gt", 4, 1), ("gt", 5, None), ("ge", 5, 1), ("lt", 6, 1), ("le", 4, None), ("eq", 5, 1)],
+)
+def test_int_checks(h: LuaHarness, op: str, arg: int, want: int | None) -> None:
+    h.one(U, "cnt", "c", "set", 5)
+    assert (h.one(C, "cnt", "c", op, arg) or None) == want
+
+
+@pytest.mark.parametrize("delta", ["abc", "1.5", "", "0x10", " 7", "99999999999999999999999"])
+def test_int_non_numeric_delta_is_refused(h: LuaHarness, delta: str) -> None:
+    h.one(U, "cnt", "d", "add", 1)
+    err = h.error(U, "cnt", "d", "add", delta)
+    assert err.startswith('BAD_DELTA state=cnt key="d" op="add"')
+    assert h.one(R, "cnt", "d", "get") == b"1"
+
+
+def test_int_float_and_bool_deltas_refused(h: LuaHarness) -> None:
+    for raw in ("1.5", "true", "[1]"):
+        payload = f'[0,{h.catalog.index("cnt")},"add","f",{raw}]'
+        reply = h.raw(payload)
+        assert reply[0] == 0
+        assert reply[1][1].decode().startswith("BAD_DELTA"), reply
+    assert h.one(R, "cnt", "f", "get") is None
+
+
+def test_int_overflow_is_refused(h: LuaHarness) -> None:
+    h.one(U, "cnt", "o", "set", 2**53 - 1)
+    h.one(U, "cnt", "o", "add", str(2**63 - 2**53))
+    err = h.error(U, "cnt", "o", "add", 1)
+    assert err.startswith("OVERFLOW")
+    assert h.one(R, "cnt", "o", "get") == str(2**63 - 1).encode()
+
+
+# -- string ----------------------------------------------------------------------------
+
+
+def test_string_set_append_len(h: LuaHarness) -> None:
+    h.one(U, "note", "n", "set", "ab")
+    assert h.one(UG, "note", "n", "append", "cd") == b"abcd"
+    assert h.one(R, "note", "n", "len") == 4
+    assert h.one(C, "note", "n", "eq", "abcd") == 1
+
+
+def test_string_oversize_append_leaves_value(h: LuaHarness) -> None:
+    h.one(U, "note", "n", "set", "12345678")
+    err = h.error(U, "note", "n", "append", "xyz")
+    assert err.startswith("OVERSIZE")
+    assert "limit 10" in err
+    assert h.one(R, "note", "n", "get") == b"12345678"
+    assert h.error(U, "note", "n", "set", "x" * 11).startswith("OVERSIZE")
+
+
+# -- set -------------------------------------------------------------------------------
+
+
+def test_set_add_remove_members(h: LuaHarness) -> None:
+    h.one(U, "tags", "s", "add", "a")
+    h.one(U, "tags", "s", "add", ["b", "c", "a"])
+    h.one(U, "tags", "s", "remove", "b")
+    assert sorted(h.one(R, "tags", "s", "members")) == [b"a", b"c"]
+    assert h.one(R, "tags", "s", "card") == 2
+    assert h.one(R, "tags", "s", "contains", "c") == 1
+    assert h.one(C, "tags", "s", "contains", "b") == 0
+
+
+def test_set_max_items_is_all_or_nothing(h: LuaHarness) -> None:
+    h.one(U, "tags", "s", "add", ["a", "b", "c"])
+    err = h.error(U, "tags", "s", "add", ["a", "d", "e"])
+    assert err.startswith("OVERSIZE")
+    assert "limit 4" in err
+    assert h.one(R, "tags", "s", "card") == 3
+    h.one(U, "tags", "s", "add", ["a", "d"])  # one new member fits
+    assert h.one(R, "tags", "s", "card") == 4
+
+
+def test_set_oversize_member_in_list_adds_nothing(h: LuaHarness) -> None:
+    err = h.error(U, "tags", "s", "add", ["ok", "x" * 17])
+    assert err.startswith("OVERSIZE")
+    assert h.one(R, "tags", "s", "card") == 0
+
+
+def test_set_large_coalesced_insert(h: LuaHarness) -> None:
+    members = [str(i) for i in range(2500)]  # more than one unpack() chunk
+    h.one(U, "ports", "big", "add", members)
+    assert h.one(R, "ports", "big", "card") == 2500
+
+
+# -- map -------------------------------------------------------------------------------
+
+
+def test_map_set_incr_del(h: LuaHarness) -> None:
+    h.one(U, "qtypes", "c", "set", {"name": "x"})
+    h.one(U, "qtypes", "c", "incr", {"all": 2})
+    h.one(U, "qtypes", "c", "incr", ["all", 1, "odd", 1])
+    h.one(U, "qtypes", "c", "del", "name")
+    flat = h.one(R, "qtypes", "c", "all")
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == {b"all": b"3", b"odd": b"1"}
+    assert h.one(R, "qtypes", "c", "field", "all") == b"3"
+    assert h.one(R, "qtypes", "c", "len") == 2
+    assert h.one(C, "qtypes", "c", "has", "odd") == 1
+
+
+@pytest.mark.parametrize("delta", [["a"], "notamap", {"a": "x"}, ["a", 1, "b"]])
+def test_map_incr_bad_delta_untouched(h: LuaHarness, delta: object) -> None:
+    h.one(U, "qtypes", "c", "incr", {"a": 1})
+    err = h.error(U, "qtypes", "c", "incr", delta)
+    assert err.startswith("BAD_DELTA")
+    assert h.one(R, "qtypes", "c", "field", "a") == b"1"
+
+
+def test_map_max_items(h: LuaHarness) -> None:
+    h.one(U, "fields", "f", "set", {"a": "1", "b": "2", "c": "3"})
+    assert h.error(U, "fields", "f", "set", {"d": "4"}).startswith("OVERSIZE")
+    h.one(U, "fields", "f", "set", {"a": "9"})  # overwriting an existing field fits
+    assert h.one(R, "fields", "f", "field", "a") == b"9"
+
+
+# -- hll (the user-defined type example) -----------------------------------------------
+
+
+def test_hll_counts_distinct_approximately(h: LuaHarness) -> None:
+    h.one(U, "distinct", "d", "add", [f"m{i}" for i in range(40)])
+    h.one(U, "distinct", "d", "add", [f"m{i}" for i in range(40)])  # repeats add nothing
+    n = h.one(R, "distinct", "d", "count")
+    assert 38 <= n <= 42
+
+
+# -- checkers and alerts -----------------------------------------------------------------
+
+
+def test_threshold_alerts_once(h: LuaHarness) -> None:
+    for _ in range(4):
+        h.one(U, "hits", "10.0.0.1", "add", 3)
+    alerts = h.alerts()
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert (a["state"], a["key"], a["value"], a["checker"]) == (
+        "hits",
+        "10.0.0.1",
+        "12",
+        "threshold",
+    )
+    assert json.loads(a["params"]) == {"threshold": 10}
+    assert int(a["time"]) > 1_600_000_000_000
+
+
+def test_cardinality_once_per_window_and_marker_expires_with_state(h: LuaHarness) -> None:
+    for port in range(10):
+        h.one(U, "ports", "scanner", "add", str(port))
+    assert [a["value"] for a in h.alerts()] == ["3"]
+    ttl_state = h.one(R, "ports", "scanner", "ttl")
+    assert 290_000 < ttl_state <= 300_000
+    marker_ttl = h.r.pttl("cogs:ports:{scanner}:alerted")
+    assert 0 < marker_ttl <= ttl_state
+    h.one(U, "ports", "scanner", "clear")  # a reset opens a new window
+    for port in range(3):
+        h.one(U, "ports", "scanner", "add", str(port))
+    assert len(h.alerts()) == 2
+
+
+def test_repeated_member_does_not_run_checker(h: LuaHarness) -> None:
+    h.one(U, "ports", "k", "add", ["1", "2", "3"])
+    h.r.delete("cogs:ports:{k}:alerted")
+    h.one(U, "ports", "k", "add", "1")  # unchanged set: no checker, no new alert
+    assert len(h.alerts()) == 1
+
+
+def test_ratio_checker_respects_min_denominator(h: LuaHarness) -> None:
+    h.one(U, "qtypes", "cli", "incr", {"odd": 3, "all": 3})
+    assert h.alerts() == []
+    h.one(U, "qtypes", "cli", "incr", {"all": 1})
+    [a] = h.alerts()
+    assert a["checker"] == "ratio"
+    assert float(a["value"]) == pytest.approx(0.75)
+
+
+def test_rate_checker(h: LuaHarness) -> None:
+    h.one(U, "rate", "r", "add", 2)
+    assert h.alerts() == []
+    h.one(U, "rate", "r", "add", 4)  # 6 events within the first second: 6/s >= 5/s
+    [a] = h.alerts()
+    assert float(a["value"]) >= 5
+
+
+def test_hll_cardinality_alert(h: LuaHarness) -> None:
+    h.one(U, "distinct", "dom", "add", [f"s{i}" for i in range(60)])
+    assert [a["state"] for a in h.alerts()] == ["distinct"]
+
+
+def test_check_runs_checker_without_alerting(h: LuaHarness) -> None:
+    h.one(U, "cnt", "x", "add", 1)
+    h.one(U, "hits", "k", "add", 5)
+    assert h.one(C, "hits", "k", "checker") == 0
+    h.r.set("cogs:hits:{k}", 11)
+    assert h.one(C, "hits", "k", "checker") == 1
+    assert h.alerts() == []
+
+
+def test_alert_reports_the_unescaped_key(h: LuaHarness) -> None:
+    key = "sess}id=50%"
+    h.one(U, "hits", key, "add", 11)
+    assert [a["key"] for a in h.alerts()] == [key]
+    assert h.one(R, "hits", key, "get") == b"11"
+
+
+# -- windows and ttls --------------------------------------------------------------------
+
+
+def test_window_is_set_on_creation_only(h: LuaHarness) -> None:
+    h.one(U, "ports", "w", "add", "1")
+    h.r.pexpire("cogs:ports:{w}", 1000)
+    h.one(U, "ports", "w", "add", "2")  # later updates keep the window's end
+    assert h.one(R, "ports", "w", "ttl") <= 1000
+
+
+def test_direct_ttl_refreshed_on_access(h: LuaHarness) -> None:
+    h.one(U, "mapping", "f", "set", "1.2.3.4:5000")
+    h.r.pexpire("cogs:mapping:{f}", 500)
+    assert h.one(R, "mapping", "f", "get") == b"1.2.3.4:5000"
+    assert h.one(R, "mapping", "f", "ttl") > 50_000
+
+
+def test_clear_and_exists(h: LuaHarness) -> None:
+    h.one(U, "cnt", "e", "add", 1)
+    assert h.one(R, "cnt", "e", "exists") == 1
+    assert h.one(UG, "cnt", "e", "clear") == 1
+    assert h.one(R, "cnt", "e", "exists") == 0
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+def test_unknown_state_index(h: LuaHarness) -> None:
+    reply = h.raw('[0,999,"add","k","1"]')
+    assert reply[0] == 0
+    assert reply[1][1].decode().startswith("UNKNOWN_STATE")
+
+
+def test_indirect_state_is_not_in_the_coordinator(h: LuaHarness) -> None:
+    err = h.error(R, "objects", "http://x/", "get")
+    assert err.startswith("UNKNOWN_STATE")
+    assert "middleboxes" in err
+
+
+@pytest.mark.parametrize(("mode", "op"), [(U, "push"), (R, "pop"), (C, "near"), (U, "get")])
+def test_unknown_op(h: LuaHarness, mode: int, op: str) -> None:
+    assert h.error(mode, "cnt", "k", op, 1).startswith("UNKNOWN_OP state=cnt")
+
+
+@pytest.mark.parametrize("key", ['""', '"}x"', f'"{"k" * 513}"', "12", "null"])
+def test_bad_key(h: LuaHarness, key: str) -> None:
+    reply = h.raw(f'[0,{h.catalog.index("cnt")},"add",{key},"1"]')
+    assert reply[0] == 0
+    assert reply[1][1].decode().startswith("BAD_KEY")
+
+
+def test_bad_mode(h: LuaHarness) -> None:
+    reply = h.raw(f'[7,{h.catalog.index("cnt")},"add","k","1"]')
+    assert reply[1][1].decode().startswith("BAD_FRAME")
+
+
+@pytest.mark.parametrize("payload", ["[1,2", "{}", '"x"', "[0,1,2]", ""])
+def test_malformed_frame(h: LuaHarness, payload: str) -> None:
+    with pytest.raises(Exception, match="BAD_FRAME"):
+        h.raw(payload)
+
+
+def test_alert_stream_must_be_a_cogs_key(h: LuaHarness) -> None:
+    with pytest.raises(Exception, match="BAD_FRAME"):
+        h.raw("[]", stream="victim")
+
+
+def test_outdated_token_refused_before_anything(h: LuaHarness) -> None:
+    payload = json.dumps(h.op(U, "cnt", "k", "add", 1))
+    with pytest.raises(Exception, match="OUTDATED"):
+        h.raw(payload, token="0000:1111")
+    assert h.one(R, "cnt", "k", "get") is None
+
+
+def test_wrong_type_written_outside_cogs(h: LuaHarness) -> None:
+    h.r.sadd("cogs:cnt:{alien}", "x")
+    assert h.error(U, "cnt", "alien", "add", 1).startswith("WRONGTYPE")
+    assert h.r.smembers("cogs:cnt:{alien}") == {b"x"}
+
+
+def test_bad_ops_do_not_disturb_good_ones(h: LuaHarness) -> None:
+    reply = h.batch(
+        h.op(U, "cnt", "k", "add", 1),
+        h.op(U, "cnt", "k", "add", "zz"),
+        h.op(U, "tags", "s", "add", "x" * 100),
+        h.op(U, "cnt", "k", "add", 2),
+        h.op(R, "cnt", "k", "get"),
+    )
+    assert reply.applied == 3
+    assert sorted(reply.errors) == [1, 2]
+    assert reply.results == {4: b"3"}
+    assert h.one(R, "tags", "s", "card") == 0
+
+
+def test_order_kept_per_key_within_a_batch(h: LuaHarness) -> None:
+    reply = h.batch(
+        h.op(U, "cnt", "k", "set", 10),
+        h.op(R, "cnt", "k", "get"),
+        h.op(U, "cnt", "k", "add", 5),
+        h.op(UG, "cnt", "k", "sub", 1),
+        h.op(U, "tags", "s", "add", "a"),
+        h.op(U, "tags", "s", "remove", "a"),
+        h.op(R, "tags", "s", "card"),
+    )
+    assert reply.errors == {}
+    assert reply.results == {1: b"10", 3: b"14", 6: 0}
