@@ -1,6 +1,6 @@
 """Coordinator throughput bench (paper Fig. 12). Same as `cogs bench coordinator`.
 
-    python bench/coordinator.py [--quick] [--out FILE] [--url URL]
+python bench/coordinator.py [--quick] [--out FILE] [--url URL]
 """
 
 from __future__ import annotations

@@ -261,4 +261,6 @@ def _with_defaults(st: StateSpec, spec: LibrarySpec) -> dict[str, int | float | 
     for p in spec.checkers[st.checker].params:
         if p.default is not None:
             full.setdefault(p.name, p.default)
+        if p.kind == "number" and p.name in full:
+            full[p.name] = float(full[p.name])  # 5 and 5.0 must give one digest
     return full

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -41,6 +42,12 @@ class CogsGroup(click.Group):
             sys.exit(2)
         except CogsError as e:
             err_console.print(f"[red]error:[/] {e}", highlight=False)
+            sys.exit(1)
+        except redis.ConnectionError as e:
+            err_console.print(f"[red]error:[/] coordinator unreachable: {e}", highlight=False)
+            sys.exit(3)
+        except redis.RedisError as e:
+            err_console.print(f"[red]error:[/] coordinator refused: {e}", highlight=False)
             sys.exit(1)
 
 

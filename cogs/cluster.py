@@ -100,8 +100,11 @@ def form_cluster(
         if rem or n_masters < 1:
             raise ClusterError(f"{len(addrs)} nodes cannot make primaries with {replicas} replica(s) each")
         _wait("the nodes to answer", lambda: all(c.ping() for c in clients), timeout)
-        if _cluster_ok(clients, len(addrs)):
-            progress("cluster already formed")
+        if any(_known(c) > 1 for c in clients):
+            # a restart: the nodes know their cluster from nodes.conf; roles may have
+            # moved (a failover), so only wait for it to settle
+            progress("nodes already form a cluster: waiting for it to settle")
+            _wait("cluster_state:ok on every node", lambda: _cluster_ok(clients, len(addrs)), timeout)
             return
         masters, slaves = clients[:n_masters], clients[n_masters:]
         for i, c in enumerate(masters):
@@ -133,9 +136,16 @@ def form_cluster(
                 timeout,
             )
         progress("cluster_state:ok")
+    except redis.RedisError as e:
+        raise ClusterError(f"forming the cluster of {len(addrs)} nodes failed: {e}") from e
     finally:
         for c in clients:
             c.close()
+
+
+def _ping(host: str, port: int) -> bool:
+    with _client(host, port) as c:
+        return bool(c.ping())
 
 
 def _info(c: redis.Redis) -> dict[str, str]:
@@ -227,7 +237,7 @@ class LocalCluster:
                 f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}"
             )
         try:
-            _wait(f"redis-server on port {port}", lambda: _client(self.host, port).ping(), 10)
+            _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port), 10)
         except ClusterError as e:
             log = (d / "redis.log").read_text()[-800:] if (d / "redis.log").exists() else ""
             raise ClusterError(f"{e}; log tail:\n{log}") from e
@@ -286,17 +296,16 @@ class LocalCluster:
                 out.append(NodeStatus(p, False))
                 continue
             try:
-                c = _client(self.host, p)
-                info = c.info()
-                cinfo = _info(c)
-                slots = sum(b - a + 1 for a, b in _my_slots(c))
+                with _client(self.host, p) as c:
+                    info, cinfo, keys = c.info(), _info(c), int(c.dbsize())
+                    slots = sum(b - a + 1 for a, b in _my_slots(c))
                 out.append(
                     NodeStatus(
                         p,
                         True,
                         role=str(info.get("role", "?")),
                         slots=slots,
-                        keys=int(c.dbsize()),
+                        keys=keys,
                         memory=str(info.get("used_memory_human", "?")),
                         state=cinfo.get("cluster_state", "?"),
                     )

@@ -17,7 +17,7 @@
 --   errors = flat {op index (0-based), "CODE state=.. key=.. op=..: message", ...};
 --   results = flat {op index, value, ...} for modes 1-3 (nil values come back as nil).
 --
--- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog, types, checkers}
+-- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers}
 do
     local R, decode, encode, null, byte, sub, gsub, pcall_, classify
     local STATES, TOKEN
@@ -258,7 +258,7 @@ do
         return encode({
             version = LIB_VERSION,
             catalog_digest = CATALOG_DIGEST,
-            catalog = decode(CATALOG_JSON),
+            catalog_json = CATALOG_JSON, -- verbatim: a decode/encode round trip would reformat numbers
             types = types,
             checkers = checkers,
         })

@@ -92,7 +92,7 @@ class Coordinator:
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
         for c in clients.values():
-            await c.aclose()
+            await c.aclose(close_connection_pool=True)
         if self._seed_pool is not None:
             await self._seed_pool.disconnect()
             self._seed_pool = None
@@ -231,7 +231,12 @@ class Coordinator:
                 f"coordinator runs cogs library {info['version']}, this process has "
                 f"{self.spec.version}: reload it with `cogs catalog load` (or upgrade this proxy)"
             )
-        stored = Catalog.from_wire(info["catalog"], self.spec)
+        stored = Catalog.from_wire(json.loads(info["catalog_json"]), self.spec)
+        if stored.digest != info["catalog_digest"]:
+            raise LibraryOutdated(
+                f"the stored catalog does not rebuild to its digest {info['catalog_digest']} "
+                f"(got {stored.digest}): reload it with `cogs catalog load`"
+            )
         if expected is not None and expected.digest != stored.digest:
             raise CatalogMismatch(
                 f"the catalog given ({expected.digest}) differs from the one the coordinator "

@@ -20,7 +20,7 @@ import anyio
 from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.library import TypeSpec
-from cogs.errors import BadDelta, BadKey, Moved, OpError, UnknownOp, UnknownState, op_error
+from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error
 from cogs.keys import MAX_KEY_BYTES, escape, slot
 from cogs.values import Decoder, check_decoder, retrieve_decoder
 
@@ -152,7 +152,10 @@ class StateTable:
     # -- executing ---------------------------------------------------------------------
 
     async def execute(self, ops: Sequence[Op], *, raise_errors: bool = False) -> list[Any]:
-        """Run ``ops``; return per op its value (None for plain updates) or its OpError.
+        """Run ``ops``; return per op its value (None for plain updates) or its error.
+
+        An error is an :class:`OpError` for a refused op, or the :class:`CogsError` that
+        failed the op's whole node batch (node unreachable, library outdated).
 
         Ops on the same key keep their order (same node, one call, applied in order).
         Ops whose slot moved are re-routed after re-reading the slot map.
@@ -181,7 +184,7 @@ class StateTable:
             pending = [(i, self.prepare(ops[i])) for i, _ in moved]
         if raise_errors:
             for r in results:
-                if isinstance(r, OpError):
+                if isinstance(r, CogsError):
                     raise r
         return results
 
@@ -196,7 +199,12 @@ class StateTable:
         async def one(node: int, items: list[tuple[int, Prepared]]) -> None:
             flat = [x for _, p in items for x in p.wire]
             payload = json.dumps(flat, separators=(",", ":"))
-            reply = await self.coord.call_batch(node, self.token, self.coord.alert_stream(node), payload)
+            try:
+                reply = await self.coord.call_batch(node, self.token, self.coord.alert_stream(node), payload)
+            except CogsError as failed:  # the whole node batch failed: every op in it reports why
+                for i, _ in items:
+                    results[i] = failed
+                return
             for j, (i, p) in enumerate(items):
                 err = reply.errors.get(j)
                 if err is not None:

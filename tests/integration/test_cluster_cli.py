@@ -1,0 +1,138 @@
+"""`cogs cluster up/status/down` for real: 3 primaries + 3 replicas on loopback; the
+library survives a primary's crash (failover) and a full restart (AOF)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cogs.cli import main
+from cogs.cluster import CONFIG_PATH, LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.keys import escape, slot
+from tests.conftest import Standalone
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.output
+
+
+def _wait(test: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not test():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
+    port = free_port_base(6)
+    opts = ["--port", str(port), "--dir", str(tmp_path)]
+    code, out = _cli("cluster", "up", *opts, "--replicas", "1")
+    assert code == 0, out
+    url = out.strip().splitlines()[-1]
+    assert url == f"redis://127.0.0.1:{port}"
+    lc = LocalCluster.from_dir(port, tmp_path)
+    try:
+        assert lc.replicas == 1
+        code, out = _cli("cluster", "status", *opts)
+        assert code == 0, out
+        assert out.count("master") == 3
+        assert out.count("slave") == 3
+        for p in lc.ports:  # every node runs the shared config file
+            with redis.Redis(port=p) as r:
+                assert r.info("server")["config_file"] == str(CONFIG_PATH)
+                assert r.config_get("appendonly") == {"appendonly": "yes"}
+                _wait(lambda r=r: r.function_list(library="cogs") != [])
+
+        keys = [f"k{i}" for i in range(30)]
+
+        async def write() -> dict[str, int]:
+            async with Coordinator(url=url) as co:
+                table = await StateTable.open(co)
+                await table.execute([Op(Mode.UPDATE, "scan_ports", k, "add", "22") for k in keys])
+                return {k: co.topology.node_of(slot(escape(k))) for k in keys} if co.topology else {}
+
+        anyio.run(write)
+        for p in lc.ports[:3]:
+            with redis.Redis(port=p) as r:
+                assert r.execute_command("WAIT", 1, 5000) == 1
+
+        # kill -9 the first primary: its replica takes over, with the library
+        victim = lc.ports[0]
+        os.kill(int((lc.node_dir(victim) / "redis.pid").read_text()), signal.SIGKILL)
+        t0 = time.monotonic()
+
+        def promoted() -> bool:
+            for p in lc.ports[3:]:
+                try:
+                    with redis.Redis(port=p) as r:
+                        info = r.info("replication")
+                        state = r.execute_command("CLUSTER", "INFO").decode()
+                        if info["role"] == "master" and "cluster_state:ok" in state:
+                            return True
+                except redis.ConnectionError:
+                    pass
+            return False
+
+        _wait(promoted, 30)
+        pause = time.monotonic() - t0
+
+        async def read_back() -> list[object]:
+            async with Coordinator(url=f"redis://127.0.0.1:{lc.ports[1]}") as co:
+                assert co.topology is not None
+                assert victim not in {n.port for n in co.topology.nodes}
+                table = await StateTable.open(co)
+                return await table.execute([Op(Mode.RETRIEVE, "scan_ports", k, "members") for k in keys])
+
+        assert anyio.run(read_back) == [{"22"}] * len(keys), f"after a {pause:.1f}s failover"
+
+        # full restart: AOF brings back states and the library
+        code, out = _cli("cluster", "down", *opts)
+        assert code == 0, out
+        code, out = _cli("cluster", "status", *opts)
+        assert code == 1
+        lc.start_node(victim)  # the old primary rejoins as a replica
+        code, out = _cli("cluster", "up", *opts, "--replicas", "1")
+        assert code == 0, out
+        assert anyio.run(read_back) == [{"22"}] * len(keys)
+    finally:
+        lc.down(purge=True)
+
+
+def test_up_refuses_a_busy_port(standalone: Standalone, tmp_path: Path) -> None:
+    code, out = _cli(
+        "cluster", "up", "--port", str(standalone.port), "--dir", str(tmp_path), "--masters", "1"
+    )
+    assert code == 1
+    assert "already in use" in out
+
+
+def test_standalone_redis_works_as_coordinator(standalone: Standalone) -> None:
+    from tests.helpers import make_catalog
+
+    catalog = make_catalog()
+
+    async def go() -> None:
+        async with Coordinator(url=standalone.url) as co:
+            assert co.topology is not None
+            assert not co.topology.cluster
+            await co.load_library(catalog)
+            table = await StateTable.open(co, catalog)
+            await table.update("hits", "solo", "add", 20)
+            assert await table.retrieve("hits", "solo") == 20
+            from cogs.alerts import read_alerts
+
+            assert [a.key for a in await read_alerts(co, state="hits")][-1:] == ["solo"]
+
+    standalone.client().flushall()
+    anyio.run(go)
