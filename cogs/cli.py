@@ -23,7 +23,7 @@ from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
 from cogs.settings import DEFAULT_PORT, load_settings
 
 T = TypeVar("T")
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console()
 DEFAULT_CATALOG = Path(__file__).with_name("catalogs") / "default.toml"
 
@@ -303,6 +303,19 @@ def alerts_cmd(url: str | None, follow: bool, as_json: bool, state: str | None, 
                     show(a)
 
     run(go)
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+@main.command("demo")
+@url_option
+@click.option("--middleboxes", "-n", default=4, show_default=True, help="Middlebox processes.")
+def demo_cmd(url: str | None, middleboxes: int) -> None:
+    """A port scan split over N middleboxes: cogs' global state catches it, local state does not."""
+    from cogs.demo import run_demo
+
+    run_demo(load_settings(url=url).url, middleboxes, out_console)
 
 
 # -- bench -----------------------------------------------------------------------------

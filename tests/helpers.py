@@ -120,4 +120,4 @@ class LuaHarness:
 
 
 def fake_harness() -> LuaHarness:
-    return LuaHarness(fakeredis.FakeRedis())
+    return LuaHarness(fakeredis.FakeRedis(server=fakeredis.FakeServer()))

@@ -199,7 +199,7 @@ def test_cardinality_once_per_window_and_marker_expires_with_state(h: LuaHarness
     ttl_state = h.one(R, "ports", "scanner", "ttl")
     assert 290_000 < ttl_state <= 300_000
     marker_ttl = h.r.pttl("cogs:ports:{scanner}:alerted")
-    assert 0 < marker_ttl <= ttl_state
+    assert 0 < marker_ttl <= ttl_state + 5  # set from the state's remaining window, ms apart
     h.one(U, "ports", "scanner", "clear")  # a reset opens a new window
     for port in range(3):
         h.one(U, "ports", "scanner", "add", str(port))

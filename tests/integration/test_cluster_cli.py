@@ -73,16 +73,16 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
         t0 = time.monotonic()
 
         def promoted() -> bool:
-            for p in lc.ports[3:]:
-                try:
-                    with redis.Redis(port=p) as r:
-                        info = r.info("replication")
-                        state = r.execute_command("CLUSTER", "INFO").decode()
-                        if info["role"] == "master" and "cluster_state:ok" in state:
-                            return True
-                except redis.ConnectionError:
-                    pass
-            return False
+            # every surviving node must serve the victim's slots from its promoted replica
+            for p in lc.ports[1:]:
+                with redis.Redis(port=p) as r:
+                    ports = {int(e[2][1]) for e in r.execute_command("CLUSTER", "SLOTS")}
+                    if (
+                        victim in ports
+                        or "cluster_state:ok" not in r.execute_command("CLUSTER", "INFO").decode()
+                    ):
+                        return False
+            return True
 
         _wait(promoted, 30)
         pause = time.monotonic() - t0

@@ -1,0 +1,51 @@
+"""The main demo and the coordinator bench run end to end (no timing asserted here:
+timing goals live in bench/)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+from rich.console import Console
+
+from cogs.benchmarks.coordinator import main as bench_main
+from cogs.catalog import Catalog
+from cogs.cli import DEFAULT_CATALOG
+from cogs.coordinator.client import Coordinator
+from cogs.demo import SCANNER, TARGET, run_demo
+from tests.conftest import Standalone
+
+
+@pytest.mark.slow
+def test_demo_global_state_catches_split_scan(standalone: Standalone) -> None:
+    standalone.client().flushall()
+
+    async def load() -> None:
+        async with Coordinator(url=standalone.url) as co:
+            await co.load_library(Catalog.from_file(DEFAULT_CATALOG))
+
+    anyio.run(load)
+    out = run_demo(standalone.url, 4, Console(file=io.StringIO()))
+    assert [(a["state"], a["key"], a["value"]) for a in out["alerts"]] == [
+        ("scan_ports", f"{SCANNER}>{TARGET}", "15")
+    ]
+    assert out["local_alerts"] == 0  # no single box saw 15 ports
+    assert sum(r["scanner_ports_seen"] for r in out["results"]) == 24
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_summary(tmp_path: Path) -> None:
+    out = tmp_path / "coord.json"
+    bench_main(quick=True, out=out)
+    data = json.loads(out.read_text())
+    s = data["summary"]
+    for k in ("applied_ops_per_s", "naive_ops_per_s", "pipelined_ops_per_s", "ratio_vs_naive"):
+        assert s[k] > 0, k
+    assert s["ratio_vs_naive"] == round(s["applied_ops_per_s"] / s["naive_ops_per_s"], 1)
+    assert {r["states"] for r in data["runs"]} == {1_000, 100_000}
+    assert all(r["applied"] == r["ops"] for r in data["runs"])  # every op sent was applied
+    assert out.with_suffix(".md").exists()
+    assert out.with_suffix(".png").stat().st_size > 1000
