@@ -1,25 +1,28 @@
 -- cogs API: the functions proxies call. Paper operations: Update, Retrieve, Check,
 -- applied many at a time by one FCALL per cluster node.
 --
--- FCALL cogs_batch 0 <token> <alert_stream> <ops_json>
+-- FCALL cogs_batch 0 <token> <alert_stream> <ops_json> [<proxy_id>]
 --   token        "<LIB_VERSION>:<CATALOG_DIGEST>" the caller was built for; a mismatch
 --                rejects the whole batch (OUTDATED) before anything is touched.
 --   alert_stream a key "cogs:alerts:{tag}" whose slot this node serves (the caller
 --                picks it from the slot map), where alerts raised here are kept.
 --   ops_json     flat JSON array, 5 items per op: mode, state index (1-based, catalog
 --                order), op name, key, argument (null when none).
---                mode 0 Update (no reply; trigger path)  1 Update returning the state
---                     2 Retrieve                            3 Check
+--                mode 0 Update (no reply; trigger path)   1 Update returning the state
+--                     2 Retrieve   3 Check   4 Retrieve leaving a replica at proxy_id
+--   proxy_id     the caller's id; needed by mode 4 (replica reference table).
 --   Keys are undeclared (0 numkeys): with allow-cross-slot-keys a function may touch
 --   keys of many slots as long as this node serves them. A key of another node fails
 --   that op alone with MOVED; the caller re-routes it.
 -- Returns {applied, errors, results}: applied = number of ops that took effect;
 --   errors = flat {op index (0-based), "CODE state=.. key=.. op=..: message", ...};
---   results = flat {op index, value, ...} for modes 1-3 (nil values come back as nil).
+--   results = flat {op index, value, ...} for modes 1-4 (nil values come back as nil).
+--   On a replica-mode state, mode 1 returns {value, version} and mode 4 returns
+--   {value, version, pttl}. Updates of replica-mode states publish discards (replica.lua).
 --
 -- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers}
 do
-    local R, decode, encode, null, byte, sub, gsub, pcall_, classify
+    local R, decode, encode, null, byte, sub, gsub, find, pcall_, classify, replica
     local STATES, TOKEN
     local MAX_KEY = 512
     local ALERTS_CHANNEL = 'cogs:alerts'
@@ -39,6 +42,7 @@ do
                 ttl = s.ttl_ms ~= null and s.ttl_ms or nil,
                 max_bytes = s.max_bytes,
                 max_items = s.max_items ~= null and s.max_items or nil,
+                replica = s.class == 'direct' and s.mode == 'replica',
                 update = T and T.update,
             }
             if s.class == 'indirect' then
@@ -57,7 +61,7 @@ do
                     st.params_json = encode(s.params)
                 end
             end
-            st.post = (st.window or st.ttl or st.checker) and true or false
+            st.post = (st.window or st.ttl or st.checker or st.replica) and true or false
             STATES[i] = st
         end
         TOKEN = LIB_VERSION .. ':' .. CATALOG_DIGEST
@@ -66,9 +70,9 @@ do
     local function bind()
         if STATES then return end
         R, decode, encode, null = redis.call, cjson.decode, cjson.encode, cjson.null
-        byte, sub, gsub, pcall_ = string.byte, string.sub, string.gsub, pcall
+        byte, sub, gsub, find, pcall_ = string.byte, string.sub, string.gsub, string.find, pcall
         cogs.bind()
-        classify = cogs.classify
+        classify, replica = cogs.classify, cogs.replica
         bind_states()
     end
 
@@ -105,59 +109,83 @@ do
         }))
     end
 
-    local function after_update(st, key, rk, changed, hint, stream)
-        if not changed then return end
+    -- Window / idle ttl, replica discards, checker: what follows a change.
+    -- Returns the new version of a replica-mode state.
+    local function after_update(st, sidx, key, rk, hint, ctx)
         if st.window then
             R('PEXPIRE', rk, st.window, 'NX')
         elseif st.ttl then
             R('PEXPIRE', rk, st.ttl)
         end
+        local version
+        if st.replica then
+            version = replica.bump(st, sidx, key, rk, ctx)
+        end
         if st.checker then
             local fire, value = st.checker.test(rk, hint, st, st.params)
             if fire then
                 -- the update stands even if recording its alert fails
-                local ok, e = pcall_(raise, st, key, rk, value, stream)
+                local ok, e = pcall_(raise, st, key, rk, value, ctx.stream)
                 if not ok then
                     local _, msg = classify(e)
                     cogs.fail('ALERT', 'applied, but the alert was not recorded: ' .. msg)
                 end
             end
         end
+        return version
     end
 
-    -- Generic ops every type has.
-    local function clear(rk)
-        return R('DEL', rk, rk .. ':alerted') > 0
+    local function update(mode, st, sidx, op, key, rk, arg, ctx)
+        local T = st.T
+        local fn = T.update[op]
+        local changed, hint
+        if fn then
+            changed, hint = fn(rk, arg, st)
+        elseif op == 'clear' then
+            changed = R('DEL', rk, rk .. ':alerted') > 0
+        else
+            cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no update op ' .. cogs.show(op))
+        end
+        local version
+        if changed and st.post then
+            version = after_update(st, sidx, key, rk, hint, ctx)
+        end
+        if mode == 0 then
+            return nil
+        end
+        local value = T.retrieve[T.whole](rk, null, st)
+        if st.replica then
+            return { value == nil and false or value, version or replica.version(rk) }
+        end
+        return value
     end
 
-    local function apply(mode, st, op, key, rk, arg, stream)
+    local function apply(mode, st, sidx, op, key, rk, arg, ctx)
         local T = st.T
         if mode == 0 or mode == 1 then
-            local fn = T.update[op]
-            local changed, hint
-            if fn then
-                changed, hint = fn(rk, arg, st)
-            elseif op == 'clear' then
-                return clear(rk) and 1 or 0
-            else
-                cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no update op ' .. cogs.show(op))
-            end
-            after_update(st, key, rk, changed, hint, stream)
-            if mode == 1 then
-                return T.retrieve[T.whole](rk, null, st)
-            end
-            return nil
-        elseif mode == 2 then
+            return update(mode, st, sidx, op, key, rk, arg, ctx)
+        elseif mode == 2 or mode == 4 then
             local fn = T.retrieve[op]
-            if fn then
-                if st.ttl then R('PEXPIRE', rk, st.ttl) end
-                return fn(rk, arg, st)
-            elseif op == 'exists' then
-                return R('EXISTS', rk)
-            elseif op == 'ttl' then
-                return R('PTTL', rk)
+            if not fn then
+                if op == 'exists' and mode == 2 then
+                    return R('EXISTS', rk)
+                elseif op == 'ttl' and mode == 2 then
+                    return R('PTTL', rk)
+                end
+                cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no retrieve op ' .. cogs.show(op))
             end
-            cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no retrieve op ' .. cogs.show(op))
+            if st.ttl then R('PEXPIRE', rk, st.ttl) end
+            local value = fn(rk, arg, st)
+            if mode == 2 then
+                return value
+            end
+            if not st.replica then
+                cogs.fail('BAD_FRAME', 'a replica retrieve needs a replica-mode direct state')
+            elseif not ctx.pid then
+                cogs.fail('BAD_FRAME', 'a replica retrieve needs the proxy id argument')
+            end
+            local version = replica.register(st, rk, ctx.pid)
+            return { value == nil and false or value, version, R('PTTL', rk) }
         elseif mode == 3 then
             if op == 'checker' then
                 if not st.checker then
@@ -179,21 +207,34 @@ do
         return ' state=' .. (st and st.name or '?') .. ' key=' .. cogs.show(key) .. ' op=' .. cogs.show(op) .. ': '
     end
 
-    local function batch(_, args)
-        bind()
+    local function header(args)
         if args[1] ~= TOKEN then
-            return redis.error_reply('OUTDATED the coordinator runs cogs library ' .. TOKEN
+            return 'OUTDATED the coordinator runs cogs library ' .. TOKEN
                 .. ' but the caller expects ' .. tostring(args[1])
-                .. ': reload the library (cogs catalog load) or restart the proxy with the stored catalog')
+                .. ': reload the library (cogs catalog load) or restart the proxy with the stored catalog'
         end
         local stream = args[2]
         if type(stream) ~= 'string' or sub(stream, 1, 12) ~= 'cogs:alerts:' then
-            return redis.error_reply('BAD_FRAME alert stream must be a cogs:alerts:{...} key')
+            return 'BAD_FRAME alert stream must be a cogs:alerts:{...} key'
+        end
+        local pid = args[4]
+        if pid ~= nil and (#pid > 64 or not find(pid, '^[%w_.:-]+$')) then
+            return 'BAD_FRAME proxy id must be 1-64 characters of [A-Za-z0-9_.:-]'
+        end
+        return nil
+    end
+
+    local function batch(_, args)
+        bind()
+        local bad = header(args)
+        if bad then
+            return redis.error_reply(bad)
         end
         local ok, ops = pcall_(decode, args[3])
         if not ok or type(ops) ~= 'table' or #ops % 5 ~= 0 or byte(args[3]) ~= 91 then
             return redis.error_reply('BAD_FRAME ops must be a flat JSON array of 5 items per op')
         end
+        local ctx = { stream = args[2], pid = args[4], discards = {} }
         local errs, res, applied = {}, {}, 0
         local n = #ops
         for i = 1, n, 5 do
@@ -214,13 +255,13 @@ do
                     -- the trigger hot path: update, then window/ttl/checker if the state has any
                     local changed, hint
                     ok, changed, hint = pcall_(fn, rk, arg, st)
-                    if ok and changed and st.post then
-                        ok, value = pcall_(after_update, st, key, rk, changed, hint, stream)
-                    else
-                        value = changed
+                    if not ok then
+                        value = changed -- the error
+                    elseif changed and st.post then
+                        ok, value = pcall_(after_update, st, sidx, key, rk, hint, ctx)
                     end
                 else
-                    ok, value = pcall_(apply, mode, st, op, key, rk, arg, stream)
+                    ok, value = pcall_(apply, mode, st, sidx, op, key, rk, arg, ctx)
                 end
                 if ok then
                     applied = applied + 1
@@ -238,6 +279,7 @@ do
                 res[#res + 1] = value
             end
         end
+        replica.publish(ctx, encode)
         return { applied, errs, res }
     end
 

@@ -71,6 +71,17 @@ class = "direct"
 type = "string"
 ttl = "1m"
 
+[states.nat]
+class = "direct"
+type = "int"
+mode = "replica"
+
+[states.natttl]
+class = "direct"
+type = "string"
+mode = "replica"
+ttl = "1m"
+
 [states.objects]
 class = "indirect"
 """
@@ -97,15 +108,18 @@ class LuaHarness:
         spec = self.catalog.get(state) if state in self.catalog else self.catalog.states[0]
         return [mode, sidx, op, escape(key), wire_arg(arg, spec, op)]
 
-    def raw(self, payload: str, token: str | None = None, stream: str = ALERT_STREAM) -> Any:
-        return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload)
+    def raw(
+        self, payload: str, token: str | None = None, stream: str = ALERT_STREAM, pid: str | None = None
+    ) -> Any:
+        extra = [pid] if pid is not None else []
+        return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload, *extra)
 
-    def batch(self, *ops: list[Any]) -> BatchReply:
+    def batch(self, *ops: list[Any], pid: str | None = None) -> BatchReply:
         flat = [x for o in ops for x in o]
-        return parse_reply(self.raw(json.dumps(flat)))
+        return parse_reply(self.raw(json.dumps(flat), pid=pid))
 
-    def one(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> Any:
-        reply = self.batch(self.op(mode, state, key, op, arg))
+    def one(self, mode: int, state: str, key: str, op: str, arg: Any = None, pid: str | None = None) -> Any:
+        reply = self.batch(self.op(mode, state, key, op, arg), pid=pid)
         if reply.errors:
             raise AssertionError(reply.errors[0])
         return reply.results.get(0)

@@ -271,7 +271,7 @@ def test_direct_ttl_refreshed_on_access(h: LuaHarness) -> None:
 def test_clear_and_exists(h: LuaHarness) -> None:
     h.one(U, "cnt", "e", "add", 1)
     assert h.one(R, "cnt", "e", "exists") == 1
-    assert h.one(UG, "cnt", "e", "clear") == 1
+    assert h.one(UG, "cnt", "e", "clear") is None  # the new state: gone
     assert h.one(R, "cnt", "e", "exists") == 0
 
 
@@ -357,3 +357,89 @@ def test_order_kept_per_key_within_a_batch(h: LuaHarness) -> None:
     )
     assert reply.errors == {}
     assert reply.results == {1: b"10", 3: b"14", 6: 0}
+
+
+# -- replica mode (direct states): versions, replica reference table, discards ---------
+
+RR = 4  # mode: retrieve leaving a replica
+
+
+def _discards(h: LuaHarness, pid: str, fn: object) -> list[list[object]]:
+    """Run fn() while subscribed to the proxy's discard channel; return the messages."""
+    ps = h.r.pubsub()
+    ps.subscribe(f"cogs:discard:{pid}")
+    ps.get_message(timeout=1)  # the subscribe confirmation
+    fn()  # type: ignore[operator]
+    out = []
+    while (m := ps.get_message(timeout=0.2)) is not None:
+        if m["type"] == "message":
+            out.append(json.loads(m["data"]))
+    ps.close()
+    return out
+
+
+def test_replica_retrieve_registers_holder_and_returns_version(h: LuaHarness) -> None:
+    h.one(U, "nat", "f1", "set", 7)
+    value, version, pttl = h.one(RR, "nat", "f1", "get", pid="p1")
+    assert value == b"7"
+    assert version > 1_600_000_000_000_000  # microseconds: monotonic across expiry
+    assert pttl == -1
+    assert h.r.smembers("cogs:nat:{f1}:r") == {b"p1"}
+
+
+def test_replica_update_discards_exactly_the_holders(h: LuaHarness) -> None:
+    h.one(U, "nat", "f1", "set", 1)
+    _, v1, _ = h.one(RR, "nat", "f1", "get", pid="p1")
+    h.one(RR, "nat", "f1", "get", pid="p2")
+    h.one(RR, "nat", "other", "get", pid="p3")
+    got: list[object] = []
+    msgs = _discards(h, "p1", lambda: got.append(h.one(UG, "nat", "f1", "add", 5)))
+    value, v2 = got[0]  # type: ignore[misc]
+    assert value == b"6"
+    assert v2 > v1
+    assert msgs == [[h.catalog.index("nat"), "f1", str(v2)]]
+    assert h.r.exists("cogs:nat:{f1}:r") == 0  # the entry is cleared
+    assert h.r.smembers("cogs:nat:{other}:r") == {b"p3"}  # not touched
+    # no holders left: the next update publishes nothing to p1
+    assert _discards(h, "p1", lambda: h.one(U, "nat", "f1", "add", 1)) == []
+
+
+def test_replica_discards_batched_per_holder(h: LuaHarness) -> None:
+    for k in ("a", "b", "c"):
+        h.one(RR, "nat", k, "get", pid="p1")
+    msgs = _discards(h, "p1", lambda: h.batch(*(h.op(U, "nat", k, "add", 1) for k in ("a", "b", "c"))))
+    assert len(msgs) == 1
+    assert msgs[0][1::3] == ["a", "b", "c"]
+
+
+def test_replica_version_never_goes_back(h: LuaHarness) -> None:
+    h.one(U, "natttl", "k", "set", "x")
+    _, v1, pttl = h.one(RR, "natttl", "k", "get", pid="p1")
+    assert 0 < pttl <= 60_000
+    assert 0 < h.r.pttl("cogs:natttl:{k}:v") <= 60_000  # expires with the state
+    h.r.delete("cogs:natttl:{k}", "cogs:natttl:{k}:v", "cogs:natttl:{k}:r")  # as if expired
+    value, v2 = h.one(UG, "natttl", "k", "set", "y")
+    assert value == b"y"
+    assert v2 > v1
+
+
+def test_replica_retrieve_of_absent_state(h: LuaHarness) -> None:
+    assert h.one(RR, "nat", "none", "get", pid="p9") == [None, 0, -2]
+    msgs = _discards(h, "p9", lambda: h.one(U, "nat", "none", "add", 1))
+    assert msgs[0][1] == "none"
+
+
+def test_replica_clear_discards(h: LuaHarness) -> None:
+    h.one(U, "nat", "c", "set", 3)
+    h.one(RR, "nat", "c", "get", pid="p1")
+    msgs = _discards(h, "p1", lambda: h.one(U, "nat", "c", "clear"))
+    assert msgs[0][1] == "c"
+
+
+def test_replica_retrieve_needs_pid_and_replica_state(h: LuaHarness) -> None:
+    reply = h.batch(h.op(RR, "nat", "k", "get"))
+    assert reply.errors[0].startswith("BAD_FRAME")
+    reply = h.batch(h.op(RR, "mapping", "k", "get"), pid="p1")
+    assert "replica-mode" in reply.errors[0]
+    with pytest.raises(Exception, match="BAD_FRAME proxy id"):
+        h.raw("[]", pid="bad id!")

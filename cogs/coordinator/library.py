@@ -158,7 +158,9 @@ def _checker_spec(path: Path) -> CheckerSpec:
 
 def _files(extra_dirs: Sequence[Path]) -> tuple[list[Path], list[Path], Path, Path]:
     lua_dir, chk_dir = source_dirs()
-    types = sorted((lua_dir / "types").glob("*.lua"))
+    # lua/*.lua besides core and api are shared modules: they go first, like types
+    modules = sorted(p for p in lua_dir.glob("*.lua") if p.name not in ("core.lua", "api.lua"))
+    types = modules + sorted((lua_dir / "types").glob("*.lua"))
     checkers = sorted(chk_dir.glob("*.lua"))
     for d in extra_dirs:
         if not Path(d).is_dir():
@@ -172,6 +174,8 @@ def library_spec(extra_dirs: Sequence[Path] = ()) -> LibrarySpec:
     types, checkers, core, api = _files(extra_dirs)
     tspecs: dict[str, TypeSpec] = {}
     for p in types:
+        if p.parent.name != "types":
+            continue
         t = _type_spec(p)
         if t.name in tspecs:
             raise ConfigError(f"{p}: type {t.name!r} is defined twice")

@@ -124,8 +124,6 @@ class StateTable:
                 (*ts.update, *_GENERIC_UPDATE),
                 (retrieve_decoder(ts.name, ts.whole) if op.mode == Mode.UPDATE_GET else None),
             )
-            if op.op == "clear":
-                decode = check_decoder() if op.mode == Mode.UPDATE_GET else None
         elif op.mode == Mode.RETRIEVE:
             known, decode = (*ts.retrieve, *_GENERIC_RETRIEVE), retrieve_decoder(ts.name, op.op)
         else:
