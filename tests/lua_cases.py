@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -392,9 +393,9 @@ def test_replica_update_discards_exactly_the_holders(h: LuaHarness) -> None:
     _, v1, _ = h.one(RR, "nat", "f1", "get", pid="p1")
     h.one(RR, "nat", "f1", "get", pid="p2")
     h.one(RR, "nat", "other", "get", pid="p3")
-    got: list[object] = []
+    got: list[list[Any]] = []
     msgs = _discards(h, "p1", lambda: got.append(h.one(UG, "nat", "f1", "add", 5)))
-    value, v2 = got[0]  # type: ignore[misc]
+    value, v2 = got[0]
     assert value == b"6"
     assert v2 > v1
     assert msgs == [[h.catalog.index("nat"), "f1", str(v2)]]
