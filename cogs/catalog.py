@@ -120,9 +120,7 @@ class Catalog:
     # -- loading -------------------------------------------------------------------
 
     @classmethod
-    def from_mapping(
-        cls, data: Mapping[str, Any], spec: LibrarySpec | None = None, source: str = "catalog"
-    ) -> Catalog:
+    def from_mapping(cls, data: Mapping[str, Any], spec: LibrarySpec | None = None, source: str = "catalog") -> Catalog:
         spec = spec or library_spec()
         problems: list[str] = []
         unknown = sorted(set(data) - {"states", "description"})
@@ -205,9 +203,7 @@ def _semantic_problems(st: StateSpec, spec: LibrarySpec) -> list[str]:
     out: list[str] = []
     if st.state_class == "indirect":
         if st.type != "blob":
-            out.append(
-                f"indirect states hold opaque values on middleboxes: type must be 'blob', not {st.type!r}"
-            )
+            out.append(f"indirect states hold opaque values on middleboxes: type must be 'blob', not {st.type!r}")
     elif st.type not in spec.types:
         out.append(f"type {st.type!r} is not in the library (known: {', '.join(sorted(spec.types))})")
     if st.state_class == "trigger":
@@ -226,9 +222,7 @@ def _semantic_problems(st: StateSpec, spec: LibrarySpec) -> list[str]:
         return out
     chk = spec.checkers.get(st.checker)
     if chk is None:
-        out.append(
-            f"checker {st.checker!r} is not in the library (known: {', '.join(sorted(spec.checkers))})"
-        )
+        out.append(f"checker {st.checker!r} is not in the library (known: {', '.join(sorted(spec.checkers))})")
         return out
     if st.type not in chk.types:
         out.append(f"checker {st.checker!r} works on {', '.join(chk.types)} states, not {st.type!r}")

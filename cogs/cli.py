@@ -111,9 +111,7 @@ def cluster_up(port: int, dir_: Path | None, masters: int, replicas: int, catalo
     lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_)
     url = lc.up(progress=_progress)
     _load(url, catalog)
-    _progress(
-        f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})"
-    )
+    _progress(f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})")
     click.echo(url)
 
 
@@ -153,9 +151,7 @@ def cluster_down(port: int, dir_: Path | None, purge: bool) -> None:
 
     lc = LocalCluster.from_dir(port, dir_)
     lc.down(purge=purge)
-    _progress(
-        f"stopped nodes on ports {lc.ports[0]}-{lc.ports[-1]}" + (" and deleted their data" if purge else "")
-    )
+    _progress(f"stopped nodes on ports {lc.ports[0]}-{lc.ports[-1]}" + (" and deleted their data" if purge else ""))
 
 
 @cluster.command("status")
@@ -256,9 +252,7 @@ def catalog_show(url: str | None, as_json: bool) -> None:
         )  # fmt: skip
     out_console.print(t)
     for n in status:
-        click.echo(
-            f"{n.addr}: library {n.version or '-'} catalog {n.catalog_digest or '-'} {n.error or ''}".rstrip()
-        )
+        click.echo(f"{n.addr}: library {n.version or '-'} catalog {n.catalog_digest or '-'} {n.error or ''}".rstrip())
 
 
 @catalog.command("types")

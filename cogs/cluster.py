@@ -233,9 +233,7 @@ class LocalCluster:
         ]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if r.returncode != 0:
-            raise ClusterError(
-                f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}"
-            )
+            raise ClusterError(f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}")
         try:
             _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port), 10)
         except ClusterError as e:

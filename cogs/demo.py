@@ -46,12 +46,8 @@ def synth_traffic(seed: int = 7, scan_ports: int = SCAN_PORTS) -> list[Probe]:
         client = f"192.168.1.{c + 10}"
         for server in rng.sample(servers, 3):
             for port in rng.sample([22, 53, 80, 443, 8080], rng.randint(1, 3)):
-                out += [
-                    Probe(client, rng.randrange(1024, 65535), server, port) for _ in range(rng.randint(1, 4))
-                ]
-    out += [
-        Probe(SCANNER, rng.randrange(1024, 65535), TARGET, p) for p in rng.sample(range(1, 1024), scan_ports)
-    ]
+                out += [Probe(client, rng.randrange(1024, 65535), server, port) for _ in range(rng.randint(1, 4))]
+    out += [Probe(SCANNER, rng.randrange(1024, 65535), TARGET, p) for p in rng.sample(range(1, 1024), scan_ports)]
     rng.shuffle(out)
     return out
 
@@ -134,8 +130,6 @@ def run_demo(url: str, middleboxes: int = 4, console: Console | None = None) -> 
     verdict = "each box saw too few ports" if local_total == 0 else "only where one box saw enough ports"
     console.print(f"local state only: [red]{local_total} alert(s)[/] - {verdict}")
     for a in raised:
-        console.print(
-            f"cogs global state: [green]ALERT[/] {a.state} {a.key} reached {a.value} ports ({a.checker})"
-        )
+        console.print(f"cogs global state: [green]ALERT[/] {a.state} {a.key} reached {a.value} ports ({a.checker})")
     console.print(f"done in {elapsed:.2f}s; `cogs alerts` lists every alert stored in the coordinator")
     return {"alerts": [a.to_json() for a in raised], "local_alerts": local_total, "results": results}

@@ -116,3 +116,13 @@ def op_error(message: str, *, state: str = "?", key: str = "?", op: str = "?") -
     """Build the :class:`OpError` for a Lua error line ``"CODE rest"``."""
     code, _, _rest = message.partition(" ")
     return _BY_CODE.get(code, OpError)(message, state=state, key=key, op=op)
+
+
+def refuse(cls: type[OpError], msg: str, *, state: str, key: object = None, op: object = None) -> OpError:
+    """A client-side refusal worded like the Lua library's: ``CODE state=.. key=.. op=..: msg``."""
+    where = f"state={state}"
+    if key is not None:
+        where += f" key={key!r}"
+    if op is not None:
+        where += f" op={op!r}"
+    return cls(f"{cls.code} {where}: {msg}", state=state, key=str(key) if key is not None else "?", op=str(op or "?"))

@@ -79,3 +79,26 @@ def slot_tag(s: int) -> str:
 def alert_stream(s: int) -> str:
     """The alert stream stored in slot ``s``."""
     return f"{ALERTS_STREAM_PREFIX}{{{slot_tag(s)}}}"
+
+
+#: Discard-replica messages for one proxy (classic pub/sub: reaches every node).
+DISCARD_PREFIX = "cogs:discard:"
+#: Proxy registry / heartbeat keys: one per proxy, expiring unless refreshed.
+PROXY_PREFIX = "cogs:proxy:"
+
+
+def discard_channel(proxy_id: str) -> str:
+    return DISCARD_PREFIX + proxy_id
+
+
+def proxy_key(proxy_id: str) -> str:
+    """The heartbeat key of a proxy (hash tag = its id)."""
+    return f"{PROXY_PREFIX}{{{proxy_id}}}"
+
+
+KEY_RULE = f"a key must be a non-empty str of at most {MAX_KEY_BYTES} bytes (escaped)"
+
+
+def bad_key(key: object) -> bool:
+    """True unless ``key`` is a usable NF key: a non-empty str of at most MAX_KEY_BYTES."""
+    return type(key) is not str or not key or len(escape(key).encode()) > MAX_KEY_BYTES

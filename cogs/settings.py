@@ -75,7 +75,5 @@ def load_settings(**overrides: Any) -> CogsSettings:
     try:
         return CogsSettings(**given)
     except ValidationError as e:
-        problems = "; ".join(
-            f"COGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"COGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"bad settings: {problems}") from e

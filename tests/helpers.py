@@ -108,9 +108,7 @@ class LuaHarness:
         spec = self.catalog.get(state) if state in self.catalog else self.catalog.states[0]
         return [mode, sidx, op, escape(key), wire_arg(arg, spec, op)]
 
-    def raw(
-        self, payload: str, token: str | None = None, stream: str = ALERT_STREAM, pid: str | None = None
-    ) -> Any:
+    def raw(self, payload: str, token: str | None = None, stream: str = ALERT_STREAM, pid: str | None = None) -> Any:
         extra = [pid] if pid is not None else []
         return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload, *extra)
 

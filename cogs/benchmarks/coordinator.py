@@ -55,9 +55,7 @@ def _templates(sidx: dict[str, int], n: int, seed: int) -> list[tuple[int, int, 
     return out
 
 
-async def _drive(
-    url: str, nkeys: int, seconds: float, seed: int, populate: bool = False
-) -> tuple[int, int, float]:
+async def _drive(url: str, nkeys: int, seconds: float, seed: int, populate: bool = False) -> tuple[int, int, float]:
     """One simulated proxy: returns (ops sent, ops applied, elapsed seconds)."""
     async with Coordinator(url=url) as co:
         catalog, token = await co.stored_catalog()
@@ -225,10 +223,7 @@ def main(
         "quick": quick,
         "batch_ops": BATCH,
         "inflight_per_node": INFLIGHT,
-        "mix": (
-            "40% int add + threshold, 40% set add + cardinality (windowed), 20% int get; "
-            "distinct keys per batch"
-        ),
+        "mix": ("40% int add + threshold, 40% set add + cardinality (windowed), 20% int get; distinct keys per batch"),
         "environment": environment(),
         "summary": summary,
         "runs": rows,

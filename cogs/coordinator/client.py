@@ -160,11 +160,9 @@ class Coordinator:
         """One ``FCALL cogs_batch`` on primary ``node``; Redis errors become cogs errors."""
         n = self._topo.nodes[node]
         try:
-            raw = await self._client(n.host, n.port).execute_command(
-                "FCALL", _BATCH, 0, token, stream, payload
-            )
+            raw = await self._client(n.host, n.port).execute_command("FCALL", _BATCH, 0, token, stream, payload)
         except rexc.ResponseError as e:
-            raise _translate(e, n.addr) from e
+            raise translate_error(e, n.addr) from e
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
             raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
         return parse_reply(raw)
@@ -193,7 +191,7 @@ class Coordinator:
         try:
             raw = await self.node_client(i).execute_command("FCALL_RO", _INFO, 0)
         except rexc.ResponseError as e:
-            raise _translate(e, n.addr) from e
+            raise translate_error(e, n.addr) from e
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
             raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
         info: dict[str, Any] = json.loads(raw)
@@ -222,8 +220,7 @@ class Coordinator:
         tokens = {f"{x['version']}:{x['catalog_digest']}" for x in infos}
         if len(tokens) > 1:
             raise LibraryOutdated(
-                f"coordinator nodes run different cogs libraries {sorted(tokens)}: "
-                "reload it with `cogs catalog load`"
+                f"coordinator nodes run different cogs libraries {sorted(tokens)}: reload it with `cogs catalog load`"
             )
         info = infos[0]
         if info["version"] != self.spec.version:
@@ -250,7 +247,10 @@ class Coordinator:
         return [n.addr for n in self._topo.nodes]
 
 
-def _translate(e: rexc.ResponseError, addr: str) -> CogsError:
+def translate_error(e: Exception, addr: str) -> CogsError:
+    """A Redis error reply (or any failure) of a call to node ``addr`` as a cogs error."""
+    if isinstance(e, CogsError):
+        return e
     msg = str(e)
     if msg.startswith("OUTDATED"):
         return LibraryOutdated(f"node {addr}: {msg[9:]}")

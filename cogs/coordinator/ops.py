@@ -20,8 +20,8 @@ import anyio
 from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.library import TypeSpec
-from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error
-from cogs.keys import MAX_KEY_BYTES, escape, slot
+from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse
+from cogs.keys import KEY_RULE, bad_key, escape, slot
 from cogs.values import Decoder, check_decoder, retrieve_decoder
 
 
@@ -39,7 +39,7 @@ class Op:
     mode: Mode
     state: str
     key: str
-    op: str
+    op: str | None  # None: a retrieve of the whole state
     arg: Any = None
 
 
@@ -53,6 +53,7 @@ class Prepared:
 MAX_REROUTES = 5
 _GENERIC_UPDATE = ("clear",)
 _GENERIC_RETRIEVE = ("exists", "ttl")
+_KIND_NAMES = {0: "update", 1: "update", 2: "retrieve", 3: "check", 4: "retrieve"}
 
 
 def wire_arg(arg: Any, spec: StateSpec, op: str) -> Any:
@@ -60,32 +61,55 @@ def wire_arg(arg: Any, spec: StateSpec, op: str) -> Any:
     if arg is None or isinstance(arg, str):
         return arg
     if isinstance(arg, bool):
-        raise BadDelta(
-            f"BAD_DELTA state={spec.name} op={op}: a boolean is not a valid argument",
-            state=spec.name,
-            op=op,
-        )
+        raise refuse(BadDelta, "a boolean is not a valid argument", state=spec.name, op=op)
     if isinstance(arg, int):
         # a decimal string passes exactly (a JSON number is a double in Lua)
         return str(arg)
     if isinstance(arg, float):
         if not math.isfinite(arg):
-            raise BadDelta(
-                f"BAD_DELTA state={spec.name} op={op}: {arg} is not a finite number",
-                state=spec.name,
-                op=op,
-            )
+            raise refuse(BadDelta, f"{arg} is not a finite number", state=spec.name, op=op)
         return arg
     if isinstance(arg, list | tuple | set | frozenset):
         return [wire_arg(x, spec, op) if not isinstance(x, str) else x for x in arg]
     if isinstance(arg, dict):
         return {str(k): (v if isinstance(v, str) else wire_arg(v, spec, op)) for k, v in arg.items()}
-    raise BadDelta(
-        f"BAD_DELTA state={spec.name} op={op}: cannot send a {type(arg).__name__} "
-        "(use str, int, float, or a list/dict of them)",
-        state=spec.name,
-        op=op,
-    )
+    msg = f"cannot send a {type(arg).__name__} (use str, int, float, or a list/dict of them)"
+    raise refuse(BadDelta, msg, state=spec.name, op=op)
+
+
+class Schema:
+    """What a catalog allows: states held by the coordinator, their ops, reply decoders."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.index = {s.name: catalog.index(s.name) for s in catalog}
+
+    def state(self, name: str) -> tuple[StateSpec, TypeSpec, int]:
+        sidx = self.index.get(name)
+        if sidx is None:
+            raise refuse(UnknownState, f"not in the catalog (has: {', '.join(self.index)})", state=name)
+        st = self.catalog.get(name)
+        ts = self.catalog.spec.types.get(st.type)
+        if ts is None or st.state_class == "indirect":
+            raise refuse(UnknownState, f"{st.state_class} states do not live in the coordinator", state=name)
+        return st, ts, sidx
+
+    def op(self, name: str, mode: int, op: str | None) -> tuple[str, Decoder]:
+        """The op to send for ``mode`` (retrieves default to the whole state) and its decoder."""
+        _, ts, _ = self.state(name)
+        if mode in (Mode.UPDATE, Mode.UPDATE_GET):
+            known, decode = (*ts.update, *_GENERIC_UPDATE), retrieve_decoder(ts.name, ts.whole)
+        elif mode == Mode.CHECK:
+            known, decode = (*ts.check, "checker"), check_decoder()
+        else:
+            op = op or ts.whole
+            known, decode = (*ts.retrieve, *_GENERIC_RETRIEVE), retrieve_decoder(ts.name, op)
+        if op not in known:
+            kind = _KIND_NAMES.get(mode, "update")
+            raise refuse(
+                UnknownOp, f"type {ts.name} has no {kind} op {op!r} (has: {', '.join(known)})", state=name, op=op
+            )
+        return op, decode
 
 
 class StateTable:
@@ -95,6 +119,7 @@ class StateTable:
         self.coord = coord
         self.catalog = catalog
         self.token = token
+        self.schema = Schema(catalog)
 
     @classmethod
     async def open(cls, coord: Coordinator, expected: Catalog | None = None) -> StateTable:
@@ -103,49 +128,15 @@ class StateTable:
 
     # -- preparing ---------------------------------------------------------------------
 
-    def spec_of(self, state: str) -> tuple[StateSpec, TypeSpec]:
-        if state not in self.catalog:
-            known = ", ".join(s.name for s in self.catalog)
-            msg = f"UNKNOWN_STATE state={state!r}: not in the catalog (has: {known})"
-            raise UnknownState(msg, state=state)
-        st = self.catalog.get(state)
-        ts = self.catalog.spec.types.get(st.type)
-        if ts is None:
-            raise UnknownState(
-                f"UNKNOWN_STATE state={state!r}: {st.state_class} states do not live in the coordinator",
-                state=state,
-            )
-        return st, ts
-
     def prepare(self, op: Op) -> Prepared:
-        st, ts = self.spec_of(op.state)
-        if op.mode in (Mode.UPDATE, Mode.UPDATE_GET):
-            known, decode = (
-                (*ts.update, *_GENERIC_UPDATE),
-                (retrieve_decoder(ts.name, ts.whole) if op.mode == Mode.UPDATE_GET else None),
-            )
-        elif op.mode == Mode.RETRIEVE:
-            known, decode = (*ts.retrieve, *_GENERIC_RETRIEVE), retrieve_decoder(ts.name, op.op)
-        else:
-            known, decode = (*ts.check, "checker"), check_decoder()
-        if op.op not in known:
-            raise UnknownOp(
-                f"UNKNOWN_OP state={op.state} op={op.op!r}: type {ts.name} has no "
-                f"{op.mode.name.lower().replace('_get', '')} op {op.op!r} (has: {', '.join(known)})",
-                state=op.state,
-                op=op.op,
-            )
-        key = escape(op.key) if isinstance(op.key, str) else ""
-        if not key or len(key.encode()) > MAX_KEY_BYTES:
-            raise BadKey(
-                f"BAD_KEY state={op.state} key={op.key!r}: a key must be a non-empty str of at most "
-                f"{MAX_KEY_BYTES} bytes",
-                state=op.state,
-                key=str(op.key),
-            )
+        st, _, sidx = self.schema.state(op.state)
+        name, decode = self.schema.op(op.state, op.mode, op.op)
+        if bad_key(op.key):
+            raise refuse(BadKey, KEY_RULE, state=op.state, key=op.key)
+        key = escape(op.key)
         node = self.coord.topology.node_of(slot(key)) if self.coord.topology else 0
-        wire = (int(op.mode), self.catalog.index(op.state), op.op, key, wire_arg(op.arg, st, op.op))
-        return Prepared(node, wire, decode)
+        wire = (int(op.mode), sidx, name, key, wire_arg(op.arg, st, name))
+        return Prepared(node, wire, None if op.mode == Mode.UPDATE else decode)
 
     # -- executing ---------------------------------------------------------------------
 
@@ -206,7 +197,7 @@ class StateTable:
             for j, (i, p) in enumerate(items):
                 err = reply.errors.get(j)
                 if err is not None:
-                    e = op_error(err, state=ops[i].state, key=ops[i].key, op=ops[i].op)
+                    e = op_error(err, state=ops[i].state, key=ops[i].key, op=str(ops[i].op))
                     if isinstance(e, Moved):
                         moved.append((i, p))
                     results[i] = e
@@ -226,8 +217,6 @@ class StateTable:
 
     async def retrieve(self, state: str, key: str, op: str | None = None, arg: Any = None) -> Any:
         """Read a state (``op`` defaults to the type's whole-state read)."""
-        if op is None:
-            op = self.spec_of(state)[1].whole
         return (await self.execute([Op(Mode.RETRIEVE, state, key, op, arg)], raise_errors=True))[0]
 
     async def check(self, state: str, key: str, op: str = "checker", arg: Any = None) -> bool:

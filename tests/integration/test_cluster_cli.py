@@ -77,10 +77,7 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
             for p in lc.ports[1:]:
                 with redis.Redis(port=p) as r:
                     ports = {int(e[2][1]) for e in r.execute_command("CLUSTER", "SLOTS")}
-                    if (
-                        victim in ports
-                        or "cluster_state:ok" not in r.execute_command("CLUSTER", "INFO").decode()
-                    ):
+                    if victim in ports or "cluster_state:ok" not in r.execute_command("CLUSTER", "INFO").decode():
                         return False
             return True
 
@@ -110,9 +107,7 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
 
 
 def test_up_refuses_a_busy_port(standalone: Standalone, tmp_path: Path) -> None:
-    code, out = _cli(
-        "cluster", "up", "--port", str(standalone.port), "--dir", str(tmp_path), "--masters", "1"
-    )
+    code, out = _cli("cluster", "up", "--port", str(standalone.port), "--dir", str(tmp_path), "--masters", "1")
     assert code == 1
     assert "already in use" in out
 

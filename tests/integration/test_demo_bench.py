@@ -29,9 +29,7 @@ def test_demo_global_state_catches_split_scan(standalone: Standalone) -> None:
 
     anyio.run(load)
     out = run_demo(standalone.url, 4, Console(file=io.StringIO()))
-    assert [(a["state"], a["key"], a["value"]) for a in out["alerts"]] == [
-        ("scan_ports", f"{SCANNER}>{TARGET}", "15")
-    ]
+    assert [(a["state"], a["key"], a["value"]) for a in out["alerts"]] == [("scan_ports", f"{SCANNER}>{TARGET}", "15")]
     assert out["local_alerts"] == 0  # no single box saw 15 ports
     assert sum(r["scanner_ports_seen"] for r in out["results"]) == 24
 

@@ -74,17 +74,13 @@ def test_wheel_installs_and_loads_library(tmp_path: Path, standalone: Standalone
         [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
         check=True,
     )
-    r = subprocess.run(
-        [py, "-c", PROBE, standalone.url], capture_output=True, text=True, cwd=tmp_path, check=False
-    )
+    r = subprocess.run([py, "-c", PROBE, standalone.url], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr
     import json
 
     out = json.loads(r.stdout)
     assert out["file"].startswith(str(venv))
     assert out["digest"] == out["want"]
-    r = subprocess.run(
-        [venv / "bin" / "cogs", "catalog", "types"], capture_output=True, text=True, check=False
-    )
+    r = subprocess.run([venv / "bin" / "cogs", "catalog", "types"], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert "cardinality" in r.stdout

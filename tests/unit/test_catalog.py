@@ -113,12 +113,8 @@ def test_defaults_filled_and_digest_order_independent() -> None:
 
 
 def test_int_and_float_number_params_give_one_digest() -> None:
-    a = Catalog.from_toml(
-        "[states.r]\nclass='trigger'\ntype='int'\nwindow=5\nchecker='rate'\nparams={threshold=5}"
-    )
-    b = Catalog.from_toml(
-        "[states.r]\nclass='trigger'\ntype='int'\nwindow=5\nchecker='rate'\nparams={threshold=5.0}"
-    )
+    a = Catalog.from_toml("[states.r]\nclass='trigger'\ntype='int'\nwindow=5\nchecker='rate'\nparams={threshold=5}")
+    b = Catalog.from_toml("[states.r]\nclass='trigger'\ntype='int'\nwindow=5\nchecker='rate'\nparams={threshold=5.0}")
     assert a.digest == b.digest
 
 
@@ -133,7 +129,6 @@ def test_wire_round_trip_keeps_digest() -> None:
 def test_diff_names_what_changed() -> None:
     a = make_catalog()
     b = Catalog.from_toml(
-        TEST_CATALOG.replace('window = "5m"', 'window = "6m"')
-        + "\n[states.zz]\nclass='trigger'\ntype='int'\n"
+        TEST_CATALOG.replace('window = "5m"', 'window = "6m"') + "\n[states.zz]\nclass='trigger'\ntype='int'\n"
     )
     assert catalog_diff(a, b) == "only given: zz; ports differs in window_ms"

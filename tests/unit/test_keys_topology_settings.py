@@ -32,8 +32,7 @@ def test_slot_tags_cover_every_slot() -> None:
 
 def _slots_reply(ranges: list[tuple[int, int, int]]) -> list[object]:
     return [
-        [a, b, [b"127.0.0.1", port, f"id{port}".encode()], [b"127.0.0.1", port + 100, b"r"]]
-        for a, b, port in ranges
+        [a, b, [b"127.0.0.1", port, f"id{port}".encode()], [b"127.0.0.1", port + 100, b"r"]] for a, b, port in ranges
     ]
 
 

@@ -1,0 +1,441 @@
+"""Batching: coalesce, group per node, one FCALL per node batch, dispatch the replies.
+
+Two paths feed a batch:
+
+* **lanes** — trigger updates (``update()``), one lane per state: ``key -> [op, acc,
+  op, acc, ...]``. A new update of the op last pending for the key merges into it when
+  the type declares the op commutative (``-- coalesce: add=sum`` in the Lua header):
+  counters add up, set inserts union. Another op starts a new group, so per-key order
+  holds (add, remove, add stay three ops in that order).
+* **requests** — sync and async ops with waiters (futures, or callback + packet).
+
+A flush happens after ``delay`` once something is pending, at once when a batch is
+full or a sync op waits. Its ops go out per node, lanes first, then requests in
+arrival order, on the node's pipelined link (so batches apply in send order). Memory
+is bounded: ``max_pending`` ops buffered plus in flight; past it ``update()`` raises
+:class:`Backpressure` and the async paths wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from cogs.coordinator.client import Coordinator, parse_reply, translate_error
+from cogs.coordinator.ops import wire_arg
+from cogs.errors import (
+    BadDelta,
+    BadKey,
+    CogsError,
+    CoordinatorUnavailable,
+    Moved,
+    UnknownOp,
+    op_error,
+    refuse,
+)
+from cogs.keys import KEY_RULE, bad_key, escape, slot, unescape
+from cogs.proxy.link import NodeLink
+
+log = logging.getLogger("cogs.proxy")
+
+SUM, UNION, NONE = 1, 2, 0
+_KINDS = {"sum": SUM, "union": UNION}
+ROUTE_CACHE = 1_000_000
+MAX_RETRIES = 20
+
+ErrorHook = Callable[[CogsError, Any], None]
+
+
+class Backpressure(CogsError):
+    """The proxy's buffer is full (the coordinator is slower than the NF): retry later,
+    or use ``await proxy.aupdate(...)`` which waits for room."""
+
+
+class Lane:
+    """Pending trigger updates of one state."""
+
+    __slots__ = ("kinds", "name", "pending", "prefix", "sidx", "state_spec")
+
+    def __init__(self, name: str, sidx: int, kinds: dict[str, int], state_spec: Any) -> None:
+        self.name, self.sidx, self.kinds, self.state_spec = name, sidx, kinds, state_spec
+        #: key -> [op, kind, acc, op, kind, acc, ...]: the ops pending for the key, in order
+        self.pending: dict[str, list[Any]] = {}
+        #: op -> the JSON fragment '0,<sidx>,"<op>",' that starts its wire form
+        self.prefix = {op: f"0,{sidx},{json.dumps(op)}," for op in kinds}
+
+
+class Req:
+    """One op that someone waits for (or a re-sent one)."""
+
+    __slots__ = ("arg", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
+
+    def __init__(
+        self,
+        mode: int,
+        state: str,
+        sidx: int,
+        key: str,
+        op: str,
+        arg: Any,
+        decode: Callable[[Any], Any] | None,
+    ) -> None:
+        self.mode, self.state, self.sidx, self.key, self.op, self.arg = mode, state, sidx, key, op, arg
+        self.decode = decode
+        self.ekey = escape(key)
+        self.waiters: list[Any] = []  # asyncio futures, or (callback, packet) pairs
+        self.epoch = -1
+
+
+class Batcher:
+    def __init__(
+        self,
+        coord: Coordinator,
+        token: str,
+        proxy_id: str,
+        *,
+        batch_max_ops: int,
+        delay: float,
+        max_pending: int,
+        on_error: ErrorHook,
+        on_result: Callable[[Req, Any], None],
+        on_failed: Callable[[Req, CogsError], None],
+    ) -> None:
+        self.coord, self.token, self.pid = coord, token, proxy_id
+        self.batch_max, self.delay, self.max_pending = batch_max_ops, delay, max_pending
+        self.on_error, self.on_result, self.on_failed = on_error, on_result, on_failed
+        self.lanes: dict[str, Lane] = {}
+        self.lane_factory: Callable[[str], Lane] | None = None
+        self.queue: list[Req] = []
+        # reads anyone may join: (state index, key) -> {op: queued or in-flight Req}
+        self.reads: dict[tuple[int, str], dict[str, Req]] = {}
+        self.npending = 0  # ops buffered (lane groups + requests)
+        self.inflight = 0  # ops sent, reply not yet handled
+        self.routes: dict[str, tuple[str, int]] = {}
+        self.links: dict[str, NodeLink] = {}
+        self._kick = asyncio.Event()
+        self._space = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: TaskGroup | None = None
+        self._refreshing: asyncio.Task[Any] | None = None
+        # statistics
+        self.created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
+        self.errors = self.backpressure = self.rerouted = self.retried = 0
+
+    # -- the trigger hot path ------------------------------------------------------------
+
+    def update(self, state: str, key: str, op: str, delta: Any = 1) -> None:
+        """Update(key, op, delta): queue an accumulative update; returns at once."""
+        lane = self.lanes.get(state)
+        if lane is not None:
+            g = lane.pending.get(key)  # [op, kind, acc, op, kind, acc, ...]
+            if g is not None and g[-3] == op:
+                kind = g[-2]
+                if kind == 1 and type(delta) is int:  # SUM
+                    g[-1] += delta
+                    self.coalesced += 1
+                    return
+                if kind == 2 and type(delta) is str:  # UNION
+                    g[-1].add(delta)
+                    self.coalesced += 1
+                    return
+        self._update_slow(state, lane, key, op, delta)
+
+    def _update_slow(self, state: str, lane: Lane | None, key: str, op: str, delta: Any) -> None:
+        if lane is None:
+            assert self.lane_factory is not None
+            lane = self.lane_factory(state)
+        kind = lane.kinds.get(op)
+        if kind is None:
+            known = ", ".join(lane.kinds)
+            raise refuse(UnknownOp, f"not an update op of its type (has: {known})", state=lane.name, op=op)
+        g = lane.pending.get(key)
+        if kind == SUM:
+            if type(delta) is not int:
+                raise refuse(BadDelta, f"delta must be an int, got {delta!r}", state=lane.name, key=key, op=op)
+            acc: Any = delta
+        elif kind == UNION:
+            members = [delta] if type(delta) is str else delta
+            if not isinstance(members, list | tuple | set | frozenset) or not all(type(m) is str for m in members):
+                raise refuse(BadDelta, f"members must be str, got {delta!r}", state=lane.name, key=key, op=op)
+            if not members:
+                raise refuse(BadDelta, "no members given", state=lane.name, key=key, op=op)
+            if g is not None and g[-3] == op:
+                g[-1].update(members)
+                self.coalesced += 1
+                return
+            acc = set(members)
+        else:
+            acc = wire_arg(delta, lane.state_spec, op)
+        if g is None:
+            if bad_key(key):
+                raise refuse(BadKey, KEY_RULE, state=lane.name, key=key)
+            self._reserve(lane.name)
+            lane.pending[key] = [op, kind, acc]
+        else:
+            self._reserve(lane.name)
+            g += (op, kind, acc)
+        self.created += 1
+
+    def _reserve(self, state: str) -> None:
+        if self.npending + self.inflight >= self.max_pending:
+            self.backpressure += 1
+            raise Backpressure(
+                f"proxy buffer full ({self.max_pending} ops pending or in flight) while updating {state}: "
+                "the coordinator is slower than the NF; await proxy.aupdate(...) to wait for room"
+            )
+        self.npending += 1
+        if self.npending == 1:
+            self._idle.clear()
+            if self._loop is not None and self._timer is None:
+                self._timer = self._loop.call_later(self.delay, self._kick.set)
+        elif self.npending >= self.batch_max:
+            self._kick.set()
+
+    @property
+    def updates(self) -> int:
+        """update() calls accepted: each either created an op or merged into one."""
+        return self.created + self.coalesced
+
+    def has_room(self) -> bool:
+        return self.npending + self.inflight < self.max_pending
+
+    async def wait_room(self) -> None:
+        while not self.has_room():
+            self._space.clear()
+            self._kick.set()
+            await self._space.wait()
+
+    # -- requests (sync / async ops) -----------------------------------------------------
+
+    def submit(self, req: Req, *, now: bool) -> None:
+        """Queue a request; ``now`` flushes at once (a sync op is waiting)."""
+        self.npending += 1
+        self._idle.clear()
+        self.queue.append(req)
+        if now or self.npending >= self.batch_max:
+            self._kick.set()
+        elif self._loop is not None and self._timer is None:
+            self._timer = self._loop.call_later(self.delay, self._kick.set)
+
+    def kick(self) -> None:
+        """Flush now (a sync op joined a queued read)."""
+        self._kick.set()
+
+    # -- flushing ------------------------------------------------------------------------
+
+    async def run(self, tg: TaskGroup) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tg = tg
+        if self.npending:
+            self._kick.set()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.npending:
+                self._flush()
+
+    async def drain(self) -> None:
+        """Wait until every op issued so far has been applied (or failed)."""
+        if self.npending:
+            self._kick.set()
+        await self._idle.wait()
+
+    def _route(self, key: str) -> tuple[str, int]:
+        """(the escaped key as a JSON string, its slot), cached per key."""
+        r = self.routes.get(key)
+        if r is None:
+            if len(self.routes) >= ROUTE_CACHE:
+                self.routes.clear()
+            ek = escape(key)
+            r = self.routes[key] = (json.dumps(ek), slot(ek))
+        return r
+
+    def _flush(self) -> None:
+        """Encode everything pending into one batch per node and send them.
+
+        The payload is built from JSON fragments (the escaped key's JSON is cached per
+        key, the ``mode,state,op`` prefix per lane op): at this rate json.dumps of a
+        flat list costs more than the Lua that applies it.
+        """
+        topo = self.coord.topology
+        assert topo is not None
+        assert self._tg is not None
+        owner = topo.owner
+        parts: dict[int, list[str]] = {}
+        reqs: dict[int, dict[int, Req]] = {}
+        routes = self.routes
+        for lane in self.lanes.values():
+            pend = lane.pending
+            if not pend:
+                continue
+            lane.pending = {}
+            prefix = lane.prefix
+            for key, g in pend.items():
+                r = routes.get(key) or self._route(key)
+                p = parts.get(owner[r[1]])
+                if p is None:
+                    p = parts[owner[r[1]]] = []
+                for j in range(0, len(g), 3):
+                    acc = g[j + 2]
+                    kind = g[j + 1]
+                    if kind == SUM:
+                        p.append(f'{prefix[g[j]]}{r[0]},"{acc}"')
+                    elif kind == UNION:
+                        arg = json.dumps(next(iter(acc)) if len(acc) == 1 else list(acc))
+                        p.append(f"{prefix[g[j]]}{r[0]},{arg}")
+                    else:
+                        p.append(f"{prefix[g[j]]}{r[0]},{json.dumps(acc)}")
+        for req in self.queue:
+            n = owner[self._route(req.key)[1]]
+            p = parts.get(n)
+            if p is None:
+                p = parts[n] = []
+            reqs.setdefault(n, {})[len(p)] = req
+            p.append(json.dumps([req.mode, req.sidx, req.op, req.ekey, req.arg])[1:-1])
+        self.queue = []
+        self.npending = 0
+        for n, p in parts.items():
+            self.inflight += len(p)
+            self.ops_sent += len(p)
+            self.batches += 1
+            self._tg.start_soon(self._send, n, "[" + ",".join(p) + "]", len(p), reqs.get(n, {}), 0)
+
+    def _link(self, n: int) -> NodeLink:
+        topo = self.coord.topology
+        assert topo is not None
+        node = topo.nodes[n]
+        link = self.links.get(node.addr)
+        if link is None:
+            client = self.coord.node_client(n)
+            pool = client.connection_pool
+            link = self.links[node.addr] = NodeLink(node.addr, pool.connection_class, pool.connection_kwargs)
+        return link
+
+    async def _send(self, n: int, payload: str, nops: int, reqs: dict[int, Req], attempt: int) -> None:
+        try:
+            stream = self.coord.alert_stream(n)
+            try:
+                raw = await self._link(n).call("FCALL", "cogs_batch", 0, self.token, stream, payload, self.pid)
+            except CoordinatorUnavailable as e:
+                await self._retry(payload, reqs, attempt, e)
+                return
+            except Exception as e:  # a refusal of the whole batch (library outdated, bad frame)
+                self._fail_batch(nops, reqs, translate_error(e, self._link(n).addr))
+                return
+            self._dispatch(payload, reqs, parse_reply(raw))
+        finally:
+            self.inflight -= nops
+            self._space.set()
+            if not self.npending and not self.inflight:
+                self._idle.set()
+
+    def _dispatch(self, payload: str, reqs: dict[int, Req], reply: Any) -> None:
+        self.ops_applied += reply.applied
+        moved: list[int] = []
+        flat: list[Any] | None = None
+        for i, msg in reply.errors.items():
+            if flat is None:
+                flat = json.loads(payload)  # the rare path: recover what op i was
+            req = reqs.get(i)
+            state = req.state if req else self._state_name(flat[5 * i + 1])
+            key = req.key if req else unescape(flat[5 * i + 3])
+            err = op_error(msg, state=state, key=key, op=str(flat[5 * i + 2]))
+            if isinstance(err, Moved):
+                moved.append(i)
+                continue
+            self.errors += 1
+            if req is not None:
+                self.on_failed(req, err)
+            else:
+                self.on_error(err, None)
+        for i, value in reply.results.items():
+            req = reqs.get(i)
+            if req is not None:
+                self.on_result(req, value)
+        if moved:
+            assert flat is not None
+            self.rerouted += len(moved)
+            self._requeue(flat, reqs, moved)
+            self._refresh_soon()
+
+    def _state_name(self, sidx: int) -> str:
+        for lane in self.lanes.values():
+            if lane.sidx == sidx:
+                return lane.name
+        return f"#{sidx}"
+
+    def _requeue(self, flat: list[Any], reqs: dict[int, Req], which: list[int]) -> None:
+        """Put ops back in front of the queue (they were issued before anything queued now)."""
+        back: list[Req] = []
+        for i in which:
+            req = reqs.get(i)
+            if req is None:
+                mode, sidx, op, ek, arg = flat[5 * i : 5 * i + 5]
+                req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
+            back.append(req)
+        self.queue[:0] = back
+        self.npending += len(back)
+        self._idle.clear()
+        if self._loop is not None and self._timer is None:
+            self._timer = self._loop.call_later(max(self.delay, 0.01), self._kick.set)
+
+    async def _retry(self, payload: str, reqs: dict[int, Req], attempt: int, cause: CogsError) -> None:
+        """The node's connection failed under the batch: re-read the topology, re-send.
+
+        Delivery is at least once here: the batch may have been applied before the
+        connection dropped.
+        """
+        flat = json.loads(payload)
+        if attempt >= MAX_RETRIES:
+            self._fail_batch(len(flat) // 5, reqs, cause)
+            return
+        self.retried += 1
+        await anyio.sleep(min(0.05 * 2**attempt, 2.0))
+        try:
+            await self.coord.refresh()
+        except CoordinatorUnavailable as e:
+            log.warning("coordinator unreachable (%s); retrying batch", e)
+        self._requeue(flat, reqs, list(range(len(flat) // 5)))
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            await self.coord.refresh()
+        except CoordinatorUnavailable as e:
+            log.warning("slot map refresh failed: %s", e)
+        self._kick.set()
+
+    def _fail_batch(self, n: int, reqs: dict[int, Req], err: CogsError) -> None:
+        self.errors += n
+        for i in range(n):
+            req = reqs.get(i)
+            if req is not None:
+                self.on_failed(req, err)
+        if len(reqs) < n:
+            self.on_error(err, None)
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for link in self.links.values():
+            await link.aclose()
+
+
+def coalesce_kinds(declared: dict[str, str], update_ops: tuple[str, ...]) -> dict[str, int]:
+    """Op -> SUM / UNION / NONE, from a type's ``-- coalesce:`` header."""
+    return {op: _KINDS.get(declared.get(op, ""), NONE) for op in (*update_ops, "clear")}

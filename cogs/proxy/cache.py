@@ -1,0 +1,88 @@
+"""The replica cache of a proxy (replica mode of direct-retrieval states).
+
+Correctness rests on versions (lua/replica.lua): a discard carries the version the
+update created, and drops any cached value older than it. A discard may overtake the
+reply of a retrieve issued before the update (they travel on different connections),
+so while a retrieve of a key is in flight every discard for the key is remembered
+(a tombstone) and the reply is cached only if it is at least that new. When the
+discard link drops, every replica is dropped and caching stays off until the link is
+back (an epoch guards replies of retrieves sent before the drop).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+MISS: Final = object()
+
+
+class ReplicaCache:
+    def __init__(self) -> None:
+        # (state index, key) -> (value, version, expires at (monotonic) or 0)
+        self._entries: dict[tuple[int, str], tuple[Any, int, float]] = {}
+        self._inflight: dict[tuple[int, str], int] = {}
+        self._tombs: dict[tuple[int, str], int] = {}
+        self.epoch = 0
+        self.enabled = False
+        self.hits = self.misses = self.discards = self.drops = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, k: tuple[int, str]) -> Any:
+        e = self._entries.get(k)
+        if e is None:
+            self.misses += 1
+            return MISS
+        if e[2] and e[2] < time.monotonic():
+            del self._entries[k]
+            self.misses += 1
+            return MISS
+        self.hits += 1
+        return e[0]
+
+    def begin_fetch(self, k: tuple[int, str]) -> int:
+        self._inflight[k] = self._inflight.get(k, 0) + 1
+        return self.epoch
+
+    def end_fetch(self, k: tuple[int, str], epoch: int, value: Any, version: int, pttl: int) -> bool:
+        """A replica retrieve returned: cache it unless a newer discard came meanwhile."""
+        n = self._inflight.get(k, 1) - 1
+        tomb = self._tombs.get(k, 0)
+        if n <= 0:
+            self._inflight.pop(k, None)
+            self._tombs.pop(k, None)
+        else:
+            self._inflight[k] = n
+        if not self.enabled or epoch != self.epoch or version < tomb:
+            return False
+        cur = self._entries.get(k)
+        if cur is not None and cur[1] > version:
+            return False
+        expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
+        self._entries[k] = (value, version, expires)
+        return True
+
+    def abort_fetch(self, k: tuple[int, str]) -> None:
+        n = self._inflight.get(k, 1) - 1
+        if n <= 0:
+            self._inflight.pop(k, None)
+            self._tombs.pop(k, None)
+        else:
+            self._inflight[k] = n
+
+    def discard(self, k: tuple[int, str], version: int) -> None:
+        self.discards += 1
+        e = self._entries.get(k)
+        if e is not None and e[1] < version:
+            del self._entries[k]
+        if k in self._inflight and self._tombs.get(k, 0) < version:
+            self._tombs[k] = version
+
+    def drop_all(self) -> None:
+        """The discard link is down: nothing cached can be trusted any more."""
+        if self._entries:
+            self.drops += 1
+        self._entries.clear()
+        self.epoch += 1

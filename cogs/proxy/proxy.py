@@ -1,0 +1,406 @@
+"""StateProxy: the library each middlebox embeds to reach the global states.
+
+Paper API -> cogs:
+
+=====================================================  ====================================
+``Update(key, op, ΔS)``                                ``proxy.update(state, key, op, delta)``
+``SynUp(key, op, ΔS)``                                 ``await proxy.syn_up(state, key, op, delta)``
+``SynRetrieve(key, op)``                               ``await proxy.syn_retrieve(state, key, op)``
+``Check(key, op)``                                     ``await proxy.syn_check(state, key, op, arg)``
+``AsynUp(key, op, ΔS, Callback, Packet)``              ``proxy.asyn_up(state, key, op, delta, callback, packet)``
+``AsynRetrieve(key, op, Callback, Packet)``            ``proxy.asyn_retrieve(state, key, op, callback, packet)``
+=====================================================  ====================================
+
+``update`` returns at once (the trigger hot path; coalesced and batched). The async
+forms return at once too and call ``callback(state, packet)`` when the state is back;
+waiting packets sit in the packet buffer table, keyed by state key, and callbacks of
+one key run in arrival order. Reads of a key already queued or in flight are shared.
+Direct states in replica mode are served from the proxy's replica cache when it
+holds them; the coordinator discards replicas on update (see cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from cogs.catalog import Catalog
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.ops import Schema, wire_arg
+from cogs.errors import BadKey, CogsError, refuse
+from cogs.keys import KEY_RULE, bad_key, proxy_key, slot
+from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
+from cogs.proxy.cache import MISS, ReplicaCache
+from cogs.proxy.discard import DiscardHook, DiscardLink
+from cogs.proxy.stats import ProxyStatistics
+from cogs.settings import CogsSettings, load_settings
+
+log = logging.getLogger("cogs.proxy")
+Callback = Callable[[Any, Any], Any]
+ErrorCallback = Callable[[CogsError, Any], Any]
+UPDATE, UPDATE_GET, RETRIEVE, CHECK, RETRIEVE_REPLICA = 0, 1, 2, 3, 4
+
+
+class StateProxy:
+    """``async with StateProxy(url) as proxy:`` — a middlebox's handle on global states.
+
+    ``proxy.update(state, key, op, delta=1)`` is the trigger hot path (an attribute
+    bound to the batcher, so a call costs one Python call). It raises
+    :class:`Backpressure` when the buffer is full; ``await proxy.aupdate(...)`` waits.
+    Errors the coordinator reports for updates go to ``on_error(error, packet)`` (and
+    the log, and ``statistics().errors``): never silently dropped.
+    """
+
+    update: Callable[..., None]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: CogsSettings | None = None,
+        catalog: Catalog | str | Path | None = None,
+        proxy_id: str | None = None,
+        batch_max_ops: int = 2000,
+        batch_delay_ms: float = 0.5,
+        max_pending: int = 200_000,
+        heartbeat_ttl_s: float = 10.0,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.settings = settings or load_settings(url=url)
+        if not 0 < batch_delay_ms <= 1000 or batch_max_ops < 1 or max_pending < batch_max_ops:
+            raise CogsError("need 0 < batch_delay_ms <= 1000, batch_max_ops >= 1, max_pending >= batch_max_ops")
+        self.id = proxy_id or f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._expected = Catalog.from_file(catalog) if isinstance(catalog, str | Path) else catalog
+        self._opts = (batch_max_ops, batch_delay_ms / 1000, max_pending)
+        self._heartbeat_ttl = heartbeat_ttl_s
+        self._on_error = on_error or self._log_error
+        self.coord = Coordinator(self.settings)
+        self.cache = ReplicaCache()
+        self.catalog: Catalog
+        self._batcher: Batcher
+        self._discard: DiscardLink
+        self._tg: TaskGroup | None = None
+        self._schema: Schema
+        self._replica_whole: dict[str, str] = {}
+        self._sync_ops = self._async_ops = self._callback_errors = 0
+        # the packet buffer table: packets waiting for their state, per state key
+        self._packets: dict[tuple[int, str], int] = {}
+        self._npackets = 0
+        self._logged_errors = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.coord.connect()
+        try:
+            self.catalog, token = await self.coord.stored_catalog(self._expected)
+            self._schema = Schema(self.catalog)
+            self._replica_whole = {
+                st.name: self.catalog.spec.types[st.type].whole
+                for st in self.catalog
+                if st.state_class == "direct" and st.mode == "replica"
+            }
+            bmax, delay, maxp = self._opts
+            self._batcher = Batcher(
+                self.coord, token, self.id, batch_max_ops=bmax, delay=delay, max_pending=maxp,
+                on_error=self._on_error, on_result=self._resolve, on_failed=self._failed,
+            )  # fmt: skip
+            self._batcher.lane_factory = self._new_lane
+            self.update = self._batcher.update
+            self._discard = DiscardLink(self.coord, self.id, self.cache)
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            await self._tg.start(self._discard.run)
+            self._tg.start_soon(self._batcher.run, self._tg)
+            await self._beat()
+            self._tg.start_soon(self._heartbeat)
+        except BaseException:
+            await self._teardown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, *, drain_timeout: float = 5.0) -> None:
+        """Send what is pending (up to ``drain_timeout``), unregister, close links."""
+        if self._tg is not None:
+            with anyio.move_on_after(drain_timeout):
+                await self._batcher.drain()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._unregister()
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(None, None, None)
+            except BaseException as e:
+                log.warning("proxy task ended with %r", e)
+            await self._batcher.aclose()
+        await self.coord.aclose()
+
+    # -- registry / heartbeat --------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        assert self.coord.topology is not None
+        node = self.coord.topology.node_of(slot(self.id))
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        info["stats"] = self.statistics().__dict__
+        ttl = int(self._heartbeat_ttl * 1000)
+        await self.coord.node_client(node).set(proxy_key(self.id), json.dumps(info), px=ttl)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self._heartbeat_ttl / 3)
+            try:
+                await self._beat()
+            except Exception as e:
+                log.warning("proxy %s heartbeat failed: %s", self.id, e)
+                with contextlib.suppress(CogsError):
+                    await self.coord.refresh()
+
+    async def _unregister(self) -> None:
+        try:
+            assert self.coord.topology is not None
+            node = self.coord.topology.node_of(slot(self.id))
+            await self.coord.node_client(node).delete(proxy_key(self.id))
+        except Exception as e:
+            log.warning("proxy %s could not unregister: %s", self.id, e)
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _new_lane(self, state: str) -> Lane:
+        st, ts, sidx = self._schema.state(state)
+        kinds = coalesce_kinds(ts.coalesce, ts.update)
+        if st.state_class != "trigger":  # no merging: reads must see each update in order
+            kinds = dict.fromkeys(kinds, 0)
+        lane = self._batcher.lanes[state] = Lane(state, sidx, kinds, st)
+        return lane
+
+    def _req(self, mode: int, state: str, key: str, op: str | None, arg: Any) -> Req:
+        st, _, sidx = self._schema.state(state)
+        name, decode = self._schema.op(state, mode, op)
+        if bad_key(key):
+            raise refuse(BadKey, KEY_RULE, state=state, key=key)
+        req = Req(mode, state, sidx, key, name, wire_arg(arg, st, name), decode)
+        if mode in (UPDATE, UPDATE_GET):
+            self._batcher.reads.pop((sidx, key), None)  # later reads must see this update
+        return req
+
+    def _replicated(self, req: Req) -> bool:
+        """A whole-state read of a replica-mode state: served by / filling the cache."""
+        return req.arg is None and self._replica_whole.get(req.state) == req.op
+
+    # -- the paper's operations ---------------------------------------------------------------
+
+    async def aupdate(self, state: str, key: str, op: str, delta: Any = 1) -> None:
+        """``update`` that waits for room instead of raising Backpressure."""
+        if not self._batcher.has_room():
+            await self._batcher.wait_room()
+        self.update(state, key, op, delta)
+
+    async def syn_up(self, state: str, key: str, op: str, delta: Any = None) -> Any:
+        """SynUp: apply the update at the coordinator and return the new state."""
+        req = self._req(UPDATE_GET, state, key, op, delta)
+        return await self._wait(req)
+
+    async def syn_retrieve(self, state: str, key: str, op: str | None = None, arg: Any = None) -> Any:
+        """SynRetrieve: the state (``op`` defaults to the whole state), from the replica
+        cache when this proxy holds a valid replica."""
+        whole = self._replica_whole.get(state)
+        if whole is not None and arg is None and (op is None or op == whole):
+            sidx = self._schema.index[state]
+            if (sidx, key) not in self._packets:  # earlier packets of the key go first
+                v = self.cache.get((sidx, key))
+                if v is not MISS:
+                    return v
+        return await self._wait(self._req(RETRIEVE, state, key, op, arg))
+
+    async def syn_check(self, state: str, key: str, op: str = "checker", arg: Any = None) -> bool:
+        """Check: evaluate a predicate, or the state's checker, at the coordinator."""
+        return bool(await self._wait(self._req(CHECK, state, key, op, arg)))
+
+    def asyn_up(self, state: str, key: str, op: str, delta: Any, callback: Callback, packet: Any = None) -> None:
+        """AsynUp: returns at once; ``callback(new_state, packet)`` runs when applied."""
+        req = self._req(UPDATE_GET, state, key, op, delta)
+        self._async_ops += 1
+        self._hold(req, callback, packet)
+        self._batcher.submit(req, now=False)
+
+    def asyn_retrieve(
+        self, state: str, key: str, op: str | None, callback: Callback, packet: Any = None, arg: Any = None
+    ) -> None:
+        """AsynRetrieve: returns at once; ``callback(state, packet)`` runs when the state is
+        back (at once on a replica hit, unless packets of the key are still waiting)."""
+        req = self._req(RETRIEVE, state, key, op, arg)
+        self._async_ops += 1
+        if arg is None:
+            shared = self._batcher.reads.get((req.sidx, key), {}).get(req.op)
+            if shared is not None:  # wait on the same round trip
+                self._hold(shared, callback, packet)
+                return
+        if self._replicated(req) and (req.sidx, key) not in self._packets:
+            # a replica hit answers at once, unless earlier packets of the key still wait
+            v = self.cache.get((req.sidx, key))
+            if v is not MISS:
+                self._call(callback, v, packet)
+                return
+        self._hold(req, callback, packet)
+        self._send(req, now=False)
+
+    def _hold(self, req: Req, callback: Callback, packet: Any) -> None:
+        req.waiters.append((callback, packet))
+        k = (req.sidx, req.key)
+        self._packets[k] = self._packets.get(k, 0) + 1
+        self._npackets += 1
+
+    def _release(self, req: Req) -> None:
+        k = (req.sidx, req.key)
+        for w in req.waiters:
+            if not isinstance(w, asyncio.Future):
+                self._npackets -= 1
+                n = self._packets.get(k, 1) - 1
+                if n:
+                    self._packets[k] = n
+                else:
+                    self._packets.pop(k, None)
+
+    def cached(self, state: str, key: str) -> Any:
+        """The replica this proxy holds for ``state[key]``, or ``MISS`` (no round trip)."""
+        sidx = self._schema.index.get(state)
+        return MISS if sidx is None else self.cache.get((sidx, key))
+
+    async def flush(self) -> None:
+        """Wait until everything issued so far has been applied at the coordinator."""
+        await self._batcher.drain()
+
+    def add_discard_listener(self, hook: DiscardHook) -> None:
+        """``hook(state_index, key, version)`` for every discard this proxy receives."""
+        self._discard.hooks.append(hook)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _send(self, req: Req, *, now: bool) -> None:
+        if req.mode == RETRIEVE:
+            if self._replicated(req):
+                req.mode = RETRIEVE_REPLICA
+                req.epoch = self.cache.begin_fetch((req.sidx, req.key))
+            if req.arg is None:
+                self._batcher.reads.setdefault((req.sidx, req.key), {})[req.op] = req
+        self._batcher.submit(req, now=now)
+
+    async def _wait(self, req: Req) -> Any:
+        if not self._batcher.has_room():
+            await self._batcher.wait_room()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if req.mode == RETRIEVE and req.arg is None:
+            shared = self._batcher.reads.get((req.sidx, req.key), {}).get(req.op)
+            if shared is not None:
+                shared.waiters.append(fut)
+                self._sync_ops += 1
+                self._batcher.kick()
+                return await fut
+        req.waiters.append(fut)
+        self._sync_ops += 1
+        self._send(req, now=True)
+        return await fut
+
+    def _resolve(self, req: Req, raw: Any) -> None:
+        """A reply for a request: decode, cache a replica, wake the waiters in order."""
+        reads = self._batcher.reads.get((req.sidx, req.key))
+        if reads is not None and reads.get(req.op) is req:
+            del reads[req.op]
+            if not reads:
+                del self._batcher.reads[(req.sidx, req.key)]
+        decode = req.decode or (lambda v: v)
+        if req.mode == RETRIEVE_REPLICA:
+            value = decode(raw[0] if raw[0] is not False else None)
+            self.cache.end_fetch((req.sidx, req.key), req.epoch, value, int(raw[1]), int(raw[2]))
+        elif req.mode == UPDATE_GET and isinstance(raw, list) and req.state in self._replica_whole:
+            value = decode(raw[0] if raw[0] is not False else None)
+        else:
+            value = decode(None if raw is False else raw)
+        self._release(req)
+        for w in req.waiters:
+            if isinstance(w, asyncio.Future):
+                if not w.done():
+                    w.set_result(value)
+            else:
+                self._call(w[0], value, w[1])
+
+    def _failed(self, req: Req, err: CogsError) -> None:
+        reads = self._batcher.reads.get((req.sidx, req.key))
+        if reads is not None and reads.get(req.op) is req:
+            del reads[req.op]
+        if req.mode == RETRIEVE_REPLICA:
+            self.cache.abort_fetch((req.sidx, req.key))
+        self._release(req)
+        if not req.waiters:
+            self._on_error(err, None)
+        for w in req.waiters:
+            if isinstance(w, asyncio.Future):
+                if not w.done():
+                    w.set_exception(err)
+            else:
+                self._on_error(err, w[1])
+
+    def _call(self, callback: Callback, value: Any, packet: Any) -> None:
+        try:
+            callback(value, packet)
+        except Exception:  # a broken callback must not stall the other packets
+            self._callback_errors += 1
+            log.exception("proxy %s: state callback failed", self.id)
+
+    def _log_error(self, err: CogsError, packet: Any) -> None:
+        self._logged_errors += 1
+        n = self._logged_errors
+        if n <= 10 or n % 1000 == 0:
+            log.warning("proxy %s: %s (%d errors so far)", self.id, err, n)
+
+    def statistics(self) -> ProxyStatistics:
+        b = getattr(self, "_batcher", None)
+        c = self.cache
+
+        def g(name: str) -> int:
+            return int(getattr(b, name, 0))
+
+        return ProxyStatistics(
+            proxy_id=self.id,
+            updates=g("updates"),
+            coalesced=g("coalesced"),
+            ops_sent=g("ops_sent"),
+            ops_applied=g("ops_applied"),
+            batches=g("batches"),
+            sync_ops=self._sync_ops,
+            async_ops=self._async_ops,
+            cache_hits=c.hits,
+            cache_misses=c.misses,
+            cached_entries=len(c),
+            discards=c.discards,
+            cache_drops=c.drops,
+            pending_ops=g("npending"),
+            inflight_ops=g("inflight"),
+            pending_packets=self._npackets,
+            errors=g("errors") + self._callback_errors,
+            backpressure=g("backpressure"),
+            rerouted=g("rerouted"),
+            retried_batches=g("retried"),
+        )
+
+
+__all__ = ["MISS", "Backpressure", "StateProxy"]
