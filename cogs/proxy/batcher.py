@@ -263,47 +263,13 @@ class Batcher:
         return r
 
     def _flush(self) -> None:
-        """Encode everything pending into one batch per node and send them.
-
-        The payload is built from JSON fragments (the escaped key's JSON is cached per
-        key, the ``mode,state,op`` prefix per lane op): at this rate json.dumps of a
-        flat list costs more than the Lua that applies it.
-        """
+        assert self._tg is not None
         topo = self.coord.topology
         assert topo is not None
-        assert self._tg is not None
-        owner = topo.owner
-        parts: dict[int, list[str]] = {}
-        reqs: dict[int, dict[int, Req]] = {}
-        routes = self.routes
-        for lane in self.lanes.values():
-            pend = lane.pending
-            if not pend:
-                continue
+        lanes = [lane for lane in self.lanes.values() if lane.pending]
+        parts, reqs = encode(lanes, self.queue, topo.owner, self._route, self.routes)
+        for lane in lanes:
             lane.pending = {}
-            prefix = lane.prefix
-            for key, g in pend.items():
-                r = routes.get(key) or self._route(key)
-                p = parts.get(owner[r[1]])
-                if p is None:
-                    p = parts[owner[r[1]]] = []
-                for j in range(0, len(g), 3):
-                    acc = g[j + 2]
-                    kind = g[j + 1]
-                    if kind == SUM:
-                        p.append(f'{prefix[g[j]]}{r[0]},"{acc}"')
-                    elif kind == UNION:
-                        arg = json.dumps(next(iter(acc)) if len(acc) == 1 else list(acc))
-                        p.append(f"{prefix[g[j]]}{r[0]},{arg}")
-                    else:
-                        p.append(f"{prefix[g[j]]}{r[0]},{json.dumps(acc)}")
-        for req in self.queue:
-            n = owner[self._route(req.key)[1]]
-            p = parts.get(n)
-            if p is None:
-                p = parts[n] = []
-            reqs.setdefault(n, {})[len(p)] = req
-            p.append(json.dumps([req.mode, req.sidx, req.op, req.ekey, req.arg])[1:-1])
         self.queue = []
         self.npending = 0
         for n, p in parts.items():
@@ -434,6 +400,50 @@ class Batcher:
             self._timer.cancel()
         for link in self.links.values():
             await link.aclose()
+
+
+def encode(
+    lanes: list[Lane],
+    queue: list[Req],
+    owner: Any,
+    route: Callable[[str], tuple[str, int]],
+    routes: dict[str, tuple[str, int]] | None = None,
+) -> tuple[dict[int, list[str]], dict[int, dict[int, Req]]]:
+    """The pending ops as JSON fragments per node (lanes first, then requests in order),
+    and which op index of each node's batch is which request.
+
+    Built from fragments (the escaped key's JSON is cached per key, the ``mode,state,op``
+    prefix per lane op): at this rate json.dumps of a flat list costs more than the Lua
+    that applies it.
+    """
+    parts: dict[int, list[str]] = {}
+    reqs: dict[int, dict[int, Req]] = {}
+    cached = (routes or {}).get
+    for lane in lanes:
+        prefix = lane.prefix
+        for key, g in lane.pending.items():
+            r = cached(key) or route(key)
+            p = parts.get(owner[r[1]])
+            if p is None:
+                p = parts[owner[r[1]]] = []
+            for j in range(0, len(g), 3):
+                acc = g[j + 2]
+                kind = g[j + 1]
+                if kind == SUM:
+                    p.append(f'{prefix[g[j]]}{r[0]},"{acc}"')
+                elif kind == UNION:
+                    arg = json.dumps(next(iter(acc)) if len(acc) == 1 else list(acc))
+                    p.append(f"{prefix[g[j]]}{r[0]},{arg}")
+                else:
+                    p.append(f"{prefix[g[j]]}{r[0]},{json.dumps(acc)}")
+    for req in queue:
+        n = owner[route(req.key)[1]]
+        p = parts.get(n)
+        if p is None:
+            p = parts[n] = []
+        reqs.setdefault(n, {})[len(p)] = req
+        p.append(json.dumps([req.mode, req.sidx, req.op, req.ekey, req.arg])[1:-1])
+    return parts, reqs
 
 
 def coalesce_kinds(declared: dict[str, str], update_ops: tuple[str, ...]) -> dict[str, int]:

@@ -1,0 +1,160 @@
+"""BlockingStateProxy: the same proxy for NFs written in plain synchronous Python.
+
+A StateProxy runs on an event loop in a background thread (anyio's blocking portal),
+for the whole life of the facade: one implementation, two ways in. ``update`` and
+the async forms hand their arguments over through a deque, so a call costs well
+under a microsecond and keeps issue order with the sync calls; the sync forms wait
+for their reply. Callbacks of ``asyn_up`` / ``asyn_retrieve`` run on the proxy's
+thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from cogs.errors import BadDelta, CogsError, UnknownOp, refuse
+from cogs.proxy.batcher import SUM, Backpressure
+from cogs.proxy.proxy import Callback, StateProxy
+from cogs.proxy.stats import ProxyStatistics
+
+_UPDATE, _ASYN_UP, _ASYN_RETRIEVE = 0, 1, 2
+
+
+class BlockingStateProxy:
+    """``with BlockingStateProxy(url) as proxy:`` — StateProxy's API without ``await``."""
+
+    def __init__(self, url: str | None = None, *, max_queued: int = 200_000, **kwargs: Any) -> None:
+        self._cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._portal = self._cm.__enter__()
+        self._stop: anyio.Event | None = None
+        self._q: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self._scheduled = False
+        self._max_queued = max_queued
+        self._drained = threading.Event()
+        self._drained.set()
+        self._proxy: StateProxy
+        try:
+            self._done, self._proxy = self._portal.start_task(self._lifetime, url, kwargs)
+        except BaseException:
+            self._cm.__exit__(None, None, None)
+            raise
+        self.id = self._proxy.id
+        self.catalog = self._proxy.catalog
+        # what update() can check in the caller's thread (the rest surfaces via on_error)
+        self._kinds: dict[str, dict[str, int]] = {}
+
+    async def _lifetime(self, url: str | None, kwargs: dict[str, Any], *, task_status: TaskStatus[StateProxy]) -> None:
+        self._stop = anyio.Event()
+        async with StateProxy(url, **kwargs) as proxy:
+            task_status.started(proxy)
+            await self._stop.wait()
+            await self._drain()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stop is None:
+            return
+        stop, self._stop = self._stop, None
+        self._portal.call(stop.set)
+        self._done.result(timeout=30)
+        self._cm.__exit__(None, None, None)
+
+    # -- calls handed over without waiting -------------------------------------------------
+
+    def _lane_kinds(self, state: str) -> dict[str, int]:
+        kinds = self._kinds.get(state)
+        if kinds is None:
+            kinds = self._kinds[state] = dict(self._portal.call(self._make_lane, state))
+        return kinds
+
+    async def _make_lane(self, state: str) -> dict[str, int]:
+        lane = self._proxy._batcher.lanes.get(state) or self._proxy._new_lane(state)
+        return lane.kinds
+
+    def update(self, state: str, key: str, op: str, delta: Any = 1) -> None:
+        """Update(key, op, delta): returns at once; blocks only while the queue is full."""
+        kinds = self._kinds.get(state) or self._lane_kinds(state)
+        kind = kinds.get(op)
+        if kind is None:
+            raise refuse(UnknownOp, f"not an update op of its type (has: {', '.join(kinds)})", state=state, op=op)
+        if kind == SUM and type(delta) is not int:
+            raise refuse(BadDelta, f"delta must be an int, got {delta!r}", state=state, key=key, op=op)
+        self._hand_over(_UPDATE, (state, key, op, delta))
+
+    def asyn_up(self, state: str, key: str, op: str, delta: Any, callback: Callback, packet: Any = None) -> None:
+        self._hand_over(_ASYN_UP, (state, key, op, delta, callback, packet))
+
+    def asyn_retrieve(
+        self, state: str, key: str, op: str | None, callback: Callback, packet: Any = None, arg: Any = None
+    ) -> None:
+        self._hand_over(_ASYN_RETRIEVE, (state, key, op, callback, packet, arg))
+
+    def _hand_over(self, kind: int, args: tuple[Any, ...]) -> None:
+        self._q.append((kind, args))
+        if not self._scheduled:
+            self._scheduled = True
+            self._drained.clear()
+            self._portal.start_task_soon(self._drain)
+        if len(self._q) > self._max_queued:
+            self._drained.wait()  # backpressure: the caller waits for the loop to catch up
+
+    async def _drain(self) -> None:
+        # Clear the flag first: an item appended after this point schedules another drain.
+        self._scheduled = False
+        p, q = self._proxy, self._q
+        while q:
+            kind, args = q[0]
+            try:
+                if kind == _UPDATE:
+                    p.update(*args)
+                elif kind == _ASYN_UP:
+                    p.asyn_up(*args)
+                else:
+                    p.asyn_retrieve(*args)
+            except Backpressure:
+                await p._batcher.wait_room()
+                continue
+            except CogsError as e:
+                p._on_error(e, args[-1] if kind != _UPDATE else None)
+            q.popleft()
+        if not self._scheduled:
+            self._drained.set()
+
+    # -- calls that wait for their reply ---------------------------------------------------
+
+    def syn_up(self, state: str, key: str, op: str, delta: Any = None) -> Any:
+        return self._portal.call(self._proxy.syn_up, state, key, op, delta)
+
+    def syn_retrieve(self, state: str, key: str, op: str | None = None, arg: Any = None) -> Any:
+        return self._portal.call(self._proxy.syn_retrieve, state, key, op, arg)
+
+    def syn_check(self, state: str, key: str, op: str = "checker", arg: Any = None) -> bool:
+        return bool(self._portal.call(self._proxy.syn_check, state, key, op, arg))
+
+    def cached(self, state: str, key: str) -> Any:
+        return self._proxy.cached(state, key)
+
+    def flush(self) -> None:
+        """Wait until everything issued so far has been applied at the coordinator."""
+        self._drained.wait()
+        self._portal.call(self._proxy.flush)
+
+    def statistics(self) -> ProxyStatistics:
+        return self._proxy.statistics()
+
+    def future(self, state: str, key: str, op: str | None = None) -> Future[Any]:
+        """SynRetrieve without blocking: a concurrent Future of the state."""
+        return self._portal.start_task_soon(self._proxy.syn_retrieve, state, key, op)

@@ -1,0 +1,118 @@
+"""Proxy pieces without Redis: the replica cache's race rules, batch encoding."""
+
+from __future__ import annotations
+
+import json
+from array import array
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cogs.keys import escape, slot
+from cogs.proxy.batcher import SUM, UNION, Lane, Req, encode
+from cogs.proxy.cache import MISS, ReplicaCache
+
+K = (1, "k")
+
+
+def test_cache_hit_after_fetch() -> None:
+    c = ReplicaCache()
+    c.enabled = True
+    e = c.begin_fetch(K)
+    assert c.end_fetch(K, e, "v1", 5, -1)
+    assert c.get(K) == "v1"
+    assert (c.hits, c.misses) == (1, 0)
+
+
+def test_discard_overtaking_an_older_reply_wins() -> None:
+    """Retrieve sent (v5 at the coordinator), update makes v6 and its discard arrives
+    before the retrieve's reply: the reply must not be cached."""
+    c = ReplicaCache()
+    c.enabled = True
+    e = c.begin_fetch(K)
+    c.discard(K, 6)
+    assert not c.end_fetch(K, e, "old", 5, -1)
+    assert c.get(K) is MISS
+
+
+def test_reply_as_new_as_the_discard_is_cached() -> None:
+    c = ReplicaCache()
+    c.enabled = True
+    e = c.begin_fetch(K)
+    c.discard(K, 6)
+    assert c.end_fetch(K, e, "new", 6, -1)
+    assert c.get(K) == "new"
+    c.discard(K, 6)  # a late copy of the same discard does not drop the fresh value
+    assert c.get(K) == "new"
+    c.discard(K, 7)
+    assert c.get(K) is MISS
+
+
+def test_link_loss_drops_everything_and_stale_epoch_replies() -> None:
+    c = ReplicaCache()
+    c.enabled = True
+    c.end_fetch(K, c.begin_fetch(K), "v", 1, -1)
+    e = c.begin_fetch((1, "other"))
+    c.drop_all()
+    assert c.get(K) is MISS
+    assert not c.end_fetch((1, "other"), e, "v", 9, -1)  # sent before the drop
+    c.enabled = False
+    assert not c.end_fetch(K, c.begin_fetch(K), "v", 9, -1)  # link down: no caching
+
+
+def test_replica_expires_with_the_state() -> None:
+    c = ReplicaCache()
+    c.enabled = True
+    c.end_fetch(K, c.begin_fetch(K), "v", 1, 1)  # 1 ms left at the coordinator
+    import time
+
+    time.sleep(0.005)
+    assert c.get(K) is MISS
+
+
+def _lane(kinds: dict[str, int]) -> Lane:
+    return Lane("s", 3, kinds, None)
+
+
+def _route(key: str) -> tuple[str, int]:
+    ek = escape(key)
+    return json.dumps(ek), slot(ek)
+
+
+OWNER = array("H", [s % 3 for s in range(16384)])
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), st.integers(-(2**63), 2**63)), min_size=1, max_size=30))
+def test_encoded_batches_are_valid_json_and_complete(items: list[tuple[str, int]]) -> None:
+    lane = _lane({"add": SUM})
+    want: dict[str, int] = {}
+    for key, d in items:
+        g = lane.pending.setdefault(key, ["add", SUM, 0])
+        g[2] += d
+        want[key] = want.get(key, 0) + d
+    parts, reqs = encode([lane], [], OWNER, _route)
+    got: dict[str, int] = {}
+    for node, p in parts.items():
+        flat: list[Any] = json.loads("[" + ",".join(p) + "]")
+        for i in range(0, len(flat), 5):
+            mode, sidx, op, ek, arg = flat[i : i + 5]
+            assert (mode, sidx, op) == (0, 3, "add")
+            assert OWNER[slot(ek)] == node  # routed to the key's node
+            got[ek] = int(arg)
+    assert got == {escape(k): v for k, v in want.items()}
+    assert reqs == {}
+
+
+def test_encode_keeps_groups_in_order_then_requests() -> None:
+    lane = _lane({"add": UNION, "remove": UNION})
+    lane.pending["x"] = ["add", UNION, {"a"}, "remove", UNION, {"a", "b"}, "add", UNION, {"c"}]
+    req = Req(2, "s", 3, "x", "members", None, None)
+    parts, reqs = encode([lane], [req], array("H", bytes(2 * 16384)), _route)
+    flat = json.loads("[" + ",".join(parts[0]) + "]")
+    ops = [(flat[i + 2], flat[i + 4]) for i in range(0, len(flat), 5)]
+    assert ops[0] == ("add", "a")
+    assert ops[1][0] == "remove"
+    assert sorted(ops[1][1]) == ["a", "b"]
+    assert ops[2:] == [("add", "c"), ("members", None)]
+    assert reqs == {0: {3: req}}
