@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -133,3 +134,12 @@ class LuaHarness:
 
 def fake_harness() -> LuaHarness:
     return LuaHarness(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true: for effects that arrive on another connection."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - the effect has no event to wait on
+            await anyio.sleep(0.005)
