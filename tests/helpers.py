@@ -136,10 +136,10 @@ def fake_harness() -> LuaHarness:
     return LuaHarness(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
     """Poll ``predicate`` until true: for effects that arrive on another connection."""
     import anyio
 
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 - the effect has no event to wait on
             await anyio.sleep(0.005)
