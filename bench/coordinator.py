@@ -5,7 +5,9 @@ python bench/coordinator.py [--quick] [--out FILE] [--url URL]
 
 from __future__ import annotations
 
+import sys
+
 from cogs.cli import main
 
 if __name__ == "__main__":
-    main(["bench", "coordinator", *__import__("sys").argv[1:]])
+    main(["bench", "coordinator", *sys.argv[1:]])

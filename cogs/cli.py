@@ -331,5 +331,16 @@ def bench_coordinator(url: str | None, quick: bool, out: Path | None) -> None:
     bench_main(url=url, quick=quick, out=out, progress=_progress)
 
 
+@bench.command("design")
+@url_option
+@click.option("--quick", is_flag=True, help="Small sizes, under a minute.")
+@click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
+def bench_design(url: str | None, quick: bool, out: Path | None) -> None:
+    """Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica, trigger path."""
+    from cogs.benchmarks.design import main as bench_main
+
+    bench_main(url=url, quick=quick, out=out, progress=_progress)
+
+
 if __name__ == "__main__":
     main()

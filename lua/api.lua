@@ -6,8 +6,10 @@
 --                rejects the whole batch (OUTDATED) before anything is touched.
 --   alert_stream a key "cogs:alerts:{tag}" whose slot this node serves (the caller
 --                picks it from the slot map), where alerts raised here are kept.
---   ops_json     flat JSON array, 5 items per op: mode, state index (1-based, catalog
---                order), op name, key, argument (null when none).
+--   ops_json     flat JSON array of runs of ops sharing mode, state and op:
+--                  mode, state index (1-based, catalog order), op name, n,
+--                  then n pairs: key, argument (null when none)
+--                ops are numbered 0.. in frame order for errors and results.
 --                mode 0 Update (no reply; trigger path)   1 Update returning the state
 --                     2 Retrieve   3 Check   4 Retrieve leaving a replica at proxy_id
 --   proxy_id     the caller's id; needed by mode 4 (replica reference table).
@@ -56,6 +58,7 @@ do
                     st.broken = 'checker ' .. s.checker .. ' is not in this library'
                 else
                     st.checker = c
+                    st.test = c.test
                     st.checker_name = s.checker
                     st.params = s.params
                     st.params_json = encode(s.params)
@@ -111,9 +114,13 @@ do
 
     -- Window / idle ttl, replica discards, checker: what follows a change.
     -- Returns the new version of a replica-mode state.
-    local function after_update(st, sidx, key, rk, hint, ctx)
+    local function after_update(st, sidx, key, rk, hint, created, ctx)
         if st.window then
-            R('PEXPIRE', rk, st.window, 'NX')
+            -- the window opens when the state is created; `created == false` (the op
+            -- knows the key existed) saves the call
+            if created ~= false then
+                R('PEXPIRE', rk, st.window, 'NX')
+            end
         elseif st.ttl then
             R('PEXPIRE', rk, st.ttl)
         end
@@ -121,8 +128,8 @@ do
         if st.replica then
             version = replica.bump(st, sidx, key, rk, ctx)
         end
-        if st.checker then
-            local fire, value = st.checker.test(rk, hint, st, st.params)
+        if st.test then
+            local fire, value = st.test(rk, hint, st, st.params)
             if fire then
                 -- the update stands even if recording its alert fails
                 local ok, e = pcall_(raise, st, key, rk, value, ctx.stream)
@@ -135,20 +142,30 @@ do
         return version
     end
 
+    -- The trigger hot path, one protected call per op: update, then window/ttl/checker
+    -- if the state has any.
+    local function trigger(fn, st, sidx, key, rk, arg, ctx)
+        local changed, hint, created = fn(rk, arg, st)
+        if changed and st.post then
+            after_update(st, sidx, key, rk, hint, created, ctx)
+        end
+    end
+
     local function update(mode, st, sidx, op, key, rk, arg, ctx)
         local T = st.T
         local fn = T.update[op]
-        local changed, hint
+        local changed, hint, created
         if fn then
-            changed, hint = fn(rk, arg, st)
+            changed, hint, created = fn(rk, arg, st)
         elseif op == 'clear' then
             changed = R('DEL', rk, rk .. ':alerted') > 0
+            created = false
         else
             cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no update op ' .. cogs.show(op))
         end
         local version
         if changed and st.post then
-            version = after_update(st, sidx, key, rk, hint, ctx)
+            version = after_update(st, sidx, key, rk, hint, created, ctx)
         end
         if mode == 0 then
             return nil
@@ -224,6 +241,30 @@ do
         return nil
     end
 
+    -- The frame is a flat array of runs: mode, state index, op, n, then n (key, arg)
+    -- pairs. Checked whole before anything is applied, so a malformed frame changes nothing.
+    local function frame_ok(ops, total)
+        local i = 1
+        while i <= total do
+            local n = ops[i + 3]
+            if type(n) ~= 'number' or n < 0 or n ~= math.floor(n) then
+                return false
+            end
+            i = i + 4 + 2 * n
+        end
+        return i == total + 1
+    end
+
+    local function fail_reason(st, sidx, key)
+        if st == nil then
+            return 'UNKNOWN_STATE', 'no state with index ' .. cogs.show(sidx) .. ' in catalog ' .. CATALOG_DIGEST
+        elseif st.broken then
+            return 'UNKNOWN_STATE', st.broken
+        end
+        -- a leading '}' would make the hash tag empty and split the entry's keys
+        return 'BAD_KEY', 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes'
+    end
+
     local function batch(_, args)
         bind()
         local bad = header(args)
@@ -231,53 +272,50 @@ do
             return redis.error_reply(bad)
         end
         local ok, ops = pcall_(decode, args[3])
-        if not ok or type(ops) ~= 'table' or #ops % 5 ~= 0 or byte(args[3]) ~= 91 then
-            return redis.error_reply('BAD_FRAME ops must be a flat JSON array of 5 items per op')
+        local total = ok and type(ops) == 'table' and #ops or -1
+        if total < 0 or byte(args[3]) ~= 91 or not frame_ok(ops, total) then
+            return redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
         end
         local ctx = { stream = args[2], pid = args[4], discards = {} }
         local errs, res, applied = {}, {}, 0
-        local n = #ops
-        for i = 1, n, 5 do
-            local mode, sidx, op, key, arg = ops[i], ops[i + 1], ops[i + 2], ops[i + 3], ops[i + 4]
+        local idx = -1 -- 0-based op index across runs
+        local i = 1
+        while i <= total do
+            local mode, sidx, op, n = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
             local st = STATES[sidx]
-            local code, msg, value
-            if st == nil then
-                code, msg = 'UNKNOWN_STATE', 'no state with index ' .. cogs.show(sidx) .. ' in catalog ' .. CATALOG_DIGEST
-            elseif st.broken then
-                code, msg = 'UNKNOWN_STATE', st.broken
-            elseif type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
-                -- a leading '}' would make the hash tag empty and split the entry's keys
-                code, msg = 'BAD_KEY', 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes'
-            else
-                local rk = st.prefix .. key .. '}'
-                local fn = mode == 0 and st.update[op]
-                if fn then
-                    -- the trigger hot path: update, then window/ttl/checker if the state has any
-                    local changed, hint
-                    ok, changed, hint = pcall_(fn, rk, arg, st)
-                    if not ok then
-                        value = changed -- the error
-                    elseif changed and st.post then
-                        ok, value = pcall_(after_update, st, sidx, key, rk, hint, ctx)
+            local usable = st ~= nil and not st.broken
+            local fn = usable and mode == 0 and st.update[op]
+            local prefix = usable and st.prefix
+            for j = i + 4, i + 3 + 2 * n, 2 do
+                local key, arg = ops[j], ops[j + 1]
+                idx = idx + 1
+                local code, msg, value
+                if not usable or type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
+                    code, msg = fail_reason(st, sidx, key)
+                else
+                    local rk = prefix .. key .. '}'
+                    if fn then
+                        ok, value = pcall_(trigger, fn, st, sidx, key, rk, arg, ctx)
+                    else
+                        ok, value = pcall_(apply, mode, st, sidx, op, key, rk, arg, ctx)
                     end
-                else
-                    ok, value = pcall_(apply, mode, st, sidx, op, key, rk, arg, ctx)
+                    if ok then
+                        applied = applied + 1
+                    else
+                        code, msg = classify(value)
+                        if code == 'ALERT' then applied = applied + 1 end
+                    end
                 end
-                if ok then
-                    applied = applied + 1
-                else
-                    code, msg = classify(value)
-                    if code == 'ALERT' then applied = applied + 1 end
+                if code then
+                    errs[#errs + 1] = idx
+                    errs[#errs + 1] = code .. describe(st, key, op) .. msg
+                elseif mode ~= 0 then
+                    res[#res + 1] = idx
+                    if value == nil then value = false end
+                    res[#res + 1] = value
                 end
             end
-            if code then
-                errs[#errs + 1] = (i - 1) / 5
-                errs[#errs + 1] = code .. describe(st, key, op) .. msg
-            elseif mode ~= 0 then
-                res[#res + 1] = (i - 1) / 5
-                if value == nil then value = false end
-                res[#res + 1] = value
-            end
+            i = i + 4 + 2 * n
         end
         replica.publish(ctx, encode)
         return { applied, errs, res }

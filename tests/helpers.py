@@ -12,6 +12,7 @@ from cogs.catalog import Catalog
 from cogs.coordinator.client import BatchReply, parse_reply
 from cogs.coordinator.library import Library, assemble, library_spec
 from cogs.coordinator.ops import wire_arg
+from cogs.coordinator.wire import runs
 from cogs.keys import escape
 
 TEST_CATALOG = """
@@ -114,8 +115,7 @@ class LuaHarness:
         return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload, *extra)
 
     def batch(self, *ops: list[Any], pid: str | None = None) -> BatchReply:
-        flat = [x for o in ops for x in o]
-        return parse_reply(self.raw(json.dumps(flat), pid=pid))
+        return parse_reply(self.raw(json.dumps(runs(ops)), pid=pid))
 
     def one(self, mode: int, state: str, key: str, op: str, arg: Any = None, pid: str | None = None) -> Any:
         reply = self.batch(self.op(mode, state, key, op, arg), pid=pid)

@@ -65,7 +65,7 @@ def test_int_non_numeric_delta_is_refused(h: LuaHarness, delta: str) -> None:
 
 def test_int_float_and_bool_deltas_refused(h: LuaHarness) -> None:
     for raw in ("1.5", "true", "[1]"):
-        payload = f'[0,{h.catalog.index("cnt")},"add","f",{raw}]'
+        payload = f'[0,{h.catalog.index("cnt")},"add",1,"f",{raw}]'
         reply = h.raw(payload)
         assert reply[0] == 0
         assert reply[1][1].decode().startswith("BAD_DELTA"), reply
@@ -280,7 +280,7 @@ def test_clear_and_exists(h: LuaHarness) -> None:
 
 
 def test_unknown_state_index(h: LuaHarness) -> None:
-    reply = h.raw('[0,999,"add","k","1"]')
+    reply = h.raw('[0,999,"add",1,"k","1"]')
     assert reply[0] == 0
     assert reply[1][1].decode().startswith("UNKNOWN_STATE")
 
@@ -298,20 +298,34 @@ def test_unknown_op(h: LuaHarness, mode: int, op: str) -> None:
 
 @pytest.mark.parametrize("key", ['""', '"}x"', f'"{"k" * 513}"', "12", "null"])
 def test_bad_key(h: LuaHarness, key: str) -> None:
-    reply = h.raw(f'[0,{h.catalog.index("cnt")},"add",{key},"1"]')
+    reply = h.raw(f'[0,{h.catalog.index("cnt")},"add",1,{key},"1"]')
     assert reply[0] == 0
     assert reply[1][1].decode().startswith("BAD_KEY")
 
 
 def test_bad_mode(h: LuaHarness) -> None:
-    reply = h.raw(f'[7,{h.catalog.index("cnt")},"add","k","1"]')
+    reply = h.raw(f'[7,{h.catalog.index("cnt")},"add",1,"k","1"]')
     assert reply[1][1].decode().startswith("BAD_FRAME")
 
 
-@pytest.mark.parametrize("payload", ["[1,2", "{}", '"x"', "[0,1,2]", ""])
+@pytest.mark.parametrize(
+    "payload",
+    ["[1,2", "{}", '"x"', "[0,1,2]", "", '[0,1,"add",2,"k","1"]', '[0,1,"add",-1]', '[0,1,"add","1","k","1"]'],
+)
 def test_malformed_frame(h: LuaHarness, payload: str) -> None:
+    h.one(U, "cnt", "k", "add", 5)
     with pytest.raises(Exception, match="BAD_FRAME"):
         h.raw(payload)
+    assert h.one(R, "cnt", "k", "get") == b"5"  # a malformed frame applies nothing
+
+
+def test_runs_of_many_ops(h: LuaHarness) -> None:
+    sidx = h.catalog.index("cnt")
+    reply = h.raw(
+        json.dumps([0, sidx, "add", 3, "a", "1", "b", "2", "a", "3", 2, sidx, "get", 2, "a", None, "b", None])
+    )
+    assert reply[0] == 5
+    assert reply[2] == [3, b"4", 4, b"2"]
 
 
 def test_alert_stream_must_be_a_cogs_key(h: LuaHarness) -> None:

@@ -20,6 +20,7 @@ import anyio
 from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.library import TypeSpec
+from cogs.coordinator.wire import runs
 from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse
 from cogs.keys import KEY_RULE, bad_key, escape, slot
 from cogs.values import Decoder, check_decoder, retrieve_decoder
@@ -186,8 +187,7 @@ class StateTable:
         moved: list[tuple[int, Prepared]] = []
 
         async def one(node: int, items: list[tuple[int, Prepared]]) -> None:
-            flat = [x for _, p in items for x in p.wire]
-            payload = json.dumps(flat, separators=(",", ":"))
+            payload = json.dumps(runs(p.wire for _, p in items), separators=(",", ":"))
             try:
                 reply = await self.coord.call_batch(node, self.token, self.coord.alert_stream(node), payload)
             except CogsError as failed:  # the whole node batch failed: every op in it reports why

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from cogs.coordinator.client import Coordinator, parse_reply, translate_error
 from cogs.coordinator.ops import wire_arg
+from cogs.coordinator.wire import WireOp, expand
 from cogs.errors import (
     BadDelta,
     BadKey,
@@ -39,7 +39,7 @@ from cogs.errors import (
     op_error,
     refuse,
 )
-from cogs.keys import KEY_RULE, bad_key, escape, slot, unescape
+from cogs.keys import KEY_RULE, MAX_KEY_BYTES, bad_key, escape, slot, unescape
 from cogs.proxy.link import NodeLink
 
 log = logging.getLogger("cogs.proxy")
@@ -47,6 +47,7 @@ log = logging.getLogger("cogs.proxy")
 SUM, UNION, NONE = 1, 2, 0
 _KINDS = {"sum": SUM, "union": UNION}
 ROUTE_CACHE = 1_000_000
+FAST_KEY = MAX_KEY_BYTES // 4  # this many chars are valid however they encode or escape
 MAX_RETRIES = 20
 
 ErrorHook = Callable[[CogsError, Any], None]
@@ -66,14 +67,14 @@ class Lane:
         self.name, self.sidx, self.kinds, self.state_spec = name, sidx, kinds, state_spec
         #: key -> [op, kind, acc, op, kind, acc, ...]: the ops pending for the key, in order
         self.pending: dict[str, list[Any]] = {}
-        #: op -> the JSON fragment '0,<sidx>,"<op>",' that starts its wire form
+        #: op -> the JSON fragment '0,<sidx>,"<op>",' that starts a run of its ops
         self.prefix = {op: f"0,{sidx},{json.dumps(op)}," for op in kinds}
 
 
 class Req:
     """One op that someone waits for (or a re-sent one)."""
 
-    __slots__ = ("arg", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
+    __slots__ = ("arg", "attempts", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class Req:
         self.ekey = escape(key)
         self.waiters: list[Any] = []  # asyncio futures, or (callback, packet) pairs
         self.epoch = -1
+        self.attempts = 0  # sends that failed under it (connection lost)
 
 
 class Batcher:
@@ -102,6 +104,7 @@ class Batcher:
         batch_max_ops: int,
         delay: float,
         max_pending: int,
+        max_inflight: int = 2,
         on_error: ErrorHook,
         on_result: Callable[[Req, Any], None],
         on_failed: Callable[[Req, CogsError], None],
@@ -114,7 +117,10 @@ class Batcher:
         self.queue: list[Req] = []
         # reads anyone may join: (state index, key) -> {op: queued or in-flight Req}
         self.reads: dict[tuple[int, str], dict[str, Req]] = {}
-        self.npending = 0  # ops buffered (lane groups + requests)
+        # Ops buffered (lane groups + requests) = _np + (_granted - budget): the hot path
+        # may open up to `budget` new ops by only decrementing it; _settle() books them.
+        self._np = 0
+        self._granted = self.budget = 0
         self.inflight = 0  # ops sent, reply not yet handled
         self.routes: dict[str, tuple[str, int]] = {}
         self.links: dict[str, NodeLink] = {}
@@ -124,10 +130,12 @@ class Batcher:
         self._idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tg: TaskGroup | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.node_batches: dict[int, int] = {}  # batches in flight per node
+        self.max_inflight = max_inflight
         self._refreshing: asyncio.Task[Any] | None = None
         # statistics
-        self.created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
+        self._created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
         self.errors = self.backpressure = self.rerouted = self.retried = 0
 
     # -- the trigger hot path ------------------------------------------------------------
@@ -136,16 +144,30 @@ class Batcher:
         """Update(key, op, delta): queue an accumulative update; returns at once."""
         lane = self.lanes.get(state)
         if lane is not None:
-            g = lane.pending.get(key)  # [op, kind, acc, op, kind, acc, ...]
-            if g is not None and g[-3] == op:
-                kind = g[-2]
-                if kind == 1 and type(delta) is int:  # SUM
-                    g[-1] += delta
-                    self.coalesced += 1
-                    return
-                if kind == 2 and type(delta) is str:  # UNION
-                    g[-1].add(delta)
-                    self.coalesced += 1
+            pend = lane.pending
+            g = pend.get(key)  # [op, kind, acc, op, kind, acc, ...]
+            if g is not None:
+                if g[-3] == op:
+                    kind = g[-2]
+                    if kind == 1 and type(delta) is int:  # SUM
+                        g[-1] += delta
+                        self.coalesced += 1
+                        return
+                    if kind == 2 and type(delta) is str:  # UNION
+                        g[-1].add(delta)
+                        self.coalesced += 1
+                        return
+            elif self.budget > 0 and type(key) is str and 0 < len(key) <= FAST_KEY:
+                # a new op while a batch is open and has room: no bookkeeping but the budget
+                kind = lane.kinds.get(op)
+                if kind == 1:
+                    if type(delta) is int:
+                        pend[key] = [op, 1, delta]
+                        self.budget -= 1
+                        return
+                elif kind == 2 and type(delta) is str:
+                    pend[key] = [op, 2, {delta}]
+                    self.budget -= 1
                     return
         self._update_slow(state, lane, key, op, delta)
 
@@ -164,7 +186,9 @@ class Batcher:
             acc: Any = delta
         elif kind == UNION:
             members = [delta] if type(delta) is str else delta
-            if not isinstance(members, list | tuple | set | frozenset) or not all(type(m) is str for m in members):
+            if type(delta) is not str and (
+                not isinstance(members, list | tuple | set | frozenset) or not all(type(m) is str for m in members)
+            ):
                 raise refuse(BadDelta, f"members must be str, got {delta!r}", state=lane.name, key=key, op=op)
             if not members:
                 raise refuse(BadDelta, "no members given", state=lane.name, key=key, op=op)
@@ -183,22 +207,41 @@ class Batcher:
         else:
             self._reserve(lane.name)
             g += (op, kind, acc)
-        self.created += 1
+        self._created += 1
+
+    def _settle(self) -> None:
+        """Book the ops the hot path opened on its budget, and grant a new budget."""
+        used = self._granted - self.budget
+        self._np += used
+        self._created += used
+        np = self._np
+        room = min(self.batch_max - 1 - np, self.max_pending - np - self.inflight) if np else 0
+        self._granted = self.budget = max(room, 0)
 
     def _reserve(self, state: str) -> None:
-        if self.npending + self.inflight >= self.max_pending:
+        self._settle()
+        if self._np + self.inflight >= self.max_pending:
             self.backpressure += 1
             raise Backpressure(
                 f"proxy buffer full ({self.max_pending} ops pending or in flight) while updating {state}: "
                 "the coordinator is slower than the NF; await proxy.aupdate(...) to wait for room"
             )
-        self.npending += 1
-        if self.npending == 1:
+        self._np += 1
+        if self._np == 1:
             self._idle.clear()
             if self._loop is not None and self._timer is None:
                 self._timer = self._loop.call_later(self.delay, self._kick.set)
-        elif self.npending >= self.batch_max:
+        elif self._np >= self.batch_max:
             self._kick.set()
+        self._settle()
+
+    @property
+    def npending(self) -> int:
+        return self._np + self._granted - self.budget
+
+    @property
+    def created(self) -> int:
+        return self._created + self._granted - self.budget
 
     @property
     def updates(self) -> int:
@@ -218,10 +261,12 @@ class Batcher:
 
     def submit(self, req: Req, *, now: bool) -> None:
         """Queue a request; ``now`` flushes at once (a sync op is waiting)."""
-        self.npending += 1
+        self._settle()
+        self._np += 1
         self._idle.clear()
         self.queue.append(req)
-        if now or self.npending >= self.batch_max:
+        self._settle()
+        if now or self._np >= self.batch_max:
             self._kick.set()
         elif self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(self.delay, self._kick.set)
@@ -232,9 +277,8 @@ class Batcher:
 
     # -- flushing ------------------------------------------------------------------------
 
-    async def run(self, tg: TaskGroup) -> None:
+    async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._tg = tg
         if self.npending:
             self._kick.set()
         while True:
@@ -243,6 +287,11 @@ class Batcher:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            # At most `max_inflight` batches per node: while the coordinator works, the
+            # next batch keeps filling (and coalescing) instead of queueing at Redis.
+            while self.node_batches and max(self.node_batches.values()) >= self.max_inflight:
+                self._space.clear()
+                await self._space.wait()
             if self.npending:
                 self._flush()
 
@@ -262,21 +311,30 @@ class Batcher:
             r = self.routes[key] = (json.dumps(ek), slot(ek))
         return r
 
+    def spawn(self, coro: Any) -> None:
+        """A background task owned by the proxy: cancelled and awaited by aclose()."""
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     def _flush(self) -> None:
-        assert self._tg is not None
         topo = self.coord.topology
         assert topo is not None
         lanes = [lane for lane in self.lanes.values() if lane.pending]
-        parts, reqs = encode(lanes, self.queue, topo.owner, self._route, self.routes)
+        parts, count, reqs = encode(lanes, self.queue, topo.owner, self._route, self.routes)
         for lane in lanes:
             lane.pending = {}
         self.queue = []
-        self.npending = 0
+        self._settle()
+        self._np = 0
+        self._settle()
         for n, p in parts.items():
-            self.inflight += len(p)
-            self.ops_sent += len(p)
+            self.inflight += count[n]
+            self.ops_sent += count[n]
             self.batches += 1
-            self._tg.start_soon(self._send, n, "[" + ",".join(p) + "]", len(p), reqs.get(n, {}), 0)
+            self.node_batches[n] = self.node_batches.get(n, 0) + 1
+            self.spawn(self._send(n, "[" + ",".join(p) + "]", count[n], reqs.get(n, {})))
 
     def _link(self, n: int) -> NodeLink:
         topo = self.coord.topology
@@ -289,13 +347,13 @@ class Batcher:
             link = self.links[node.addr] = NodeLink(node.addr, pool.connection_class, pool.connection_kwargs)
         return link
 
-    async def _send(self, n: int, payload: str, nops: int, reqs: dict[int, Req], attempt: int) -> None:
+    async def _send(self, n: int, payload: str, nops: int, reqs: dict[int, Req]) -> None:
         try:
             stream = self.coord.alert_stream(n)
             try:
                 raw = await self._link(n).call("FCALL", "cogs_batch", 0, self.token, stream, payload, self.pid)
             except CoordinatorUnavailable as e:
-                await self._retry(payload, reqs, attempt, e)
+                await self._retry(payload, reqs, e)
                 return
             except Exception as e:  # a refusal of the whole batch (library outdated, bad frame)
                 self._fail_batch(nops, reqs, translate_error(e, self._link(n).addr))
@@ -303,6 +361,8 @@ class Batcher:
             self._dispatch(payload, reqs, parse_reply(raw))
         finally:
             self.inflight -= nops
+            self.node_batches[n] -= 1
+            self._settle()
             self._space.set()
             if not self.npending and not self.inflight:
                 self._idle.set()
@@ -310,14 +370,14 @@ class Batcher:
     def _dispatch(self, payload: str, reqs: dict[int, Req], reply: Any) -> None:
         self.ops_applied += reply.applied
         moved: list[int] = []
-        flat: list[Any] | None = None
+        flat: list[WireOp] | None = None
         for i, msg in reply.errors.items():
             if flat is None:
-                flat = json.loads(payload)  # the rare path: recover what op i was
+                flat = expand(json.loads(payload))  # the rare path: recover what op i was
             req = reqs.get(i)
-            state = req.state if req else self._state_name(flat[5 * i + 1])
-            key = req.key if req else unescape(flat[5 * i + 3])
-            err = op_error(msg, state=state, key=key, op=str(flat[5 * i + 2]))
+            state = req.state if req else self._state_name(flat[i][1])
+            key = req.key if req else unescape(flat[i][3])
+            err = op_error(msg, state=state, key=key, op=str(flat[i][2]))
             if isinstance(err, Moved):
                 moved.append(i)
                 continue
@@ -342,42 +402,60 @@ class Batcher:
                 return lane.name
         return f"#{sidx}"
 
-    def _requeue(self, flat: list[Any], reqs: dict[int, Req], which: list[int]) -> None:
-        """Put ops back in front of the queue (they were issued before anything queued now)."""
+    def _requeue(
+        self, flat: list[WireOp], reqs: dict[int, Req], which: list[int], cause: CogsError | None = None
+    ) -> None:
+        """Put ops back in front of the queue (they were issued before anything queued now).
+
+        With ``cause`` (the connection failed under them) each op counts an attempt and
+        fails with ``cause`` after MAX_RETRIES.
+        """
         back: list[Req] = []
         for i in which:
             req = reqs.get(i)
             if req is None:
-                mode, sidx, op, ek, arg = flat[5 * i : 5 * i + 5]
+                mode, sidx, op, ek, arg = flat[i]
                 req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
+            if cause is not None:
+                req.attempts += 1
+                if req.attempts > MAX_RETRIES:
+                    self.errors += 1
+                    if req.waiters:
+                        self.on_failed(req, cause)
+                    else:
+                        self.on_error(cause, None)
+                    continue
             back.append(req)
         self.queue[:0] = back
-        self.npending += len(back)
-        self._idle.clear()
+        self._settle()
+        self._np += len(back)
+        self._settle()
+        if back:
+            self._idle.clear()
         if self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(max(self.delay, 0.01), self._kick.set)
 
-    async def _retry(self, payload: str, reqs: dict[int, Req], attempt: int, cause: CogsError) -> None:
+    async def _retry(self, payload: str, reqs: dict[int, Req], cause: CogsError) -> None:
         """The node's connection failed under the batch: re-read the topology, re-send.
 
         Delivery is at least once here: the batch may have been applied before the
         connection dropped.
         """
-        flat = json.loads(payload)
-        if attempt >= MAX_RETRIES:
-            self._fail_batch(len(flat) // 5, reqs, cause)
-            return
+        flat = expand(json.loads(payload))
+        attempt = max((r.attempts for r in reqs.values()), default=0)
         self.retried += 1
         await anyio.sleep(min(0.05 * 2**attempt, 2.0))
         try:
             await self.coord.refresh()
         except CoordinatorUnavailable as e:
             log.warning("coordinator unreachable (%s); retrying batch", e)
-        self._requeue(flat, reqs, list(range(len(flat) // 5)))
+        self._requeue(flat, reqs, list(range(len(flat))), cause)
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+            self.tasks.add(self._refreshing)
+            self._refreshing.add_done_callback(self.tasks.discard)
 
     async def _refresh(self) -> None:
         try:
@@ -398,6 +476,10 @@ class Batcher:
     async def aclose(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        tasks = list(self.tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for link in self.links.values():
             await link.aclose()
 
@@ -408,42 +490,72 @@ def encode(
     owner: Any,
     route: Callable[[str], tuple[str, int]],
     routes: dict[str, tuple[str, int]] | None = None,
-) -> tuple[dict[int, list[str]], dict[int, dict[int, Req]]]:
-    """The pending ops as JSON fragments per node (lanes first, then requests in order),
-    and which op index of each node's batch is which request.
+) -> tuple[dict[int, list[str]], dict[int, int], dict[int, dict[int, Req]]]:
+    """The pending ops as run-frame fragments per node (cogs/coordinator/wire.py), the
+    number of ops per node, and which op of each node's batch is which request.
 
-    Built from fragments (the escaped key's JSON is cached per key, the ``mode,state,op``
-    prefix per lane op): at this rate json.dumps of a flat list costs more than the Lua
-    that applies it.
+    Lane ops go first, one run per (state, op) and node; a key with several groups
+    keeps them in order as runs of one; requests follow in arrival order. Built from
+    fragments (each key's JSON is cached): at this rate json.dumps of a list costs
+    more than the Lua that applies it.
     """
-    parts: dict[int, list[str]] = {}
+    runs: dict[int, list[str]] = {}
+    count: dict[int, int] = {}
     reqs: dict[int, dict[int, Req]] = {}
     cached = (routes or {}).get
+    jstr = _JSON_STR.get
+
+    def wire(kind: int, acc: Any) -> str:
+        if kind == SUM:
+            return f'"{acc}"'
+        if kind == UNION:
+            if len(acc) == 1:
+                m = next(iter(acc))
+                return jstr(m) or _jstr(m)
+            return "[" + ",".join([jstr(m) or _jstr(m) for m in acc]) + "]"
+        return json.dumps(acc)
+
     for lane in lanes:
         prefix = lane.prefix
+        singles: dict[tuple[int, str], list[str]] = {}  # (node, op) -> "key,arg" fragments
+        multi: list[tuple[int, list[Any], str]] = []
         for key, g in lane.pending.items():
             r = cached(key) or route(key)
-            p = parts.get(owner[r[1]])
-            if p is None:
-                p = parts[owner[r[1]]] = []
+            n = owner[r[1]]
+            if len(g) == 3:
+                acc = g[2]
+                frag = f'{r[0]},"{acc}"' if g[1] == SUM else f"{r[0]},{wire(g[1], acc)}"
+                lst = singles.get((n, g[0]))
+                if lst is None:
+                    lst = singles[(n, g[0])] = []
+                lst.append(frag)
+            else:
+                multi.append((n, g, r[0]))
+        for (n, op), frags in singles.items():
+            runs.setdefault(n, []).append(f"{prefix[op]}{len(frags)},{','.join(frags)}")
+            count[n] = count.get(n, 0) + len(frags)
+        for n, g, ekj in multi:
+            out = runs.setdefault(n, [])
             for j in range(0, len(g), 3):
-                acc = g[j + 2]
-                kind = g[j + 1]
-                if kind == SUM:
-                    p.append(f'{prefix[g[j]]}{r[0]},"{acc}"')
-                elif kind == UNION:
-                    arg = json.dumps(next(iter(acc)) if len(acc) == 1 else list(acc))
-                    p.append(f"{prefix[g[j]]}{r[0]},{arg}")
-                else:
-                    p.append(f"{prefix[g[j]]}{r[0]},{json.dumps(acc)}")
+                out.append(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
+            count[n] = count.get(n, 0) + len(g) // 3
     for req in queue:
         n = owner[route(req.key)[1]]
-        p = parts.get(n)
-        if p is None:
-            p = parts[n] = []
-        reqs.setdefault(n, {})[len(p)] = req
-        p.append(json.dumps([req.mode, req.sidx, req.op, req.ekey, req.arg])[1:-1])
-    return parts, reqs
+        reqs.setdefault(n, {})[count.get(n, 0)] = req
+        count[n] = count.get(n, 0) + 1
+        runs.setdefault(n, []).append(json.dumps([req.mode, req.sidx, req.op, 1, req.ekey, req.arg])[1:-1])
+    return runs, count, reqs
+
+
+_JSON_STR: dict[str, str] = {}
+
+
+def _jstr(s: str) -> str:
+    """JSON of a set member, cached: members repeat (ports, client IPs, names)."""
+    if len(_JSON_STR) >= ROUTE_CACHE:
+        _JSON_STR.clear()
+    j = _JSON_STR[s] = json.dumps(s)
+    return j
 
 
 def coalesce_kinds(declared: dict[str, str], update_ops: tuple[str, ...]) -> dict[str, int]:

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any, Self
 
 import anyio
-from anyio.abc import TaskGroup
 
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema, wire_arg
-from cogs.errors import BadKey, CogsError, refuse
+from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, refuse
 from cogs.keys import KEY_RULE, bad_key, proxy_key, slot
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
@@ -91,7 +90,7 @@ class StateProxy:
         self.catalog: Catalog
         self._batcher: Batcher
         self._discard: DiscardLink
-        self._tg: TaskGroup | None = None
+        self._open = False
         self._schema: Schema
         self._replica_whole: dict[str, str] = {}
         self._sync_ops = self._async_ops = self._callback_errors = 0
@@ -120,12 +119,20 @@ class StateProxy:
             self._batcher.lane_factory = self._new_lane
             self.update = self._batcher.update
             self._discard = DiscardLink(self.coord, self.id, self.cache)
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            await self._tg.start(self._discard.run)
-            self._tg.start_soon(self._batcher.run, self._tg)
+            b = self._batcher
+            b._loop = asyncio.get_running_loop()
+            ready = asyncio.Event()
+            link = asyncio.ensure_future(self._discard.run(ready))
+            b.tasks.add(link)
+            waiter = asyncio.ensure_future(ready.wait())
+            await asyncio.wait([waiter, link], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if link.done():  # the discard link could not start: say why
+                raise link.exception() or CoordinatorUnavailable("discard link ended")
+            b.spawn(b.run())
             await self._beat()
-            self._tg.start_soon(self._heartbeat)
+            b.spawn(self._heartbeat())
+            self._open = True
         except BaseException:
             await self._teardown()
             raise
@@ -135,8 +142,13 @@ class StateProxy:
         await self.aclose()
 
     async def aclose(self, *, drain_timeout: float = 5.0) -> None:
-        """Send what is pending (up to ``drain_timeout``), unregister, close links."""
-        if self._tg is not None:
+        """Send what is pending (up to ``drain_timeout``), unregister, close links.
+
+        Proxies may be closed in any order: their background tasks are plain tasks
+        owned by the proxy, cancelled and awaited here.
+        """
+        if self._open:
+            self._open = False
             with anyio.move_on_after(drain_timeout):
                 await self._batcher.drain()
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -144,13 +156,7 @@ class StateProxy:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
-            tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(None, None, None)
-            except BaseException as e:
-                log.warning("proxy task ended with %r", e)
+        if hasattr(self, "_batcher"):
             await self._batcher.aclose()
         await self.coord.aclose()
 

@@ -15,10 +15,10 @@ cogs.on_bind(function() R = redis.call end)
 local function keep(rk, d, better)
     local cur = R('GET', rk)
     if cur and not better(d, tonumber(cur)) then
-        return false, tonumber(cur)
+        return false, tonumber(cur), false
     end
     R('SET', rk, cogs.num2s(d), 'KEEPTTL')
-    return true, d
+    return true, d, not cur
 end
 
 local function cmp(test)
@@ -29,13 +29,16 @@ end
 
 cogs.register_type('int', {
     update = {
+        -- (changed, new value, created?): the result equal to the delta may be a new key
         add = function(rk, d)
             d = intarg(d)
-            return d ~= '0', R('INCRBY', rk, d)
+            local v = R('INCRBY', rk, d)
+            return d ~= '0', v, v == tonumber(d)
         end,
         sub = function(rk, d)
             d = intarg(d)
-            return d ~= '0', R('DECRBY', rk, d)
+            local v = R('DECRBY', rk, d)
+            return d ~= '0', v, v == -tonumber(d)
         end,
         max = function(rk, d) return keep(rk, int(d), function(a, b) return a > b end) end,
         min = function(rk, d) return keep(rk, int(d), function(a, b) return a < b end) end,

@@ -41,7 +41,7 @@ cogs.register_type('map', {
             return true, nil
         end,
         del = function(rk, d, st)
-            return cogs.chunked('HDEL', rk, strlist(d, st, 'field')) > 0, nil
+            return cogs.chunked('HDEL', rk, strlist(d, st, 'field')) > 0, nil, false
         end,
     },
     retrieve = {

@@ -29,10 +29,16 @@ cogs.register_type('set', {
                     end
                 end
             end
-            return cogs.chunked('SADD', rk, ms) > 0, nil
+            local added = cogs.chunked('SADD', rk, ms)
+            if added > 0 and (st.window or st.checker) then
+                -- one SCARD serves the checker (hint) and the window (new key?)
+                local card = R('SCARD', rk)
+                return true, card, card == added
+            end
+            return added > 0, nil, nil
         end,
         remove = function(rk, d, st)
-            return cogs.chunked('SREM', rk, strlist(d, st, 'member')) > 0, nil
+            return cogs.chunked('SREM', rk, strlist(d, st, 'member')) > 0, nil, false
         end,
     },
     retrieve = {
@@ -44,7 +50,7 @@ cogs.register_type('set', {
         contains = function(rk, arg, st) return R('SISMEMBER', rk, str(arg, st, 'member')) == 1 end,
     },
     measure = {
-        card = function(rk) return R('SCARD', rk) end,
+        card = function(rk, hint) return hint or R('SCARD', rk) end,
     },
     whole = 'members',
 })

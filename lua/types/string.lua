@@ -25,7 +25,8 @@ cogs.register_type('string', {
                 cogs.fail('OVERSIZE', 'append would make the value ' .. (len + #d)
                     .. ' bytes, limit ' .. st.max_bytes)
             end
-            return #d > 0, R('APPEND', rk, d)
+            local len = R('APPEND', rk, d)
+            return #d > 0, len, len == #d
         end,
     },
     retrieve = {

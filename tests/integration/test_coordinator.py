@@ -13,6 +13,7 @@ from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.wire import runs
 from cogs.errors import BadDelta, Moved, UnknownOp, UnknownState
 from cogs.keys import escape, slot, state_key
 
@@ -75,10 +76,8 @@ async def test_cross_slot_batch_on_one_node(cluster: LocalCluster) -> None:
         assert co.topology is not None
         mine = [k for k in (f"x{i}" for i in range(400)) if co.topology.node_of(slot(k)) == 1][:50]
         assert len({slot(k) for k in mine}) > 40
-        flat: list[object] = []
-        for k in mine:
-            flat += [0, table.catalog.index("cnt"), "add", k, "2"]
-        reply = await co.call_batch(1, table.token, co.alert_stream(1), json.dumps(flat))
+        frame = runs((0, table.catalog.index("cnt"), "add", k, "2") for k in mine)
+        reply = await co.call_batch(1, table.token, co.alert_stream(1), json.dumps(frame))
         assert reply.applied == len(mine)
         assert reply.errors == {}
 
@@ -90,8 +89,8 @@ async def test_key_of_another_node_is_moved_not_applied(cluster: LocalCluster) -
         here = next(k for k in (f"h{i}" for i in range(100)) if co.topology.node_of(slot(k)) == 0)
         away = next(k for k in (f"a{i}" for i in range(100)) if co.topology.node_of(slot(k)) == 2)
         sidx = table.catalog.index("cnt")
-        flat = [0, sidx, "add", here, "1", 0, sidx, "add", away, "1"]
-        reply = await co.call_batch(0, table.token, co.alert_stream(0), json.dumps(flat))
+        frame = runs([(0, sidx, "add", here, "1"), (0, sidx, "add", away, "1")])
+        reply = await co.call_batch(0, table.token, co.alert_stream(0), json.dumps(frame))
         assert reply.applied == 1
         assert reply.errors[1].startswith("MOVED")
         assert await table.retrieve("cnt", away) is None

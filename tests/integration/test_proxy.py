@@ -164,9 +164,9 @@ async def test_discard_link_loss_drops_every_replica(cluster: LocalCluster) -> N
         await p.syn_up("nat", "lk", "set", 3)
         assert await p.syn_retrieve("nat", "lk") == 3
         assert p.cached("nat", "lk") == 3
-        node = p._discard.node
-        host, port = node.rsplit(":", 1)
-        with redis.Redis(host=host, port=int(port)) as r:
+        assert len(p._discard.nodes) == 3  # subscribed on every primary
+        host, port = p._discard.nodes[1].rsplit(":", 1)
+        with redis.Redis(host=host, port=int(port)) as r:  # cut one of the subscriptions
             assert r.client_kill_filter(_type="pubsub") >= 1
         await eventually(lambda: p.statistics().cache_drops > 0)
         assert p.cached("nat", "lk") is MISS

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from array import array
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cogs.coordinator.wire import expand, runs
 from cogs.keys import escape, slot
 from cogs.proxy.batcher import SUM, UNION, Lane, Req, encode
 from cogs.proxy.cache import MISS, ReplicaCache
@@ -91,12 +91,12 @@ def test_encoded_batches_are_valid_json_and_complete(items: list[tuple[str, int]
         g = lane.pending.setdefault(key, ["add", SUM, 0])
         g[2] += d
         want[key] = want.get(key, 0) + d
-    parts, reqs = encode([lane], [], OWNER, _route)
+    parts, count, reqs = encode([lane], [], OWNER, _route)
     got: dict[str, int] = {}
     for node, p in parts.items():
-        flat: list[Any] = json.loads("[" + ",".join(p) + "]")
-        for i in range(0, len(flat), 5):
-            mode, sidx, op, ek, arg = flat[i : i + 5]
+        ops = expand(json.loads("[" + ",".join(p) + "]"))
+        assert len(ops) == count[node]
+        for mode, sidx, op, ek, arg in ops:
             assert (mode, sidx, op) == (0, 3, "add")
             assert OWNER[slot(ek)] == node  # routed to the key's node
             got[ek] = int(arg)
@@ -108,11 +108,21 @@ def test_encode_keeps_groups_in_order_then_requests() -> None:
     lane = _lane({"add": UNION, "remove": UNION})
     lane.pending["x"] = ["add", UNION, {"a"}, "remove", UNION, {"a", "b"}, "add", UNION, {"c"}]
     req = Req(2, "s", 3, "x", "members", None, None)
-    parts, reqs = encode([lane], [req], array("H", bytes(2 * 16384)), _route)
-    flat = json.loads("[" + ",".join(parts[0]) + "]")
-    ops = [(flat[i + 2], flat[i + 4]) for i in range(0, len(flat), 5)]
+    lane.pending["y"] = ["add", UNION, {"z"}]
+    parts, count, reqs = encode([lane], [req], array("H", bytes(2 * 16384)), _route)
+    wire = expand(json.loads("[" + ",".join(parts[0]) + "]"))
+    assert count == {0: 5}
+    assert wire[0][3] == "y"  # single-group keys go first, in runs
+    ops = [(w[2], w[4]) for w in wire[1:]]
     assert ops[0] == ("add", "a")
     assert ops[1][0] == "remove"
     assert sorted(ops[1][1]) == ["a", "b"]
     assert ops[2:] == [("add", "c"), ("members", None)]
-    assert reqs == {0: {3: req}}
+    assert reqs == {0: {4: req}}
+
+
+def test_runs_round_trip() -> None:
+    ops = [(0, 1, "add", "a", "1"), (0, 1, "add", "b", "2"), (2, 1, "get", "a", None), (0, 1, "add", "c", "3")]
+    flat = runs(ops)
+    assert flat[:4] == [0, 1, "add", 2]
+    assert expand(flat) == ops

@@ -1,0 +1,374 @@
+"""Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica on a
+NAT-like workload, the trigger-update hot path end to end, replica hits and discards.
+
+Everything is measured in one run against one cluster (its own unless ``url``):
+
+* **trigger path**: NF processes issue ``proxy.update`` (half int adds, half set
+  inserts) over 100k keys with Zipf(1.1) popularity, as a real trace gives, and with
+  uniform popularity beside it; the final states are read back and must equal what
+  was issued.
+* **NAT-like**: per packet, the flow's mapping is read (5% of packets update it),
+  flows Zipf-popular over 10k; sync (one packet at a time, RTT per packet) and async
+  (callback + packet, many packets in flight) on a singleton and a replica state.
+* **replica hit**: ``await syn_retrieve`` served from the replica cache.
+* **discards**: update at one proxy -> discard seen by 1, 4, 16 holder proxies.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import multiprocessing as mp
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from cogs.benchmarks.common import Progress, bench_cluster, environment, fmt_rate, md_table, noop, write_results
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.proxy import StateProxy
+
+
+def zipf_keys(n_keys: int, n: int, s: float, seed: int, prefix: str) -> list[str]:
+    keys = [f"{prefix}{i}" for i in range(n_keys)]
+    if s == 0:
+        rng = random.Random(seed)
+        return [keys[rng.randrange(n_keys)] for _ in range(n)]
+    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n_keys + 1)))
+    return random.Random(seed).choices(keys, cum_weights=cum, k=n)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+# -- trigger hot path ----------------------------------------------------------------------
+
+
+async def _trigger(url: str, seq: list[str], members: list[str], start: Any) -> dict[str, Any]:
+    async with StateProxy(url, batch_delay_ms=1.0) as p:
+        upd = p.update
+        start.wait()
+        t0 = time.perf_counter()
+        for j in range(0, len(seq), 2000):
+            for i in range(j, min(j + 2000, len(seq)), 2):
+                upd("bench_int", seq[i], "add", 1)
+                upd("bench_set", seq[i + 1], "add", members[i])
+            if not p._batcher.has_room():
+                await p._batcher.wait_room()
+            await anyio.lowlevel.checkpoint()
+        await p.flush()
+        elapsed = time.perf_counter() - t0
+        s = p.statistics()
+    return {"updates": s.updates, "elapsed": elapsed, "ops_sent": s.ops_sent, "errors": s.errors}
+
+
+def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any, q: Any) -> None:
+    seq = zipf_keys(100_000, n, s, seed, prefix)
+    rng = random.Random(seed)
+    members = [str(rng.randrange(64)) for _ in range(n)]
+    q.put(anyio.run(_trigger, url, seq, members, start))
+
+
+def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
+    prefix = f"t{uuid.uuid4().hex[:6]}:"
+    ctx = mp.get_context("spawn")
+    start, q = ctx.Event(), ctx.Queue()
+    ps = [ctx.Process(target=_trigger_proc, args=(url, n, s, 7 + i, prefix, start, q)) for i in range(procs)]
+    for p in ps:
+        p.start()
+    time.sleep(1.0 + 0.5 * procs + n / 1e6)  # spawned interpreters build their sequences
+    start.set()
+    res = [q.get(timeout=600) for _ in ps]
+    for p in ps:
+        p.join()
+    issued = sum(r["updates"] for r in res)
+    elapsed = max(r["elapsed"] for r in res)
+    ok = anyio.run(_verify, url, n, s, procs, prefix)
+    return {
+        "zipf_s": s,
+        "procs": procs,
+        "updates": issued,
+        "ops_sent": sum(r["ops_sent"] for r in res),
+        "seconds": round(elapsed, 3),
+        "updates_per_s": issued / elapsed,
+        "errors": sum(r["errors"] for r in res),
+        "final_state_exact": ok,
+    }
+
+
+async def _verify(url: str, n: int, s: float, procs: int, prefix: str) -> bool:
+    """Every issued update is reflected in the final state (exact counts and sets)."""
+    want_int: dict[str, int] = {}
+    want_set: dict[str, set[str]] = {}
+    for i in range(procs):
+        seq = zipf_keys(100_000, n, s, 7 + i, prefix)
+        rng = random.Random(7 + i)
+        members = [str(rng.randrange(64)) for _ in range(n)]
+        for j in range(0, n, 2):
+            want_int[seq[j]] = want_int.get(seq[j], 0) + 1
+            want_set.setdefault(seq[j + 1], set()).add(members[j])
+    async with Coordinator(url=url) as co:
+        table = await StateTable.open(co)
+        for keys, state, want in ((list(want_int), "bench_int", want_int), (list(want_set), "bench_set", want_set)):
+            for i in range(0, len(keys), 5000):
+                chunk = keys[i : i + 5000]
+                got = await table.execute([Op(Mode.RETRIEVE, state, k, None) for k in chunk])
+                if any(g != want[k] for g, k in zip(got, chunk, strict=True)):
+                    return False
+    return True
+
+
+# -- NAT-like: sync / async x singleton / replica -----------------------------------------------
+
+
+async def nat_like(url: str, state: str, mode: str, seconds: float) -> dict[str, Any]:
+    flows = zipf_keys(10_000, 200_000, 1.1, 3, f"nat{uuid.uuid4().hex[:4]}:")
+    rng = random.Random(5)
+    writes = [rng.random() < 0.05 for _ in range(len(flows))]
+    rtts: list[float] = []
+    done = 0
+    async with StateProxy(url) as p:
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        i = 0
+        if mode == "sync":
+            while time.perf_counter() < deadline:
+                k = flows[i % len(flows)]
+                t = time.perf_counter()
+                if writes[i % len(flows)]:
+                    await p.syn_up(state, k, "add", 1)
+                else:
+                    await p.syn_retrieve(state, k)
+                rtts.append(time.perf_counter() - t)
+                i += 1
+            done = i
+        else:
+            window = 4000
+            outstanding = 0
+
+            def cb(_: Any, t: float) -> None:
+                nonlocal outstanding, done
+                outstanding -= 1
+                done += 1
+                rtts.append(time.perf_counter() - t)
+
+            while time.perf_counter() < deadline:
+                for _ in range(200):
+                    if outstanding >= window:
+                        break
+                    k = flows[i % len(flows)]
+                    outstanding += 1
+                    if writes[i % len(flows)]:
+                        p.asyn_up(state, k, "add", 1, cb, time.perf_counter())
+                    else:
+                        p.asyn_retrieve(state, k, None, cb, time.perf_counter())
+                    i += 1
+                await anyio.lowlevel.checkpoint()
+            await p.flush()
+        elapsed = time.perf_counter() - t0
+        hits = p.statistics().cache_hit_rate
+    return {
+        "state": state,
+        "mode": mode,
+        "packets": done,
+        "packets_per_s": done / elapsed,
+        "rtt_p50_us": pct(rtts, 50) * 1e6,
+        "rtt_p99_us": pct(rtts, 99) * 1e6,
+        "cache_hit_rate": round(hits, 3),
+    }
+
+
+async def sync_retrieve_rtt(url: str, n: int) -> list[float]:
+    async with StateProxy(url) as p:
+        await p.syn_up("bench_direct", "rtt", "set", 1)
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await p.syn_retrieve("bench_direct", "rtt")
+            out.append(time.perf_counter() - t)
+        return out
+
+
+async def replica_hit(url: str, n: int) -> dict[str, float]:
+    async with StateProxy(url) as p:
+        await p.syn_up("bench_replica", "hit", "set", 1)
+        await p.syn_retrieve("bench_replica", "hit")
+        best_await = best_peek = 1e9
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(n):
+                await p.syn_retrieve("bench_replica", "hit")
+            best_await = min(best_await, (time.perf_counter() - t) / n)
+            t = time.perf_counter()
+            for _ in range(n):
+                p.cached("bench_replica", "hit")
+            best_peek = min(best_peek, (time.perf_counter() - t) / n)
+        assert p.statistics().cache_hits >= 10 * n
+    return {"await_syn_retrieve_us": best_await * 1e6, "cached_peek_us": best_peek * 1e6}
+
+
+def _seen_at(seen: dict[int, float], j: int, sidx: int, key: str, version: int) -> None:
+    seen[j] = time.perf_counter()
+
+
+async def discard_fanout(url: str, holders: int, rounds: int) -> dict[str, Any]:
+    """One updater, ``holders`` proxies caching the key: update latency, discard latency."""
+    async with StateProxy(url) as writer:
+        readers = [StateProxy(url) for _ in range(holders)]
+        for r in readers:
+            await r.__aenter__()
+        try:
+            key = f"fan{uuid.uuid4().hex[:6]}"
+            seen: dict[int, float] = {}
+            for j, r in enumerate(readers):
+                r.add_discard_listener(functools.partial(_seen_at, seen, j))
+            lat, upd = [], []
+            for _ in range(rounds):
+                for r in readers:
+                    await r.syn_retrieve("bench_replica", key)  # cached + registered
+                seen.clear()
+                t0 = time.perf_counter()
+                await writer.syn_up("bench_replica", key, "add", 1)
+                upd.append(time.perf_counter() - t0)
+                with anyio.fail_after(5):
+                    while len(seen) < holders:  # noqa: ASYNC110 - discards arrive on another link
+                        await anyio.sleep(0.0002)
+                lat += [t - t0 for t in seen.values()]
+        finally:
+            for r in readers:
+                await r.aclose()
+    return {
+        "holders": holders,
+        "update_p50_us": pct(upd, 50) * 1e6,
+        "discard_p50_ms": pct(lat, 50) * 1e3,
+        "discard_p99_ms": pct(lat, 99) * 1e3,
+    }
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def main(
+    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+) -> dict[str, Any]:
+    n = 600_000 if quick else 2_000_000
+    secs = 1.5 if quick else 4.0
+    data: dict[str, Any] = {"bench": "design", "quick": quick, "environment": environment()}
+    with bench_cluster(url, progress) as seed:
+        trig = []
+        for s, procs in ((1.1, 1), (1.1, 2), (0.0, 2)):
+            r = trigger_path(seed, n // procs, s, procs)
+            trig.append(r)
+            label = "Zipf(1.1)" if s else "uniform"
+            progress(
+                f"trigger path, {label}, {procs} NF proc(s): {fmt_rate(r['updates_per_s'])} updates/s, exact={r['final_state_exact']}"
+            )
+        nat = []
+        for state in ("bench_direct", "bench_replica"):
+            for mode in ("sync", "async"):
+                r = anyio.run(nat_like, seed, state, mode, secs)
+                nat.append(r)
+                progress(
+                    f"NAT-like {mode} {state}: {fmt_rate(r['packets_per_s'])} pkts/s, RTT p50 {r['rtt_p50_us']:.0f} us"
+                )
+        rtt = anyio.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
+        hit = anyio.run(replica_hit, seed, 20_000)
+        progress(
+            f"sync retrieve p50 {pct(rtt, 50) * 1e6:.0f} us p99 {pct(rtt, 99) * 1e6:.0f} us; replica hit {hit['await_syn_retrieve_us']:.2f} us"
+        )
+        fan = [anyio.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
+        for f in fan:
+            progress(
+                f"{f['holders']} holder(s): update p50 {f['update_p50_us']:.0f} us, discard p99 {f['discard_p99_ms']:.2f} ms"
+            )
+    zipf_best = max((r for r in trig if r["zipf_s"]), key=lambda r: r["updates_per_s"])
+    uniform = next(r for r in trig if not r["zipf_s"])
+    by = {(r["state"], r["mode"]): r for r in nat}
+    sync_single = by[("bench_direct", "sync")]["packets_per_s"]
+    data["summary"] = {
+        "trigger_updates_per_s": round(zipf_best["updates_per_s"]),
+        "trigger_updates_per_s_uniform": round(uniform["updates_per_s"]),
+        "trigger_final_state_exact": all(r["final_state_exact"] for r in trig),
+        "sync_retrieve_p50_us": round(pct(rtt, 50) * 1e6, 1),
+        "sync_retrieve_p99_us": round(pct(rtt, 99) * 1e6, 1),
+        "replica_hit_us": round(hit["await_syn_retrieve_us"], 3),
+        "replica_peek_us": round(hit["cached_peek_us"], 3),
+        "discard_p99_ms": round(max(f["discard_p99_ms"] for f in fan), 3),
+        "async_vs_sync_ratio": round(by[("bench_direct", "async")]["packets_per_s"] / sync_single, 1),
+        "targets": {
+            "trigger_updates_per_s": 1_200_000, "sync_retrieve_p50_us": 150, "sync_retrieve_p99_us": 1000,
+            "replica_hit_us": 2, "discard_p99_ms": 5, "async_vs_sync_ratio": 20,
+        },
+    }  # fmt: skip
+    data.update({"trigger": trig, "nat_like": nat, "replica_hit": hit, "discard_fanout": fan})
+    md = "# Design choices (paper Fig. 10 + Table III)\n\n## Trigger updates, end to end\n\n" + md_table(
+        ["popularity", "NF processes", "updates/s", "ops sent", "final state exact"],
+        [
+            [
+                "Zipf(1.1)" if r["zipf_s"] else "uniform",
+                r["procs"],
+                fmt_rate(r["updates_per_s"]),
+                f"{r['ops_sent']:,}",
+                r["final_state_exact"],
+            ]
+            for r in trig
+        ],
+    )
+    md += "\n## NAT-like workload (5% updates)\n\n" + md_table(
+        ["mode", "state", "packets/s", "RTT p50 (us)", "RTT p99 (us)", "cache hit rate"],
+        [
+            [
+                r["mode"],
+                r["state"],
+                fmt_rate(r["packets_per_s"]),
+                f"{r['rtt_p50_us']:.0f}",
+                f"{r['rtt_p99_us']:.0f}",
+                r["cache_hit_rate"],
+            ]
+            for r in nat
+        ],
+    )
+    md += "\n## Discard fan-out\n\n" + md_table(
+        ["holder proxies", "update p50 (us)", "discard p50 (ms)", "discard p99 (ms)"],
+        [
+            [f["holders"], f"{f['update_p50_us']:.0f}", f"{f['discard_p50_ms']:.2f}", f"{f['discard_p99_ms']:.2f}"]
+            for f in fan
+        ],
+    )
+    md += f"\nReplica hit: {hit['await_syn_retrieve_us']:.2f} us per `await syn_retrieve`, {hit['cached_peek_us']:.2f} us per `cached()`.\n"
+    path = write_results("design", data, md, out)
+    _plot(path, nat, trig)
+    progress(f"wrote {path} and {path.with_suffix('.md')}")
+    return data
+
+
+def _plot(path: Path, nat: list[dict[str, Any]], trig: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    labels = [f"{r['mode']}\n{'replica' if 'replica' in r['state'] else 'singleton'}" for r in nat]
+    a.bar(labels, [r["packets_per_s"] / 1e3 for r in nat], color=["#888", "#4a7", "#888", "#4a7"])
+    a.set_ylabel("packets/s (thousands)")
+    a.set_title("NAT-like: sync/async x singleton/replica")
+    a.set_yscale("log")
+    tl = [f"{'Zipf' if r['zipf_s'] else 'uniform'}\n{r['procs']} proc" for r in trig]
+    b.bar(tl, [r["updates_per_s"] / 1e6 for r in trig], color="#47a")
+    b.axhline(1.2, color="red", linestyle=":", label="target 1.2M/s")
+    b.set_ylabel("trigger updates/s (millions)")
+    b.set_title("Trigger path, end to end")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    plt.close(fig)
