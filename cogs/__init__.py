@@ -30,14 +30,19 @@ from cogs.errors import (
     UnknownState,
     WrongType,
 )
+from cogs.proxy import MISS, Backpressure, ProxyStatistics, StateProxy
+from cogs.proxy.blocking import BlockingStateProxy
 from cogs.settings import CogsSettings, load_settings
 
 __all__ = [
+    "MISS",
     "Alert",
     "AlertNotRecorded",
+    "Backpressure",
     "BadDelta",
     "BadFrame",
     "BadKey",
+    "BlockingStateProxy",
     "Catalog",
     "CatalogError",
     "CatalogMismatch",
@@ -55,6 +60,8 @@ __all__ = [
     "OpError",
     "Overflow",
     "Oversize",
+    "ProxyStatistics",
+    "StateProxy",
     "StateSpec",
     "StateTable",
     "UnknownOp",

@@ -267,9 +267,8 @@ def main(
             r = trigger_path(seed, n // procs, s, procs)
             trig.append(r)
             label = "Zipf(1.1)" if s else "uniform"
-            progress(
-                f"trigger path, {label}, {procs} NF proc(s): {fmt_rate(r['updates_per_s'])} updates/s, exact={r['final_state_exact']}"
-            )
+            rate = fmt_rate(r["updates_per_s"])
+            progress(f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}")
         nat = []
         for state in ("bench_direct", "bench_replica"):
             for mode in ("sync", "async"):
@@ -280,14 +279,12 @@ def main(
                 )
         rtt = anyio.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
         hit = anyio.run(replica_hit, seed, 20_000)
-        progress(
-            f"sync retrieve p50 {pct(rtt, 50) * 1e6:.0f} us p99 {pct(rtt, 99) * 1e6:.0f} us; replica hit {hit['await_syn_retrieve_us']:.2f} us"
-        )
+        p50, p99, hit_us = pct(rtt, 50) * 1e6, pct(rtt, 99) * 1e6, hit["await_syn_retrieve_us"]
+        progress(f"sync retrieve p50 {p50:.0f} us p99 {p99:.0f} us; replica hit {hit_us:.2f} us")
         fan = [anyio.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
         for f in fan:
-            progress(
-                f"{f['holders']} holder(s): update p50 {f['update_p50_us']:.0f} us, discard p99 {f['discard_p99_ms']:.2f} ms"
-            )
+            upd, dis = f["update_p50_us"], f["discard_p99_ms"]
+            progress(f"{f['holders']} holder(s): update p50 {upd:.0f} us, discard p99 {dis:.2f} ms")
     zipf_best = max((r for r in trig if r["zipf_s"]), key=lambda r: r["updates_per_s"])
     uniform = next(r for r in trig if not r["zipf_s"])
     by = {(r["state"], r["mode"]): r for r in nat}
@@ -342,7 +339,8 @@ def main(
             for f in fan
         ],
     )
-    md += f"\nReplica hit: {hit['await_syn_retrieve_us']:.2f} us per `await syn_retrieve`, {hit['cached_peek_us']:.2f} us per `cached()`.\n"
+    md += f"\nReplica hit: {hit['await_syn_retrieve_us']:.2f} us per `await syn_retrieve`, "
+    md += f"{hit['cached_peek_us']:.2f} us per `cached()`.\n"
     path = write_results("design", data, md, out)
     _plot(path, nat, trig)
     progress(f"wrote {path} and {path.with_suffix('.md')}")
