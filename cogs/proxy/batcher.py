@@ -215,7 +215,11 @@ class Batcher:
         self._np += used
         self._created += used
         np = self._np
-        room = min(self.batch_max - 1 - np, self.max_pending - np - self.inflight) if np else 0
+        room = self.max_pending - np - self.inflight
+        if np == 0:
+            room = 0  # the first op of a batch starts its timer: slow path
+        elif np < self.batch_max:
+            room = min(room, self.batch_max - 1 - np)  # the op that fills the batch kicks the flush
         self._granted = self.budget = max(room, 0)
 
     def _reserve(self, state: str) -> None:
@@ -322,19 +326,20 @@ class Batcher:
         topo = self.coord.topology
         assert topo is not None
         lanes = [lane for lane in self.lanes.values() if lane.pending]
-        parts, count, reqs = encode(lanes, self.queue, topo.owner, self._route, self.routes)
+        frames = encode(lanes, self.queue, topo.owner, self._route, self.routes, self.batch_max)
         for lane in lanes:
             lane.pending = {}
         self.queue = []
         self._settle()
         self._np = 0
         self._settle()
-        for n, p in parts.items():
-            self.inflight += count[n]
-            self.ops_sent += count[n]
-            self.batches += 1
-            self.node_batches[n] = self.node_batches.get(n, 0) + 1
-            self.spawn(self._send(n, "[" + ",".join(p) + "]", count[n], reqs.get(n, {})))
+        for n, node_frames in frames.items():
+            for payload, count, reqs in node_frames:
+                self.inflight += count
+                self.ops_sent += count
+                self.batches += 1
+                self.node_batches[n] = self.node_batches.get(n, 0) + 1
+                self.spawn(self._send(n, payload, count, reqs))
 
     def _link(self, n: int) -> NodeLink:
         topo = self.coord.topology
@@ -484,26 +489,76 @@ class Batcher:
             await link.aclose()
 
 
+Frame = tuple[str, int, dict[int, "Req"]]  # payload, number of ops, op index -> request
+
+
+class Frames:
+    """Run-frame fragments for one node, cut into frames of at most ``limit`` ops: one
+    FCALL stays short (others wait while Lua runs) however much piled up meanwhile.
+    Frames go out in order on one link, so a key's ops split across two stay in order."""
+
+    __slots__ = ("count", "done", "limit", "parts", "reqs")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.done: list[Frame] = []
+        self.parts: list[str] = []
+        self.count = 0
+        self.reqs: dict[int, Req] = {}
+
+    def run(self, prefix: str, frags: list[str]) -> None:
+        """A run of ops sharing ``prefix`` ("mode,state,op,"): "key,arg" fragments."""
+        i = 0
+        while i < len(frags):
+            take = frags[i : i + self.limit - self.count]
+            self.parts.append(f"{prefix}{len(take)},{','.join(take)}")
+            self.count += len(take)
+            i += len(take)
+            if self.count >= self.limit:
+                self._cut()
+
+    def one(self, text: str, req: Req | None = None) -> None:
+        if req is not None:
+            self.reqs[self.count] = req
+        self.parts.append(text)
+        self.count += 1
+        if self.count >= self.limit:
+            self._cut()
+
+    def _cut(self) -> None:
+        if self.count:
+            self.done.append(("[" + ",".join(self.parts) + "]", self.count, self.reqs))
+            self.parts, self.count, self.reqs = [], 0, {}
+
+    def frames(self) -> list[Frame]:
+        self._cut()
+        return self.done
+
+
 def encode(
     lanes: list[Lane],
     queue: list[Req],
     owner: Any,
     route: Callable[[str], tuple[str, int]],
     routes: dict[str, tuple[str, int]] | None = None,
-) -> tuple[dict[int, list[str]], dict[int, int], dict[int, dict[int, Req]]]:
-    """The pending ops as run-frame fragments per node (cogs/coordinator/wire.py), the
-    number of ops per node, and which op of each node's batch is which request.
+    limit: int = 2000,
+) -> dict[int, list[Frame]]:
+    """The pending ops as run frames (cogs/coordinator/wire.py) per node.
 
     Lane ops go first, one run per (state, op) and node; a key with several groups
     keeps them in order as runs of one; requests follow in arrival order. Built from
     fragments (each key's JSON is cached): at this rate json.dumps of a list costs
     more than the Lua that applies it.
     """
-    runs: dict[int, list[str]] = {}
-    count: dict[int, int] = {}
-    reqs: dict[int, dict[int, Req]] = {}
+    nodes: dict[int, Frames] = {}
     cached = (routes or {}).get
     jstr = _JSON_STR.get
+
+    def frames(n: int) -> Frames:
+        f = nodes.get(n)
+        if f is None:
+            f = nodes[n] = Frames(limit)
+        return f
 
     def wire(kind: int, acc: Any) -> str:
         if kind == SUM:
@@ -532,19 +587,15 @@ def encode(
             else:
                 multi.append((n, g, r[0]))
         for (n, op), frags in singles.items():
-            runs.setdefault(n, []).append(f"{prefix[op]}{len(frags)},{','.join(frags)}")
-            count[n] = count.get(n, 0) + len(frags)
+            frames(n).run(prefix[op], frags)
         for n, g, ekj in multi:
-            out = runs.setdefault(n, [])
+            f = frames(n)
             for j in range(0, len(g), 3):
-                out.append(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
-            count[n] = count.get(n, 0) + len(g) // 3
+                f.one(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
     for req in queue:
         n = owner[route(req.key)[1]]
-        reqs.setdefault(n, {})[count.get(n, 0)] = req
-        count[n] = count.get(n, 0) + 1
-        runs.setdefault(n, []).append(json.dumps([req.mode, req.sidx, req.op, 1, req.ekey, req.arg])[1:-1])
-    return runs, count, reqs
+        frames(n).one(json.dumps([req.mode, req.sidx, req.op, 1, req.ekey, req.arg])[1:-1], req)
+    return {n: f.frames() for n, f in nodes.items()}
 
 
 _JSON_STR: dict[str, str] = {}

@@ -91,17 +91,17 @@ def test_encoded_batches_are_valid_json_and_complete(items: list[tuple[str, int]
         g = lane.pending.setdefault(key, ["add", SUM, 0])
         g[2] += d
         want[key] = want.get(key, 0) + d
-    parts, count, reqs = encode([lane], [], OWNER, _route)
     got: dict[str, int] = {}
-    for node, p in parts.items():
-        ops = expand(json.loads("[" + ",".join(p) + "]"))
-        assert len(ops) == count[node]
-        for mode, sidx, op, ek, arg in ops:
-            assert (mode, sidx, op) == (0, 3, "add")
-            assert OWNER[slot(ek)] == node  # routed to the key's node
-            got[ek] = int(arg)
+    for node, frames in encode([lane], [], OWNER, _route, limit=7).items():
+        for payload, count, reqs in frames:
+            ops = expand(json.loads(payload))
+            assert len(ops) == count <= 7  # cut into frames of at most `limit` ops
+            assert reqs == {}
+            for mode, sidx, op, ek, arg in ops:
+                assert (mode, sidx, op) == (0, 3, "add")
+                assert OWNER[slot(ek)] == node  # routed to the key's node
+                got[ek] = int(arg)
     assert got == {escape(k): v for k, v in want.items()}
-    assert reqs == {}
 
 
 def test_encode_keeps_groups_in_order_then_requests() -> None:
@@ -109,16 +109,17 @@ def test_encode_keeps_groups_in_order_then_requests() -> None:
     lane.pending["x"] = ["add", UNION, {"a"}, "remove", UNION, {"a", "b"}, "add", UNION, {"c"}]
     req = Req(2, "s", 3, "x", "members", None, None)
     lane.pending["y"] = ["add", UNION, {"z"}]
-    parts, count, reqs = encode([lane], [req], array("H", bytes(2 * 16384)), _route)
-    wire = expand(json.loads("[" + ",".join(parts[0]) + "]"))
-    assert count == {0: 5}
+    frames = encode([lane], [req], array("H", bytes(2 * 16384)), _route, limit=3)[0]
+    assert [c for _, c, _ in frames] == [3, 2]  # a key's groups may straddle frames, in order
+    wire = [w for payload, _, _ in frames for w in expand(json.loads(payload))]
+    reqs = {i: r for i, r in frames[1][2].items()}
     assert wire[0][3] == "y"  # single-group keys go first, in runs
     ops = [(w[2], w[4]) for w in wire[1:]]
     assert ops[0] == ("add", "a")
     assert ops[1][0] == "remove"
     assert sorted(ops[1][1]) == ["a", "b"]
     assert ops[2:] == [("add", "c"), ("members", None)]
-    assert reqs == {0: {4: req}}
+    assert reqs == {1: req}  # op 1 of the second frame
 
 
 def test_runs_round_trip() -> None:
