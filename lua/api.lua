@@ -27,6 +27,8 @@ do
     local R, decode, encode, null, byte, sub, gsub, find, pcall_, classify, replica
     local STATES, TOKEN
     local MAX_KEY = 512
+    -- a leading '}' would make the hash tag empty and split the entry's keys
+    local KEY_RULE = 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes, not starting with }'
     local ALERTS_CHANNEL = 'cogs:alerts'
     local ALERTS_MAXLEN = 100000
 
@@ -142,13 +144,25 @@ do
         return version
     end
 
-    -- The trigger hot path, one protected call per op: update, then window/ttl/checker
-    -- if the state has any.
-    local function trigger(fn, st, sidx, key, rk, arg, ctx)
-        local changed, hint, created = fn(rk, arg, st)
-        if changed and st.post then
-            after_update(st, sidx, key, rk, hint, created, ctx)
+    -- The trigger hot path: a whole run of updates of one state and op under ONE
+    -- protected call (a pcall per op costs as much as the update). `at.j` tracks the
+    -- op being applied, so when one fails the caller records it and resumes after it.
+    local function trigger_run(fn, st, sidx, ops, j, last, ctx, at)
+        local prefix, post = st.prefix, st.post
+        while j <= last do
+            at.j = j
+            local key = ops[j]
+            if type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
+                cogs.fail('BAD_KEY', KEY_RULE)
+            end
+            local rk = prefix .. key .. '}'
+            local changed, hint, created = fn(rk, ops[j + 1], st)
+            if changed and post then
+                after_update(st, sidx, key, rk, hint, created, ctx)
+            end
+            j = j + 2
         end
+        at.j = j
     end
 
     local function update(mode, st, sidx, op, key, rk, arg, ctx)
@@ -255,14 +269,13 @@ do
         return i == total + 1
     end
 
-    local function fail_reason(st, sidx, key)
+    local function fail_reason(st, sidx)
         if st == nil then
             return 'UNKNOWN_STATE', 'no state with index ' .. cogs.show(sidx) .. ' in catalog ' .. CATALOG_DIGEST
         elseif st.broken then
             return 'UNKNOWN_STATE', st.broken
         end
-        -- a leading '}' would make the hash tag empty and split the entry's keys
-        return 'BAD_KEY', 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes'
+        return 'BAD_KEY', KEY_RULE
     end
 
     local function batch(_, args)
@@ -277,48 +290,55 @@ do
             return redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
         end
         local ctx = { stream = args[2], pid = args[4], discards = {} }
-        local errs, res, applied = {}, {}, 0
-        local idx = -1 -- 0-based op index across runs
+        local errs, res, failed = {}, {}, 0
+        local at = {}
+        local base = 0 -- 0-based index of the run's first op
         local i = 1
+        local function refuse(idx, st, key, op, code, msg)
+            failed = failed + 1
+            errs[#errs + 1] = idx
+            errs[#errs + 1] = code .. describe(st, key, op) .. msg
+        end
         while i <= total do
             local mode, sidx, op, n = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
             local st = STATES[sidx]
             local usable = st ~= nil and not st.broken
             local fn = usable and mode == 0 and st.update[op]
-            local prefix = usable and st.prefix
-            for j = i + 4, i + 3 + 2 * n, 2 do
-                local key, arg = ops[j], ops[j + 1]
-                idx = idx + 1
-                local code, msg, value
-                if not usable or type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
-                    code, msg = fail_reason(st, sidx, key)
-                else
-                    local rk = prefix .. key .. '}'
-                    if fn then
-                        ok, value = pcall_(trigger, fn, st, sidx, key, rk, arg, ctx)
-                    else
-                        ok, value = pcall_(apply, mode, st, sidx, op, key, rk, arg, ctx)
-                    end
-                    if ok then
-                        applied = applied + 1
-                    else
-                        code, msg = classify(value)
-                        if code == 'ALERT' then applied = applied + 1 end
-                    end
+            local first, last = i + 4, i + 2 + 2 * n
+            if fn then
+                local j = first
+                while j <= last do
+                    local ok, e = pcall_(trigger_run, fn, st, sidx, ops, j, last, ctx, at)
+                    if ok then break end
+                    local code, msg = classify(e)
+                    if code == 'ALERT' then failed = failed - 1 end -- applied; only the alert failed
+                    refuse(base + (at.j - first) / 2, st, ops[at.j], op, code, msg)
+                    j = at.j + 2
                 end
-                if code then
-                    errs[#errs + 1] = idx
-                    errs[#errs + 1] = code .. describe(st, key, op) .. msg
-                elseif mode ~= 0 then
-                    res[#res + 1] = idx
-                    if value == nil then value = false end
-                    res[#res + 1] = value
+            else
+                for j = first, last, 2 do
+                    local key, idx = ops[j], base + (j - first) / 2
+                    if not usable or type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
+                        refuse(idx, st, key, op, fail_reason(st, sidx))
+                    else
+                        local ok, value = pcall_(apply, mode, st, sidx, op, key, st.prefix .. key .. '}', ops[j + 1], ctx)
+                        if not ok then
+                            local code, msg = classify(value)
+                            if code == 'ALERT' then failed = failed - 1 end
+                            refuse(idx, st, key, op, code, msg)
+                        elseif mode ~= 0 then
+                            res[#res + 1] = idx
+                            if value == nil then value = false end
+                            res[#res + 1] = value
+                        end
+                    end
                 end
             end
+            base = base + n
             i = i + 4 + 2 * n
         end
         replica.publish(ctx, encode)
-        return { applied, errs, res }
+        return { base - failed, errs, res }
     end
 
     local function info()
