@@ -112,7 +112,7 @@ def test_encode_keeps_groups_in_order_then_requests() -> None:
     frames = encode([lane], [req], array("H", bytes(2 * 16384)), _route, limit=3)[0]
     assert [c for _, c, _ in frames] == [3, 2]  # a key's groups may straddle frames, in order
     wire = [w for payload, _, _ in frames for w in expand(json.loads(payload))]
-    reqs = {i: r for i, r in frames[1][2].items()}
+    reqs = dict(frames[1][2])
     assert wire[0][3] == "y"  # single-group keys go first, in runs
     ops = [(w[2], w[4]) for w in wire[1:]]
     assert ops[0] == ("add", "a")
