@@ -342,5 +342,19 @@ def bench_design(url: str | None, quick: bool, out: Path | None) -> None:
     bench_main(url=url, quick=quick, out=out, progress=_progress)
 
 
+@bench.command("scaling")
+@url_option
+@click.option("--quick", is_flag=True, help="A smaller trace, under a minute.")
+@click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
+def bench_scaling(url: str | None, quick: bool, out: Path | None) -> None:
+    """NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model."""
+    from cogs.benchmarks.scaling import main as bench_main
+
+    bench_main(url=url, quick=quick, out=out, progress=_progress)
+
+
+# the NF commands live in their own module; importing it registers them on `main`
+from cogs import cli_nf  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()

@@ -29,23 +29,26 @@ def noop(_: str) -> None:
 
 
 @contextmanager
-def bench_cluster(url: str | None, progress: Progress, masters: int = 3) -> Iterator[str]:
-    """A coordinator URL running the bench catalog: the given one, or a fresh local cluster.
+def bench_cluster(
+    url: str | None, progress: Progress, masters: int = 3, catalog: Path = BENCH_CATALOG
+) -> Iterator[str]:
+    """A coordinator URL running ``catalog``: the given one, or a fresh local cluster.
 
-    A given coordinator must already store the bench states (``cogs catalog load
-    cogs/catalogs/bench.toml``): a bench never replaces someone's catalog.
+    A given coordinator must already store the catalog's states (``cogs catalog load
+    FILE``): a bench never replaces someone's catalog.
     """
-    catalog = Catalog.from_file(BENCH_CATALOG)
+    path = catalog
+    catalog_ = Catalog.from_file(path)
     if url:
 
         async def verify() -> None:
             async with Coordinator(url=url) as co:
                 stored, _ = await co.stored_catalog()
-                missing = [s.name for s in catalog if s.name not in stored]
+                missing = [s.name for s in catalog_ if s.name not in stored]
                 if missing:
                     raise CatalogMismatch(
                         f"the coordinator at {url} lacks the bench states {missing}: "
-                        f"load them with `cogs catalog load {BENCH_CATALOG}` or run without --url"
+                        f"load them with `cogs catalog load {path}` or run without --url"
                     )
 
         anyio.run(verify)
@@ -59,7 +62,7 @@ def bench_cluster(url: str | None, progress: Progress, masters: int = 3) -> Iter
 
             async def load() -> None:
                 async with Coordinator(url=lc.url) as co:
-                    await co.load_library(catalog)
+                    await co.load_library(catalog_)
 
             anyio.run(load)
             yield lc.url

@@ -214,6 +214,15 @@ class StateProxy:
 
     # -- the paper's operations ---------------------------------------------------------------
 
+    def has_room(self) -> bool:
+        """False when ``update`` would raise Backpressure for a new op."""
+        return self._batcher.has_room()
+
+    async def wait_room(self) -> None:
+        """Wait until the buffer has room (a flush made progress)."""
+        if not self._batcher.has_room():
+            await self._batcher.wait_room()
+
     async def aupdate(self, state: str, key: str, op: str, delta: Any = 1) -> None:
         """``update`` that waits for room instead of raising Backpressure."""
         if not self._batcher.has_room():

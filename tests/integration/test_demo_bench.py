@@ -47,3 +47,21 @@ def test_bench_quick_writes_summary(tmp_path: Path) -> None:
     assert all(r["applied"] == r["ops"] for r in data["runs"])  # every op sent was applied
     assert out.with_suffix(".md").exists()
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_bench_scaling_quick_writes_model(tmp_path: Path) -> None:
+    from cogs.benchmarks.scaling import NFS
+    from cogs.benchmarks.scaling import main as scaling_main
+
+    out = tmp_path / "scaling.json"
+    scaling_main(quick=True, out=out)
+    data = json.loads(out.read_text())
+    for nf in NFS:
+        s = data["summary"][nf]
+        assert s["measured_packets_per_s"]["1"] > 0
+        assert s["box_cpu_us_per_packet"] > 0
+        assert s["coordinator_cpu_us_per_op"] > 0
+        assert s["saturation_n"] > 0
+    assert {r["alerts"] for r in data["runs"] if r["nf"] == "portscan"} == {4}  # 4 scans, any N
+    assert out.with_suffix(".png").exists()

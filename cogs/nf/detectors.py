@@ -1,0 +1,179 @@
+"""The flow-inspection NFs of the paper, on cogs trigger states.
+
+Each detector keeps its per-flow state locally (both directions of a flow reach the
+same middlebox) and sends accumulative updates of multi-flow state to the
+coordinator, where the catalog's checkers raise the alerts. The thresholds and
+windows live in the catalog (cogs/catalogs/default.toml); the knobs here only decide
+what an NF counts.
+
+* ``portscan`` — like Zeek's scan policy: *failed* connection attempts (a SYN that got
+  no SYN-ACK in time, or got a RST) add the port to ``scan_ports[src>dst]`` and the
+  host to ``scan_hosts[src>port]``.
+* ``dnstunnel`` — per query: the name into ``dns_subdomains[domain]`` (distinct names),
+  the query type into ``dns_qtypes[client]`` (share of tunnel-friendly types), and
+  long or high-entropy names into ``dns_longnames[domain]``.
+* ``sidejack`` — session cookies of HTTP requests: the client IP into
+  ``sidejack_clients[name=value]``; two clients presenting one session is an alert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, ClassVar
+
+from cogs.nf.packets import ACK, RST, SYN, TCP, UDP, Packet, dns_questions, http_request
+
+Update = Callable[[str, str, str, Any], None]  # (state, key, op, delta)
+
+
+@dataclass
+class Detector:
+    """Per-flow logic of one NF. ``update`` is the proxy's (namespaced) Update."""
+
+    update: Update
+    counters: Counter[str] = field(default_factory=Counter)
+    name: ClassVar[str] = ""
+    states: ClassVar[tuple[str, ...]] = ()
+
+    def packet(self, p: Packet) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """End of the traffic: settle what per-flow state still holds."""
+
+    @staticmethod
+    def key_of(state: str, key: str) -> str:
+        """The alert's subject (scanner IP, tunnel domain, cookie) from a state key."""
+        return key
+
+
+@dataclass
+class PortScan(Detector):
+    #: a SYN without SYN-ACK for this long (trace time) is a failed attempt
+    attempt_timeout: float = 5.0
+    name: ClassVar[str] = "portscan"
+    states: ClassVar[tuple[str, ...]] = ("scan_ports", "scan_hosts")
+
+    def __post_init__(self) -> None:
+        self._attempts: dict[tuple[str, int, str, int], float] = {}  # (src, sport, dst, dport) -> first SYN
+        self._last_sweep = 0.0
+
+    def packet(self, p: Packet) -> None:
+        if p.proto != TCP:
+            return
+        f = p.flags
+        if f & SYN and not f & ACK:
+            self._attempts.setdefault((p.src, p.sport, p.dst, p.dport), p.ts)
+        elif f & SYN and f & ACK:  # the responder accepted: not a failed attempt
+            self._attempts.pop((p.dst, p.dport, p.src, p.sport), None)
+        elif f & RST:  # rejected by the responder: a failed attempt now
+            attempt = (p.dst, p.dport, p.src, p.sport)
+            if attempt in self._attempts:
+                del self._attempts[attempt]
+                self._failed(*attempt)
+        if p.ts - self._last_sweep > 1.0:
+            self._sweep(p.ts)
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        old = [a for a, t in self._attempts.items() if now - t > self.attempt_timeout]
+        for a in old:
+            del self._attempts[a]
+            self._failed(*a)
+
+    def _failed(self, src: str, sport: int, dst: str, dport: int) -> None:
+        self.counters["failed attempts"] += 1
+        self.update("scan_ports", f"{src}>{dst}", "add", str(dport))
+        self.update("scan_hosts", f"{src}>{dport}", "add", dst)
+
+    def finish(self) -> None:
+        self._sweep(float("inf"))
+
+    @staticmethod
+    def key_of(state: str, key: str) -> str:
+        return key.split(">", 1)[0]  # the scanner
+
+
+# query types tunnels favour: they carry more bytes per answer than A/AAAA
+TUNNEL_QTYPES = frozenset({5, 10, 15, 16, 33, 65399})  # CNAME NULL MX TXT SRV PRIVATE
+
+
+def registered_domain(name: str) -> str:
+    """Last two labels, or three under a two-letter country code with a generic second
+    level (``example.co.uk``): close enough without a public-suffix list."""
+    labels = name.split(".")
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in ("co", "com", "net", "org", "gov", "ac", "edu"):
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def entropy(s: str) -> float:
+    """Shannon entropy in bits per character."""
+    if not s:
+        return 0.0
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+@dataclass
+class DnsTunnel(Detector):
+    long_label: int = 40
+    high_entropy: float = 4.0
+    name: ClassVar[str] = "dnstunnel"
+    states: ClassVar[tuple[str, ...]] = ("dns_subdomains", "dns_qtypes", "dns_longnames")
+
+    def packet(self, p: Packet) -> None:
+        if p.dport != 53 or p.proto not in (UDP, TCP):
+            return
+        payload = p.payload[2:] if p.proto == TCP else p.payload  # TCP DNS: 2-byte length prefix
+        for qname, qtype in dns_questions(payload, self.counters):
+            domain = registered_domain(qname)
+            if domain == qname:
+                continue  # a bare domain: nothing tunnelled in subdomains
+            self.counters["queries"] += 1
+            self.update("dns_subdomains", domain, "add", qname)
+            self.update("dns_qtypes", p.src, "incr", {"all": 1, "odd": int(qtype in TUNNEL_QTYPES)})
+            sub = qname[: -len(domain) - 1]
+            if max(map(len, sub.split("."))) >= self.long_label or (
+                len(sub) >= 20 and entropy(sub) >= self.high_entropy
+            ):
+                self.update("dns_longnames", domain, "add", 1)
+
+
+SESSION_COOKIES = ("phpsessid", "jsessionid", "asp.net_sessionid", "sessionid", "session", "sid", "connect.sid")
+
+
+@dataclass
+class SideJack(Detector):
+    cookie_names: tuple[str, ...] = SESSION_COOKIES
+    name: ClassVar[str] = "sidejack"
+    states: ClassVar[tuple[str, ...]] = ("sidejack_clients",)
+
+    def packet(self, p: Packet) -> None:
+        if p.proto != TCP or not p.payload:
+            return
+        req = http_request(p.payload, self.counters)
+        if req is None:
+            return
+        self.counters["http requests"] += 1
+        raw = req.headers.get("cookie")
+        if not raw:
+            return
+        jar = SimpleCookie()
+        try:
+            jar.load(raw if isinstance(raw, str) else "; ".join(raw))
+        except CookieError:
+            self.counters["cookie unparseable"] += 1
+            return
+        wanted = {n.lower() for n in self.cookie_names}
+        for name, morsel in jar.items():
+            if name.lower() in wanted and morsel.value:
+                self.counters["session cookies"] += 1
+                self.update("sidejack_clients", f"{name}={morsel.value}", "add", p.src)
+
+
+DETECTORS: dict[str, type[Detector]] = {d.name: d for d in (PortScan, DnsTunnel, SideJack)}

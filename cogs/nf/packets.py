@@ -1,0 +1,158 @@
+"""Packet input: pcap and pcapng files read with dpkt, down to the transport layer.
+
+What cannot be parsed (a truncated frame, a link type we do not know, a non-IP
+frame) is skipped and counted by reason; a broken capture never raises past
+``read_trace``. Application payloads (DNS, HTTP) are parsed by the NFs that need
+them, with dpkt too, and their failures are counted there.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from struct import error as struct_error  # dpkt surfaces some short reads as struct.error
+from typing import Any, NamedTuple
+
+import dpkt
+
+from cogs.errors import CogsError
+
+TCP, UDP = 6, 17
+_METHODS = {b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+class Packet(NamedTuple):
+    """One IP packet: what the flow splitter and the NFs look at (picklable, compact)."""
+
+    ts: float
+    src: str
+    dst: str
+    proto: int
+    sport: int
+    dport: int
+    flags: int  # TCP flags, 0 otherwise
+    payload: bytes
+
+
+@dataclass
+class TraceStats:
+    frames: int = 0
+    packets: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frames": self.frames, "packets": self.packets, "skipped": dict(self.skipped)}
+
+
+class TraceError(CogsError):
+    """The file is not a capture at all (not a partly broken one: those are read)."""
+
+
+def _reader(fh: Any, path: Path) -> Any:
+    try:
+        return dpkt.pcap.Reader(fh)
+    except (ValueError, dpkt.dpkt.NeedData):
+        fh.seek(0)
+    try:
+        return dpkt.pcapng.Reader(fh)
+    except (ValueError, dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError) as e:
+        raise TraceError(f"{path}: not a pcap or pcapng capture ({e})") from e
+
+
+def _ip_layer(linktype: int, buf: bytes) -> Any:
+    if linktype == dpkt.pcap.DLT_EN10MB:
+        return dpkt.ethernet.Ethernet(buf).data
+    if linktype == dpkt.pcap.DLT_LINUX_SLL:
+        return dpkt.sll.SLL(buf).data
+    if linktype in (dpkt.pcap.DLT_RAW, 101, 228, 229):  # raw IP (BSD and Linux numbers), IPv4, IPv6
+        return dpkt.ip6.IP6(buf) if buf[:1] and buf[0] >> 4 == 6 else dpkt.ip.IP(buf)
+    if linktype in (dpkt.pcap.DLT_NULL, dpkt.pcap.DLT_LOOP):
+        return dpkt.loopback.Loopback(buf).data
+    raise ValueError(f"link type {linktype}")
+
+
+def _addr(ip: Any) -> tuple[str, str]:
+    if isinstance(ip, dpkt.ip.IP):
+        return socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
+    return socket.inet_ntop(socket.AF_INET6, ip.src), socket.inet_ntop(socket.AF_INET6, ip.dst)
+
+
+def parse_frame(linktype: int, ts: float, buf: bytes, stats: TraceStats) -> Packet | None:
+    """One captured frame as a Packet, or None (and the reason counted)."""
+    try:
+        ip = _ip_layer(linktype, buf)
+    except ValueError as e:
+        stats.skipped[f"unknown {e}"] += 1
+        return None
+    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, IndexError):
+        stats.skipped["truncated or malformed frame"] += 1
+        return None
+    if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
+        stats.skipped["not IP"] += 1
+        return None
+    src, dst = _addr(ip)
+    l4 = ip.data
+    if isinstance(l4, dpkt.tcp.TCP):
+        return Packet(ts, src, dst, TCP, l4.sport, l4.dport, l4.flags, bytes(l4.data))
+    if isinstance(l4, dpkt.udp.UDP):
+        return Packet(ts, src, dst, UDP, l4.sport, l4.dport, 0, bytes(l4.data))
+    if isinstance(l4, bytes):
+        stats.skipped["truncated transport header"] += 1
+        return None
+    return Packet(ts, src, dst, ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt, 0, 0, 0, b"")
+
+
+def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Packet]:
+    """The IP packets of a pcap/pcapng file, in file order."""
+    p = Path(path)
+    stats = stats if stats is not None else TraceStats()
+    try:
+        fh = p.open("rb")
+    except OSError as e:
+        raise TraceError(f"{p}: {e.strerror}") from e
+    with fh:
+        reader = _reader(fh, p)
+        linktype = reader.datalink()
+        it = iter(reader)
+        while True:
+            try:
+                ts, buf = next(it)
+            except StopIteration:
+                return
+            except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, struct_error):
+                stats.skipped["truncated capture"] += 1  # the rest of the file is unreadable
+                return
+            stats.frames += 1
+            pkt = parse_frame(linktype, float(ts), buf, stats)
+            if pkt is not None:
+                stats.packets += 1
+                yield pkt
+
+
+def dns_questions(payload: bytes, stats: Counter[str] | None = None) -> list[tuple[str, int]]:
+    """(name, qtype) of a DNS query's questions; [] for a response or what dpkt rejects."""
+    try:
+        msg = dpkt.dns.DNS(payload)
+    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, IndexError, ValueError, UnicodeDecodeError):
+        if stats is not None:
+            stats["dns unparseable"] += 1
+        return []
+    if msg.qr != dpkt.dns.DNS_Q:
+        return []
+    return [(q.name.lower().rstrip("."), q.type) for q in msg.qd if q.name]
+
+
+def http_request(payload: bytes, stats: Counter[str] | None = None) -> Any:
+    """The dpkt HTTP request at the start of a TCP segment, or None."""
+    if payload[:8].split(b" ", 1)[0] not in _METHODS:
+        return None
+    try:
+        return dpkt.http.Request(payload)
+    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, UnicodeDecodeError):
+        if stats is not None:
+            stats["http unparseable"] += 1
+        return None
