@@ -23,8 +23,8 @@ from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.packets import read_trace
 from cogs.nf.runner import run_nf
-from cogs.proxy import StateProxy
 from cogs.nf.synth import Synth
+from cogs.proxy import StateProxy
 
 NFS = ("portscan", "dnstunnel", "sidejack")
 MODEL_N = (1, 2, 4, 8, 16, 32, 64)
@@ -119,14 +119,20 @@ def main(
         "runs": rows,
         "model": {nf: models[nf]["curve"] for nf in NFS},
     }
+
+    def measured(r: dict[str, Any]) -> list[Any]:
+        n = f"{r['middleboxes']}{' (oversubscribed)' if r['oversubscribed'] else ''}"
+        costs = (
+            f"{r['box_cpu_us_per_packet']:.1f}",
+            f"{r['ops_per_packet']:.3f}",
+            f"{r['coordinator_cpu_us_per_op']:.1f}",
+        )
+        return [r["nf"], n, fmt_rate(r["packets_per_s"]), *costs]
+
     md = "# NF scaling (paper Fig. 11a)\n\nMeasured on this box:\n\n" + md_table(
         ["NF", "middleboxes", "packets/s", "box CPU us/packet", "ops/packet", "coordinator CPU us/op"],
-        [
-            [r["nf"], f"{r['middleboxes']}{' (oversubscribed)' if r['oversubscribed'] else ''}", fmt_rate(r["packets_per_s"]),
-             f"{r['box_cpu_us_per_packet']:.1f}", f"{r['ops_per_packet']:.3f}", f"{r['coordinator_cpu_us_per_op']:.1f}"]
-            for r in rows
-        ],
-    )  # fmt: skip
+        [measured(r) for r in rows],
+    )
     md += "\nCapacity model (one core per middlebox and per primary, 3 primaries):\n\n" + md_table(
         ["NF", *[f"N={n}" for n in MODEL_N], "coordinator saturates at"],
         [

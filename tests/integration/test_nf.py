@@ -32,7 +32,7 @@ def coordinator(standalone: Standalone) -> Iterator[str]:
             await co.load_library(Catalog.from_file(DEFAULT_CATALOG))
 
     anyio.run(load)
-    yield standalone.url
+    return standalone.url
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_global_state_same_alerts_for_any_n(
 
 @pytest.mark.slow
 def test_local_state_misses_split_attacks(coordinator: str, synth_trace: tuple[Path, list[dict[str, str]]]) -> None:
-    pcap, truth = synth_trace
+    pcap, _truth = synth_trace
     for nf, state in (("portscan", "scan_ports"), ("dnstunnel", "dns_subdomains"), ("dnstunnel", "dns_qtypes")):
         whole = run_nf(nf, pcap, 1, coordinator, local_only=True)
         split = run_nf(nf, pcap, 4, coordinator, local_only=True)
