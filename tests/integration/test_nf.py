@@ -5,7 +5,6 @@ attacks), and the real third-party captures."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -23,7 +22,7 @@ NFS = ("portscan", "dnstunnel", "sidejack")
 
 
 @pytest.fixture(scope="module")
-def coordinator(standalone: Standalone) -> Iterator[str]:
+def coordinator(standalone: Standalone) -> str:
     """The default catalog on a Redis of its own (the session cluster runs the test one)."""
     standalone.client().flushall()
 
