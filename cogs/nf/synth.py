@@ -146,9 +146,8 @@ class Synth:
         token = base64.b32encode(bytes(self.rng.randrange(256) for _ in range(15))).decode().lower()
         victim, attacker, server = f"192.168.3.{10 + k}", f"198.51.100.{10 + k}", "10.0.0.80"
         t = self._t() * 0.5
-        for j in range(3):
-            self.http_flow(t + j, victim, server, f"PHPSESSID={token}")
-        self.http_flow(t + 5, attacker, server, f"PHPSESSID={token}")
+        self.http_flow(t, victim, server, f"PHPSESSID={token}")  # one connection each:
+        self.http_flow(t + 5, attacker, server, f"PHPSESSID={token}")  # the split decides who sees what
         self.truth.append({"nf": "sidejack", "key": f"PHPSESSID={token}"})
 
     def build(self) -> Synth:
