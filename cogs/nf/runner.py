@@ -84,7 +84,7 @@ async def _box(url: str, nf: str, prefix: str, box: int, packets: list[Packet], 
         for i in range(0, len(packets), CHUNK):
             for p in packets[i : i + CHUNK]:
                 det.packet(p)
-            await proxy.wait_room()
+            await proxy.wait_room(4 * CHUNK)  # room for the next chunk's updates
             await anyio.lowlevel.checkpoint()
             if q is not None and i % (20 * CHUNK) == 0:
                 q.put(("progress", box, min(i + CHUNK, len(packets))))

@@ -116,10 +116,11 @@ class Synth:
             elif kind < 9:
                 name = f"{self.rng.choice(['www', 'img', 'api'])}.{self.rng.choice(BENIGN_DOMAINS)}"
                 self.dns_query(t, c, name, self.rng.choice([dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA]))
-            else:  # a connection to a closed port: one failed attempt, not a scan
-                s, sp = self.rng.choice(servers), self._port()
-                self.tcp(t, c, sp, s, 8443, SYN)
-                self.tcp(t + 0.001, s, 8443, c, sp, RST | ACK)
+            else:  # a client retrying its one misconfigured service: failed attempts, not a scan
+                octet = int(c.rsplit(".", 1)[1])
+                s, sp, port = servers[octet % len(servers)], self._port(), 8443 + octet % 3
+                self.tcp(t, c, sp, s, port, SYN)
+                self.tcp(t + 0.001, s, port, c, sp, RST | ACK)
 
     def scan(self, k: int) -> None:
         scanner, target = f"203.0.113.{10 + k}", f"10.0.1.{10 + k}"

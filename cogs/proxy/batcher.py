@@ -44,8 +44,8 @@ from cogs.proxy.link import NodeLink
 
 log = logging.getLogger("cogs.proxy")
 
-SUM, UNION, NONE = 1, 2, 0
-_KINDS = {"sum": SUM, "union": UNION}
+SUM, UNION, MAPSUM, NONE = 1, 2, 3, 0
+_KINDS = {"sum": SUM, "union": UNION, "mapsum": MAPSUM}
 ROUTE_CACHE = 1_000_000
 FAST_KEY = MAX_KEY_BYTES // 4  # this many chars are valid however they encode or escape
 MAX_RETRIES = 20
@@ -197,6 +197,18 @@ class Batcher:
                 self.coalesced += 1
                 return
             acc = set(members)
+        elif kind == MAPSUM:  # {field: int}: merged field by field
+            if type(delta) is not dict or not delta or not all(type(v) is int for v in delta.values()):
+                raise refuse(
+                    BadDelta, f"delta must be a {{field: int}} dict, got {delta!r}", state=lane.name, key=key, op=op
+                )
+            if g is not None and g[-3] == op:
+                acc = g[-1]
+                for f, v in delta.items():
+                    acc[f] = acc.get(f, 0) + v
+                self.coalesced += 1
+                return
+            acc = {str(f): v for f, v in delta.items()}
         else:
             acc = wire_arg(delta, lane.state_spec, op)
         if g is None:
@@ -252,11 +264,12 @@ class Batcher:
         """update() calls accepted: each either created an op or merged into one."""
         return self.created + self.coalesced
 
-    def has_room(self) -> bool:
-        return self.npending + self.inflight < self.max_pending
+    def has_room(self, ops: int = 1) -> bool:
+        return self.npending + self.inflight + ops <= self.max_pending
 
-    async def wait_room(self) -> None:
-        while not self.has_room():
+    async def wait_room(self, ops: int = 1) -> None:
+        ops = min(ops, self.max_pending)
+        while not self.has_room(ops):
             self._space.clear()
             self._kick.set()
             await self._space.wait()
@@ -568,6 +581,8 @@ def encode(
                 m = next(iter(acc))
                 return jstr(m) or _jstr(m)
             return "[" + ",".join([jstr(m) or _jstr(m) for m in acc]) + "]"
+        if kind == MAPSUM:  # counts as decimal strings: exact past 2^53 (Lua numbers are doubles)
+            return json.dumps({f: str(v) for f, v in acc.items()})
         return json.dumps(acc)
 
     for lane in lanes:

@@ -214,14 +214,14 @@ class StateProxy:
 
     # -- the paper's operations ---------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        """False when ``update`` would raise Backpressure for a new op."""
-        return self._batcher.has_room()
+    def has_room(self, ops: int = 1) -> bool:
+        """False when ``ops`` new ops would not fit (``update`` would raise Backpressure)."""
+        return self._batcher.has_room(ops)
 
-    async def wait_room(self) -> None:
-        """Wait until the buffer has room (a flush made progress)."""
-        if not self._batcher.has_room():
-            await self._batcher.wait_room()
+    async def wait_room(self, ops: int = 1) -> None:
+        """Wait until ``ops`` new ops fit in the buffer (flushes made progress)."""
+        if not self._batcher.has_room(ops):
+            await self._batcher.wait_room(ops)
 
     async def aupdate(self, state: str, key: str, op: str, delta: Any = 1) -> None:
         """``update`` that waits for room instead of raising Backpressure."""

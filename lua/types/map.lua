@@ -4,6 +4,7 @@
 -- check: has
 -- measure: len
 -- whole: all
+-- coalesce: incr=mapsum
 -- about: a map of string fields (a Redis hash). set writes fields, incr adds integers
 --   to fields (HINCRBY), del removes fields. max_items bounds the number of fields.
 -- args: set takes {field: value} or [field, value, ...]; incr takes {field: int} or

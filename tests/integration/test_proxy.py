@@ -239,3 +239,14 @@ def test_blocking_facade_same_semantics(cluster: LocalCluster) -> None:
         t = time.perf_counter()
         assert p.future("cnt", "blk").result(timeout=5) == 1001
         assert time.perf_counter() - t < 5
+
+
+async def test_map_incr_coalesces_field_by_field(proxy: StateProxy) -> None:
+    for i in range(300):
+        proxy.update("qtypes", f"mi{i % 3}", "incr", {"all": 1, "odd": i % 2})
+    await proxy.flush()
+    s = proxy.statistics()
+    assert s.coalesced >= 290
+    assert await proxy.syn_retrieve("qtypes", "mi0") == {"all": "100", "odd": "50"}
+    with pytest.raises(BadDelta, match="field: int"):
+        proxy.update("qtypes", "mi0", "incr", {"all": "x"})
