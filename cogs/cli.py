@@ -320,37 +320,26 @@ def bench() -> None:
     """Benchmarks; each writes JSON + Markdown under bench/results/."""
 
 
-@bench.command("coordinator")
-@url_option
-@click.option("--quick", is_flag=True, help="Small sizes, under a minute.")
-@click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
-def bench_coordinator(url: str | None, quick: bool, out: Path | None) -> None:
-    """Coordinator throughput (paper Fig. 12) vs naive and pipelined redis-py."""
-    from cogs.benchmarks.coordinator import main as bench_main
-
-    bench_main(url=url, quick=quick, out=out, progress=_progress)
+BENCHES = {
+    "coordinator": "Coordinator throughput (paper Fig. 12) vs naive and pipelined redis-py.",
+    "design": "Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica, trigger path.",
+    "scaling": "NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model.",
+}
 
 
-@bench.command("design")
-@url_option
-@click.option("--quick", is_flag=True, help="Small sizes, under a minute.")
-@click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
-def bench_design(url: str | None, quick: bool, out: Path | None) -> None:
-    """Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica, trigger path."""
-    from cogs.benchmarks.design import main as bench_main
+def _bench_command(name: str, doc: str) -> None:
+    @bench.command(name, help=doc)
+    @url_option
+    @click.option("--quick", is_flag=True, help="Small sizes, under a minute.")
+    @click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
+    def run_bench(url: str | None, quick: bool, out: Path | None) -> None:
+        import importlib
 
-    bench_main(url=url, quick=quick, out=out, progress=_progress)
+        importlib.import_module(f"cogs.benchmarks.{name}").main(url=url, quick=quick, out=out, progress=_progress)
 
 
-@bench.command("scaling")
-@url_option
-@click.option("--quick", is_flag=True, help="A smaller trace, under a minute.")
-@click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
-def bench_scaling(url: str | None, quick: bool, out: Path | None) -> None:
-    """NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model."""
-    from cogs.benchmarks.scaling import main as bench_main
-
-    bench_main(url=url, quick=quick, out=out, progress=_progress)
+for _name, _doc in BENCHES.items():
+    _bench_command(_name, _doc)
 
 
 # the NF commands live in their own module; importing it registers them on `main`

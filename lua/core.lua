@@ -172,6 +172,22 @@ function cogs.chunked(cmd, key, list)
     return total
 end
 
+-- max_items: refuse (before anything is written) an add that would take the state
+-- past its limit. `list` holds the items every `step` entries (fields of a flat
+-- field/value list have step 2); only those not present yet count.
+function cogs.check_room(rk, st, list, step, count_cmd, has_cmd, what)
+    if not st.max_items then return end
+    local n = redis.call(count_cmd, rk)
+    if n + #list / step <= st.max_items then return end
+    local new = 0
+    for i = 1, #list, step do
+        if redis.call(has_cmd, rk, list[i]) == 0 then new = new + 1 end
+    end
+    if n + new > st.max_items then
+        cogs.fail('OVERSIZE', 'the state would hold ' .. (n + new) .. ' ' .. what .. ', limit ' .. st.max_items)
+    end
+end
+
 -- Classify any error caught around an op into (code, message).
 function cogs.classify(e)
     if typ(e) == 'userdata' then

@@ -32,6 +32,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """cogs talks to Redis through redis.asyncio: asyncio only."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return make_catalog()
@@ -101,6 +107,17 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]
         yield s
     finally:
         s.stop()
+
+
+def load_default_catalog(url: str) -> None:
+    """Load the bundled catalog (the NF states) on the coordinator at ``url``."""
+    from cogs.cli import DEFAULT_CATALOG
+
+    async def load() -> None:
+        async with Coordinator(url=url) as co:
+            await co.load_library(Catalog.from_file(DEFAULT_CATALOG))
+
+    anyio.run(load)
 
 
 def captures(name: str) -> Path:

@@ -105,3 +105,25 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def fmt_rate(x: float) -> str:
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file backend, or None when matplotlib is missing
+    (plots are extras: the JSON and Markdown results are written regardless)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_plot(fig: Any, path: Path) -> None:
+    """Write ``fig`` as the PNG next to a bench's JSON results."""
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

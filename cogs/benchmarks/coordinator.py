@@ -28,6 +28,8 @@ from cogs.benchmarks.common import (
     fmt_rate,
     md_table,
     noop,
+    pyplot,
+    save_plot,
     write_results,
 )
 from cogs.coordinator.client import Coordinator
@@ -155,33 +157,24 @@ def applied_rate(url: str, nkeys: int, procs: int, seconds: float) -> dict[str, 
     }
 
 
-async def _naive(url: str, seconds: float) -> float:
+async def _baseline(url: str, seconds: float, pipelined: bool) -> float:
+    """redis-py INCRBY ops/s: one awaited command at a time, or BATCH per pipeline."""
     rc = RedisCluster.from_url(url)
     try:
         await rc.initialize()
         n, deadline = 0, time.perf_counter() + seconds
         t0 = time.perf_counter()
         while time.perf_counter() < deadline:
-            for _ in range(100):
-                await rc.incrby(state_key("naive", key_name(n % 100_000)), 1)
-                n += 1
-        return n / (time.perf_counter() - t0)
-    finally:
-        await rc.aclose()
-
-
-async def _pipelined(url: str, seconds: float) -> float:
-    rc = RedisCluster.from_url(url)
-    try:
-        await rc.initialize()
-        n, deadline = 0, time.perf_counter() + seconds
-        t0 = time.perf_counter()
-        while time.perf_counter() < deadline:
-            pipe = rc.pipeline(transaction=False)
-            for i in range(BATCH):
-                pipe.incrby(state_key("pipelined", key_name((n + i) % 100_000)), 1)
-            await pipe.execute()
-            n += BATCH
+            if pipelined:
+                pipe = rc.pipeline(transaction=False)
+                for i in range(BATCH):
+                    pipe.incrby(state_key("pipelined", key_name((n + i) % 100_000)), 1)
+                await pipe.execute()
+                n += BATCH
+            else:
+                for _ in range(100):
+                    await rc.incrby(state_key("naive", key_name(n % 100_000)), 1)
+                    n += 1
         return n / (time.perf_counter() - t0)
     finally:
         await rc.aclose()
@@ -203,9 +196,9 @@ def main(
                 r["states"] = n
                 rows.append(r)
                 progress(f"{n:,} states, {procs} proxy process(es): {fmt_rate(r['ops_per_s'])} applied ops/s")
-        naive = anyio.run(_naive, seed, seconds)
+        naive = anyio.run(_baseline, seed, seconds, False)
         progress(f"naive redis-py (one await per INCRBY): {fmt_rate(naive)} ops/s")
-        piped = anyio.run(_pipelined, seed, seconds)
+        piped = anyio.run(_baseline, seed, seconds, True)
         progress(f"pipelined redis-py INCRBY x{BATCH}: {fmt_rate(piped)} ops/s")
     mid = [r for r in rows if r["states"] == 100_000]
     best = max(r["ops_per_s"] for r in mid)
@@ -249,12 +242,8 @@ def main(
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], sizes: list[int], naive: float, piped: float) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for procs in sorted({r["procs"] for r in rows}):
@@ -272,6 +261,4 @@ def _plot(path: Path, rows: list[dict[str, Any]], sizes: list[int], naive: float
     ax.set_ylabel("applied ops/s (thousands)")
     ax.set_title("Coordinator throughput, 3-primary Redis Cluster")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    save_plot(fig, path)

@@ -28,7 +28,17 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from cogs.benchmarks.common import Progress, bench_cluster, environment, fmt_rate, md_table, noop, write_results
+from cogs.benchmarks.common import (
+    Progress,
+    bench_cluster,
+    environment,
+    fmt_rate,
+    md_table,
+    noop,
+    pyplot,
+    save_plot,
+    write_results,
+)
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
 from cogs.proxy import StateProxy
@@ -353,12 +363,8 @@ def main(
 
 
 def _plot(path: Path, nat: list[dict[str, Any]], trig: list[dict[str, Any]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     labels = [f"{r['mode']}\n{'replica' if 'replica' in r['state'] else 'singleton'}" for r in nat]
@@ -372,6 +378,4 @@ def _plot(path: Path, nat: list[dict[str, Any]], trig: list[dict[str, Any]]) -> 
     b.set_ylabel("trigger updates/s (millions)")
     b.set_title("Trigger path, end to end")
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    save_plot(fig, path)

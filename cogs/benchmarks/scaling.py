@@ -17,7 +17,17 @@ from typing import Any
 
 import anyio
 
-from cogs.benchmarks.common import Progress, bench_cluster, environment, fmt_rate, md_table, noop, write_results
+from cogs.benchmarks.common import (
+    Progress,
+    bench_cluster,
+    environment,
+    fmt_rate,
+    md_table,
+    noop,
+    pyplot,
+    save_plot,
+    write_results,
+)
 from cogs.cli import DEFAULT_CATALOG
 from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
@@ -171,12 +181,8 @@ def _model(rows: list[dict[str, Any]], primaries: int = 3) -> dict[str, Any]:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for nf, color in zip(NFS, ("#47a", "#a47", "#4a7"), strict=True):
@@ -190,6 +196,4 @@ def _plot(path: Path, rows: list[dict[str, Any]], models: dict[str, dict[str, An
     ax.set_ylabel("packets/s (thousands)")
     ax.set_title("NF scaling on cogs (measured on 2 cores; model beyond)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    save_plot(fig, path)

@@ -13,16 +13,7 @@ local R, str, intarg, strlist = nil, cogs.str, cogs.intarg, cogs.strlist
 cogs.on_bind(function() R = redis.call end)
 
 local function bound(rk, st, fv)
-    if not st.max_items then return end
-    local len = R('HLEN', rk)
-    if len + #fv / 2 <= st.max_items then return end
-    local new = 0
-    for i = 1, #fv, 2 do
-        if R('HEXISTS', rk, fv[i]) == 0 then new = new + 1 end
-    end
-    if len + new > st.max_items then
-        cogs.fail('OVERSIZE', 'map would hold ' .. (len + new) .. ' fields, limit ' .. st.max_items)
-    end
+    cogs.check_room(rk, st, fv, 2, 'HLEN', 'HEXISTS', 'fields')
 end
 
 cogs.register_type('map', {

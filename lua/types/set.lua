@@ -16,19 +16,7 @@ cogs.register_type('set', {
     update = {
         add = function(rk, d, st)
             local ms = strlist(d, st, 'member')
-            if st.max_items then
-                local card = R('SCARD', rk)
-                if card + #ms > st.max_items then
-                    local new = 0
-                    for i = 1, #ms do
-                        if R('SISMEMBER', rk, ms[i]) == 0 then new = new + 1 end
-                    end
-                    if card + new > st.max_items then
-                        cogs.fail('OVERSIZE', 'set would hold ' .. (card + new)
-                            .. ' members, limit ' .. st.max_items)
-                    end
-                end
-            end
+            cogs.check_room(rk, st, ms, 1, 'SCARD', 'SISMEMBER', 'members')
             local added = cogs.chunked('SADD', rk, ms)
             if added > 0 and (st.window or st.checker) then
                 -- one SCARD serves the checker (hint) and the window (new key?)

@@ -18,11 +18,6 @@ from cogs.keys import escape, slot
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_alerts_from_every_node_are_stored_once(cluster: LocalCluster) -> None:
     async with Coordinator(url=cluster.url) as co:
         table = await StateTable.open(co)

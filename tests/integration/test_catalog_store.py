@@ -17,11 +17,6 @@ from tests.helpers import TEST_CATALOG
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_stored_catalog_equals_loaded(cluster: LocalCluster, catalog: Catalog) -> None:
     async with Coordinator(url=cluster.url) as co:
         stored, token = await co.stored_catalog(catalog)

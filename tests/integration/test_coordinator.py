@@ -20,11 +20,6 @@ from cogs.keys import escape, slot, state_key
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_topology_has_three_primaries_covering_all_slots(cluster: LocalCluster) -> None:
     async with Coordinator(url=cluster.url) as co:
         topo = co.topology

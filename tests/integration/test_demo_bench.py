@@ -7,27 +7,18 @@ import io
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 from rich.console import Console
 
 from cogs.benchmarks.coordinator import main as bench_main
-from cogs.catalog import Catalog
-from cogs.cli import DEFAULT_CATALOG
-from cogs.coordinator.client import Coordinator
 from cogs.demo import run_demo
-from tests.conftest import Standalone
+from tests.conftest import Standalone, load_default_catalog
 
 
 @pytest.mark.slow
 def test_demo_global_state_catches_split_attacks(standalone: Standalone) -> None:
     standalone.client().flushall()
-
-    async def load() -> None:
-        async with Coordinator(url=standalone.url) as co:
-            await co.load_library(Catalog.from_file(DEFAULT_CATALOG))
-
-    anyio.run(load)
+    load_default_catalog(standalone.url)
     out = run_demo(standalone.url, 4, Console(file=io.StringIO()))
     for nf, res in out["nfs"].items():
         want = {t["key"] for t in out["truth"] if t["nf"] == nf}

@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 from click.testing import CliRunner
 
-from cogs.catalog import Catalog
-from cogs.cli import DEFAULT_CATALOG, main
-from cogs.coordinator.client import Coordinator
+from cogs.cli import main
 from cogs.nf.runner import RunResult, counters, run_nf
 from cogs.nf.synth import Synth
-from tests.conftest import Standalone, captures
+from tests.conftest import Standalone, captures, load_default_catalog
 
 NFS = ("portscan", "dnstunnel", "sidejack")
 
@@ -25,12 +22,7 @@ NFS = ("portscan", "dnstunnel", "sidejack")
 def coordinator(standalone: Standalone) -> str:
     """The default catalog on a Redis of its own (the session cluster runs the test one)."""
     standalone.client().flushall()
-
-    async def load() -> None:
-        async with Coordinator(url=standalone.url) as co:
-            await co.load_library(Catalog.from_file(DEFAULT_CATALOG))
-
-    anyio.run(load)
+    load_default_catalog(standalone.url)
     return standalone.url
 
 

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def proxy(cluster: LocalCluster) -> AsyncIterator[StateProxy]:
     async with StateProxy(cluster.url) as p:
         yield p
