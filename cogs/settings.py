@@ -40,6 +40,10 @@ class CogsSettings(BaseSettings):
     catalog: Path | None = None
     #: Extra directories holding ``types/*.lua`` and ``checkers/*.lua``.
     lua_paths: tuple[Path, ...] = ()
+    #: Proxies: count a batch as applied only once a replica has it (WAIT), so an
+    #: acknowledged update survives the loss of its primary. Needs replicas.
+    durable: bool = False
+    durable_timeout_s: float = Field(1.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -1,7 +1,7 @@
 -- cogs API: the functions proxies call. Paper operations: Update, Retrieve, Check,
 -- applied many at a time by one FCALL per cluster node.
 --
--- FCALL cogs_batch 0 <token> <alert_stream> <ops_json> [<proxy_id>]
+-- FCALL cogs_batch 0 <token> <alert_stream> <ops_json> [<proxy_id> [<batch number>]]
 --   token        "<LIB_VERSION>:<CATALOG_DIGEST>" the caller was built for; a mismatch
 --                rejects the whole batch (OUTDATED) before anything is touched.
 --   alert_stream a key "cogs:alerts:{tag}" whose slot this node serves (the caller
@@ -13,6 +13,8 @@
 --                mode 0 Update (no reply; trigger path)   1 Update returning the state
 --                     2 Retrieve   3 Check   4 Retrieve leaving a replica at proxy_id
 --   proxy_id     the caller's id; needed by mode 4 (replica reference table).
+--   batch number makes the batch exactly-once (once.lua): a re-sent batch is not
+--                applied again; its first reply comes back instead.
 --   Keys are undeclared (0 numkeys): with allow-cross-slot-keys a function may touch
 --   keys of many slots as long as this node serves them. A key of another node fails
 --   that op alone with MOVED; the caller re-routes it.
@@ -289,6 +291,16 @@ do
         if total < 0 or byte(args[3]) ~= 91 or not frame_ok(ops, total) then
             return redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
         end
+        local seq = args[5]
+        if seq ~= nil then
+            if args[4] == nil or not find(seq, '^%d+$') or #seq > 15 then
+                return redis.error_reply('BAD_FRAME a batch number needs the proxy id and must be a decimal integer')
+            end
+            local reply = cogs.once.seen(args[2], args[4], seq)
+            if reply then
+                return reply
+            end
+        end
         local ctx = { stream = args[2], pid = args[4], discards = {} }
         local errs, res, failed = {}, {}, 0
         local at = {}
@@ -338,7 +350,11 @@ do
             i = i + 4 + 2 * n
         end
         replica.publish(ctx, encode)
-        return { base - failed, errs, res }
+        local reply = { base - failed, errs, res }
+        if seq ~= nil then
+            cogs.once.record(args[2], args[4], seq, reply)
+        end
+        return reply
     end
 
     local function info()

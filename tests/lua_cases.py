@@ -458,3 +458,40 @@ def test_replica_retrieve_needs_pid_and_replica_state(h: LuaHarness) -> None:
     assert "replica-mode" in reply.errors[0]
     with pytest.raises(Exception, match="BAD_FRAME proxy id"):
         h.raw("[]", pid="bad id!")
+
+
+# -- exactly-once batches (once.lua) ---------------------------------------------------
+
+
+def test_a_resent_batch_is_applied_once(h: LuaHarness) -> None:
+    sidx = h.catalog.index("cnt")
+    frame = json.dumps([0, sidx, "add", 1, "once", "5"])
+    first = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "7")
+    again = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "7")
+    assert first[0] == 1
+    assert again[0] == -1  # a duplicate: applied before
+    assert h.one(R, "cnt", "once", "get") == b"5"
+    # an older number is a duplicate too; a newer one applies
+    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "3")
+    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "8")
+    assert h.one(R, "cnt", "once", "get") == b"10"
+    # another proxy has its own numbering
+    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p2", "1")
+    assert h.one(R, "cnt", "once", "get") == b"15"
+
+
+def test_a_resent_batch_gets_its_first_reply(h: LuaHarness) -> None:
+    sidx = h.catalog.index("cnt")
+    frame = json.dumps([1, sidx, "add", 1, "r", "2", 0, sidx, "add", 1, "r", "zz"])
+    first = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "1")
+    again = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "1")
+    assert first == again
+    assert first[2] == [0, b"2"]
+    assert first[1][0] == 1
+    assert h.one(R, "cnt", "r", "get") == b"2"
+
+
+@pytest.mark.parametrize("seq", ["x", "-1", "1.5", "1" * 16])
+def test_bad_batch_numbers(h: LuaHarness, seq: str) -> None:
+    with pytest.raises(Exception, match="BAD_FRAME a batch number"):
+        h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", "[]", "p1", seq)

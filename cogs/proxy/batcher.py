@@ -19,9 +19,12 @@ is bounded: ``max_pending`` ops buffered plus in flight; past it ``update()`` ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -39,7 +42,7 @@ from cogs.errors import (
     op_error,
     refuse,
 )
-from cogs.keys import KEY_RULE, MAX_KEY_BYTES, bad_key, escape, slot, unescape
+from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, MAX_KEY_BYTES, bad_key, escape, slot, unescape
 from cogs.proxy.link import NodeLink
 
 log = logging.getLogger("cogs.proxy")
@@ -74,7 +77,7 @@ class Lane:
 class Req:
     """One op that someone waits for (or a re-sent one)."""
 
-    __slots__ = ("arg", "attempts", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
+    __slots__ = ("arg", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
 
     def __init__(
         self,
@@ -91,7 +94,17 @@ class Req:
         self.ekey = escape(key)
         self.waiters: list[Any] = []  # asyncio futures, or (callback, packet) pairs
         self.epoch = -1
-        self.attempts = 0  # sends that failed under it (connection lost)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One numbered frame for one node (by its alert stream, stable across failover)."""
+
+    seq: int
+    stream: str
+    payload: str
+    nops: int
+    reqs: dict[int, Req]
 
 
 class Batcher:
@@ -105,6 +118,8 @@ class Batcher:
         delay: float,
         max_pending: int,
         max_inflight: int = 2,
+        durable: bool = False,
+        durable_timeout: float = 1.0,
         on_error: ErrorHook,
         on_result: Callable[[Req, Any], None],
         on_failed: Callable[[Req, CogsError], None],
@@ -131,7 +146,13 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.node_batches: dict[int, int] = {}  # batches in flight per node
+        self.node_batches: dict[str, int] = {}  # batches in flight per node (by its alert stream)
+        self.seq = 0  # batch numbers: exactly-once re-sends (lua/once.lua)
+        self.parked: list[tuple[Batch, CogsError]] = []
+        self._retrying = False
+        self.durable, self.durable_timeout = durable, durable_timeout
+        self.outage_started = 0.0
+        self.pauses: list[float] = []  # seconds each outage held batches back
         self.max_inflight = max_inflight
         self._refreshing: asyncio.Task[Any] | None = None
         # statistics
@@ -306,7 +327,8 @@ class Batcher:
                 self._timer = None
             # At most `max_inflight` batches per node: while the coordinator works, the
             # next batch keeps filling (and coalescing) instead of queueing at Redis.
-            while self.node_batches and max(self.node_batches.values()) >= self.max_inflight:
+            # While batches wait to be re-sent, nothing new goes out: re-sends keep their order.
+            while self.parked or (self.node_batches and max(self.node_batches.values()) >= self.max_inflight):
                 self._space.clear()
                 await self._space.wait()
             if self.npending:
@@ -347,12 +369,14 @@ class Batcher:
         self._np = 0
         self._settle()
         for n, node_frames in frames.items():
+            stream = self.coord.alert_stream(n)
             for payload, count, reqs in node_frames:
+                self.seq += 1
                 self.inflight += count
                 self.ops_sent += count
                 self.batches += 1
-                self.node_batches[n] = self.node_batches.get(n, 0) + 1
-                self.spawn(self._send(n, payload, count, reqs))
+                self.node_batches[stream] = self.node_batches.get(stream, 0) + 1
+                self.spawn(self._send(Batch(self.seq, stream, payload, count, reqs)))
 
     def _link(self, n: int) -> NodeLink:
         topo = self.coord.topology
@@ -365,33 +389,101 @@ class Batcher:
             link = self.links[node.addr] = NodeLink(node.addr, pool.connection_class, pool.connection_kwargs)
         return link
 
-    async def _send(self, n: int, payload: str, nops: int, reqs: dict[int, Req]) -> None:
+    async def _call(self, b: Batch) -> Any:
+        """One FCALL of a numbered batch on the node serving its stream's slot (after a
+        failover: the promoted replica); in durable mode, only once a replica has it."""
+        topo = self.coord.topology
+        assert topo is not None
+        link = self._link(topo.node_of(slot(b.stream[len(ALERTS_STREAM_PREFIX) + 1 : -1])))
         try:
-            stream = self.coord.alert_stream(n)
-            try:
-                raw = await self._link(n).call("FCALL", "cogs_batch", 0, self.token, stream, payload, self.pid)
-            except CoordinatorUnavailable as e:
-                await self._retry(payload, reqs, e)
-                return
-            except Exception as e:  # a refusal of the whole batch (library outdated, bad frame)
-                self._fail_batch(nops, reqs, translate_error(e, self._link(n).addr))
-                return
-            self._dispatch(payload, reqs, parse_reply(raw))
-        finally:
-            self.inflight -= nops
-            self.node_batches[n] -= 1
-            self._settle()
-            self._space.set()
-            if not self.npending and not self.inflight:
-                self._idle.set()
+            raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid, str(b.seq))
+            if self.durable:
+                acked = await link.call("WAIT", 1, int(self.durable_timeout * 1000))
+                if int(acked) < 1:
+                    raise CoordinatorUnavailable(f"node {link.addr}: no replica acknowledged batch {b.seq} in time")
+        except CoordinatorUnavailable:
+            raise
+        except Exception as e:  # Redis refused the call: translate once, here
+            raise translate_error(e, link.addr) from e
+        return raw
 
-    def _dispatch(self, payload: str, reqs: dict[int, Req], reply: Any) -> None:
+    async def _send(self, b: Batch) -> None:
+        try:
+            raw = await self._call(b)
+        except CoordinatorUnavailable as e:
+            self._park(b, e)  # re-sent in order by the retrier, which books it when done
+            return
+        except CogsError as e:  # a refusal of the whole batch (library outdated, bad frame)
+            self._fail_batch(b.nops, b.reqs, e)
+        else:
+            self._dispatch(b, parse_reply(raw))
+        self._done(b)
+
+    def _done(self, b: Batch) -> None:
+        self.inflight -= b.nops
+        self.node_batches[b.stream] -= 1
+        self._settle()
+        self._space.set()
+        if not self.npending and not self.inflight:
+            self._idle.set()
+
+    def _park(self, b: Batch, cause: CogsError) -> None:
+        """A connection failed under ``b``: it may or may not have been applied. It goes
+        out again, unchanged (same number: the coordinator drops a duplicate), in order
+        with the other parked batches, before any new batch."""
+        if not self.parked:
+            log.warning("coordinator connection lost (%s): re-sending in-flight batches", cause)
+            self.outage_started = time.monotonic()
+        self.parked.append((b, cause))
+        if not self._retrying:
+            self._retrying = True
+            self.spawn(self._retrier())
+
+    async def _retrier(self) -> None:
+        attempt = 0
+        try:
+            while self.parked:
+                attempt += 1
+                await anyio.sleep(min(0.02 * 2 ** min(attempt, 7), 0.5))
+                with contextlib.suppress(CoordinatorUnavailable):
+                    await self.coord.refresh()
+                batches = sorted(self.parked, key=lambda p: p[0].seq)
+                self.parked = []
+                for k, (b, _) in enumerate(batches):
+                    try:
+                        raw = await self._call(b)
+                    except CoordinatorUnavailable as e:
+                        self.parked = [(x, e) for x, _ in batches[k:]] + self.parked
+                        break
+                    except CogsError as e:
+                        self._fail_batch(b.nops, b.reqs, e)
+                    else:
+                        self.retried += 1
+                        self._dispatch(b, parse_reply(raw))
+                    self._done(b)
+                if self.parked and attempt >= MAX_RETRIES:
+                    for b, cause in self.parked:
+                        self._fail_batch(b.nops, b.reqs, cause)
+                        self._done(b)
+                    self.parked = []
+            if self.outage_started:
+                self.pauses.append(time.monotonic() - self.outage_started)
+                self.outage_started = 0.0
+        finally:
+            self._retrying = False
+            self._space.set()
+
+    def _dispatch(self, b: Batch, reply: Any) -> None:
+        if reply.applied == -1:  # a re-sent batch the coordinator had applied: nothing more to do
+            self.ops_applied += b.nops
+            return
+        reqs = b.reqs
         self.ops_applied += reply.applied
         moved: list[int] = []
         flat: list[WireOp] | None = None
         for i, msg in reply.errors.items():
             if flat is None:
-                flat = expand(json.loads(payload))  # the rare path: recover what op i was
+                flat = expand(json.loads(b.payload))  # the rare path: recover what op i was
             req = reqs.get(i)
             state = req.state if req else self._state_name(flat[i][1])
             key = req.key if req else unescape(flat[i][3])
@@ -420,29 +512,15 @@ class Batcher:
                 return lane.name
         return f"#{sidx}"
 
-    def _requeue(
-        self, flat: list[WireOp], reqs: dict[int, Req], which: list[int], cause: CogsError | None = None
-    ) -> None:
-        """Put ops back in front of the queue (they were issued before anything queued now).
-
-        With ``cause`` (the connection failed under them) each op counts an attempt and
-        fails with ``cause`` after MAX_RETRIES.
-        """
+    def _requeue(self, flat: list[WireOp], reqs: dict[int, Req], which: list[int]) -> None:
+        """Put ops the coordinator did not apply (MOVED) back in front of the queue:
+        they were issued before anything queued now."""
         back: list[Req] = []
         for i in which:
             req = reqs.get(i)
             if req is None:
                 mode, sidx, op, ek, arg = flat[i]
                 req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
-            if cause is not None:
-                req.attempts += 1
-                if req.attempts > MAX_RETRIES:
-                    self.errors += 1
-                    if req.waiters:
-                        self.on_failed(req, cause)
-                    else:
-                        self.on_error(cause, None)
-                    continue
             back.append(req)
         self.queue[:0] = back
         self._settle()
@@ -452,22 +530,6 @@ class Batcher:
             self._idle.clear()
         if self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(max(self.delay, 0.01), self._kick.set)
-
-    async def _retry(self, payload: str, reqs: dict[int, Req], cause: CogsError) -> None:
-        """The node's connection failed under the batch: re-read the topology, re-send.
-
-        Delivery is at least once here: the batch may have been applied before the
-        connection dropped.
-        """
-        flat = expand(json.loads(payload))
-        attempt = max((r.attempts for r in reqs.values()), default=0)
-        self.retried += 1
-        await anyio.sleep(min(0.05 * 2**attempt, 2.0))
-        try:
-            await self.coord.refresh()
-        except CoordinatorUnavailable as e:
-            log.warning("coordinator unreachable (%s); retrying batch", e)
-        self._requeue(flat, reqs, list(range(len(flat))), cause)
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():

@@ -75,6 +75,7 @@ class StateProxy:
         batch_delay_ms: float = 0.5,
         max_pending: int = 200_000,
         heartbeat_ttl_s: float = 10.0,
+        durable: bool | None = None,
         on_error: ErrorCallback | None = None,
     ) -> None:
         self.settings = settings or load_settings(url=url)
@@ -84,6 +85,9 @@ class StateProxy:
         self._expected = Catalog.from_file(catalog) if isinstance(catalog, str | Path) else catalog
         self._opts = (batch_max_ops, batch_delay_ms / 1000, max_pending)
         self._heartbeat_ttl = heartbeat_ttl_s
+        # durable: a batch counts as applied only once a replica has it (WAIT), so an
+        # acknowledged update survives the loss of its primary
+        self._durable = self.settings.durable if durable is None else durable
         self._on_error = on_error or self._log_error
         self.coord = Coordinator(self.settings)
         self.cache = ReplicaCache()
@@ -114,6 +118,7 @@ class StateProxy:
             bmax, delay, maxp = self._opts
             self._batcher = Batcher(
                 self.coord, token, self.id, batch_max_ops=bmax, delay=delay, max_pending=maxp,
+                durable=self._durable, durable_timeout=self.settings.durable_timeout_s,
                 on_error=self._on_error, on_result=self._resolve, on_failed=self._failed,
             )  # fmt: skip
             self._batcher.lane_factory = self._new_lane
@@ -415,6 +420,8 @@ class StateProxy:
             backpressure=g("backpressure"),
             rerouted=g("rerouted"),
             retried_batches=g("retried"),
+            outages=len(getattr(b, "pauses", ())),
+            longest_pause_s=max(getattr(b, "pauses", ()), default=0.0),
         )
 
 

@@ -33,9 +33,13 @@ class ProxyStatistics:
     errors: int
     #: update() calls refused because the buffer was full
     backpressure: int
-    #: ops re-sent after a topology change (MOVED) or a lost connection
+    #: ops re-sent after a topology change (MOVED); batches re-sent after a lost
+    #: connection (exactly once: the coordinator drops duplicates)
     rerouted: int
     retried_batches: int
+    #: coordinator outages this proxy rode out (failovers), and the longest pause
+    outages: int = 0
+    longest_pause_s: float = 0.0
 
     @property
     def coalescing_ratio(self) -> float:
