@@ -115,7 +115,12 @@ function cogs.show(v)
     local t = typ(v)
     if t == 'string' then
         if #v > 40 then
-            return fmt('%q', v:sub(1, 40)) .. '... (' .. #v .. ' bytes)'
+            -- cut at a character boundary: never half of a UTF-8 sequence in a message
+            local n = 40
+            while n > 1 and v:byte(n + 1) and v:byte(n + 1) >= 128 and v:byte(n + 1) < 192 do
+                n = n - 1
+            end
+            return fmt('%q', v:sub(1, n)) .. '... (' .. #v .. ' bytes)'
         end
         return fmt('%q', v)
     elseif t == 'number' then

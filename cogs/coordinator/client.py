@@ -54,7 +54,7 @@ def _pairs(flat: list[Any]) -> dict[int, Any]:
 
 
 def parse_reply(raw: list[Any]) -> BatchReply:
-    errs = {i: (m.decode() if isinstance(m, bytes) else str(m)) for i, m in _pairs(raw[1]).items()}
+    errs = {i: (m.decode(errors="replace") if isinstance(m, bytes) else str(m)) for i, m in _pairs(raw[1]).items()}
     return BatchReply(int(raw[0]), errs, _pairs(raw[2]))
 
 
