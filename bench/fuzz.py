@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -43,7 +44,7 @@ def main() -> None:
                     break
                 except redis.ConnectionError:
                     time.sleep(0.05)
-            cases = {
+            cases: dict[str, Callable[[], int]] = {
                 "lua_ops_fakeredis": lambda: fuzz_cases.lua_ops(fake_harness(), a.examples),
                 "lua_ops_redis": lambda: fuzz_cases.lua_ops(LuaHarness(real), a.examples),
                 "frames_fakeredis": lambda: fuzz_cases.lua_frames(fake_harness(), a.examples),
