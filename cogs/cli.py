@@ -103,14 +103,18 @@ def cluster() -> None:
     type=click.Path(path_type=Path),
     help="State catalog to load (default: the bundled one).",
 )
-def cluster_up(port: int, dir_: Path | None, masters: int, replicas: int, catalog_path: Path | None) -> None:
+@click.option("--tls", is_flag=True, help="TLS only (clients, replication, bus), with a self-signed CA in DIR/tls.")
+def cluster_up(port: int, dir_: Path | None, masters: int, replicas: int, catalog_path: Path | None, tls: bool) -> None:
     """Start the nodes, form the cluster, load the library; print the seed URL."""
     from cogs.cluster import LocalCluster
 
     catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
-    lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_)
+    lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_, tls=tls)
     url = lc.up(progress=_progress)
-    _load(url, catalog)
+    files = lc.tls_files
+    if files is not None:
+        _progress(f"TLS: clients need COGS_TLS_CA_FILE={files.ca}")
+    _load(url, catalog, tls_ca_file=files.ca if files else None)
     _progress(f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})")
     click.echo(url)
 
@@ -180,11 +184,11 @@ def cluster_status(port: int, dir_: Path | None) -> None:
         sys.exit(1)
 
 
-def _load(url: str, catalog: Catalog) -> None:
+def _load(url: str, catalog: Catalog, tls_ca_file: Path | None = None) -> None:
     from cogs.coordinator.client import Coordinator
 
     async def go() -> None:
-        async with Coordinator(url=url) as co:
+        async with Coordinator(url=url, tls_ca_file=tls_ca_file) as co:
             await co.load_library(catalog)
 
     run(go)
@@ -261,6 +265,48 @@ def catalog_types() -> None:
     from cogs.coordinator.library import describe, library_spec
 
     click.echo(json.dumps(describe(library_spec()), indent=2))
+
+
+# -- acl -------------------------------------------------------------------------------
+
+
+@main.group()
+def acl() -> None:
+    """Redis ACL users for proxies (cogs-proxy) and the monitor (cogs-monitor)."""
+
+
+@acl.command("apply")
+@url_option
+@click.option("--proxy-password", envvar="COGS_ACL_PROXY_PASSWORD", required=True, help="Or COGS_ACL_PROXY_PASSWORD.")
+@click.option(
+    "--monitor-password", envvar="COGS_ACL_MONITOR_PASSWORD", required=True, help="Or COGS_ACL_MONITOR_PASSWORD."
+)
+def acl_apply(url: str | None, proxy_password: str, monitor_password: str) -> None:
+    """Create/replace the cogs users on every primary and replica (as an admin user)."""
+    from cogs import acl as acl_mod
+    from cogs.coordinator.client import Coordinator
+
+    settings = load_settings(url=url)
+
+    async def nodes() -> list[tuple[str, int]]:
+        async with Coordinator(settings) as co:
+            assert co.topology is not None
+            return [(n.host, n.port) for n in co.topology.nodes] + [r for n in co.topology.nodes for r in n.replicas]
+
+    kw = {k: v for k, v in settings.connection_kwargs().items() if not k.startswith("socket")}
+    if settings.url.startswith("rediss://"):
+        kw["ssl"] = True
+    done = acl_mod.apply(run(nodes), acl_mod.users(proxy_password, monitor_password), **kw)
+    click.echo(f"users cogs-proxy and cogs-monitor set on {len(done)} node(s): {', '.join(done)}")
+
+
+@acl.command("show")
+def acl_show() -> None:
+    """Print the ACL rules of the cogs users."""
+    from cogs import acl as acl_mod
+
+    click.echo("cogs-proxy:   " + " ".join(acl_mod.PROXY_RULES))
+    click.echo("cogs-monitor: " + " ".join(acl_mod.MONITOR_RULES))
 
 
 # -- alerts ----------------------------------------------------------------------------

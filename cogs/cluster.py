@@ -28,6 +28,7 @@ from redis.retry import Retry
 from cogs.errors import ClusterError
 from cogs.keys import SLOTS
 from cogs.settings import DEFAULT_PORT
+from cogs.tls import TlsFiles, self_signed
 
 CONFIG_PATH = Path(__file__).with_name("redis.conf")
 INSTALL_HINT = (
@@ -143,8 +144,8 @@ def form_cluster(
             c.close()
 
 
-def _ping(host: str, port: int) -> bool:
-    with _client(host, port) as c:
+def _ping(host: str, port: int, **kw: Any) -> bool:
+    with _client(host, port, **kw) as c:
         return bool(c.ping())
 
 
@@ -184,6 +185,8 @@ class LocalCluster:
     dir: Path | None = None
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
+    #: serve TLS only (clients, replication, cluster bus) with a self-signed CA in dir/tls
+    tls: bool = False
     _meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,7 +208,16 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}"
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        assert self.dir is not None
+        return self_signed(self.dir / "tls") if self.tls else None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        files = self.tls_files
+        return files.client_kwargs() if files else {}
 
     def node_dir(self, port: int) -> Path:
         assert self.dir is not None
@@ -225,9 +237,11 @@ class LocalCluster:
         d.mkdir(parents=True, exist_ok=True)
         if self._pid(port):
             return
+        files = self.tls_files
+        ports = ["--port", "0", "--tls-port", str(port), *files.server_args()] if files else ["--port", str(port)]
         cmd = [
             redis_server(), str(CONFIG_PATH),
-            "--port", str(port), "--bind", self.host, "--dir", str(d),
+            *ports, "--bind", self.host, "--dir", str(d),
             "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
@@ -235,7 +249,7 @@ class LocalCluster:
         if r.returncode != 0:
             raise ClusterError(f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}")
         try:
-            _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port), 10)
+            _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port, **self.client_kwargs()), 10)
         except ClusterError as e:
             log = (d / "redis.log").read_text()[-800:] if (d / "redis.log").exists() else ""
             raise ClusterError(f"{e}; log tail:\n{log}") from e
@@ -261,7 +275,10 @@ class LocalCluster:
         for p in self.ports:
             self.start_node(p)
         progress(f"started {self.size} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}")
-        form_cluster([(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress)
+        form_cluster(
+            [(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress,
+            client_kw=self.client_kwargs(),
+        )  # fmt: skip
         return self.url
 
     def stop_node(self, port: int, *, hard: bool = False) -> None:
@@ -273,7 +290,7 @@ class LocalCluster:
             os.kill(pid, signal.SIGKILL)
         else:
             with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
-                _client(self.host, port).execute_command("SHUTDOWN")
+                _client(self.host, port, **self.client_kwargs()).execute_command("SHUTDOWN")
         # Redis removes its pidfile just before exiting: also wait for the port to close
         deadline = time.monotonic() + 10
         while (_alive(pid) or _port_busy(self.host, port)) and time.monotonic() < deadline:
@@ -294,7 +311,7 @@ class LocalCluster:
                 out.append(NodeStatus(p, False))
                 continue
             try:
-                with _client(self.host, p) as c:
+                with _client(self.host, p, **self.client_kwargs()) as c:
                     info, cinfo, keys = c.info(), _info(c), int(c.dbsize())
                     slots = sum(b - a + 1 for a, b in _my_slots(c))
                 out.append(
@@ -321,7 +338,14 @@ class LocalCluster:
         if not meta.exists():
             return probe
         m = json.loads(meta.read_text())
-        return cls(port=port, masters=m["masters"], replicas=m["replicas"], dir=probe.dir, host=m["host"])
+        return cls(
+            port=port,
+            masters=m["masters"],
+            replicas=m["replicas"],
+            dir=probe.dir,
+            host=m["host"],
+            tls=m.get("tls", False),
+        )
 
 
 def _my_slots(c: redis.Redis) -> list[tuple[int, int]]:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-MISS: Final = object()
+
+class _Miss:
+    """What a replica lookup returns when the proxy holds no valid replica."""
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS: Final = _Miss()
 
 
 class ReplicaCache:

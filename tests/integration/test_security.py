@@ -1,0 +1,146 @@
+"""Access control and TLS: proxies run as a Redis ACL user allowed only what they
+need; the monitor user only reads; TLS URLs work end to end on a local cluster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cogs.alerts import read_alerts
+from cogs.cli import main
+from cogs.cluster import LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.ops import StateTable
+from cogs.errors import CogsError
+from cogs.proxy import MISS, StateProxy
+from cogs.settings import load_settings
+from tests.conftest import load_default_catalog
+from tests.helpers import eventually
+
+PROXY_PW, MONITOR_PW = "proxy-secret-123", "monitor-secret-456"
+
+
+@pytest.fixture(scope="module")
+def acl_cluster(cluster: LocalCluster) -> LocalCluster:
+    r = CliRunner().invoke(
+        main, ["acl", "apply", "--url", cluster.url, "--proxy-password", PROXY_PW, "--monitor-password", MONITOR_PW]
+    )
+    assert r.exit_code == 0, r.output
+    assert "set on 3 node(s)" in r.output
+    return cluster
+
+
+def _as(cluster: LocalCluster, user: str, pw: str) -> redis.Redis:
+    return redis.Redis(port=cluster.port, username=user, password=pw)
+
+
+def test_proxy_user_runs_a_proxy(acl_cluster: LocalCluster) -> None:
+    settings = load_settings(url=acl_cluster.url, username="cogs-proxy", password=PROXY_PW)
+
+    async def go() -> None:
+        async with StateProxy(settings=settings) as a, StateProxy(settings=settings) as b:
+            for i in range(50):
+                a.update("hits", f"acl{i % 5}", "add", 3)  # threshold 10: alerts too
+            await a.flush()
+            assert await a.syn_retrieve("hits", "acl1") == 30
+            await a.syn_up("nat", "acl-f", "set", 7)
+            assert await b.syn_retrieve("nat", "acl-f") == 7  # replica registered
+            await a.syn_up("nat", "acl-f", "add", 1)  # discard published on a cogs channel
+            await eventually(lambda: b.statistics().discards >= 1)
+            assert b.cached("nat", "acl-f") is MISS
+            assert a.statistics().errors == 0
+
+    anyio.run(go)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [("FLUSHALL",), ("GET", "not-cogs"), ("SET", "other", "1"), ("KEYS", "*"), ("CONFIG", "GET", "*"),
+     ("FUNCTION", "DELETE", "cogs"), ("FUNCTION", "FLUSH"), ("EVAL", "return 1", "0"), ("SHUTDOWN",)],
+)  # fmt: skip
+def test_proxy_user_cannot(acl_cluster: LocalCluster, cmd: tuple[str, ...]) -> None:
+    with _as(acl_cluster, "cogs-proxy", PROXY_PW) as r, pytest.raises(redis.exceptions.NoPermissionError):
+        r.execute_command(*cmd)
+
+
+def test_proxy_user_keys_and_channels_are_cogs_only(acl_cluster: LocalCluster) -> None:
+    """cogs:* keys and channels: yes; anything else: no."""
+    with _as(acl_cluster, "cogs-proxy", PROXY_PW) as r:
+        r.set("cogs:allowed", "1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.publish("not-cogs", "x")
+    with redis.Redis(port=acl_cluster.port) as admin:
+        assert admin.get("cogs:allowed") == b"1"
+
+
+def test_monitor_user_reads_only(acl_cluster: LocalCluster) -> None:
+    settings = load_settings(url=acl_cluster.url, username="cogs-monitor", password=MONITOR_PW)
+
+    async def go() -> None:
+        async with Coordinator(settings) as co:
+            await read_alerts(co)
+            info = await co.node_info(0)
+            assert info["version"] == co.spec.version
+            table = await StateTable.open(co)
+            with pytest.raises(CogsError, match="NOPERM|permission"):
+                await table.update("cnt", "mon", "add", 1)
+
+    anyio.run(go)
+    with _as(acl_cluster, "cogs-monitor", MONITOR_PW) as r:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.set("cogs:x", "1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.get("not-cogs")
+
+
+def test_acl_passwords_must_be_long(cluster: LocalCluster) -> None:
+    r = CliRunner().invoke(
+        main, ["acl", "apply", "--url", cluster.url, "--proxy-password", "short", "--monitor-password", MONITOR_PW]
+    )
+    assert r.exit_code == 2
+    assert "at least 12 characters" in r.output
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path_factory.mktemp("tls"), tls=True)
+    lc.up()
+    try:
+        yield lc
+    finally:
+        lc.down()
+
+
+@pytest.mark.slow
+def test_tls_cluster_end_to_end(tls_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = tls_cluster.tls_files
+    assert files is not None
+    assert tls_cluster.url.startswith("rediss://")
+    with pytest.raises(redis.ConnectionError):  # no plain-text port at all
+        redis.Redis(port=tls_cluster.port, socket_timeout=2).ping()
+    monkeypatch.setenv("COGS_TLS_CA_FILE", str(files.ca))
+    load_default_catalog(tls_cluster.url)
+
+    async def go() -> None:
+        async with StateProxy(tls_cluster.url) as a, StateProxy(tls_cluster.url) as b:
+            for port in range(20):
+                a.update("scan_ports", "6.6.6.6>10.0.0.1", "add", str(port))
+            await a.flush()
+            await a.syn_up("nat_out", "tls-flow", "set", "1.2.3.4:1000")
+            assert await b.syn_retrieve("nat_out", "tls-flow") == "1.2.3.4:1000"
+            await a.syn_up("nat_out", "tls-flow", "set", "1.2.3.4:1001")
+            await eventually(lambda: b.statistics().discards >= 1)
+            async with Coordinator(url=tls_cluster.url) as co:
+                alerts = await read_alerts(co, state="scan_ports")
+            assert [x.key for x in alerts] == ["6.6.6.6>10.0.0.1"]
+
+    anyio.run(go)
+    r = CliRunner().invoke(main, ["alerts", "--url", tls_cluster.url, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[0])["state"] == "scan_ports"
