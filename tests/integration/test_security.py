@@ -88,7 +88,7 @@ def test_monitor_user_reads_only(acl_cluster: LocalCluster) -> None:
             info = await co.node_info(0)
             assert info["version"] == co.spec.version
             table = await StateTable.open(co)
-            with pytest.raises(CogsError, match="NOPERM|permission"):
+            with pytest.raises(CogsError, match=r"NOPERM|permission"):
                 await table.update("cnt", "mon", "add", 1)
 
     anyio.run(go)
