@@ -370,6 +370,7 @@ BENCHES = {
     "coordinator": "Coordinator throughput (paper Fig. 12) vs naive and pipelined redis-py.",
     "design": "Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica, trigger path.",
     "scaling": "NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model.",
+    "soak": "Soak: minutes of steady load with proxies joining and leaving; nothing lost, memory flat.",
 }
 
 

@@ -59,3 +59,18 @@ def test_bench_scaling_quick_writes_model(tmp_path: Path) -> None:
         assert s["saturation_n"] > 0
     assert {r["alerts"] for r in data["runs"] if r["nf"] == "portscan"} == {4}  # 4 scans, any N
     assert out.with_suffix(".png").exists()
+
+
+@pytest.mark.slow
+def test_soak_quick_loses_nothing(tmp_path: Path) -> None:
+    from cogs.benchmarks.soak import main as soak_main
+
+    s = soak_main(quick=True, out=tmp_path / "soak.json")["summary"]
+    assert s["proxies_joined"] >= 5
+    assert s["proxies_left"] >= 3
+    assert s["lost"] == 0
+    assert s["applied_twice"] == 0
+    assert s["alerts_expected"] >= 1
+    assert s["alerts_missing"] == s["alerts_unexpected"] == s["alerts_repeated"] == 0
+    assert s["redis_mb_growth"] < 0.5  # levelled off, not growing with time
+    assert s["proxy_rss_mb_growth"] < 0.5
