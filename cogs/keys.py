@@ -102,3 +102,9 @@ KEY_RULE = f"a key must be a non-empty str of at most {MAX_KEY_BYTES} bytes (esc
 def bad_key(key: object) -> bool:
     """True unless ``key`` is a usable NF key: a non-empty str of at most MAX_KEY_BYTES."""
     return type(key) is not str or not key or len(escape(key).encode()) > MAX_KEY_BYTES
+
+
+def once_keys(tag: str, proxy_id: str) -> tuple[str, str]:
+    """The exactly-once records of a proxy on the node whose alert stream has ``tag``
+    (lua/once.lua writes them): highest batch number + stored replies, and their list."""
+    return f"cogs:seq:{{{tag}}}:{proxy_id}", f"cogs:seql:{{{tag}}}:{proxy_id}"

@@ -15,7 +15,7 @@ do
     cogs.on_bind(function() R, encode, decode = redis.call, cjson.encode, cjson.decode end)
     local once = {}
     cogs.once = once
-    local KEEP = 256 -- replies kept per (proxy, tag): far more than batches in flight
+    local KEEP = 64 -- replies kept per (proxy, tag): far more than batches in flight (2 per node)
     local TTL = 3600000 -- a proxy silent for an hour starts afresh
 
     local function keys(stream, pid)

@@ -39,7 +39,7 @@ from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema, wire_arg
 from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, refuse
-from cogs.keys import KEY_RULE, bad_key, proxy_key, slot
+from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, bad_key, once_keys, proxy_key, slot
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
@@ -188,8 +188,11 @@ class StateProxy:
     async def _unregister(self) -> None:
         try:
             assert self.coord.topology is not None
-            node = self.coord.topology.node_of(slot(self.id))
-            await self.coord.node_client(node).delete(proxy_key(self.id))
+            topo = self.coord.topology
+            await self.coord.node_client(topo.node_of(slot(self.id))).delete(proxy_key(self.id))
+            for stream in self._batcher.node_batches:  # the exactly-once records of a closed proxy
+                tag = stream[len(ALERTS_STREAM_PREFIX) + 1 : -1]
+                await self.coord.node_client(topo.node_of(slot(tag))).delete(*once_keys(tag, self.id))
         except Exception as e:
             log.warning("proxy %s could not unregister: %s", self.id, e)
 

@@ -245,3 +245,20 @@ async def test_map_incr_coalesces_field_by_field(proxy: StateProxy) -> None:
     assert await proxy.syn_retrieve("qtypes", "mi0") == {"all": "100", "odd": "50"}
     with pytest.raises(BadDelta, match="field: int"):
         proxy.update("qtypes", "mi0", "incr", {"all": "x"})
+
+
+async def test_closing_proxy_removes_its_exactly_once_records(cluster: LocalCluster) -> None:
+    async with StateProxy(cluster.url) as p:
+        for i in range(30):
+            await p.syn_retrieve("cnt", f"once{i}")  # result batches: replies are recorded
+        pid = p.id
+        assert _once_records(cluster, pid) >= 2  # a hash and its list, on some node
+    assert _once_records(cluster, pid) == 0
+
+
+def _once_records(cluster: LocalCluster, pid: str) -> int:
+    n = 0
+    for port in cluster.ports:
+        with redis.Redis(port=port) as r:
+            n += len(r.keys(f"cogs:seq*:{pid}"))
+    return n
