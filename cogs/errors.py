@@ -89,6 +89,17 @@ class Moved(OpError):
     code = "MOVED"
 
 
+class NotOwner(OpError):
+    """Only the proxy owning an indirect state changes it."""
+
+    code = "NOT_OWNER"
+
+
+class PeerError(CogsError):
+    """The peer channel of indirect states failed: the owner proxy is unreachable,
+    refused us (wrong secret), or sent something malformed."""
+
+
 class AlertNotRecorded(OpError):
     """The update was applied but its alert could not be stored."""
 
@@ -107,6 +118,7 @@ _BY_CODE: dict[str, type[OpError]] = {
         Overflow,
         BadFrame,
         Moved,
+        NotOwner,
         AlertNotRecorded,
     )
 }

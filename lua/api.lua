@@ -52,7 +52,8 @@ do
                 update = T and T.update,
             }
             if s.class == 'indirect' then
-                st.broken = 'indirect state: its values live on middleboxes, the coordinator keeps locators'
+                st.indirect = true
+                st.replica = s.mode == 'replica'
             elseif T == nil then
                 st.broken = 'type ' .. s.type .. ' is not in this library'
             end
@@ -194,6 +195,9 @@ do
     end
 
     local function apply(mode, st, sidx, op, key, rk, arg, ctx)
+        if st.indirect then
+            return cogs.indirect.apply(mode, st, sidx, key, rk, arg, ctx)
+        end
         local T = st.T
         if mode == 0 or mode == 1 then
             return update(mode, st, sidx, op, key, rk, arg, ctx)
@@ -315,7 +319,7 @@ do
             local mode, sidx, op, n = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
             local st = STATES[sidx]
             local usable = st ~= nil and not st.broken
-            local fn = usable and mode == 0 and st.update[op]
+            local fn = usable and mode == 0 and st.update and st.update[op]
             local first, last = i + 4, i + 2 + 2 * n
             if fn then
                 local j = first

@@ -14,7 +14,7 @@
 -- Errors: an op fails by raising the string "CODE|message" (cogs.fail). The API
 -- catches it per op, so one bad op never aborts the batch or touches state.
 -- Codes: UNKNOWN_STATE UNKNOWN_OP BAD_KEY BAD_DELTA OVERSIZE WRONGTYPE MOVED
---        OVERFLOW BAD_FRAME OUTDATED REDIS
+--        OVERFLOW BAD_FRAME OUTDATED NOT_OWNER REDIS
 
 local cogs = { types = {}, checkers = {}, hooks = {} }
 

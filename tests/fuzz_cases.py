@@ -25,6 +25,7 @@ CODES = (
     "OVERFLOW",
     "BAD_FRAME",
     "ALERT",
+    "NOT_OWNER",
 )
 OPS = ("add", "sub", "max", "min", "set", "append", "remove", "incr", "del", "clear", "get", "members", "card",
        "contains", "all", "field", "len", "count", "exists", "ttl", "ge", "eq", "has", "checker", "", "zz", "__index")  # fmt: skip

@@ -86,6 +86,8 @@ ttl = "1m"
 
 [states.objects]
 class = "indirect"
+mode = "replica"
+max_bytes = 4194304
 """
 
 ALERT_STREAM = "cogs:alerts:{0}"
@@ -123,8 +125,8 @@ class LuaHarness:
             raise AssertionError(reply.errors[0])
         return reply.results.get(0)
 
-    def error(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> str:
-        reply = self.batch(self.op(mode, state, key, op, arg))
+    def error(self, mode: int, state: str, key: str, op: str, arg: Any = None, pid: str | None = None) -> str:
+        reply = self.batch(self.op(mode, state, key, op, arg), pid=pid)
         assert reply.applied == 0, reply
         return reply.errors[0]
 

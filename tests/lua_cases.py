@@ -285,10 +285,10 @@ def test_unknown_state_index(h: LuaHarness) -> None:
     assert reply[1][1].decode().startswith("UNKNOWN_STATE")
 
 
-def test_indirect_state_is_not_in_the_coordinator(h: LuaHarness) -> None:
-    err = h.error(R, "objects", "http://x/", "get")
-    assert err.startswith("UNKNOWN_STATE")
-    assert "middleboxes" in err
+def test_indirect_state_values_are_not_in_the_coordinator(h: LuaHarness) -> None:
+    err = h.error(R, "objects", "http://x/", "get", pid="p1")
+    assert err.startswith("BAD_FRAME")
+    assert "locate, claim, owner, forget" in err
 
 
 @pytest.mark.parametrize(("mode", "op"), [(U, "push"), (R, "pop"), (C, "near"), (U, "get")])
@@ -495,3 +495,57 @@ def test_a_resent_batch_gets_its_first_reply(h: LuaHarness) -> None:
 def test_bad_batch_numbers(h: LuaHarness, seq: str) -> None:
     with pytest.raises(Exception, match="BAD_FRAME a batch number"):
         h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", "[]", "p1", seq)
+
+
+# -- indirect states: the state reference table (indirect.lua) -------------------------
+
+LOCATE, CLAIM, OWNER, FORGET = 5, 6, 7, 8
+
+
+def test_claim_once_then_locate(h: LuaHarness) -> None:
+    assert h.one(LOCATE, "objects", "http://a/", "locate", pid="p1") is None
+    won = h.one(CLAIM, "objects", "http://a/", "claim", {"inc": "i1"}, pid="p1")
+    assert won[0] == 1
+    lost = h.one(CLAIM, "objects", "http://a/", "claim", {"inc": "i2"}, pid="p2")
+    assert lost[:3] == [0, b"p1", b"i1"]  # exactly one owner; the other uses its value
+    owner, inc, version, _ = h.one(LOCATE, "objects", "http://a/", "locate", pid="p3")
+    assert (owner, inc) == (b"p1", b"i1")
+    assert version == won[1]
+
+
+def test_only_the_owner_updates_and_holders_get_discards(h: LuaHarness) -> None:
+    h.one(CLAIM, "objects", "http://b/", "claim", {"inc": "i1"}, pid="p1")
+    h.one(LOCATE, "objects", "http://b/", "locate", pid="p2")  # a reader
+    err = h.error(OWNER, "objects", "http://b/", "owner", {"inc": "i1", "op": "set"}, pid="p2")
+    assert err.startswith("NOT_OWNER")
+    assert "owner: p1" in err
+    assert h.error(OWNER, "objects", "http://b/", "owner", {"inc": "old", "op": "set"}, pid="p1").startswith(
+        "NOT_OWNER"
+    )
+    got: list[Any] = []
+    msgs = _discards(
+        h, "p2", lambda: got.append(h.one(OWNER, "objects", "http://b/", "owner", {"inc": "i1", "op": "set"}, pid="p1"))
+    )
+    assert msgs == [[h.catalog.index("objects"), "http://b/", str(got[0])]]
+
+
+def test_dead_owner_is_forgotten_or_replaced(h: LuaHarness) -> None:
+    h.one(CLAIM, "objects", "http://c/", "claim", {"inc": "old"}, pid="p1")
+    # p1 restarted (new incarnation) or died: a reader replaces the named dead locator
+    assert h.one(FORGET, "objects", "http://c/", "forget", "p1:new", pid="p2") == 0  # not that one
+    won = h.one(CLAIM, "objects", "http://c/", "claim", {"inc": "i9", "dead": "p1:old"}, pid="p2")
+    assert won[0] == 1
+    assert h.one(LOCATE, "objects", "http://c/", "locate", pid="p3")[:2] == [b"p2", b"i9"]
+    assert h.one(FORGET, "objects", "http://c/", "forget", "p2:i9", pid="p3") == 1
+    assert h.one(LOCATE, "objects", "http://c/", "locate", pid="p3") is None
+
+
+def test_owner_delete_removes_locator(h: LuaHarness) -> None:
+    h.one(CLAIM, "objects", "http://d/", "claim", {"inc": "i1"}, pid="p1")
+    h.one(OWNER, "objects", "http://d/", "owner", {"inc": "i1", "op": "delete"}, pid="p1")
+    assert h.one(LOCATE, "objects", "http://d/", "locate", pid="p2") is None
+
+
+def test_claim_needs_an_incarnation(h: LuaHarness) -> None:
+    assert h.error(CLAIM, "objects", "k", "claim", None, pid="p1").startswith("BAD_DELTA")
+    assert h.error(CLAIM, "objects", "k", "claim", {"inc": "i"}).startswith("BAD_FRAME")  # no proxy id

@@ -1,0 +1,88 @@
+-- Indirect-retrieval states: the values live on proxies; the coordinator keeps the
+-- state reference table (paper: key -> locator of the owning proxy).
+--   <rk>    hash {owner = proxy id, inc = the owner's incarnation (one per start)}
+--   <rk>:v  version (replica.lua); <rk>:r  replica holders, in replica mode
+-- A proxy restarting with the same id has a new incarnation, so locators it held
+-- before are recognisably dead and never come back to life.
+--
+-- Modes of cogs_batch for indirect states (op names in brackets):
+--   5 [locate]  -> {owner, inc, version, pttl}, or nil when nobody owns the key;
+--                  in replica mode the caller is recorded as a holder (it will cache)
+--   6 [claim]   arg {inc = "...", dead = "owner:inc"?}: become the owner when nobody
+--                  is, or when the named dead owner still is -> {1, version, pttl};
+--                  otherwise -> {0, owner, inc, version, pttl} (use the owner's value)
+--   7 [owner]   arg {inc = "...", op = "set"|"delete"}: only the owner, after it
+--                  changed its value: new version, discards to the holders -> version
+--   8 [forget]  arg "owner:inc": drop that locator if it is still there (its owner
+--                  is gone) -> 1, else 0
+do
+    local R, typ
+    cogs.on_bind(function() R, typ = redis.call, type end)
+    local I = {}
+    cogs.indirect = I
+
+    local function locator(rk)
+        local v = R('HMGET', rk, 'owner', 'inc')
+        if v[1] then
+            return v[1], v[2]
+        end
+        return nil, nil
+    end
+
+    local function inc_of(arg)
+        local inc = typ(arg) == 'table' and arg.inc
+        if typ(inc) ~= 'string' or inc == '' or #inc > 64 then
+            cogs.fail('BAD_DELTA', 'the argument needs the caller\'s incarnation {inc = "..."}')
+        end
+        return inc
+    end
+
+    function I.apply(mode, st, sidx, key, rk, arg, ctx)
+        if not ctx.pid then
+            cogs.fail('BAD_FRAME', 'indirect states need the proxy id argument')
+        end
+        local replica = cogs.replica
+        if mode == 5 then
+            local owner, inc = locator(rk)
+            if not owner then
+                return nil
+            end
+            local version = st.replica and replica.register(st, rk, ctx.pid) or replica.version(rk)
+            return { owner, inc, version, R('PTTL', rk) }
+        elseif mode == 6 then
+            local inc = inc_of(arg)
+            local owner, oinc = locator(rk)
+            if owner and not (typ(arg.dead) == 'string' and arg.dead == owner .. ':' .. oinc) then
+                return { 0, owner, oinc, replica.version(rk), R('PTTL', rk) }
+            end
+            R('HSET', rk, 'owner', ctx.pid, 'inc', inc)
+            if st.ttl then R('PEXPIRE', rk, st.ttl) end
+            -- a new owner's value: whatever a dead owner's readers cached is stale
+            return { 1, replica.bump(st, sidx, key, rk, ctx), R('PTTL', rk) }
+        elseif mode == 7 then
+            local inc = inc_of(arg)
+            local owner, oinc = locator(rk)
+            if owner ~= ctx.pid or oinc ~= inc then
+                cogs.fail('NOT_OWNER', 'only the owning proxy changes an indirect state (owner: '
+                    .. tostring(owner) .. ')')
+            end
+            local version = replica.bump(st, sidx, key, rk, ctx)
+            if arg.op == 'delete' then
+                R('DEL', rk)
+            elseif st.ttl then
+                R('PEXPIRE', rk, st.ttl)
+            end
+            return version
+        elseif mode == 8 then
+            local owner, oinc = locator(rk)
+            if owner and arg == owner .. ':' .. oinc then
+                R('DEL', rk)
+                replica.bump(st, sidx, key, rk, ctx)
+                return 1
+            end
+            return 0
+        end
+        cogs.fail('BAD_FRAME', 'indirect states take modes 5-8 (locate, claim, owner, forget), not '
+            .. cogs.show(mode))
+    end
+end
