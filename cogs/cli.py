@@ -371,6 +371,7 @@ BENCHES = {
     "design": "Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica, trigger path.",
     "scaling": "NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model.",
     "soak": "Soak: minutes of steady load with proxies joining and leaving; nothing lost, memory flat.",
+    "indirect": "Indirect states: local vs remote retrieve latency (1 KB, 1 MB), coordinator lookups per op.",
 }
 
 

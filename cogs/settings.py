@@ -44,6 +44,12 @@ class CogsSettings(BaseSettings):
     #: acknowledged update survives the loss of its primary. Needs replicas.
     durable: bool = False
     durable_timeout_s: float = Field(1.0, gt=0)
+    #: Indirect states: the secret every proxy shares to talk to its peers, and where
+    #: this proxy listens for them (port 0: any free port, published in the registry).
+    peer_secret: SecretStr | None = None
+    peer_host: str = "127.0.0.1"
+    peer_port: int = Field(0, ge=0, le=65535)
+    peer_timeout_s: float = Field(5.0, gt=0)
 
     @field_validator("url")
     @classmethod

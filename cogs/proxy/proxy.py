@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -38,11 +38,12 @@ import anyio
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema, wire_arg
-from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, refuse
+from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, UnknownOp, refuse
 from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, bad_key, once_keys, proxy_key, slot
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
+from cogs.proxy.indirect import Indirect
 from cogs.proxy.stats import ProxyStatistics
 from cogs.settings import CogsSettings, load_settings
 
@@ -76,6 +77,7 @@ class StateProxy:
         max_pending: int = 200_000,
         heartbeat_ttl_s: float = 10.0,
         durable: bool | None = None,
+        peer_secret: str | None = None,
         on_error: ErrorCallback | None = None,
     ) -> None:
         self.settings = settings or load_settings(url=url)
@@ -95,6 +97,10 @@ class StateProxy:
         self._batcher: Batcher
         self._discard: DiscardLink
         self._open = False
+        self._peer_secret = peer_secret
+        self._indirect: Indirect | None = None
+        self._indirect_states: frozenset[str] = frozenset()
+        self._async_locks: dict[tuple[int, str], anyio.Lock] = {}
         self._schema: Schema
         self._replica_whole: dict[str, str] = {}
         self._sync_ops = self._async_ops = self._callback_errors = 0
@@ -110,6 +116,7 @@ class StateProxy:
         try:
             self.catalog, token = await self.coord.stored_catalog(self._expected)
             self._schema = Schema(self.catalog)
+            self._indirect_states = frozenset(st.name for st in self.catalog if st.state_class == "indirect")
             self._replica_whole = {
                 st.name: self.catalog.spec.types[st.type].whole
                 for st in self.catalog
@@ -135,6 +142,12 @@ class StateProxy:
             if link.done():  # the discard link could not start: say why
                 raise link.exception() or CoordinatorUnavailable("discard link ended")
             b.spawn(b.run())
+            s = self.settings
+            secret = self._peer_secret or (s.peer_secret.get_secret_value() if s.peer_secret else None)
+            self._indirect = Indirect(self, secret, s.peer_host, s.peer_port, s.peer_timeout_s)
+            if self._indirect.server is not None and any(st.state_class == "indirect" for st in self.catalog):
+                await self._indirect.server.start()
+                b.spawn(self._indirect.server.serve())
             await self._beat()
             b.spawn(self._heartbeat())
             self._open = True
@@ -163,6 +176,8 @@ class StateProxy:
     async def _teardown(self) -> None:
         if hasattr(self, "_batcher"):
             await self._batcher.aclose()
+        if self._indirect is not None:
+            await self._indirect.aclose()
         await self.coord.aclose()
 
     # -- registry / heartbeat --------------------------------------------------------------
@@ -171,6 +186,8 @@ class StateProxy:
         assert self.coord.topology is not None
         node = self.coord.topology.node_of(slot(self.id))
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        if self._indirect is not None:  # how other proxies reach the indirect states this one owns
+            info.update(peer=self._indirect.address, inc=self._indirect.inc)
         info["stats"] = self.statistics().__dict__
         ttl = int(self._heartbeat_ttl * 1000)
         await self.coord.node_client(node).set(proxy_key(self.id), json.dumps(info), px=ttl)
@@ -178,6 +195,8 @@ class StateProxy:
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self._heartbeat_ttl / 3)
+            if self._indirect is not None:
+                self._indirect.sweep()
             try:
                 await self._beat()
             except Exception as e:
@@ -238,13 +257,20 @@ class StateProxy:
         self.update(state, key, op, delta)
 
     async def syn_up(self, state: str, key: str, op: str, delta: Any = None) -> Any:
-        """SynUp: apply the update at the coordinator and return the new state."""
+        """SynUp: apply the update at the coordinator and return the new state (an
+        indirect state: at its owner proxy, or here when it has none yet)."""
+        if state in self._indirect_states:
+            return await self._indirect_or_fail().update(state, key, op, delta)
         req = self._req(UPDATE_GET, state, key, op, delta)
         return await self._wait(req)
 
     async def syn_retrieve(self, state: str, key: str, op: str | None = None, arg: Any = None) -> Any:
         """SynRetrieve: the state (``op`` defaults to the whole state), from the replica
         cache when this proxy holds a valid replica."""
+        if state in self._indirect_states:
+            if op not in (None, "get") or arg is not None:
+                raise refuse(UnknownOp, "indirect states are read whole (op get)", state=state, op=op)
+            return await self._indirect_or_fail().retrieve(state, key)
         whole = self._replica_whole.get(state)
         if whole is not None and arg is None and (op is None or op == whole):
             sidx = self._schema.index[state]
@@ -260,6 +286,9 @@ class StateProxy:
 
     def asyn_up(self, state: str, key: str, op: str, delta: Any, callback: Callback, packet: Any = None) -> None:
         """AsynUp: returns at once; ``callback(new_state, packet)`` runs when applied."""
+        if state in self._indirect_states:
+            self._async_indirect(state, key, callback, packet, self._indirect_or_fail().update(state, key, op, delta))
+            return
         req = self._req(UPDATE_GET, state, key, op, delta)
         self._async_ops += 1
         self._hold(req, callback, packet)
@@ -270,6 +299,9 @@ class StateProxy:
     ) -> None:
         """AsynRetrieve: returns at once; ``callback(state, packet)`` runs when the state is
         back (at once on a replica hit, unless packets of the key are still waiting)."""
+        if state in self._indirect_states:
+            self._async_indirect(state, key, callback, packet, self._indirect_or_fail().retrieve(state, key))
+            return
         req = self._req(RETRIEVE, state, key, op, arg)
         self._async_ops += 1
         if arg is None:
@@ -304,9 +336,48 @@ class StateProxy:
                     self._packets.pop(k, None)
 
     def cached(self, state: str, key: str) -> Any:
-        """The replica this proxy holds for ``state[key]``, or ``MISS`` (no round trip)."""
+        """The replica this proxy holds for ``state[key]`` (or, indirect, owns), or ``MISS``."""
         sidx = self._schema.index.get(state)
-        return MISS if sidx is None else self.cache.get((sidx, key))
+        if sidx is None:
+            return MISS
+        if self._indirect is not None and state in self._indirect_states:
+            own = self._indirect._local((sidx, key))
+            if own is not None:
+                return own.value
+        return self.cache.get((sidx, key))
+
+    # -- indirect states -------------------------------------------------------------------
+
+    def _indirect_or_fail(self) -> Indirect:
+        if self._indirect is None:
+            raise CogsError("the proxy is not open: use `async with StateProxy(...)`")
+        return self._indirect
+
+    async def _indirect_op(self, mode: int, state: str, key: str, op: str, arg: Any) -> Any:
+        """A locator op (indirect.py) at the coordinator, through the batcher."""
+        if bad_key(key):
+            raise refuse(BadKey, KEY_RULE, state=state, key=key)
+        return await self._wait(Req(mode, state, self._schema.index[state], key, op, arg, None))
+
+    def _async_indirect(self, state: str, key: str, callback: Callback, packet: Any, op: Awaitable[Any]) -> None:
+        """Run an indirect op in the background; callbacks of one key in arrival order."""
+        self._async_ops += 1
+        k = (self._schema.index[state], key)
+        lock = self._async_locks.setdefault(k, anyio.Lock())
+        self._npackets += 1
+
+        async def run() -> None:
+            async with lock:
+                try:
+                    value = await op
+                except CogsError as e:
+                    self._on_error(e, packet)
+                else:
+                    self._call(callback, value, packet)
+                finally:
+                    self._npackets -= 1
+
+        self._batcher.spawn(run())
 
     async def flush(self) -> None:
         """Wait until everything issued so far has been applied at the coordinator."""
@@ -398,6 +469,7 @@ class StateProxy:
     def statistics(self) -> ProxyStatistics:
         b = getattr(self, "_batcher", None)
         c = self.cache
+        ind = self._indirect
 
         def g(name: str) -> int:
             return int(getattr(b, name, 0))
@@ -423,6 +495,11 @@ class StateProxy:
             backpressure=g("backpressure"),
             rerouted=g("rerouted"),
             retried_batches=g("retried"),
+            owned=len(ind.owned) if ind else 0,
+            indirect_local_hits=ind.stats.local_hits if ind else 0,
+            remote_ops=ind.stats.remote_fetches if ind else 0,
+            locator_lookups=ind.stats.coordinator_lookups if ind else 0,
+            peer_served=ind.stats.served if ind else 0,
             outages=len(getattr(b, "pauses", ())),
             longest_pause_s=max(getattr(b, "pauses", ()), default=0.0),
         )

@@ -40,6 +40,14 @@ class ProxyStatistics:
     #: coordinator outages this proxy rode out (failovers), and the longest pause
     outages: int = 0
     longest_pause_s: float = 0.0
+    #: indirect states: values this proxy owns; reads served without network; values
+    #: fetched from (or ops run at) owner peers; locator lookups at the coordinator;
+    #: requests this proxy served to peers
+    owned: int = 0
+    indirect_local_hits: int = 0
+    remote_ops: int = 0
+    locator_lookups: int = 0
+    peer_served: int = 0
 
     @property
     def coalescing_ratio(self) -> float:

@@ -1,0 +1,82 @@
+"""Indirect-retrieval states: local vs remote retrieve latency for 1 KB and 1 MB
+values, and how many coordinator lookups a remote op costs (1, or 0 on a replica
+hit). Two proxies in one process: an owner and a reader, talking over TCP."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cogs.benchmarks.common import Progress, bench_cluster, environment, md_table, noop, write_results
+from cogs.proxy import StateProxy
+
+SECRET = "bench-peer-secret"
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+async def _measure(url: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    async with StateProxy(url, peer_secret=SECRET) as owner, StateProxy(url, peer_secret=SECRET) as reader:
+        for size, label in ((1024, "1 KB"), (1 << 20, "1 MB")):
+            value = os.urandom(size)
+            for state in ("bench_objects_single", "bench_objects"):
+                keys = [f"{state}:{label}:{i}" for i in range(n)]
+                for k in keys:
+                    await owner.syn_up(state, k, "create", value)
+                for where, proxy in (("local (owner)", owner), ("remote", reader), ("remote again", reader)):
+                    s0 = proxy.statistics()
+                    lat = []
+                    for k in keys:
+                        t = time.perf_counter()
+                        got = await proxy.syn_retrieve(state, k)
+                        lat.append(time.perf_counter() - t)
+                        assert got == value
+                    s1 = proxy.statistics()
+                    rows.append({
+                        "value": label, "mode": "replica" if state == "bench_objects" else "singleton", "read": where,
+                        "p50_us": _pct(lat, 50) * 1e6, "p99_us": _pct(lat, 99) * 1e6,
+                        "lookups_per_op": (s1.locator_lookups - s0.locator_lookups) / n,
+                        "peer_ops_per_op": (s1.remote_ops - s0.remote_ops) / n,
+                    })  # fmt: skip
+    return rows
+
+
+def main(
+    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+) -> dict[str, Any]:
+    n = 30 if quick else 200
+    with bench_cluster(url, progress) as seed:
+        rows = anyio.run(_measure, seed, n)
+    for r in rows:
+        progress(
+            f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']:.0f} us, {r['lookups_per_op']:.1f} lookups/op"
+        )
+
+    def pick(value: str, mode: str, read: str) -> dict[str, Any]:
+        return next(r for r in rows if (r["value"], r["mode"], r["read"]) == (value, mode, read))
+
+    summary = {
+        "local_1kb_p50_us": round(pick("1 KB", "singleton", "local (owner)")["p50_us"], 1),
+        "remote_1kb_p50_us": round(pick("1 KB", "singleton", "remote")["p50_us"], 1),
+        "remote_1mb_p50_us": round(pick("1 MB", "singleton", "remote")["p50_us"], 1),
+        "replica_hit_1mb_p50_us": round(pick("1 MB", "replica", "remote again")["p50_us"], 1),
+        "lookups_per_remote_op": pick("1 KB", "singleton", "remote")["lookups_per_op"],
+        "lookups_per_replica_hit": pick("1 KB", "replica", "remote again")["lookups_per_op"],
+    }
+    data = {"bench": "indirect", "quick": quick, "environment": environment(), "summary": summary, "runs": rows}
+    md = "# Indirect-retrieval states: local vs remote\n\n" + md_table(
+        ["value", "mode", "read", "p50 (us)", "p99 (us)", "coordinator lookups/op", "peer requests/op"],
+        [[r["value"], r["mode"], r["read"], f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['lookups_per_op']:.2f}",
+          f"{r['peer_ops_per_op']:.2f}"] for r in rows],
+    )  # fmt: skip
+    path = write_results("indirect", data, md, out)
+    progress(f"wrote {path}")
+    return data

@@ -1,0 +1,311 @@
+"""Indirect-retrieval states: large values stay on the proxy that created them.
+
+The coordinator only keeps the state reference table (lua/indirect.lua): key ->
+owning proxy and its incarnation. A proxy
+
+* serves its own values with no network at all;
+* finds another proxy's value with one coordinator lookup (``locate``), then asks
+  the owner over the peer channel (peer.py); the owner executes every op, so only
+  it ever changes the original;
+* creates an absent value locally and claims the key atomically: of two proxies
+  creating the same key at once, one owns it and the other gets the owner's value.
+
+In replica mode a fetched value is cached with its version; the owner's update
+bumps the version at the coordinator, which sends discards to the holders (the
+same discard path and race rules as direct states). An owner that died is found
+out through the proxy registry (its heartbeat key is gone, or carries another
+incarnation): readers drop its locators and fall back (None: fetch from the origin
+and create anew) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from cogs.errors import ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
+from cogs.keys import proxy_key, slot
+from cogs.proxy.cache import MISS
+from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
+
+if TYPE_CHECKING:
+    from cogs.proxy.proxy import StateProxy
+
+LOCATE, CLAIM, OWNER, FORGET = 5, 6, 7, 8
+OPS = ("get", "set", "create", "delete")
+
+
+@dataclass
+class Entry:
+    value: bytes
+    version: int
+    expires: float  # monotonic seconds, 0: never
+
+
+@dataclass
+class IndirectStats:
+    owned: int = 0
+    local_hits: int = 0
+    remote_fetches: int = 0
+    coordinator_lookups: int = 0
+    claims_won: int = 0
+    claims_lost: int = 0
+    dead_owners: int = 0
+    served: int = 0
+
+
+class Indirect:
+    def __init__(self, proxy: StateProxy, secret: str | None, host: str, port: int, timeout: float) -> None:
+        self.proxy = proxy
+        self.inc = uuid.uuid4().hex[:12]  # this start of the proxy: locators of earlier ones are dead
+        self.owned: dict[tuple[int, str], Entry] = {}
+        self.stats = IndirectStats()
+        self._secret = secret.encode() if secret else None
+        self._peers: dict[str, tuple[str, str]] = {}  # proxy id -> (incarnation, address)
+        self._locks: dict[tuple[int, str], anyio.Lock] = {}
+        self.server: PeerServer | None = None
+        self.client: PeerClient | None = None
+        if self._secret:
+            self.server = PeerServer(proxy.id, self._secret, self._serve, self._max_value, host, port)
+            self.client = PeerClient(proxy.id, self._secret, timeout)
+
+    @property
+    def address(self) -> str:
+        return self.server.address if self.server else ""
+
+    def _need_peers(self, state: str) -> None:
+        if self.client is None:
+            raise ConfigError(
+                f"state {state} is indirect: its values travel between proxies, which needs a shared "
+                "secret (COGS_PEER_SECRET, the same on every proxy)"
+            )
+
+    def _max_value(self, state: str) -> int:
+        return int(self.proxy.catalog.get(state).max_bytes) if state in self.proxy.catalog else 0
+
+    def _lock(self, k: tuple[int, str]) -> anyio.Lock:
+        lock = self._locks.get(k)
+        if lock is None:
+            lock = self._locks[k] = anyio.Lock()
+        return lock
+
+    def _local(self, k: tuple[int, str]) -> Entry | None:
+        e = self.owned.get(k)
+        if e is not None and e.expires and e.expires < time.monotonic():
+            del self.owned[k]
+            return None
+        return e
+
+    def sweep(self) -> None:
+        """Forget owned values past their ttl (their locators expired with them)."""
+        now = time.monotonic()
+        for k in [k for k, e in self.owned.items() if e.expires and e.expires < now]:
+            del self.owned[k]
+        self.stats.owned = len(self.owned)
+
+    async def _coordinator(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> Any:
+        self.stats.coordinator_lookups += 1
+        return await self.proxy._indirect_op(mode, state, key, op, arg)
+
+    # -- the owner's side ----------------------------------------------------------------
+
+    async def _publish(self, state: str, key: str, op: str) -> int:
+        """Tell the coordinator the owner changed the value: new version, discards."""
+        return int(await self._coordinator(OWNER, state, key, "owner", {"inc": self.inc, "op": op}))
+
+    async def _own_update(self, k: tuple[int, str], state: str, key: str, op: str, value: bytes | None) -> Entry | None:
+        e = self._local(k)
+        if e is None:
+            raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} does not own {state}[{key}]")
+        if op == "create":
+            return e
+        try:
+            version = await self._publish(state, key, "delete" if op == "delete" else "set")
+        except NotOwner:
+            self.owned.pop(k, None)  # declared dead and replaced meanwhile: not ours any more
+            raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} no longer owns {state}[{key}]") from None
+        if op == "delete":
+            del self.owned[k]
+            return None
+        assert value is not None
+        ttl = self.proxy.catalog.get(state).ttl
+        e.value, e.version = value, version
+        e.expires = time.monotonic() + ttl / 1000 if ttl else 0.0
+        return e
+
+    async def _serve(self, op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        """A peer's request for a value this proxy owns."""
+        if state not in self.proxy.catalog or self.proxy.catalog.get(state).state_class != "indirect":
+            raise PeerRefusal("UNKNOWN_STATE", f"{state!r} is not an indirect state here")
+        k = (self.proxy.catalog.index(state), key)
+        self.stats.served += 1
+        if op == "get":
+            e = self._local(k)
+            if e is None:
+                raise PeerRefusal("NOT_FOUND", f"{self.proxy.id} has no {state}[{key}]")
+            return e.version, e.value
+        async with self._lock(k):
+            e = await self._own_update(k, state, key, op, value)
+        return (e.version, e.value) if e else (0, None)
+
+    # -- the reader's side ---------------------------------------------------------------
+
+    async def _peer(self, owner: str, inc: str) -> str | None:
+        """The owner's peer address, or None when that owner (incarnation) is gone."""
+        known = self._peers.get(owner)
+        if known and known[0] == inc:
+            return known[1]
+        topo = self.proxy.coord.topology
+        assert topo is not None
+        try:
+            raw = await self.proxy.coord.node_client(topo.node_of(slot(owner))).get(proxy_key(owner))
+        except (OSError, ConnectionError) as e:
+            raise CoordinatorUnavailable(f"proxy registry: {e}") from e
+        info = json.loads(raw) if raw else {}
+        if info.get("inc") != inc or not info.get("peer"):
+            self._peers.pop(owner, None)
+            return None
+        self._peers[owner] = (inc, info["peer"])
+        return str(info["peer"])
+
+    async def _forget(self, state: str, key: str, owner: str, inc: str) -> None:
+        self.stats.dead_owners += 1
+        await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
+
+    async def retrieve(self, state: str, key: str) -> bytes | None:
+        sidx = self.proxy.catalog.index(state)
+        k = (sidx, key)
+        e = self._local(k)
+        if e is not None:
+            self.stats.local_hits += 1
+            return e.value
+        replica = self.proxy.catalog.get(state).mode == "replica"
+        if replica:
+            v = self.proxy.cache.get(k)
+            if v is not MISS:
+                return v  # type: ignore[no-any-return]
+        self._need_peers(state)
+        epoch = self.proxy.cache.begin_fetch(k) if replica else -1
+        ended = False
+        try:
+            loc = await self._coordinator(LOCATE, state, key, "locate")
+            if not loc:
+                return None
+            owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
+            addr = None if owner == self.proxy.id else await self._peer(owner, inc)
+            if addr is None:  # an earlier me, or a proxy that died: fall back, and say so
+                await self._forget(state, key, owner, inc)
+                return None
+            assert self.client is not None
+            try:
+                version, value = await self.client.request(addr, "get", state, key)
+            except PeerRefusal:
+                return None  # the owner dropped it (deleted, expired) since the lookup
+            except PeerError:
+                self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
+                if await self._peer(owner, inc) is None:
+                    await self._forget(state, key, owner, inc)
+                    return None
+                raise
+            self.stats.remote_fetches += 1
+            if replica and value is not None:
+                self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
+                ended = True
+            return value
+        finally:
+            if replica and not ended:
+                self.proxy.cache.abort_fetch(k)
+
+    async def update(self, state: str, key: str, op: str, value: bytes | None) -> bytes | None:
+        """set / create / delete, executed by the owner; an absent key is created here."""
+        if op not in ("set", "create", "delete"):
+            raise refuse(UnknownOp, "indirect states take set, create, delete and get", state=state, op=op)
+        if op != "delete":
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise refuse(UnknownOp, "an indirect value is bytes", state=state, key=key, op=op)
+            value = bytes(value)
+            limit = self._max_value(state)
+            if len(value) > limit:
+                raise refuse(Oversize, f"value is {len(value)} bytes, limit {limit}", state=state, key=key, op=op)
+        self._need_peers(state)
+        k = (self.proxy.catalog.index(state), key)
+        async with self._lock(k):
+            if self._local(k) is not None:
+                e = await self._own_update(k, state, key, op, value)
+                return e.value if e else None
+            for _ in range(3):  # the owner may change under us (death, claim): retry a little
+                loc = await self._coordinator(LOCATE, state, key, "locate")
+                dead = None
+                if loc:
+                    owner, inc = _s(loc[0]), _s(loc[1])
+                    addr = None if owner == self.proxy.id else await self._peer(owner, inc)
+                    if addr is not None:
+                        try:
+                            return await self._remote(addr, op, state, key, value)
+                        except PeerRefusal as r:
+                            if r.code not in {"NOT_OWNER", "NOT_FOUND"}:
+                                raise PeerError(f"owner of {state}[{key}] refused: {r}") from r
+                            continue
+                        except PeerError:
+                            self._peers.pop(owner, None)
+                            if await self._peer(owner, inc) is not None:
+                                raise  # alive but unreachable: do not take its key
+                    dead = f"{owner}:{inc}"
+                    self.stats.dead_owners += 1
+                if op == "delete":
+                    if dead:
+                        await self._coordinator(FORGET, state, key, "forget", dead)
+                    return None
+                assert value is not None
+                won = await self._claim(k, state, key, value, dead)
+                if won:
+                    return value
+            raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
+
+    async def _remote(self, addr: str, op: str, state: str, key: str, value: bytes | None) -> bytes | None:
+        assert self.client is not None
+        self.stats.remote_fetches += 1
+        _, got = await self.client.request(addr, op, state, key, value)
+        return got
+
+    async def _claim(self, k: tuple[int, str], state: str, key: str, value: bytes, dead: str | None) -> bool:
+        # the value is in place before the claim: a reader sent here by the new locator finds it
+        self.owned[k] = Entry(value, 0, 0.0)
+        arg: dict[str, str] = {"inc": self.inc}
+        if dead:
+            arg["dead"] = dead
+        try:
+            r = await self._coordinator(CLAIM, state, key, "claim", arg)
+        except BaseException:
+            self.owned.pop(k, None)
+            raise
+        if int(r[0]) != 1:
+            self.owned.pop(k, None)
+            self.stats.claims_lost += 1
+            return False
+        self.stats.claims_won += 1
+        pttl = int(r[2])
+        e = self.owned[k]
+        e.version = int(r[1])
+        e.expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
+        self.stats.owned = len(self.owned)
+        return True
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.server is not None:
+            await self.server.aclose()
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+Runner = Callable[[], Awaitable[Any]]
