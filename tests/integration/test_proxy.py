@@ -12,7 +12,7 @@ import redis
 
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
-from cogs.errors import BadDelta, BadKey, CatalogMismatch, OpError, Oversize, UnknownOp, UnknownState
+from cogs.errors import BadDelta, BadKey, CatalogMismatch, ConfigError, OpError, Oversize, UnknownOp, UnknownState
 from cogs.keys import escape, proxy_key, slot
 from cogs.proxy import MISS, Backpressure, StateProxy
 from cogs.proxy.blocking import BlockingStateProxy
@@ -95,8 +95,10 @@ async def test_bad_input_refused_at_the_call(proxy: StateProxy) -> None:
         proxy.update("cnt", "", "add", 1)
     with pytest.raises(BadKey):
         await proxy.syn_retrieve("cnt", "k" * 600)
-    with pytest.raises(UnknownState, match="coordinator"):
+    with pytest.raises(ConfigError, match="COGS_PEER_SECRET"):  # indirect states need the peer secret
         await proxy.syn_retrieve("objects", "http://x/")
+    with pytest.raises(UnknownState, match="coordinator"):  # and are not trigger states
+        proxy.update("objects", "http://x/", "add", 1)
     with pytest.raises(UnknownOp):
         await proxy.syn_check("cnt", "k", "near")
     await proxy.flush()
