@@ -1,5 +1,5 @@
 """A long bad-input run: the property-based cases of tests/fuzz_cases.py with a
-large budget, against fakeredis and a real redis-server started for the run.
+large budget, against fakeredis, a real redis-server started for the run and a peer server.
 Writes bench/results/fuzz.json with how many inputs each case tried.
 
     python bench/fuzz.py [--examples 20000]
@@ -50,6 +50,7 @@ def main() -> None:
                 "frames_fakeredis": lambda: fuzz_cases.lua_frames(fake_harness(), a.examples),
                 "frames_redis": lambda: fuzz_cases.lua_frames(LuaHarness(real), a.examples),
                 "catalogs": lambda: fuzz_cases.catalogs(a.examples),
+                "peer_frames": lambda: fuzz_cases.peer_frames(a.examples),
             }
             results = {}
             for name, run in cases.items():

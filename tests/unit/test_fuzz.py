@@ -48,3 +48,7 @@ def test_random_updates_at_the_proxy() -> None:
 
     b.lane_factory = lane
     assert fuzz_cases.proxy_updates(b.update, EXAMPLES) == EXAMPLES
+
+
+def test_random_peer_frames() -> None:
+    assert fuzz_cases.peer_frames(EXAMPLES) == EXAMPLES
