@@ -91,6 +91,11 @@ def discard_channel(proxy_id: str) -> str:
     return DISCARD_PREFIX + proxy_id
 
 
+#: Sorted set of proxy ids by last heartbeat (ms), so the monitor lists proxies
+#: without scanning the keyspace; the heartbeat keys stay the liveness truth.
+PROXY_INDEX = "cogs:proxies"
+
+
 def proxy_key(proxy_id: str) -> str:
     """The heartbeat key of a proxy (hash tag = its id)."""
     return f"{PROXY_PREFIX}{{{proxy_id}}}"

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a fresh Debian/Ubuntu machine: redis-server (Debian
-# package) when missing, a venv in .venv with cogs and its dev dependencies.
+# package; and tmux for the tests) when missing, a venv in .venv with cogs and its dev dependencies.
 # Idempotent and quick when nothing changed. Sourced by scripts/demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '\033[2m· %s\033[0m\n' "$*" >&2; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "redis-server missing: installing Debian's redis-server package"
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# the test suite also drives `cogs monitor` in tmux, as a person would see it
+if [ "${COGS_BOOTSTRAP_TESTS:-0}" = 1 ]; then command -v tmux >/dev/null 2>&1 || need+=(tmux); fi
+if [ "${#need[@]}" -gt 0 ]; then
+  log "missing: ${need[*]}: installing Debian's packages"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,7 +23,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $SUDO chmod +x /usr/sbin/policy-rc.d
     trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 redis-server --version | grep -Eq 'v=(7|8|9)\.' || { echo "cogs needs redis-server 7+ ($(redis-server --version))" >&2; exit 1; }
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install what is missing (redis-server, .venv) and run the whole test suite:
+# Install what is missing (redis-server, tmux, .venv) and run the whole test suite:
 # unit tests (fakeredis) and integration tests (real redis-server processes forming
 # clusters on free loopback ports, started and stopped by the fixtures).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/bootstrap.sh
+COGS_BOOTSTRAP_TESTS=1 source scripts/bootstrap.sh
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

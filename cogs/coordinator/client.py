@@ -97,6 +97,10 @@ class Coordinator:
             await self._seed_pool.disconnect()
             self._seed_pool = None
 
+    def client_at(self, host: str, port: int) -> aioredis.Redis:
+        """A client for any node (a replica too), with this coordinator's credentials and TLS."""
+        return self._client(host, port)
+
     def _client(self, host: str, port: int) -> aioredis.Redis:
         addr = f"{host}:{port}"
         c = self._clients.get(addr)

@@ -39,7 +39,7 @@ from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema, wire_arg
 from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, UnknownOp, refuse
-from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, bad_key, once_keys, proxy_key, slot
+from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, PROXY_INDEX, bad_key, once_keys, proxy_key, slot
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
@@ -87,6 +87,7 @@ class StateProxy:
         self._expected = Catalog.from_file(catalog) if isinstance(catalog, str | Path) else catalog
         self._opts = (batch_max_ops, batch_delay_ms / 1000, max_pending)
         self._heartbeat_ttl = heartbeat_ttl_s
+        self._last_beat = (0.0, 0)  # (time, ops sent) at the last heartbeat: its ops/s
         # durable: a batch counts as applied only once a replica has it (WAIT), so an
         # acknowledged update survives the loss of its primary
         self._durable = self.settings.durable if durable is None else durable
@@ -185,12 +186,23 @@ class StateProxy:
     async def _beat(self) -> None:
         assert self.coord.topology is not None
         node = self.coord.topology.node_of(slot(self.id))
-        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        now = time.time()
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": now}
         if self._indirect is not None:  # how other proxies reach the indirect states this one owns
             info.update(peer=self._indirect.address, inc=self._indirect.inc)
-        info["stats"] = self.statistics().__dict__
+        stats = self.statistics()
+        info["stats"] = stats.__dict__
+        prev_t, prev_sent = self._last_beat
+        info["ops_per_s"] = (stats.ops_sent - prev_sent) / (now - prev_t) if prev_t else None
+        self._last_beat = (now, stats.ops_sent)
         ttl = int(self._heartbeat_ttl * 1000)
         await self.coord.node_client(node).set(proxy_key(self.id), json.dumps(info), px=ttl)
+        index = self.coord.node_client(self.coord.topology.node_of(slot(PROXY_INDEX)))
+        now_ms = int(now * 1000)
+        async with index.pipeline(transaction=False) as pipe:  # listed for the monitor; a day of history
+            pipe.zadd(PROXY_INDEX, {self.id: now_ms})
+            pipe.zremrangebyscore(PROXY_INDEX, "-inf", now_ms - 86_400_000)
+            await pipe.execute()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -209,6 +221,7 @@ class StateProxy:
             assert self.coord.topology is not None
             topo = self.coord.topology
             await self.coord.node_client(topo.node_of(slot(self.id))).delete(proxy_key(self.id))
+            await self.coord.node_client(topo.node_of(slot(PROXY_INDEX))).zrem(PROXY_INDEX, self.id)
             for stream in self._batcher.node_batches:  # the exactly-once records of a closed proxy
                 tag = stream[len(ALERTS_STREAM_PREFIX) + 1 : -1]
                 await self.coord.node_client(topo.node_of(slot(tag))).delete(*once_keys(tag, self.id))

@@ -1,0 +1,99 @@
+"""``cogs monitor``: a live view of the coordinator, its states, proxies and alerts.
+
+``watch()`` hands one Snapshot per refresh to a callback and never gives up: an unreachable
+coordinator or a node that is down becomes part of the picture (and the loop keeps
+retrying) rather than a traceback. Alerts arrive on their own task, live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+from redis import exceptions as rexc
+
+from cogs.alerts import Alert, follow_alerts
+from cogs.catalog import Catalog
+from cogs.coordinator.client import Coordinator
+from cogs.errors import CogsError, CoordinatorUnavailable
+from cogs.monitor.collect import Collector, Snapshot
+from cogs.settings import CogsSettings
+
+__all__ = ["Collector", "Snapshot", "watch"]
+_NET = (rexc.RedisError, OSError, TimeoutError)
+
+
+async def _follow(coord: Coordinator, alerts: deque[Alert], retry_s: float = 2.0) -> None:
+    seen = {a.id for a in alerts}
+    while True:
+        with contextlib.suppress(CogsError, *_NET):  # reading the history needs every primary
+            async for a in follow_alerts(coord):
+                if a.id not in seen:
+                    seen.add(a.id)
+                    alerts.append(a)
+        await anyio.sleep(retry_s)
+
+
+Show = Callable[[Snapshot], bool]
+
+
+async def watch(settings: CogsSettings, alerts: deque[Alert], show: Show, interval: float = 1.0) -> None:
+    """Calls ``show`` with a Snapshot every ``interval`` seconds until it returns
+    False; latest alerts are appended to ``alerts`` as they are raised."""
+    while True:
+        try:
+            coord = Coordinator(settings)
+            await coord.connect()
+        except (CogsError, *_NET) as e:
+            if not show(Snapshot(settings.url, time.time(), problem=str(e))):
+                return
+            await anyio.sleep(interval)
+            continue
+        try:
+            if not await _watch(coord, settings.url, alerts, show, interval):
+                return
+        except (CogsError, *_NET) as e:  # no library yet, or the catalog could not be read
+            if not show(Snapshot(settings.url, time.time(), problem=str(e))):
+                return
+            await anyio.sleep(interval)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await coord.aclose()
+
+
+async def _catalog(coord: Coordinator) -> Catalog:
+    """The stored catalog, from the first primary that answers: a monitor starts
+    while a node is down, and shows it."""
+    last: Exception | None = None
+    for i in range(len(coord.nodes)):
+        try:
+            info = await coord.node_info(i)
+            return Catalog.from_wire(json.loads(info["catalog_json"]), coord.spec)
+        except (CoordinatorUnavailable, *_NET) as e:
+            last = e
+    raise CoordinatorUnavailable(f"no primary answered with the cogs catalog (last error: {last})")
+
+
+async def _watch(coord: Coordinator, url: str, alerts: deque[Alert], show: Show, interval: float) -> bool:
+    catalog = await _catalog(coord)
+    collector = Collector(coord, catalog, url)
+    keep = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_follow, coord, alerts)
+        while keep:
+            t0 = time.monotonic()
+            try:
+                snap = await collector.snapshot()
+            except (CogsError, *_NET) as e:
+                snap = Snapshot(url, time.time(), problem=str(e))
+                with contextlib.suppress(CogsError, *_NET):
+                    await coord.refresh()
+            keep = show(snap)
+            if keep:
+                await anyio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+        tg.cancel_scope.cancel()
+    return keep

@@ -1,0 +1,296 @@
+"""What the monitor shows, read from the coordinator: a Snapshot per refresh.
+
+Everything here is read-only (the ``cogs-monitor`` ACL user is enough) and cheap
+enough to run every second against a busy cluster:
+
+* nodes: ``CLUSTER NODES`` from any reachable node, then ``INFO`` on each node with
+  a short timeout, so a node that is down shows as down instead of stalling the rest;
+* proxies: the ``cogs:proxies`` index, then each proxy's heartbeat key (the
+  statistics it publishes about itself, with its ops/s since the last beat);
+* states: counted by an incremental ``SCAN`` on each primary, a bounded number of
+  keys per refresh; counts are those of the last complete pass (a first pass shows
+  its progress), never a blocking ``KEYS``;
+* alerts: the live ``follow_alerts`` feed, kept by the caller (see ``Monitor``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+from redis import exceptions as rexc
+
+from cogs.catalog import Catalog
+from cogs.coordinator.client import Coordinator
+from cogs.errors import CogsError
+from cogs.keys import PREFIX, PROXY_INDEX, proxy_key, slot
+
+NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
+SCAN_BUDGET = 20_000  # keys per primary per refresh
+_NET = (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    addr: str
+    role: str  # primary | replica | down
+    slots: str
+    ops_per_sec: int | None = None
+    memory: str = "-"
+    keys: int | None = None
+    library: str = "-"
+    problem: str = ""  # why the node is shown as unhealthy
+
+
+@dataclass(frozen=True)
+class StateView:
+    name: str
+    state_class: str
+    mode: str
+    type: str
+    values: int
+    #: replica reference table entries (keys with holders) or, for indirect states,
+    #: state reference table entries (locators) — the values column counts those
+    replica_entries: int
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    id: str
+    host: str
+    peer: str
+    age_s: float  # since its last heartbeat
+    alive: bool
+    ops_per_sec: float | None
+    batch_size: float
+    cache_hit_rate: float
+    pending_packets: int
+    pending_ops: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    url: str
+    time: float
+    nodes: list[NodeView] = field(default_factory=list)
+    states: list[StateView] = field(default_factory=list)
+    #: fraction of the current state-count pass done (1.0: counts are complete)
+    scan_done: float = 0.0
+    proxies: list[ProxyView] = field(default_factory=list)
+    problem: str = ""  # the coordinator as a whole is unreachable or not cogs
+
+
+def _ranges(slots: list[list[str]]) -> str:
+    return ",".join("-".join(r) for r in slots) or "-"
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return f"no answer within {NODE_TIMEOUT} s"
+    return f"{type(e).__name__}: {e}"
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+class StateCounter:
+    """Per-state key counts by an incremental SCAN on every primary."""
+
+    def __init__(self, catalog: Catalog, budget: int = SCAN_BUDGET) -> None:
+        self.names = {st.name for st in catalog}
+        self.budget = budget
+        self.cursors: dict[str, int] = {}
+        self.partial: dict[str, Counter[tuple[str, str]]] = {}
+        self.done: dict[str, Counter[tuple[str, str]]] = {}
+        self.seen: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def _tally(self, counts: Counter[tuple[str, str]], key: bytes) -> None:
+        # cogs:<state>:{<key>}[suffix]; suffix "" (value or locator), ":r" (holders)
+        k = key.decode(errors="replace")
+        brace = k.find(":{")
+        if brace < 0:
+            return
+        name = k[len(PREFIX) : brace]
+        if name in self.names:
+            counts[(name, k[k.rfind("}") + 1 :])] += 1
+
+    async def step(self, addr: str, client: Any, dbsize: int) -> None:
+        """Scan up to ``budget`` more keys of the primary at ``addr``."""
+        cursor = self.cursors.get(addr, 0)
+        counts = self.partial.setdefault(addr, Counter())
+        self.total[addr] = dbsize
+        scanned = 0
+        while scanned < self.budget:
+            cursor, keys = await client.scan(cursor, match=f"{PREFIX}*", count=2000)
+            scanned += 2000
+            self.seen[addr] = self.seen.get(addr, 0) + len(keys)
+            for k in keys:
+                self._tally(counts, k)
+            if cursor == 0:
+                self.done[addr], self.partial[addr], self.seen[addr] = counts, Counter(), 0
+                break
+        self.cursors[addr] = cursor
+
+    def forget(self, live: set[str]) -> None:
+        for d in (self.cursors, self.partial, self.done, self.seen, self.total):
+            for addr in list(d):
+                if addr not in live:
+                    del d[addr]
+
+    def counts(self) -> tuple[Counter[tuple[str, str]], float]:
+        """Counts of the last complete pass of every primary, and how far the first
+        pass is where none is complete yet."""
+        out: Counter[tuple[str, str]] = Counter()
+        for c in self.done.values():
+            out.update(c)
+        pending = [a for a in self.total if a not in self.done]
+        if not pending:
+            return out, 1.0
+        seen = sum(min(self.seen.get(a, 0), self.total[a]) for a in pending)
+        total = sum(self.total[a] for a in pending)
+        return out, (seen / total if total else 0.0) * 0.99
+
+
+class Collector:
+    """Reads a Snapshot from a connected Coordinator."""
+
+    def __init__(self, coord: Coordinator, catalog: Catalog, url: str) -> None:
+        self.coord, self.catalog, self.url = coord, catalog, url
+        self.counter = StateCounter(catalog)
+        self._library: dict[str, str] = {}
+
+    async def snapshot(self) -> Snapshot:
+        nodes = await self._nodes()
+        states, done = self._states()
+        return Snapshot(self.url, time.time(), nodes, states, done, await self._proxies())
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    async def _cluster_nodes(self) -> list[dict[str, Any]]:
+        topo = self.coord.topology
+        assert topo is not None
+        if not topo.cluster:
+            n = topo.nodes[0]
+            return [{"addr": n.addr, "host": n.host, "port": n.port, "role": "primary", "slots": "all", "fail": False}]
+        last: Exception | None = None
+        for i in range(len(topo.nodes)):
+            try:
+                with anyio.fail_after(NODE_TIMEOUT):
+                    raw = await self.coord.node_client(i).execute_command("CLUSTER NODES")
+                break
+            except (*_NET, rexc.ResponseError) as e:
+                last = e
+        else:
+            raise CogsError(f"no node answered CLUSTER NODES: {last}")
+        out = []
+        for addr, n in sorted(raw.items()):
+            host, _, port = addr.rpartition(":")
+            host = host or topo.nodes[0].host  # a node may list itself without its address
+            flags = str(n.get("flags", ""))
+            role = "primary" if "master" in flags else "replica"
+            fail = "fail" in flags or not n.get("connected", True)
+            slots = _ranges(n.get("slots") or []) if role == "primary" else "-"
+            out.append({"addr": addr, "host": host, "port": int(port), "role": role, "slots": slots, "fail": fail})
+        return out
+
+    async def _nodes(self) -> list[NodeView]:
+        listed = await self._cluster_nodes()
+        views: list[NodeView | None] = [None] * len(listed)
+
+        async def probe(i: int, n: dict[str, Any]) -> None:
+            addr = f"{n['host']}:{n['port']}"
+            client = self.coord.client_at(n["host"], n["port"])
+            try:
+                with anyio.fail_after(NODE_TIMEOUT):
+                    info = await client.info()
+                    if n["role"] == "primary":
+                        self._library[addr] = await self._library_of(client, addr)
+                        await self.counter.step(addr, client, int(info.get("db0", {}).get("keys", 0)))
+            except (*_NET, rexc.ResponseError) as e:
+                views[i] = NodeView(addr, "down", n["slots"], problem=_why(e))
+                return
+            keys = _int(info.get("db0", {}).get("keys", 0))
+            problem = "marked failing by the cluster" if n["fail"] else ""
+            if info.get("loading"):
+                problem = "loading its data"
+            views[i] = NodeView(addr, n["role"], n["slots"], _int(info.get("instantaneous_ops_per_sec")),
+                                str(info.get("used_memory_human", "-")), keys,
+                                self._library.get(addr, "-") if n["role"] == "primary" else "-", problem)  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            for i, n in enumerate(listed):
+                tg.start_soon(probe, i, n)
+        self.counter.forget({f"{n['host']}:{n['port']}" for n in listed if n["role"] == "primary"})
+        return [v for v in views if v is not None]
+
+    async def _library_of(self, client: Any, addr: str) -> str:
+        try:
+            info = json.loads(await client.execute_command("FCALL_RO", "cogs_info", 0))
+        except rexc.ResponseError as e:
+            return "missing" if "not found" in str(e).lower() else f"error: {e}"
+        return f"{str(info['version'])[:8]}/{str(info['catalog_digest'])[:8]}"  # library / catalog
+
+    # -- states --------------------------------------------------------------------------
+
+    def _states(self) -> tuple[list[StateView], float]:
+        counts, done = self.counter.counts()
+        return [
+            StateView(st.name, st.state_class, st.mode, st.type, counts[(st.name, "")], counts[(st.name, ":r")])
+            for st in self.catalog
+        ], done
+
+    # -- proxies -------------------------------------------------------------------------
+
+    async def _proxies(self, linger_s: float = 60.0) -> list[ProxyView]:
+        topo = self.coord.topology
+        assert topo is not None
+        now = time.time()
+        try:
+            with anyio.fail_after(NODE_TIMEOUT):
+                index = self.coord.node_client(topo.node_of(slot(PROXY_INDEX)))
+                since = int((now - linger_s) * 1000)
+                got = await index.zrangebyscore(PROXY_INDEX, since, "+inf", withscores=True)
+        except _NET:
+            return []  # its node is down: the nodes table says so
+        listed = cast(list[tuple[bytes, float]], got)
+        views = []
+        for pid_b, score in listed:
+            pid = pid_b.decode()
+            try:
+                with anyio.fail_after(NODE_TIMEOUT):
+                    raw = cast(bytes | None, await self.coord.node_client(topo.node_of(slot(pid))).get(proxy_key(pid)))
+            except _NET:
+                raw = None
+            views.append(self._proxy_view(pid, raw, score / 1000, now))
+        return views
+
+    def _proxy_view(self, pid: str, raw: bytes | None, last_ms: float, now: float) -> ProxyView:
+        if raw is None:  # listed but its heartbeat key expired: it died or was cut off
+            return ProxyView(pid, "-", "-", now - last_ms, False, None, 0.0, 0.0, 0, 0, 0)
+        info = json.loads(raw)
+        s: dict[str, Any] = info.get("stats", {})
+        t, sent, rate = float(info.get("time", now)), int(s.get("ops_sent", 0)), info.get("ops_per_s")
+        batches, hits, misses = int(s.get("batches", 0)), int(s.get("cache_hits", 0)), int(s.get("cache_misses", 0))
+        return ProxyView(
+            pid,
+            str(info.get("host", "-")),
+            str(info.get("peer") or "-"),
+            max(0.0, now - t),
+            True,
+            float(rate) if isinstance(rate, int | float) else None,
+            sent / batches if batches else 0.0,
+            hits / (hits + misses) if hits + misses else 0.0,
+            int(s.get("pending_packets", 0)),
+            int(s.get("pending_ops", 0)) + int(s.get("inflight_ops", 0)),
+            int(s.get("errors", 0)),
+        )

@@ -1,0 +1,97 @@
+"""A Snapshot as rich renderables: one panel each for the cluster, states, proxies
+and alerts. Pure functions of their input, so tests render to a recorded console."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cogs.alerts import Alert
+from cogs.monitor.collect import NodeView, ProxyView, Snapshot, StateView
+
+
+def _n(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _age(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
+
+
+def nodes_table(nodes: Sequence[NodeView]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    for col in ("node", "role", "slots", "ops/s", "memory", "keys", "library"):
+        t.add_column(col, justify="right" if col in ("ops/s", "keys") else "left", no_wrap=True)
+    t.add_column("health", ratio=1, min_width=12)
+    for n in nodes:
+        role = Text(n.role, style="red bold" if n.role == "down" else "cyan" if n.role == "primary" else "")
+        health = Text(n.problem or "ok", style="red" if n.problem else "green")
+        t.add_row(n.addr, role, n.slots, _n(n.ops_per_sec), n.memory, _n(n.keys), n.library, health)
+    return t
+
+
+def states_table(states: Sequence[StateView]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    t.add_column("state", no_wrap=True)
+    t.add_column("class / mode", no_wrap=True)
+    t.add_column("type")
+    t.add_column("values", justify="right")
+    t.add_column("state refs", justify="right")
+    t.add_column("replica refs", justify="right")
+    for s in states:
+        mode = s.state_class if s.state_class == "trigger" else f"{s.state_class} / {s.mode}"
+        replicas = f"{s.replica_entries:,}" if s.mode == "replica" else "-"
+        if s.state_class == "indirect":  # values live on the proxies; the coordinator keeps locators
+            t.add_row(s.name, mode, "bytes", "on proxies", f"{s.values:,}", replicas)
+        else:
+            t.add_row(s.name, mode, s.type, f"{s.values:,}", "-", replicas)
+    return t
+
+
+def proxies_table(proxies: Sequence[ProxyView]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    for col in ("proxy", "host", "peer", "heartbeat", "ops/s", "batch", "hit rate", "pkts waiting", "ops pending",
+                "errors"):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("proxy", "host", "peer", "heartbeat") else "right", no_wrap=True)
+    for p in proxies:
+        if not p.alive:
+            t.add_row(p.id, p.host, p.peer, Text(f"lost {_age(p.age_s)} ago", style="red"), *["-"] * 6)
+            continue
+        t.add_row(p.id, p.host, p.peer, f"{_age(p.age_s)} ago", _n(p.ops_per_sec), f"{p.batch_size:.1f}",
+                  f"{p.cache_hit_rate:.0%}", f"{p.pending_packets:,}", f"{p.pending_ops:,}",
+                  Text(str(p.errors), style="red" if p.errors else ""))  # fmt: skip
+    return t
+
+
+def alerts_table(alerts: Sequence[Alert]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    for col in ("time", "state", "key", "value", "checker"):
+        t.add_column(col, overflow="ellipsis", no_wrap=True)
+    for a in alerts:
+        when = datetime.fromtimestamp(a.time_ms / 1000).strftime("%H:%M:%S")
+        t.add_row(when, a.state, a.key, a.value, a.checker)
+    return t
+
+
+def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.0) -> RenderableType:
+    stamp = time.strftime("%H:%M:%S", time.localtime(snap.time))
+    head = Text.assemble(("cogs monitor", "bold"), f"  {snap.url}  {stamp}  every {interval:g}s  (Ctrl-C quits)")
+    if snap.problem:
+        return Group(head, Panel(Text(snap.problem, style="red"), title="coordinator unreachable — retrying"))
+    down = sum(n.role == "down" or bool(n.problem) for n in snap.nodes)
+    cluster_title = f"cluster: {len(snap.nodes)} nodes" + (f", [red]{down} unhealthy[/]" if down else "")
+    counted = "counts complete" if snap.scan_done >= 1.0 else f"counting keys {snap.scan_done:.0%}"
+    alive = sum(p.alive for p in snap.proxies)
+    return Group(
+        head,
+        Panel(nodes_table(snap.nodes), title=cluster_title, title_align="left"),
+        Panel(states_table(snap.states), title=f"states ({counted})", title_align="left"),
+        Panel(proxies_table(snap.proxies), title=f"proxies: {alive} alive", title_align="left"),
+        Panel(alerts_table(alerts) if alerts else Text("none yet", style="dim"), title="alerts", title_align="left"),
+    )
