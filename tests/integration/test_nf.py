@@ -5,6 +5,8 @@ attacks), and the real third-party captures."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,28 @@ def test_cookie_reused_by_its_own_client_is_not_sidejacking(coordinator: str) ->
     r = run_nf("sidejack", captures("zeek__cooper-grill-dvwa.pcapng"), 1, coordinator)
     assert counters(r)["session cookies"] == 3  # the session cookie is seen, from one client
     assert r.alerts == []
+
+
+# -- the synchronous example NF ---------------------------------------------------------
+
+
+def test_sync_example_nf(coordinator: str, standalone: Standalone) -> None:
+    from cogs.nf.packets import ACK, SYN, TCP, read_trace
+
+    r = standalone.client()
+    for k in r.scan_iter(match="cogs:scan_ports:*"):  # a clean slate for this state
+        r.delete(k)
+    cap = captures("ndpi__synscan.pcap")
+    ports: dict[str, set[int]] = {}
+    for p in read_trace(cap):  # what it should find, counted here independently
+        if p.proto == TCP and p.flags & SYN and not p.flags & ACK:
+            ports.setdefault(f"{p.src}>{p.dst}", set()).add(p.dport)
+    expected = sorted(f"port scan: {k} probed {len(v)} ports" for k, v in ports.items() if len(v) >= 15)
+    assert expected  # the capture has a scan
+    script = Path(__file__).resolve().parents[2] / "examples" / "sync_portscan.py"
+    out = subprocess.run([sys.executable, str(script), "--url", coordinator, str(cap)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert sorted(line.split(" (")[0] for line in out.splitlines()) == expected
+    benign = subprocess.run([sys.executable, str(script), "--url", coordinator, str(captures("zeek__wikipedia.pcap"))],
+                            capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert benign == ""
