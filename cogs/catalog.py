@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from cogs.coordinator.library import LibrarySpec, canonical_json, library_spec
+from cogs.coordinator.library import LibrarySpec, ParamSpec, canonical_json, library_spec
 from cogs.errors import CatalogError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -216,9 +216,15 @@ def _semantic_problems(st: StateSpec, spec: LibrarySpec) -> list[str]:
             out.append(f"'window' is for trigger states; {st.state_class} states take 'ttl' (idle expiry)")
         if st.checker is not None:
             out.append(f"checkers run on trigger states only, not on {st.state_class} states")
+    tspec = spec.types.get(st.type)
     if st.checker is None:
+        if tspec is not None and tspec.params:
+            return out + _param_problems(f"type {st.type!r}", tspec.params, st.params)
         if st.params:
-            out.append("'params' given without a checker")
+            out.append("'params' given without a checker (or a type that takes parameters)")
+        return out
+    if tspec is not None and tspec.params:
+        out.append(f"type {st.type!r} takes parameters of its own: it cannot have a checker")
         return out
     chk = spec.checkers.get(st.checker)
     if chk is None:
@@ -228,31 +234,39 @@ def _semantic_problems(st: StateSpec, spec: LibrarySpec) -> list[str]:
         out.append(f"checker {st.checker!r} works on {', '.join(chk.types)} states, not {st.type!r}")
     if "window" in chk.needs and st.window is None:
         out.append(f"checker {st.checker!r} needs a 'window' on its state")
-    declared = {p.name: p for p in chk.params}
-    for name in sorted(set(st.params) - set(declared)):
-        out.append(f"checker {st.checker!r} has no parameter {name!r} (has: {', '.join(declared)})")
-    for p in chk.params:
-        if p.name not in st.params:
+    return out + _param_problems(f"checker {st.checker!r}", chk.params, st.params)
+
+
+def _param_problems(owner: str, declared: tuple[ParamSpec, ...], given: Mapping[str, object]) -> list[str]:
+    out = []
+    names = {p.name for p in declared}
+    for name in sorted(set(given) - names):
+        out.append(f"{owner} has no parameter {name!r} (has: {', '.join(p.name for p in declared)})")
+    for p in declared:
+        if p.name not in given:
             if p.required:
-                out.append(f"checker {st.checker!r} needs parameter {p.name!r} ({p.kind})")
+                out.append(f"{owner} needs parameter {p.name!r} ({p.kind})")
             continue
-        v = st.params[p.name]
+        v = given[p.name]
         ok = (
             (p.kind == "int" and isinstance(v, int) and not isinstance(v, bool))
             or (p.kind == "number" and isinstance(v, int | float) and not isinstance(v, bool))
             or (p.kind == "string" and isinstance(v, str))
         )
         if not ok:
-            out.append(f"checker parameter {p.name!r} must be {p.kind}, got {v!r}")
+            out.append(f"{owner} parameter {p.name!r} must be {p.kind}, got {v!r}")
     return out
 
 
 def _with_defaults(st: StateSpec, spec: LibrarySpec) -> dict[str, int | float | str]:
-    """Checker parameters with the checker's declared defaults filled in (Lua reads them all)."""
-    if st.checker is None:
-        return {}
+    """Checker (or type) parameters with the declared defaults filled in (Lua reads them all)."""
+    if st.checker is not None:
+        declared = spec.checkers[st.checker].params
+    else:
+        tspec = spec.types.get(st.type)
+        declared = tspec.params if tspec is not None else ()
     full = dict(st.params)
-    for p in spec.checkers[st.checker].params:
+    for p in declared:
         if p.default is not None:
             full.setdefault(p.name, p.default)
         if p.kind == "number" and p.name in full:

@@ -49,7 +49,9 @@ do
                 max_bytes = s.max_bytes,
                 max_items = s.max_items ~= null and s.max_items or nil,
                 replica = s.class == 'direct' and s.mode == 'replica',
-                update = T and T.update,
+                -- a type with its own apply (multi-key ops) takes no fast path
+                update = T and not T.apply and T.update,
+                params = s.params,
             }
             if s.class == 'indirect' then
                 st.indirect = true
@@ -199,6 +201,9 @@ do
             return cogs.indirect.apply(mode, st, sidx, key, rk, arg, ctx)
         end
         local T = st.T
+        if T.apply then
+            return T.apply(mode, st, sidx, op, key, rk, arg, ctx)
+        end
         if mode == 0 or mode == 1 then
             return update(mode, st, sidx, op, key, rk, arg, ctx)
         elseif mode == 2 or mode == 4 then

@@ -42,19 +42,25 @@ do
         local holders = R('SMEMBERS', rt)
         if #holders > 0 then
             R('DEL', rt)
-            local out = ctx.discards
-            for i = 1, #holders do
-                local l = out[holders[i]]
-                if not l then
-                    l = {}
-                    out[holders[i]] = l
-                end
-                l[#l + 1] = sidx
-                l[#l + 1] = key
-                l[#l + 1] = fmt('%d', v) -- cjson would print a 16-digit number with 14
-            end
+            replica.queue(ctx, holders, sidx, key, v)
         end
         return v
+    end
+
+    -- Queue a discard of (sidx, key) at version v for each holder (published by
+    -- cogs_batch once the batch is done).
+    function replica.queue(ctx, holders, sidx, key, v)
+        local out = ctx.discards
+        for i = 1, #holders do
+            local l = out[holders[i]]
+            if not l then
+                l = {}
+                out[holders[i]] = l
+            end
+            l[#l + 1] = sidx
+            l[#l + 1] = key
+            l[#l + 1] = fmt('%d', v) -- cjson would print a 16-digit number with 14
+        end
     end
 
     -- A retrieve that leaves a replica at `pid`: record the holder, return the version.

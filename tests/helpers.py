@@ -84,6 +84,18 @@ type = "string"
 mode = "replica"
 ttl = "1m"
 
+[states.pmap]
+class = "direct"
+type = "portmap"
+mode = "replica"
+ttl = "1s"
+params = { external = "192.0.2.1 192.0.2.2", port_min = 1000, port_max = 1009, block = 4 }
+
+[states.pmap1]
+class = "direct"
+type = "portmap"
+params = { external = "192.0.2.9", port_min = 2000, port_max = 2099, block = 50 }
+
 [states.objects]
 class = "indirect"
 mode = "replica"

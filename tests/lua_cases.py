@@ -549,3 +549,84 @@ def test_owner_delete_removes_locator(h: LuaHarness) -> None:
 def test_claim_needs_an_incarnation(h: LuaHarness) -> None:
     assert h.error(CLAIM, "objects", "k", "claim", None, pid="p1").startswith("BAD_DELTA")
     assert h.error(CLAIM, "objects", "k", "claim", {"inc": "i"}).startswith("BAD_FRAME")  # no proxy id
+
+
+# -- portmap (NAT port mappings) --------------------------------------------------------
+
+
+def test_portmap_allocates_unique_ports_both_directions(h: LuaHarness) -> None:
+    flows = [f"6|10.0.0.{i}|4000" for i in range(4)]
+    got = [h.one(UG, "pmap1", "192.0.2.9|2000", "map", f) for f in flows]
+    ports = [g[0] for g in got]
+    assert sorted(ports) == [2000, 2001, 2002, 2003]
+    assert all(g[2] == -1 for g in got)  # no ttl: never idles out
+    assert [g[1] for g in got] == [1, 2, 3, 4]  # versions grow
+    again = h.one(UG, "pmap1", "192.0.2.9|2000", "map", flows[2])
+    assert again[0] == ports[2]  # same flow, same mapping
+    for f, port in zip(flows, ports, strict=True):
+        assert h.one(R, "pmap1", "192.0.2.9|2000", "out", f)[0] == port
+        assert h.one(R, "pmap1", "192.0.2.9|2000", "in", port)[0] == f.encode()
+    assert h.one(R, "pmap1", "192.0.2.9|2000", "in", 2010)[0] is None
+    assert h.one(R, "pmap1", "192.0.2.9|2000", "size") == [4, 46]
+
+
+def test_portmap_exhausted_block_refuses_and_keeps_mappings(h: LuaHarness) -> None:
+    blk = "192.0.2.1|1008"  # the last block: ports 1008-1009 only
+    a = h.one(UG, "pmap", blk, "map", "6|10.0.0.1|1", pid="p1")[0]
+    b = h.one(UG, "pmap", blk, "map", "6|10.0.0.2|1", pid="p1")[0]
+    assert {a, b} == {1008, 1009}
+    err = h.error(UG, "pmap", blk, "map", "6|10.0.0.3|1", pid="p1")
+    assert err.startswith("EXHAUSTED")
+    assert "1008-1009" in err
+    assert h.one(R, "pmap", blk, "out", "6|10.0.0.3|1")[0] is None
+    assert h.one(R, "pmap", blk, "size") == [2, 0]
+    # a release frees the port for the next flow, and tells the holders
+    msgs = _discards(h, "p1", lambda: h.one(UG, "pmap", blk, "release", "6|10.0.0.1|1"))
+    sidx = h.catalog.index("pmap")
+    assert msgs[0][0::3] == [sidx, sidx]
+    assert msgs[0][1::3] == ["o|6|10.0.0.1|1", f"i|192.0.2.1|{a}"]
+    assert h.one(UG, "pmap", blk, "map", "6|10.0.0.3|1", pid="p1")[0] == a
+
+
+def test_portmap_idle_mappings_are_reclaimed(h: LuaHarness) -> None:
+    import time
+
+    blk = "192.0.2.2|1000"
+    old = h.one(UG, "pmap", blk, "map", "17|10.0.0.1|53", pid="p1")
+    assert 0 < old[2] <= 1000
+    time.sleep(0.5)
+    kept = h.one(UG, "pmap", blk, "map", "17|10.0.0.2|53")
+    time.sleep(0.6)  # the first is idle for 1.1 s > 1 s; the second for 0.6 s
+    assert h.one(R, "pmap", blk, "size")[0] == 2  # size only reads: nothing reclaimed yet
+    msgs = _discards(h, "p1", lambda: h.one(R, "pmap", blk, "in", kept[0]))
+    assert [m[1::3] for m in msgs] == [["o|17|10.0.0.1|53", f"i|192.0.2.2|{old[0]}"]]
+    assert h.one(R, "pmap", blk, "out", "17|10.0.0.1|53")[0] is None
+    assert h.one(R, "pmap", blk, "out", "17|10.0.0.2|53")[0] == kept[0]
+    assert h.one(R, "pmap", blk, "in", old[0])[0] is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "op", "arg", "code"),
+    [
+        (UG, "192.0.2.7|1000", "map", "6|10.0.0.1|1", "BAD_KEY"),  # not a pool ip
+        (UG, "192.0.2.1|1001", "map", "6|10.0.0.1|1", "BAD_KEY"),  # not a block start
+        (UG, "192.0.2.1|1012", "map", "6|10.0.0.1|1", "BAD_KEY"),  # beyond port_max
+        (UG, "192.0.2.1", "map", "6|10.0.0.1|1", "BAD_KEY"),
+        (UG, "192.0.2.1|1000", "map", "10.0.0.1:1", "BAD_DELTA"),
+        (UG, "192.0.2.1|1000", "map", None, "BAD_DELTA"),
+        (UG, "192.0.2.1|1000", "map", ["6|1|1"], "BAD_DELTA"),
+        (R, "192.0.2.1|1000", "in", 1004, "BAD_DELTA"),  # another block's port
+        (R, "192.0.2.1|1000", "in", "x", "BAD_DELTA"),
+        (R, "192.0.2.1|1000", "map", "6|10.0.0.1|1", "UNKNOWN_OP"),  # map is an update
+        (C, "192.0.2.1|1000", "out", "6|10.0.0.1|1", "UNKNOWN_OP"),
+        (UG, "192.0.2.1|1000", "clear", None, "UNKNOWN_OP"),
+    ],
+)
+def test_portmap_bad_input_is_refused_untouched(
+    h: LuaHarness, mode: int, key: str, op: str, arg: Any, code: str
+) -> None:
+    h.one(UG, "pmap", "192.0.2.1|1000", "map", "6|10.0.0.9|9")
+    before = {k: h.r.dump(k) for k in h.r.keys("cogs:pmap:*")}
+    err = h.error(mode, "pmap", key, op, arg)
+    assert err.startswith(code), err
+    assert {k: h.r.dump(k) for k in h.r.keys("cogs:pmap:*")} == before

@@ -33,6 +33,8 @@ class TypeSpec:
     whole: str = ""
     coalesce: dict[str, str] = field(default_factory=dict)
     about: str = ""
+    #: parameters a state of this type takes in the catalog (e.g. a NAT's port pool)
+    params: tuple[ParamSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ def _type_spec(path: Path) -> TypeSpec:
         whole=h.get("whole", ""),
         coalesce=coalesce,
         about=h.get("about", ""),
+        params=tuple(_parse_param(w, path) for w in _words(h.get("params", ""))),
     )
 
 
