@@ -89,6 +89,12 @@ class Moved(OpError):
     code = "MOVED"
 
 
+class Exhausted(OpError):
+    """A pool (a NAT's external ports) has nothing left to allocate."""
+
+    code = "EXHAUSTED"
+
+
 class NotOwner(OpError):
     """Only the proxy owning an indirect state changes it."""
 
@@ -118,6 +124,7 @@ _BY_CODE: dict[str, type[OpError]] = {
         Overflow,
         BadFrame,
         Moved,
+        Exhausted,
         NotOwner,
         AlertNotRecorded,
     )

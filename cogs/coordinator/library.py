@@ -35,6 +35,8 @@ class TypeSpec:
     about: str = ""
     #: parameters a state of this type takes in the catalog (e.g. a NAT's port pool)
     params: tuple[ParamSpec, ...] = ()
+    #: what a replica-mode proxy caches: the whole state, or single entries (portmap)
+    replicas: str = "whole"
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,14 @@ def _type_spec(path: Path) -> TypeSpec:
         coalesce=coalesce,
         about=h.get("about", ""),
         params=tuple(_parse_param(w, path) for w in _words(h.get("params", ""))),
+        replicas=_replicas(h.get("replicas", "whole"), path),
     )
+
+
+def _replicas(v: str, where: Path) -> str:
+    if v not in ("whole", "entries"):
+        raise ConfigError(f"{where}: '-- replicas:' must be whole or entries, not {v!r}")
+    return v
 
 
 def _checker_spec(path: Path) -> CheckerSpec:

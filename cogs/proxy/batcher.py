@@ -77,7 +77,7 @@ class Lane:
 class Req:
     """One op that someone waits for (or a re-sent one)."""
 
-    __slots__ = ("arg", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
+    __slots__ = ("arg", "cache_key", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
 
     def __init__(
         self,
@@ -92,8 +92,10 @@ class Req:
         self.mode, self.state, self.sidx, self.key, self.op, self.arg = mode, state, sidx, key, op, arg
         self.decode = decode
         self.ekey = escape(key)
-        self.waiters: list[Any] = []  # asyncio futures, or (callback, packet) pairs
+        self.waiters: list[Any] = []  # asyncio futures, or (callback, packet, on_fail) triples
         self.epoch = -1
+        #: an entry op (StateProxy.syn_entry): where its value is cached, if anywhere
+        self.cache_key: tuple[int, str] | None = None
 
 
 @dataclass(slots=True)

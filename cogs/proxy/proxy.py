@@ -46,10 +46,12 @@ from cogs.proxy.discard import DiscardHook, DiscardLink
 from cogs.proxy.indirect import Indirect
 from cogs.proxy.stats import ProxyStatistics
 from cogs.settings import CogsSettings, load_settings
+from cogs.values import generic
 
 log = logging.getLogger("cogs.proxy")
 Callback = Callable[[Any, Any], Any]
 ErrorCallback = Callable[[CogsError, Any], Any]
+OnFail = ErrorCallback  # per async op: instead of on_error
 UPDATE, UPDATE_GET, RETRIEVE, CHECK, RETRIEVE_REPLICA = 0, 1, 2, 3, 4
 
 
@@ -104,9 +106,11 @@ class StateProxy:
         self._async_locks: dict[tuple[int, str], anyio.Lock] = {}
         self._schema: Schema
         self._replica_whole: dict[str, str] = {}
+        self._replica_entries: frozenset[str] = frozenset()
         self._sync_ops = self._async_ops = self._callback_errors = 0
         # the packet buffer table: packets waiting for their state, per state key
         self._packets: dict[tuple[int, str], int] = {}
+        self._entry_reads: dict[tuple[int, str], Req] = {}  # entry ops in flight, shared
         self._npackets = 0
         self._logged_errors = 0
 
@@ -118,11 +122,11 @@ class StateProxy:
             self.catalog, token = await self.coord.stored_catalog(self._expected)
             self._schema = Schema(self.catalog)
             self._indirect_states = frozenset(st.name for st in self.catalog if st.state_class == "indirect")
-            self._replica_whole = {
-                st.name: self.catalog.spec.types[st.type].whole
-                for st in self.catalog
-                if st.state_class == "direct" and st.mode == "replica"
-            }
+            replicated = [st for st in self.catalog if st.state_class == "direct" and st.mode == "replica"]
+            types = self.catalog.spec.types
+            by_kind = {st.name: types[st.type] for st in replicated}
+            self._replica_whole = {name: t.whole for name, t in by_kind.items() if t.replicas == "whole"}
+            self._replica_entries = frozenset(name for name, t in by_kind.items() if t.replicas == "entries")
             bmax, delay, maxp = self._opts
             self._batcher = Batcher(
                 self.coord, token, self.id, batch_max_ops=bmax, delay=delay, max_pending=maxp,
@@ -331,8 +335,77 @@ class StateProxy:
         self._hold(req, callback, packet)
         self._send(req, now=False)
 
-    def _hold(self, req: Req, callback: Callback, packet: Any) -> None:
-        req.waiters.append((callback, packet))
+    # -- entry ops: types whose ops read or write one entry of a key (portmap) -------------
+
+    def _entry_req(self, state: str, key: str, op: str, arg: Any, entry: str) -> Req:
+        _, ts, sidx = self._schema.state(state)
+        req = self._req(UPDATE_GET if op in ts.update else RETRIEVE, state, key, op, arg)
+        req.decode = generic
+        req.cache_key = (sidx, entry)
+        if state in self._replica_entries:
+            if req.mode == RETRIEVE:
+                req.mode = RETRIEVE_REPLICA
+            req.epoch = self.cache.begin_fetch(req.cache_key)
+        return req
+
+    def _entry_hit(self, state: str, entry: str) -> Any:
+        if state not in self._replica_entries:
+            return MISS
+        return self.cache.get((self._schema.index[state], entry))
+
+    async def syn_entry(self, state: str, key: str, op: str, arg: Any, entry: str, *, share: bool = False) -> Any:
+        """An op on one entry of ``state[key]`` (the reply is ``{value, version, idle ms}``,
+        as portmap's). In replica mode the value is cached under ``entry`` until a
+        discard names it or half its idle time passed. ``share``: callers asking for the
+        same entry while one op is in flight wait for that one (the op is idempotent)."""
+        hit = self._entry_hit(state, entry)
+        if hit is not MISS:
+            return hit
+        if share:
+            shared = self._entry_reads.get((self._schema.index[state], entry))
+            if shared is not None:
+                fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                shared.waiters.append(fut)
+                return await fut
+        req = self._entry_req(state, key, op, arg, entry)
+        if share:
+            self._entry_reads[req.cache_key] = req  # type: ignore[index]
+        return await self._wait(req)
+
+    def asyn_entry(
+        self,
+        state: str,
+        key: str,
+        op: str,
+        arg: Any,
+        entry: str,
+        callback: Callback,
+        packet: Any = None,
+        *,
+        share: bool = False,
+        on_fail: OnFail | None = None,
+    ) -> None:
+        """``syn_entry`` with a callback: ``callback(value, packet)`` at once on a cache
+        hit, else when the reply is back; ``on_fail(error, packet)`` if it is refused
+        (default: the proxy's on_error)."""
+        self._async_ops += 1
+        hit = self._entry_hit(state, entry)
+        if hit is not MISS:
+            self._call(callback, hit, packet)
+            return
+        if share:
+            shared = self._entry_reads.get((self._schema.index[state], entry))
+            if shared is not None:
+                self._hold(shared, callback, packet, on_fail)
+                return
+        req = self._entry_req(state, key, op, arg, entry)
+        if share:
+            self._entry_reads[req.cache_key] = req  # type: ignore[index]
+        self._hold(req, callback, packet, on_fail)
+        self._batcher.submit(req, now=False)
+
+    def _hold(self, req: Req, callback: Callback, packet: Any, on_fail: OnFail | None = None) -> None:
+        req.waiters.append((callback, packet, on_fail))
         k = (req.sidx, req.key)
         self._packets[k] = self._packets.get(k, 0) + 1
         self._npackets += 1
@@ -396,6 +469,10 @@ class StateProxy:
         """Wait until everything issued so far has been applied at the coordinator."""
         await self._batcher.drain()
 
+    def report_error(self, err: CogsError, packet: Any = None) -> None:
+        """Hand an error to this proxy's on_error (the log and statistics by default)."""
+        self._on_error(err, packet)
+
     def add_discard_listener(self, hook: DiscardHook) -> None:
         """``hook(state_index, key, version)`` for every discard this proxy receives."""
         self._discard.hooks.append(hook)
@@ -435,7 +512,19 @@ class StateProxy:
             if not reads:
                 del self._batcher.reads[(req.sidx, req.key)]
         decode = req.decode or (lambda v: v)
-        if req.mode == RETRIEVE_REPLICA:
+        ck = req.cache_key
+        if ck is not None:  # an entry op: {value or false, version, idle ms left}
+            if self._entry_reads.get(ck) is req:
+                del self._entry_reads[ck]
+            value = decode(raw[0] if raw[0] is not False else None)
+            if req.epoch < 0:
+                pass  # not cacheable (singleton mode)
+            elif value is None:
+                self.cache.abort_fetch(ck)
+            else:  # half the idle time: a busy entry is re-read, which keeps it alive
+                left = int(raw[2])
+                self.cache.end_fetch(ck, req.epoch, value, int(raw[1]), left // 2 if left > 0 else -1)
+        elif req.mode == RETRIEVE_REPLICA:
             value = decode(raw[0] if raw[0] is not False else None)
             self.cache.end_fetch((req.sidx, req.key), req.epoch, value, int(raw[1]), int(raw[2]))
         elif req.mode == UPDATE_GET and isinstance(raw, list) and req.state in self._replica_whole:
@@ -454,7 +543,13 @@ class StateProxy:
         reads = self._batcher.reads.get((req.sidx, req.key))
         if reads is not None and reads.get(req.op) is req:
             del reads[req.op]
-        if req.mode == RETRIEVE_REPLICA:
+        ck = req.cache_key
+        if ck is not None:
+            if self._entry_reads.get(ck) is req:
+                del self._entry_reads[ck]
+            if req.epoch >= 0:
+                self.cache.abort_fetch(ck)
+        elif req.mode == RETRIEVE_REPLICA:
             self.cache.abort_fetch((req.sidx, req.key))
         self._release(req)
         if not req.waiters:
@@ -463,6 +558,8 @@ class StateProxy:
             if isinstance(w, asyncio.Future):
                 if not w.done():
                     w.set_exception(err)
+            elif w[2] is not None:
+                w[2](err, w[1])
             else:
                 self._on_error(err, w[1])
 

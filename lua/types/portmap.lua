@@ -3,6 +3,7 @@
 -- retrieve: out in size
 -- whole: size
 -- params: external:string port_min:int=1024 port_max:int=65535 block:int=1024
+-- replicas: entries
 -- about: a NAT's port mappings, one block of external ports per key. A key is a block
 --   "<external ip>|<first port>" of the pool the params declare (the IPs in `external`,
 --   space-separated, ports port_min..port_max in blocks of `block`); the proxy hashes
