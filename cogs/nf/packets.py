@@ -106,10 +106,9 @@ def parse_frame(linktype: int, ts: float, buf: bytes, stats: TraceStats) -> Pack
     return Packet(ts, src, dst, ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt, 0, 0, 0, b"")
 
 
-def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Packet]:
-    """The IP packets of a pcap/pcapng file, in file order."""
+def _frames(path: str | Path, stats: TraceStats) -> Iterator[tuple[int, float, bytes]]:
+    """(link type, time, frame) of every readable frame of a pcap/pcapng file."""
     p = Path(path)
-    stats = stats if stats is not None else TraceStats()
     try:
         fh = p.open("rb")
     except OSError as e:
@@ -127,10 +126,37 @@ def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Pa
                 stats.skipped["truncated capture"] += 1  # the rest of the file is unreadable
                 return
             stats.frames += 1
-            pkt = parse_frame(linktype, float(ts), buf, stats)
-            if pkt is not None:
-                stats.packets += 1
-                yield pkt
+            yield linktype, float(ts), buf
+
+
+def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Packet]:
+    """The IP packets of a pcap/pcapng file, in file order."""
+    stats = stats if stats is not None else TraceStats()
+    for linktype, ts, buf in _frames(path, stats):
+        pkt = parse_frame(linktype, ts, buf, stats)
+        if pkt is not None:
+            stats.packets += 1
+            yield pkt
+
+
+def read_ipv4(path: str | Path, stats: TraceStats | None = None) -> Iterator[tuple[float, bytes]]:
+    """(time, raw IPv4 packet) of a pcap/pcapng file, for NFs that rewrite packets;
+    other frames are counted in ``stats.skipped``."""
+    stats = stats if stats is not None else TraceStats()
+    for linktype, ts, buf in _frames(path, stats):
+        try:
+            ip = _ip_layer(linktype, buf)
+        except ValueError as e:
+            stats.skipped[f"unknown {e}"] += 1
+            continue
+        except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, IndexError):
+            stats.skipped["truncated or malformed frame"] += 1
+            continue
+        if not isinstance(ip, dpkt.ip.IP):
+            stats.skipped["not IPv4" if isinstance(ip, dpkt.ip6.IP6) else "not IP"] += 1
+            continue
+        stats.packets += 1
+        yield ts, bytes(ip)
 
 
 def dns_questions(payload: bytes, stats: Counter[str] | None = None) -> list[tuple[str, int]]:

@@ -14,9 +14,11 @@ import multiprocessing as mp
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +33,7 @@ from cogs.nf.splitter import middlebox_of
 from cogs.proxy import StateProxy
 
 CHUNK = 1000  # packets between yields to the proxy's event loop
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,7 +75,7 @@ def split(packets: list[Packet], n: int) -> list[list[Packet]]:
     return shares
 
 
-async def _box(url: str, nf: str, prefix: str, box: int, packets: list[Packet], q: Any) -> BoxResult:
+async def _box(url: str, nf: str, prefix: str, packets: list[Packet], box: int, q: Any) -> BoxResult:
     async with StateProxy(url) as proxy:
         upd = proxy.update
 
@@ -104,11 +107,44 @@ async def _box(url: str, nf: str, prefix: str, box: int, packets: list[Packet], 
         )
 
 
-def _box_proc(url: str, nf: str, prefix: str, box: int, packets: list[Packet], q: Any) -> None:
+def _box_proc(fn: Callable[..., Awaitable[Any]], box: int, args: tuple[Any, ...], q: Any) -> None:
     try:
-        q.put(("done", box, anyio.run(_box, url, nf, prefix, box, packets, q)))
+        q.put(("done", box, anyio.run(partial(fn, *args, box, q))))
     except BaseException as e:  # the driver reports it: one line, not N tracebacks
         q.put(("error", box, f"{type(e).__name__}: {e}"))
+
+
+def run_boxes(
+    fn: Callable[..., Awaitable[T]], args: list[tuple[Any, ...]], total: int, progress: Any = None
+) -> list[T]:
+    """Run ``fn(*args[i], box=i, q)`` in one process per middlebox; their results in
+    box order. A box reports ``("progress", box, packets done)`` on ``q``; the first
+    box that fails fails the run with its one-line reason."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_box_proc, args=(fn, i, a, q)) for i, a in enumerate(args)]
+    for p in procs:
+        p.start()
+    results: dict[int, T] = {}
+    errors: list[str] = []
+    done = [0] * len(args)
+    try:
+        while len(results) + len(errors) < len(args):
+            kind, box, payload = q.get(timeout=600)
+            if kind == "progress":
+                done[box] = payload
+                if progress is not None:
+                    progress(sum(done), total)
+            elif kind == "done":
+                results[box] = payload
+            else:
+                errors.append(f"middlebox {box}: {payload}")
+    finally:
+        for p in procs:
+            p.join(30)
+    if errors:
+        raise CogsError(errors[0])
+    return [results[i] for i in range(len(args))]
 
 
 def run_nf(
@@ -135,32 +171,10 @@ def run_nf(
     packets = list(read_trace(trace, stats))
     shares = split(packets, middleboxes)
     t_ms = int(time.time() * 1000) - 1000
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     prefixes = [f"{ns}mb{i}|" if local_only else ns for i in range(middleboxes)]
-    procs = [ctx.Process(target=_box_proc, args=(url, nf, prefixes[i], i, shares[i], q)) for i in range(middleboxes)]
     t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    boxes: dict[int, BoxResult] = {}
-    errors: list[str] = []
-    done = [0] * middleboxes
-    while len(boxes) + len(errors) < middleboxes:
-        kind, box, payload = q.get(timeout=600)
-        if kind == "progress":
-            done[box] = payload
-            if progress is not None:
-                progress(sum(done), len(packets))
-        elif kind == "done":
-            boxes[box] = payload
-            done[box] = payload.packets
-        else:
-            errors.append(f"middlebox {box}: {payload}")
-    for p in procs:
-        p.join(30)
-    if errors:
-        raise CogsError(errors[0])
-    result = RunResult(nf, middleboxes, ns, stats, [boxes[i] for i in range(middleboxes)])
+    boxes = run_boxes(_box, [(url, nf, prefixes[i], shares[i]) for i in range(middleboxes)], len(packets), progress)
+    result = RunResult(nf, middleboxes, ns, stats, boxes)
     result.seconds = time.perf_counter() - t0
     result.alerts = anyio.run(_alerts, url, nf, ns, t_ms)
     return result
