@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cogs.cli import err_console, main, out_console
 from cogs.nf.detectors import DETECTORS
+from cogs.nf.packets import TraceStats
 from cogs.settings import load_settings
 
 
@@ -20,26 +21,53 @@ def nf() -> None:
     """Network functions on cogs: replay traces through N middleboxes."""
 
 
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[dim]replaying[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not sys.stderr.isatty(),
+    )  # fmt: skip
+
+
 @nf.command("run")
-@click.argument("name", type=click.Choice(sorted(DETECTORS)))
+@click.argument("name", type=click.Choice([*sorted(DETECTORS), "nat"]))
 @click.option(
     "--trace", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="pcap or pcapng file."
 )
 @click.option("--middleboxes", "-n", default=1, show_default=True, help="Middlebox processes behind the flow splitter.")
 @click.option("--coordinator", envvar="COGS_URL", help="Coordinator URL (default: COGS_URL or the local cluster).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per alert on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per alert (nat: one summary) on stdout.")
 @click.option(
     "--local-only", is_flag=True, help="Each middlebox keeps its own states (what a cluster without cogs sees)."
 )
-def nf_run(name: str, trace: Path, middleboxes: int, coordinator: str | None, as_json: bool, local_only: bool) -> None:
-    """Replay TRACE through NF NAME and print the alerts it raised."""
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="nat: the translated packets (pcap).")
+@click.option("--mode", type=click.Choice(["async", "sync"]), default="async", show_default=True, help="nat: lookups.")
+@click.option("--state", "nat_state", default="nat", show_default=True, help="nat: the portmap state to use.")
+@click.option("--internal", multiple=True, help="nat: an inside network (repeatable; default: RFC 1918).")
+def nf_run(
+    name: str,
+    trace: Path,
+    middleboxes: int,
+    coordinator: str | None,
+    as_json: bool,
+    local_only: bool,
+    out: Path | None,
+    mode: str,
+    nat_state: str,
+    internal: tuple[str, ...],
+) -> None:
+    """Replay TRACE through NF NAME on N middleboxes: the alerts it raised, or (nat)
+    the translated packets written to --out."""
+    url = load_settings(url=coordinator).url
+    if name == "nat":
+        if out is None:
+            raise click.UsageError("nat writes the translated packets: give --out FILE")
+        if local_only:
+            raise click.UsageError("--local-only is for the detectors: a NAT without its global table is no NAT")
+        _nat(trace, middleboxes, url, out, mode, nat_state, internal, as_json)
+        return
     from cogs.nf.runner import counters, run_nf
 
-    url = load_settings(url=coordinator).url
-    with Progress(
-        TextColumn("[dim]replaying[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not sys.stderr.isatty(),
-    ) as bar:  # fmt: skip
+    with _bar() as bar:
         task = bar.add_task("replay", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -57,9 +85,7 @@ def nf_run(name: str, trace: Path, middleboxes: int, coordinator: str | None, as
             detail = ", ".join(a.get("clients", [])) or a["state_key"]
             t.add_row(a["time"][11:23], a["key"], a["value"], a["state"], detail)
         out_console.print(t)
-    st = result.trace
-    skipped = ", ".join(f"{n} {why}" for why, n in st.skipped.items()) or "none"
-    err_console.print(f"[dim]{st.frames} frames, {st.packets} IP packets, skipped: {skipped}[/]", highlight=False)
+    _trace_line(result.trace)
     for b in result.boxes:
         err_console.print(
             f"[dim]middlebox {b.box}: {b.packets} packets, {b.packets_per_s:,.0f} packets/s, "
@@ -68,6 +94,54 @@ def nf_run(name: str, trace: Path, middleboxes: int, coordinator: str | None, as
         )
     extra = ", ".join(f"{v} {k}" for k, v in sorted(counters(result).items()))
     err_console.print(f"[dim]total {result.packets_per_s:,.0f} packets/s; {extra}[/]", highlight=False)
+
+
+def _trace_line(st: TraceStats) -> None:
+    skipped = ", ".join(f"{n} {why}" for why, n in st.skipped.items()) or "none"
+    err_console.print(f"[dim]{st.frames} frames, {st.packets} IP packets, skipped: {skipped}[/]", highlight=False)
+
+
+def _nat(
+    trace: Path, n: int, url: str, out: Path, mode: str, state: str, internal: tuple[str, ...], as_json: bool
+) -> None:
+    from cogs.nf.nat import PRIVATE, run_nat
+
+    with _bar() as bar:
+        task = bar.add_task("replay", total=None)
+        result = run_nat(
+            trace, n, url, out=out, state=state, mode=mode, internal=internal or PRIVATE,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    summary = {
+        "nf": "nat",
+        "middleboxes": n,
+        "mode": mode,
+        "state": state,
+        "flows": len(result.mappings),
+        "packets_per_s": round(result.packets_per_s),
+        "counters": dict(sorted(result.counters.items())),
+        "out": str(out),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        t = Table(title=f"nat on {n} middlebox(es), {mode}, state {state}: {len(result.mappings)} flows -> {out}")
+        t.add_column("packets")
+        t.add_column("count", justify="right")
+        for k, v in sorted(result.counters.items()):
+            t.add_row(k, f"{v:,}")
+        out_console.print(t)
+    _trace_line(result.trace)
+    for direction, boxes in (("outbound", result.outbound), ("inbound", result.inbound)):
+        for b in boxes:
+            err_console.print(
+                f"[dim]{direction} middlebox {b.box}: {b.packets} packets, {b.packets_per_s:,.0f} packets/s, "
+                f"{b.ops_sent} lookups at the coordinator, {b.cache_hits} replica hits[/]",
+                highlight=False,
+            )
+    err_console.print(f"[dim]total {result.packets_per_s:,.0f} packets/s[/]", highlight=False)
+    if result.counters["reverse translated WRONG"] or result.counters["external ports shared by two flows"]:
+        raise click.ClickException("the NAT translated inconsistently (see the counts above)")
 
 
 @main.group()
@@ -84,6 +158,8 @@ def trace() -> None:
 @click.option("--tunnels", default=1, show_default=True, help="DNS tunnels (one client, one domain each).")
 @click.option("--tunnel-queries", default=150, show_default=True)
 @click.option("--sidejacks", default=1, show_default=True, help="Session cookies reused from a second client.")
+@click.option("--nat-flows", default=0, show_default=True, help="Flows from inside hosts to outside servers (NAT).")
+@click.option("--nat-hosts", default=50, show_default=True, help="Inside hosts opening the NAT flows.")
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of traffic.")
 def trace_synth(out: Path, **kw: int | float) -> None:
     """Write a pcap of benign traffic plus attacks, and OUT.truth.json (the expected alerts)."""

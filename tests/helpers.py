@@ -96,6 +96,19 @@ class = "direct"
 type = "portmap"
 params = { external = "192.0.2.9", port_min = 2000, port_max = 2099, block = 50 }
 
+[states.natpool]
+class = "direct"
+type = "portmap"
+mode = "replica"
+ttl = "5m"
+params = { external = "198.51.100.7", port_min = 1024, port_max = 65535, block = 256 }
+
+[states.natsmall]
+class = "direct"
+type = "portmap"
+ttl = "5m"
+params = { external = "198.51.100.8", port_min = 5000, port_max = 5099, block = 50 }
+
 [states.objects]
 class = "indirect"
 mode = "replica"

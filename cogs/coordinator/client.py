@@ -251,10 +251,22 @@ class Coordinator:
         return [n.addr for n in self._topo.nodes]
 
 
+#: replies of a node that is loading, demoted, or in a cluster that is re-forming: try again
+_TRANSIENT = (
+    rexc.BusyLoadingError,
+    rexc.ReadOnlyError,
+    rexc.TryAgainError,
+    rexc.ClusterDownError,
+    rexc.MasterDownError,
+)
+
+
 def translate_error(e: Exception, addr: str) -> CogsError:
     """A Redis error reply (or any failure) of a call to node ``addr`` as a cogs error."""
     if isinstance(e, CogsError):
         return e
+    if isinstance(e, _TRANSIENT):  # redis-py strips the code (READONLY, LOADING, ...) from the text
+        return CoordinatorUnavailable(f"node {addr}: {getattr(e, 'status_code', None) or type(e).__name__} {e}")
     msg = str(e)
     if msg.startswith("OUTDATED"):
         return LibraryOutdated(f"node {addr}: {msg[9:]}")

@@ -35,6 +35,9 @@ class Synth:
     tunnels: int = 1
     tunnel_queries: int = 150
     sidejacks: int = 1
+    #: flows from inside hosts (10.1.0.0/16) to outside servers (203.0.113.0/24): NAT traffic
+    nat_flows: int = 0
+    nat_hosts: int = 50
     duration: float = 60.0
     frames: list[tuple[float, bytes]] = field(default_factory=list)
     truth: list[dict[str, str]] = field(default_factory=list)
@@ -97,12 +100,12 @@ class Synth:
         self.tcp(t + 0.011, client, sp, server, 80, FIN | ACK)
         self.tcp(t + 0.012, server, 80, client, sp, FIN | ACK)
 
-    def dns_query(self, t: float, client: str, name: str, qtype: int) -> None:
+    def dns_query(self, t: float, client: str, name: str, qtype: int, resolver: str = RESOLVER) -> None:
         q = dpkt.dns.DNS(id=self.rng.randrange(65536), qd=[dpkt.dns.DNS.Q(name=name, type=qtype)])
         sp = self._port()
-        self.udp(t, client, sp, RESOLVER, 53, bytes(q))
+        self.udp(t, client, sp, resolver, 53, bytes(q))
         q.qr, q.op, q.rcode = dpkt.dns.DNS_R, dpkt.dns.DNS_RA, dpkt.dns.DNS_RCODE_NOERR
-        self.udp(t + 0.002, RESOLVER, 53, client, sp, bytes(q))
+        self.udp(t + 0.002, resolver, 53, client, sp, bytes(q))
 
     def benign(self) -> None:
         clients = [f"192.168.1.{i}" for i in range(10, 60)]
@@ -151,8 +154,21 @@ class Synth:
         self.http_flow(t + 5, attacker, server, f"PHPSESSID={token}")  # the split decides who sees what
         self.truth.append({"nf": "sidejack", "key": f"PHPSESSID={token}"})
 
+    def nat(self) -> None:
+        """Inside hosts browsing outside servers (HTTP) and asking an outside resolver."""
+        hosts = [f"10.1.{i // 250}.{1 + i % 250}" for i in range(self.nat_hosts)]
+        servers = [f"203.0.113.{i}" for i in range(2, 60)]
+        for i in range(self.nat_flows):
+            host, t = self.rng.choice(hosts), self._t()
+            if i % 5:
+                self.http_flow(t, host, self.rng.choice(servers))
+            else:
+                name = f"www.{self.rng.choice(BENIGN_DOMAINS)}"
+                self.dns_query(t, host, name, dpkt.dns.DNS_A, resolver="203.0.113.53")
+
     def build(self) -> Synth:
         self.benign()
+        self.nat()
         for k in range(self.scans):
             self.scan(k)
         for k in range(self.tunnels):

@@ -19,6 +19,7 @@ from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.errors import CogsError
 from cogs.proxy import MISS, StateProxy
+from cogs.proxy.nat import NatTable
 from cogs.settings import load_settings
 from tests.conftest import load_default_catalog
 from tests.helpers import eventually
@@ -132,10 +133,12 @@ def test_tls_cluster_end_to_end(tls_cluster: LocalCluster, tmp_path: Path, monke
             for port in range(20):
                 a.update("scan_ports", "6.6.6.6>10.0.0.1", "add", str(port))
             await a.flush()
-            await a.syn_up("nat_out", "tls-flow", "set", "1.2.3.4:1000")
-            assert await b.syn_retrieve("nat_out", "tls-flow") == "1.2.3.4:1000"
-            await a.syn_up("nat_out", "tls-flow", "set", "1.2.3.4:1001")
-            await eventually(lambda: b.statistics().discards >= 1)
+            na, nb = NatTable(a, "nat"), NatTable(b, "nat")
+            ext = await na.outbound(6, "10.0.0.5", 40000)
+            assert ext is not None
+            assert await nb.inbound(6, *ext) == ("10.0.0.5", 40000)  # b now caches the mapping
+            assert await na.release(6, "10.0.0.5", 40000)
+            await eventually(lambda: b.statistics().discards >= 1)  # discards travel over TLS
             async with Coordinator(url=tls_cluster.url) as co:
                 alerts = await read_alerts(co, state="scan_ports")
             assert [x.key for x in alerts] == ["6.6.6.6>10.0.0.1"]
