@@ -29,11 +29,12 @@ def _bar() -> Progress:
 
 
 @nf.command("run")
-@click.argument("name", type=click.Choice([*sorted(DETECTORS), "nat"]))
+@click.argument("name", type=click.Choice([*sorted(DETECTORS), "nat", "webcache"]))
+@click.option("--trace", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="pcap or pcapng file.")
 @click.option(
-    "--trace", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="pcap or pcapng file."
-)
-@click.option("--middleboxes", "-n", default=1, show_default=True, help="Middlebox processes behind the flow splitter.")
+    "--middleboxes", "--instances", "-n", "middleboxes", default=1, show_default=True,
+    help="Middlebox processes (webcache: caching proxies).",
+)  # fmt: skip
 @click.option("--coordinator", envvar="COGS_URL", help="Coordinator URL (default: COGS_URL or the local cluster).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per alert (nat: one summary) on stdout.")
 @click.option(
@@ -43,6 +44,11 @@ def _bar() -> Progress:
 @click.option("--mode", type=click.Choice(["async", "sync"]), default="async", show_default=True, help="nat: lookups.")
 @click.option("--state", "nat_state", default="nat", show_default=True, help="nat: the portmap state to use.")
 @click.option("--internal", multiple=True, help="nat: an inside network (repeatable; default: RFC 1918).")
+@click.option("--cooperation", type=click.Choice(["cogs", "icp", "local"]), default="cogs", show_default=True,
+              help="webcache: find objects through cogs, by asking every sibling (ICP), or not at all.")  # fmt: skip
+@click.option("--port", default=0, help="webcache: first HTTP proxy port (default: free ports).")
+@click.option("--demo-origin", is_flag=True, help="webcache: also start an origin server to try it with.")
+@click.option("--duration", default=0.0, help="webcache: stop after this many seconds (default: Ctrl-C).")
 def nf_run(
     name: str,
     trace: Path,
@@ -54,10 +60,19 @@ def nf_run(
     mode: str,
     nat_state: str,
     internal: tuple[str, ...],
+    cooperation: str,
+    port: int,
+    demo_origin: bool,
+    duration: float,
 ) -> None:
-    """Replay TRACE through NF NAME on N middleboxes: the alerts it raised, or (nat)
-    the translated packets written to --out."""
+    """Run NF NAME on N middleboxes. Detectors and nat replay --trace (the alerts, or
+    the translated packets in --out); webcache starts N caching HTTP proxies."""
     url = load_settings(url=coordinator).url
+    if name == "webcache":
+        _webcache(middleboxes, url, cooperation, port, demo_origin, duration, as_json)
+        return
+    if trace is None:
+        raise click.UsageError(f"{name} replays a capture: give --trace FILE")
     if name == "nat":
         if out is None:
             raise click.UsageError("nat writes the translated packets: give --out FILE")
@@ -94,6 +109,35 @@ def nf_run(
         )
     extra = ", ".join(f"{v} {k}" for k, v in sorted(counters(result).items()))
     err_console.print(f"[dim]total {result.packets_per_s:,.0f} packets/s; {extra}[/]", highlight=False)
+
+
+def _webcache(n: int, url: str, cooperation: str, port: int, demo: bool, duration: float, as_json: bool) -> None:
+    import time
+
+    from cogs.webcache.cluster import web_cache
+
+    with web_cache(n, cooperation, url, port=port, origin_delay_s=0.02 if demo else None) as c:
+        if as_json:
+            click.echo(json.dumps({"nodes": c.nodes, "origin": c.origin, "cooperation": cooperation}))
+        else:
+            t = Table(title=f"web cache: {n} caching HTTP proxies ({cooperation})")
+            t.add_column("node")
+            t.add_column("HTTP proxy")
+            for i, addr in enumerate(c.nodes):
+                t.add_row(f"cache-{i}", f"http://{addr}")
+            out_console.print(t)
+            example = f"{c.origin}/obj/1" if c.origin else "http://example.org/"
+            err_console.print(f"try: curl -si -x http://{c.nodes[0]} {example}   (stats: {c.nodes[0]}/cogs/stats)")
+            if c.origin:
+                err_console.print(f"origin: {c.origin} (/obj/<n>, /nostore/<n>, /private/<n>, /status/<code>)")
+            err_console.print("Ctrl-C stops the cluster" if not duration else f"running for {duration:g} s")
+        sys.stdout.flush()
+        try:
+            deadline = time.monotonic() + duration if duration else None
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
 
 
 def _trace_line(st: TraceStats) -> None:

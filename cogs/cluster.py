@@ -379,14 +379,15 @@ def _port_busy(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def free_port_base(n: int, start: int = 20000, stop: int = 40000, host: str = "127.0.0.1") -> int:
-    """A port p such that p..p+n-1 and their cluster bus ports (+10000) are all free."""
+def free_port_base(n: int, start: int = 20000, stop: int = 40000, host: str = "127.0.0.1", *, bus: bool = True) -> int:
+    """A port p such that p..p+n-1 (and, for Redis nodes, their cluster bus ports
+    +10000) are all free."""
     import random
 
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
         base = rng.randrange(start, stop - n)
-        ports = [base + i for i in range(n)] + [base + 10000 + i for i in range(n)]
+        ports = [base + i for i in range(n)] + ([base + 10000 + i for i in range(n)] if bus else [])
         if not any(_port_busy(host, p) or not _bindable(host, p) for p in ports):
             return base
     raise ClusterError(f"no {n} free consecutive ports found in {start}-{stop}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a fresh Debian/Ubuntu machine: redis-server (Debian
-# package; and tmux for the tests) when missing, a venv in .venv with cogs and its dev dependencies.
+# package; and tmux, curl for the tests) when missing, a venv in .venv with cogs and its dev dependencies.
 # Idempotent and quick when nothing changed. Sourced by scripts/demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,7 +10,11 @@ log() { printf '\033[2m· %s\033[0m\n' "$*" >&2; }
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # the test suite also drives `cogs monitor` in tmux, as a person would see it
-if [ "${COGS_BOOTSTRAP_TESTS:-0}" = 1 ]; then command -v tmux >/dev/null 2>&1 || need+=(tmux); fi
+# and curl, as a web cache client
+if [ "${COGS_BOOTSTRAP_TESTS:-0}" = 1 ]; then
+  command -v tmux >/dev/null 2>&1 || need+=(tmux)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "missing: ${need[*]}: installing Debian's packages"
   SUDO=""

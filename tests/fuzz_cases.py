@@ -204,7 +204,7 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 
 
 _req = st.fixed_dictionaries(
-    {"t": st.sampled_from(["req", "auth", "res", "x"]), "n": args, "op": st.sampled_from(["get", "set", "create", "delete", "x"]),
+    {"t": st.sampled_from(["req", "auth", "res", "x"]), "n": args, "op": st.sampled_from(["get", "has", "set", "create", "delete", "x"]),
      "state": st.sampled_from(["objects", "", "nope"]) | args, "key": keys, "size": st.integers(-2, 70_000) | args},
 )  # fmt: skip
 
@@ -217,7 +217,7 @@ def _good_req(op: str, key: str, value: bytes, announced: int | None) -> bytes:
 
 _good = st.builds(
     _good_req,
-    st.sampled_from(["get", "set", "create", "delete"]),
+    st.sampled_from(["get", "has", "set", "create", "delete"]),
     st.sampled_from(["k", "w", ""]) | st.text(max_size=8),
     st.binary(max_size=1100),
     st.none() | st.none() | st.integers(0, 1100),

@@ -145,11 +145,11 @@ class Indirect:
             raise PeerRefusal("UNKNOWN_STATE", f"{state!r} is not an indirect state here")
         k = (self.proxy.catalog.index(state), key)
         self.stats.served += 1
-        if op == "get":
+        if op in ("get", "has"):
             e = self._local(k)
             if e is None:
                 raise PeerRefusal("NOT_FOUND", f"{self.proxy.id} has no {state}[{key}]")
-            return e.version, e.value
+            return e.version, e.value if op == "get" else None
         async with self._lock(k):
             e = await self._own_update(k, state, key, op, value)
         return (e.version, e.value) if e else (0, None)

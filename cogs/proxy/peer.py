@@ -9,7 +9,7 @@ Wire format (version 1), over TCP:
 2. client -> server  J {"t": "auth", "id": <client id>,
                         "mac": hex HMAC-SHA256(secret, "cogs-peer-v1|nonce|client id|server id")}
 3. server -> client  J {"t": "ok"}, or J {"t": "error", "code": "AUTH", ...} and close
-4. client -> server  J {"t": "req", "n": <int>, "op": "get"|"set"|"create"|"delete",
+4. client -> server  J {"t": "req", "n": <int>, "op": "get"|"has"|"set"|"create"|"delete",
                         "state": <name>, "key": <key>, "size": <value bytes, 0 if none>}
                      then the value in B chunks (size bytes in all)
 5. server -> client  J {"t": "res", "n": <int>, "ok": true, "version": <int>, "size": <bytes or -1>}
@@ -52,6 +52,8 @@ IDLE_TIMEOUT = 120.0
 _HDR = struct.Struct(">IB")
 _LEN = struct.Struct(">I")
 J, B = ord("J"), ord("B")
+#: get: the value; has: only whether (and which version) the peer holds it
+OPS = ("get", "has", "set", "create", "delete")
 
 
 class PeerRefusal(Exception):
@@ -189,8 +191,8 @@ class PeerServer:
 
     async def _request(self, wire: Wire, req: dict[str, Any]) -> None:
         n, op, state, key, size = req.get("n"), req.get("op"), req.get("state"), req.get("key"), req.get("size", 0)
-        if req.get("t") != "req" or not isinstance(n, int) or op not in ("get", "set", "create", "delete"):
-            raise PeerRefusal("BAD_FRAME", "a request needs t=req, an int n and op get|set|create|delete")
+        if req.get("t") != "req" or not isinstance(n, int) or op not in OPS:
+            raise PeerRefusal("BAD_FRAME", f"a request needs t=req, an int n and op {'|'.join(OPS)}")
         if not isinstance(state, str) or not isinstance(key, str) or not isinstance(size, int) or size < 0:
             raise PeerRefusal("BAD_FRAME", "a request needs a state name, a key and a size >= 0")
         limit = self.max_value(state)

@@ -1,0 +1,301 @@
+"""One caching HTTP proxy of the cooperative web cache cluster.
+
+A client uses it as its HTTP proxy (``curl -x http://node GET http://origin/x``). A
+fresh object is served from this node; else from the node that holds it; else from
+the origin, and then kept here. Where an object lives is found by the mode:
+
+* ``cogs`` — cached objects are an indirect-retrieval state (``web_objects``): the
+  coordinator keeps one locator per URL, so a miss here costs one lookup, then one
+  fetch from the owner; an object from the origin is created here (this node owns
+  it); in replica mode a fetched object is kept here until the owner changes it.
+* ``icp`` — the baseline, in the same code: no coordinator; a miss here asks every
+  sibling whether it has the object (ICP-style queries over the peer channel), waits
+  for the first hit or all misses, then fetches from the hit — and keeps a copy.
+* ``local`` — no cooperation at all.
+
+Only basic HTTP caching: GET 200 responses without ``no-store``/``private``/
+``no-cache``, within the object size limit, fresh for ``s-maxage``/``max-age`` (or
+an hour). Requests that must not be answered from a cache go to the origin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from cogs.errors import CogsError, ConfigError, PeerError
+from cogs.proxy import MISS, StateProxy
+from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
+from cogs.settings import load_settings
+from cogs.webcache.http import HOP_BY_HOP, MAX_BODY, HttpRequest, HttpResponse, HttpServer, error
+from cogs.webcache.objects import Cached, decode, encode, request_bypasses, storable
+
+log = logging.getLogger("cogs.webcache")
+MODES = ("cogs", "icp", "local")
+ICP_STATE = "icp"  # the state name siblings use on the peer channel in icp mode
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    mode: str = "cogs"
+    coordinator: str | None = None
+    state: str = "web_objects"
+    host: str = "127.0.0.1"
+    port: int = 0
+    peer_secret: str = ""
+    peer_port: int = 0
+    #: icp: the siblings' peer addresses (host:port)
+    peers: tuple[str, ...] = ()
+    max_object: int = 4 << 20
+    #: icp/local: bytes of objects kept before the least recently used go
+    store_bytes: int = 1 << 30
+    origin_timeout: float = 10.0
+    icp_timeout: float = 1.0
+
+
+class LocalStore:
+    """Objects kept by an icp/local node: URL -> blob, least recently used dropped first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, url: str) -> bytes | None:
+        blob = self._d.get(url)
+        if blob is not None:
+            self._d.move_to_end(url)
+        return blob
+
+    def put(self, url: str, blob: bytes) -> None:
+        old = self._d.pop(url, None)
+        self.bytes += len(blob) - (len(old) if old else 0)
+        self._d[url] = blob
+        while self.bytes > self.max_bytes and self._d:
+            _, gone = self._d.popitem(last=False)
+            self.bytes -= len(gone)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class CacheNode:
+    def __init__(self, cfg: NodeConfig) -> None:
+        if cfg.mode not in MODES:
+            raise ConfigError(f"unknown web cache mode {cfg.mode!r} (have: {', '.join(MODES)})")
+        if cfg.mode != "local" and not cfg.peer_secret:
+            raise ConfigError(f"mode {cfg.mode} moves objects between nodes: give the nodes a shared peer secret")
+        self.cfg = cfg
+        self.stats: Counter[str] = Counter()
+        self.max_object = cfg.max_object
+        self.proxy: StateProxy | None = None
+        self.store = LocalStore(cfg.store_bytes)
+        self.peer_server: PeerServer | None = None
+        self.peer_client: PeerClient | None = None
+        self.http = HttpServer(self.handle, cfg.host, cfg.port)
+        self.origin_client = httpx.AsyncClient(
+            timeout=cfg.origin_timeout, trust_env=False, follow_redirects=False,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )  # fmt: skip
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> str:
+        """Connect, listen, serve (in ``tg``); the HTTP address."""
+        cfg = self.cfg
+        if cfg.mode == "cogs":
+            settings = load_settings(url=cfg.coordinator, peer_host=cfg.host, peer_port=cfg.peer_port)
+            pid = f"{cfg.name}-{uuid.uuid4().hex[:6]}"
+            self.proxy = StateProxy(settings=settings, proxy_id=pid, peer_secret=cfg.peer_secret)
+            await self.proxy.__aenter__()
+            if cfg.state not in self.proxy.catalog or self.proxy.catalog.get(cfg.state).state_class != "indirect":
+                raise ConfigError(f"state {cfg.state!r} is not an indirect state of the coordinator's catalog")
+            self.max_object = min(cfg.max_object, self.proxy.catalog.get(cfg.state).max_bytes - 64 * 1024)
+        elif cfg.mode == "icp":
+            secret = cfg.peer_secret.encode()
+            self.peer_server = PeerServer(cfg.name, secret, self._serve_sibling, lambda _s: 0, cfg.host, cfg.peer_port)
+            await self.peer_server.start()
+            tg.start_soon(self.peer_server.serve)
+            self.peer_client = PeerClient(cfg.name, secret, timeout=cfg.icp_timeout)
+        addr = await self.http.start()
+        tg.start_soon(self.http.serve)
+        return addr
+
+    @property
+    def peer_address(self) -> str:
+        if self.peer_server is not None:
+            return self.peer_server.address
+        ind = self.proxy._indirect if self.proxy is not None else None
+        return ind.address if ind is not None else ""
+
+    async def aclose(self) -> None:
+        await self.origin_client.aclose()
+        if self.peer_client is not None:
+            await self.peer_client.aclose()
+        if self.peer_server is not None:
+            await self.peer_server.aclose()
+        if self.proxy is not None:
+            await self.proxy.aclose()
+
+    # -- one request -------------------------------------------------------------------
+
+    async def handle(self, req: HttpRequest) -> HttpResponse:
+        self.stats["requests"] += 1
+        if req.method == "CONNECT":
+            return error(501, "CONNECT (https) is not supported: this cache serves http:// URLs")
+        if req.target == "/cogs/stats":
+            return HttpResponse(200, [(b"content-type", b"application/json")], self._stats_json().encode())
+        parts = urlsplit(req.target)
+        if parts.scheme != "http" or not parts.netloc:
+            return error(400, "use this node as an HTTP proxy: the request target must be an absolute http:// URL")
+        url = req.target
+        why = request_bypasses(req)
+        if why is not None:
+            self.stats["bypassed"] += 1
+            return self._tag(await self._origin(req, url), "MISS")
+        obj, where = await self._lookup(url)
+        if obj is not None and obj.fresh():
+            self.stats[f"{where} hits"] += 1
+            return self._tag(obj.response(), f"HIT ({where})")
+        resp = await self._origin(req, url)
+        fresh, why = storable(resp, self.max_object)
+        if fresh:
+            await self._keep(url, Cached(resp.status, resp.headers, resp.body, time.time(), fresh), obj is not None)
+        else:
+            self.stats["not cacheable"] += 1
+        return self._tag(resp, "MISS")
+
+    def _tag(self, resp: HttpResponse, what: str) -> HttpResponse:
+        resp.headers += [
+            (b"x-cache", f"{what} from {self.cfg.name}".encode()),
+            (b"via", f"1.1 {self.cfg.name} (cogs)".encode()),
+        ]
+        return resp
+
+    async def _origin(self, req: HttpRequest, url: str) -> HttpResponse:
+        self.stats["origin fetches"] += 1
+        headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_BY_HOP and k.lower() != b"host"]
+        try:
+            async with self.origin_client.stream(req.method, url, headers=headers, content=req.body or None) as r:
+                body = bytearray()
+                async for chunk in r.aiter_raw():  # as sent: a compressed body stays compressed
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return error(502, f"the origin's response is over {MAX_BODY} bytes")
+                return HttpResponse(r.status_code, list(r.headers.raw), bytes(body))
+        except httpx.TimeoutException:
+            self.stats["origin errors"] += 1
+            return error(504, f"the origin did not answer within {self.cfg.origin_timeout} s")
+        except httpx.HTTPError as e:
+            self.stats["origin errors"] += 1
+            return error(502, f"the origin is unreachable: {e}")
+
+    # -- where objects are --------------------------------------------------------------
+
+    async def _lookup(self, url: str) -> tuple[Cached | None, str]:
+        if self.proxy is not None:
+            return await self._lookup_cogs(url)
+        blob = self.store.get(url)
+        if blob is not None:
+            return _decode(blob), "local"
+        if self.cfg.mode == "icp":
+            blob = await self._ask_siblings(url)
+            if blob is not None:
+                self.store.put(url, blob)  # a sibling hit is kept here too
+                return _decode(blob), "sibling"
+        return None, ""
+
+    async def _lookup_cogs(self, url: str) -> tuple[Cached | None, str]:
+        assert self.proxy is not None
+        st = self.cfg.state
+        where = "local" if self.proxy.cached(st, url) is not MISS else "peer"
+        try:
+            blob = await self.proxy.syn_retrieve(st, url)
+        except PeerError as e:  # the owner is unreachable (dying?): the origin it is
+            self.stats["peer errors"] += 1
+            log.info("%s: owner of %s unreachable: %s", self.cfg.name, url, e)
+            return None, ""
+        except CogsError as e:
+            self.stats["coordinator errors"] += 1
+            log.warning("%s: lookup of %s failed: %s", self.cfg.name, url, e)
+            return None, ""
+        return (_decode(blob), where) if blob is not None else (None, "")
+
+    async def _keep(self, url: str, obj: Cached, replace: bool) -> None:
+        blob = encode(obj)
+        if self.proxy is None:
+            self.store.put(url, blob)
+            self.stats["stored"] += 1
+            return
+        try:
+            await self.proxy.syn_up(self.cfg.state, url, "set" if replace else "create", blob)
+            self.stats["stored"] += 1
+        except CogsError as e:  # served anyway, just not cached
+            self.stats["store errors"] += 1
+            log.info("%s: could not keep %s: %s", self.cfg.name, url, e)
+
+    # -- icp ---------------------------------------------------------------------------
+
+    async def _ask_siblings(self, url: str) -> bytes | None:
+        """ICP-style: ask every sibling; fetch from the first that has it."""
+        assert self.peer_client is not None
+        client, hit = self.peer_client, None
+        if not self.cfg.peers:
+            return None
+        self.stats["icp queries"] += len(self.cfg.peers)
+        send, receive = anyio.create_memory_object_stream[str | None](len(self.cfg.peers))
+
+        async def ask(addr: str) -> None:
+            try:
+                await client.request(addr, "has", ICP_STATE, url)
+                await send.send(addr)
+            except (PeerRefusal, PeerError, CogsError):
+                await send.send(None)
+
+        with anyio.move_on_after(self.cfg.icp_timeout):
+            async with anyio.create_task_group() as tg:
+                for addr in self.cfg.peers:
+                    tg.start_soon(ask, addr)
+                for _ in self.cfg.peers:
+                    answer = await receive.receive()
+                    if answer is not None:
+                        hit = answer
+                        tg.cancel_scope.cancel()
+                        break
+        if hit is None:
+            return None
+        try:
+            _, blob = await client.request(hit, "get", ICP_STATE, url)
+        except (PeerRefusal, PeerError, CogsError):
+            return None
+        return blob
+
+    async def _serve_sibling(self, op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        if op not in ("get", "has") or state != ICP_STATE:
+            raise PeerRefusal("UNKNOWN_OP", "siblings only answer get and has")
+        self.stats["sibling queries served"] += 1
+        blob = self.store.get(key)
+        if blob is None:
+            raise PeerRefusal("NOT_FOUND", f"{self.cfg.name} has no {key}")
+        return 1, blob if op == "get" else None
+
+    # -- stats -------------------------------------------------------------------------
+
+    def _stats_json(self) -> str:
+        out: dict[str, Any] = {"node": self.cfg.name, "mode": self.cfg.mode, **self.stats}
+        out["objects here"] = len(self.store) if self.proxy is None else self.proxy.statistics().owned
+        return json.dumps(out)
+
+
+def _decode(blob: bytes) -> Cached | None:
+    try:
+        return decode(blob)
+    except ValueError:
+        return None  # not ours or damaged: treat as absent
