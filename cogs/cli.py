@@ -418,6 +418,7 @@ BENCHES = {
     "scaling": "NF scaling (paper Fig. 11a): packets/s vs middleboxes, and a capacity model.",
     "soak": "Soak: minutes of steady load with proxies joining and leaving; nothing lost, memory flat.",
     "indirect": "Indirect states: local vs remote retrieve latency (1 KB, 1 MB), coordinator lookups per op.",
+    "webcache": "Cooperative web cache (paper Fig. 11c): throughput and hit ratio, cogs vs ICP, 1..9 proxies.",
 }
 
 

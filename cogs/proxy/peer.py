@@ -277,13 +277,14 @@ class PeerClient:
         self, wire: Wire, op: str, state: str, key: str, value: bytes | None
     ) -> tuple[int, bytes | None]:
         self._n += 1
+        n = self._n  # requests on other connections go on meanwhile: this one's number
         self.requests += 1
         size = len(value or b"")
-        await wire.send_json({"t": "req", "n": self._n, "op": op, "state": state, "key": key, "size": size}, value)
+        await wire.send_json({"t": "req", "n": n, "op": op, "state": state, "key": key, "size": size}, value)
         res = await wire.recv_json()
         if res.get("t") == "error":
             raise PeerError(f"peer refused: {res.get('code')} {res.get('msg')}")
-        if res.get("t") != "res" or res.get("n") != self._n:
+        if res.get("t") != "res" or res.get("n") != n:
             raise PeerError("peer answered out of turn")
         if not res.get("ok"):
             raise PeerRefusal(str(res.get("code")), str(res.get("msg")))

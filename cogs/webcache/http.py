@@ -1,8 +1,10 @@
-"""A small HTTP/1.1 server on anyio: h11 parses and frames, this drives connections.
+"""HTTP for the web cache, on aiohttp (C-accelerated parsing, pooled keep-alive
+connections): a server that hands whole requests to a handler and sends back whole
+responses (cached objects are held in memory anyway), and the client that fetches
+from origins with the body exactly as sent (no decompression).
 
-Keep-alive, bounded request heads and bodies, an idle timeout, one clear 400/413/500
-for what cannot be served; a handler maps a whole request to a whole response
-(cached objects are held in memory anyway).
+aiohttp answers what it cannot parse with 400 itself; request heads are bounded by
+its line and field limits, request bodies by ``MAX_REQUEST_BODY``.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
-import h11
-from anyio.abc import SocketAttribute, SocketStream
-from anyio.streams.stapled import MultiListener
+from aiohttp import web
+from multidict import CIMultiDict
 
 log = logging.getLogger("cogs.http")
 
-MAX_HEAD = 64 * 1024
-MAX_BODY = 16 * 1024 * 1024
-IDLE_TIMEOUT = 60.0
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 413: b"Content Too Large", 500: b"Internal Server Error",
-           501: b"Not Implemented", 502: b"Bad Gateway", 504: b"Gateway Timeout"}  # fmt: skip
+MAX_BODY = 16 * 1024 * 1024  # a response we relay (and may cache)
+MAX_REQUEST_BODY = 1024 * 1024  # what a client may send us (aiohttp's default)
 #: headers of one connection, never forwarded (RFC 9110 7.6.1)
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
@@ -33,13 +32,14 @@ HOP_BY_HOP = frozenset(
 @dataclass
 class HttpRequest:
     method: str
-    target: str
+    target: str  # as sent: an absolute URL when we are the client's proxy
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
 
     def header(self, name: bytes) -> bytes | None:
+        name = name.lower()
         for k, v in self.headers:
-            if k == name:
+            if k.lower() == name:
                 return v
         return None
 
@@ -65,69 +65,8 @@ def error(status: int, text: str) -> HttpResponse:
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
-async def _respond(stream: SocketStream, conn: h11.Connection, r: HttpResponse) -> None:
-    headers = [(k, v) for k, v in r.headers if k.lower() not in HOP_BY_HOP]
-    headers.append((b"content-length", str(len(r.body)).encode()))
-    out = conn.send(h11.Response(status_code=r.status, headers=headers, reason=REASONS.get(r.status, b"")))
-    out += conn.send(h11.Data(data=r.body)) if r.body else b""
-    out += conn.send(h11.EndOfMessage())
-    await stream.send(out)
-
-
-async def _next(stream: SocketStream, conn: h11.Connection) -> h11.Event | type[h11.PAUSED]:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        with anyio.fail_after(IDLE_TIMEOUT):
-            try:
-                data = await stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                data = b""
-        conn.receive_data(data)
-
-
-async def serve_connection(stream: SocketStream, handler: Handler) -> None:
-    """Requests of one client connection, one after the other (keep-alive)."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-    async with stream:
-        try:
-            while True:
-                event = await _next(stream, conn)
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return
-                if not isinstance(event, h11.Request):
-                    raise h11.RemoteProtocolError("expected a request", error_status_hint=400)
-                body = bytearray()
-                while True:
-                    ev = await _next(stream, conn)
-                    if isinstance(ev, h11.Data):
-                        body += ev.data
-                        if len(body) > MAX_BODY:
-                            await _respond(stream, conn, error(413, f"request body over {MAX_BODY} bytes"))
-                            return
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                req = HttpRequest(
-                    event.method.decode(), event.target.decode("latin-1"), list(event.headers), bytes(body)
-                )
-                try:
-                    resp = await handler(req)
-                except Exception as e:  # one request fails, the server stays up
-                    log.exception("handler failed on %s %s", req.method, req.target)
-                    resp = error(500, f"internal error: {type(e).__name__}")
-                await _respond(stream, conn, resp)
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as e:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with anyio.move_on_after(1):
-                    await _respond(stream, conn, error(e.error_status_hint, f"bad request: {e}"))
-        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # an idle or vanished client
+def _forwardable(headers: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    return CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k.lower() not in HOP_BY_HOP)
 
 
 @dataclass
@@ -137,16 +76,90 @@ class HttpServer:
     port: int = 0
 
     def __post_init__(self) -> None:
-        self.listener: MultiListener[SocketStream] | None = None
         self.address = ""
+        self._runner: web.ServerRunner | None = None
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _web(error(413, f"request body over {MAX_REQUEST_BODY} bytes"))
+        req = HttpRequest(request.method, request.raw_path, list(request.raw_headers), body)
+        try:
+            resp = await self.handler(req)
+        except Exception as e:  # one request fails, the server stays up
+            log.exception("handler failed on %s %s", req.method, req.target)
+            resp = error(500, f"internal error: {type(e).__name__}")
+        return _web(resp)
 
     async def start(self) -> str:
-        self.listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        port = self.listener.listeners[0].extra(SocketAttribute.local_port)
-        self.address = f"{self.host}:{port}"
+        self._runner = web.ServerRunner(web.Server(self._serve), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        sockets = self._runner.addresses
+        self.address = f"{self.host}:{sockets[0][1]}"
         return self.address
 
     async def serve(self) -> None:
-        assert self.listener is not None
-        async with self.listener:
-            await self.listener.serve(lambda s: serve_connection(s, self.handler))
+        """Serve until cancelled, then close the listener and the connections."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
+def _web(r: HttpResponse) -> web.Response:
+    return web.Response(status=r.status, headers=_forwardable(r.headers), body=r.body)
+
+
+class OriginError(Exception):
+    def __init__(self, status: int, msg: str) -> None:
+        self.status = status
+        super().__init__(msg)
+
+
+class OriginClient:
+    """Requests to origin servers, over pooled keep-alive connections."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:  # within the running loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                auto_decompress=False, trust_env=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )  # fmt: skip
+        return self._session
+
+    async def fetch(self, req: HttpRequest, url: str) -> HttpResponse:
+        """The origin's response to ``req`` (sent to ``url``); OriginError (502/504) if
+        it cannot be had."""
+        headers = _forwardable([(k, v) for k, v in req.headers if k.lower() != b"host"])
+        try:
+            async with self._open().request(
+                req.method, url, headers=headers, data=req.body or None, allow_redirects=False
+            ) as r:
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise OriginError(502, f"the origin's response is over {MAX_BODY} bytes")
+                return HttpResponse(r.status, list(r.raw_headers), bytes(body))
+        except TimeoutError as e:
+            raise OriginError(504, f"the origin did not answer within {self.timeout} s") from e
+        except (aiohttp.ClientError, ValueError) as e:
+            raise OriginError(502, f"the origin is unreachable: {type(e).__name__}: {e}") from e
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

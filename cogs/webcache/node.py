@@ -9,8 +9,8 @@ the origin, and then kept here. Where an object lives is found by the mode:
   fetch from the owner; an object from the origin is created here (this node owns
   it); in replica mode a fetched object is kept here until the owner changes it.
 * ``icp`` — the baseline, in the same code: no coordinator; a miss here asks every
-  sibling whether it has the object (ICP-style queries over the peer channel), waits
-  for the first hit or all misses, then fetches from the hit — and keeps a copy.
+  sibling whether it has the object (ICP queries over UDP, icp.py), waits for the
+  first hit or all misses, then fetches from the hit — and keeps a copy.
 * ``local`` — no cooperation at all.
 
 Only basic HTTP caching: GET 200 responses without ``no-store``/``private``/
@@ -30,17 +30,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 
 from cogs.errors import CogsError, ConfigError, PeerError
 from cogs.proxy import MISS, StateProxy
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 from cogs.settings import load_settings
-from cogs.webcache.http import HOP_BY_HOP, MAX_BODY, HttpRequest, HttpResponse, HttpServer, error
+from cogs.webcache.http import HttpRequest, HttpResponse, HttpServer, OriginClient, OriginError, error
+from cogs.webcache.icp import IcpAgent
 from cogs.webcache.objects import Cached, decode, encode, request_bypasses, storable
 
 log = logging.getLogger("cogs.webcache")
 MODES = ("cogs", "icp", "local")
+PEER_TIMEOUT_S = 5.0  # an object transfer from a sibling, as COGS_PEER_TIMEOUT_S for cogs
 ICP_STATE = "icp"  # the state name siblings use on the peer channel in icp mode
 
 
@@ -101,11 +102,10 @@ class CacheNode:
         self.store = LocalStore(cfg.store_bytes)
         self.peer_server: PeerServer | None = None
         self.peer_client: PeerClient | None = None
+        self.icp: IcpAgent | None = None
+        self._siblings = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in cfg.peers)]
         self.http = HttpServer(self.handle, cfg.host, cfg.port)
-        self.origin_client = httpx.AsyncClient(
-            timeout=cfg.origin_timeout, trust_env=False, follow_redirects=False,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )  # fmt: skip
+        self.origin_client = OriginClient(cfg.origin_timeout)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> str:
         """Connect, listen, serve (in ``tg``); the HTTP address."""
@@ -118,12 +118,16 @@ class CacheNode:
             if cfg.state not in self.proxy.catalog or self.proxy.catalog.get(cfg.state).state_class != "indirect":
                 raise ConfigError(f"state {cfg.state!r} is not an indirect state of the coordinator's catalog")
             self.max_object = min(cfg.max_object, self.proxy.catalog.get(cfg.state).max_bytes - 64 * 1024)
-        elif cfg.mode == "icp":
+        elif cfg.mode == "icp":  # queries over UDP (ICP), objects over the peer channel (TCP), one port
             secret = cfg.peer_secret.encode()
             self.peer_server = PeerServer(cfg.name, secret, self._serve_sibling, lambda _s: 0, cfg.host, cfg.peer_port)
             await self.peer_server.start()
             tg.start_soon(self.peer_server.serve)
-            self.peer_client = PeerClient(cfg.name, secret, timeout=cfg.icp_timeout)
+            port = int(self.peer_server.address.rpartition(":")[2])
+            self.icp = IcpAgent(lambda url: self.store.get(url) is not None, cfg.host, port)
+            await self.icp.start()
+            tg.start_soon(self.icp.serve)
+            self.peer_client = PeerClient(cfg.name, secret, timeout=PEER_TIMEOUT_S)
         addr = await self.http.start()
         tg.start_soon(self.http.serve)
         return addr
@@ -141,6 +145,8 @@ class CacheNode:
             await self.peer_client.aclose()
         if self.peer_server is not None:
             await self.peer_server.aclose()
+        if self.icp is not None:
+            await self.icp.aclose()
         if self.proxy is not None:
             await self.proxy.aclose()
 
@@ -181,21 +187,11 @@ class CacheNode:
 
     async def _origin(self, req: HttpRequest, url: str) -> HttpResponse:
         self.stats["origin fetches"] += 1
-        headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_BY_HOP and k.lower() != b"host"]
         try:
-            async with self.origin_client.stream(req.method, url, headers=headers, content=req.body or None) as r:
-                body = bytearray()
-                async for chunk in r.aiter_raw():  # as sent: a compressed body stays compressed
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        return error(502, f"the origin's response is over {MAX_BODY} bytes")
-                return HttpResponse(r.status_code, list(r.headers.raw), bytes(body))
-        except httpx.TimeoutException:
+            return await self.origin_client.fetch(req, url)
+        except OriginError as e:
             self.stats["origin errors"] += 1
-            return error(504, f"the origin did not answer within {self.cfg.origin_timeout} s")
-        except httpx.HTTPError as e:
-            self.stats["origin errors"] += 1
-            return error(502, f"the origin is unreachable: {e}")
+            return error(e.status, str(e))
 
     # -- where objects are --------------------------------------------------------------
 
@@ -244,36 +240,19 @@ class CacheNode:
     # -- icp ---------------------------------------------------------------------------
 
     async def _ask_siblings(self, url: str) -> bytes | None:
-        """ICP-style: ask every sibling; fetch from the first that has it."""
+        """ICP: ask every sibling (UDP); fetch from the first that has it."""
+        assert self.icp is not None
         assert self.peer_client is not None
-        client, hit = self.peer_client, None
-        if not self.cfg.peers:
-            return None
-        self.stats["icp queries"] += len(self.cfg.peers)
-        send, receive = anyio.create_memory_object_stream[str | None](len(self.cfg.peers))
-
-        async def ask(addr: str) -> None:
-            try:
-                await client.request(addr, "has", ICP_STATE, url)
-                await send.send(addr)
-            except (PeerRefusal, PeerError, CogsError):
-                await send.send(None)
-
-        with anyio.move_on_after(self.cfg.icp_timeout):
-            async with anyio.create_task_group() as tg:
-                for addr in self.cfg.peers:
-                    tg.start_soon(ask, addr)
-                for _ in self.cfg.peers:
-                    answer = await receive.receive()
-                    if answer is not None:
-                        hit = answer
-                        tg.cancel_scope.cancel()
-                        break
+        hit, late = await self.icp.ask(self._siblings, url, self.cfg.icp_timeout)
+        self.stats["icp queries"] += len(self._siblings)
+        if late:
+            self.stats["icp timeouts"] += 1  # some sibling did not answer in time: counted as a miss
         if hit is None:
             return None
         try:
-            _, blob = await client.request(hit, "get", ICP_STATE, url)
+            _, blob = await self.peer_client.request(f"{hit[0]}:{hit[1]}", "get", ICP_STATE, url)
         except (PeerRefusal, PeerError, CogsError):
+            self.stats["sibling fetch errors"] += 1
             return None
         return blob
 
@@ -290,7 +269,10 @@ class CacheNode:
 
     def _stats_json(self) -> str:
         out: dict[str, Any] = {"node": self.cfg.name, "mode": self.cfg.mode, **self.stats}
+        out["cpu_ms"] = int(time.process_time() * 1000)  # this node's process, since it started
         out["objects here"] = len(self.store) if self.proxy is None else self.proxy.statistics().owned
+        if self.icp is not None:
+            out.update({"icp queries answered": self.icp.answered, "icp datagrams lost": self.icp.lost})
         return json.dumps(out)
 
 

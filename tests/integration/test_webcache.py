@@ -120,7 +120,7 @@ def test_bad_requests_get_clear_errors_and_the_node_stays_up(cogs_cache: WebCach
     host, _, port = c.nodes[2].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-        assert s.recv(200).startswith(b"HTTP/1.1 400")
+        assert s.recv(200).split(b" ", 2)[1] == b"400"
     r = httpx.get(c.proxy_url(2) + "/just/a/path", trust_env=False)
     assert r.status_code == 400
     assert "absolute http:// URL" in r.text
