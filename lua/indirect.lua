@@ -9,7 +9,8 @@
 --   5 [locate]  -> {owner, inc, version, pttl}, or nil when nobody owns the key;
 --                  in replica mode the caller is recorded as a holder (it will cache)
 --   6 [claim]   arg {inc = "...", dead = "owner:inc"?}: become the owner when nobody
---                  is, or when the named dead owner still is -> {1, version, pttl};
+--                  is, or when the named dead owner still is -> {1, version, pttl}
+--                  (also when the caller already is: a claim may be repeated);
 --                  otherwise -> {0, owner, inc, version, pttl} (use the owner's value)
 --   7 [owner]   arg {inc = "...", op = "set"|"delete"}: only the owner, after it
 --                  changed its value: new version, discards to the holders -> version
@@ -52,6 +53,9 @@ do
         elseif mode == 6 then
             local inc = inc_of(arg)
             local owner, oinc = locator(rk)
+            if owner == ctx.pid and oinc == inc then -- a repeated claim (a re-sent batch): still ours
+                return { 1, replica.version(rk), R('PTTL', rk) }
+            end
             if owner and not (typ(arg.dead) == 'string' and arg.dead == owner .. ':' .. oinc) then
                 return { 0, owner, oinc, replica.version(rk), R('PTTL', rk) }
             end

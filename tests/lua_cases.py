@@ -511,6 +511,11 @@ def test_claim_once_then_locate(h: LuaHarness) -> None:
     owner, inc, version, _ = h.one(LOCATE, "objects", "http://a/", "locate", pid="p3")
     assert (owner, inc) == (b"p1", b"i1")
     assert version == won[1]
+    # a batch re-sent after a lost reply repeats the claim: the claimer still owns the key
+    again = h.one(CLAIM, "objects", "http://a/", "claim", {"inc": "i1"}, pid="p1")
+    assert again[:2] == [1, won[1]]
+    # the same proxy in a new incarnation (restarted) does not own what it held before
+    assert h.one(CLAIM, "objects", "http://a/", "claim", {"inc": "i5"}, pid="p1")[:3] == [0, b"p1", b"i1"]
 
 
 def test_only_the_owner_updates_and_holders_get_discards(h: LuaHarness) -> None:

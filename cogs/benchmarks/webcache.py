@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import random
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import aiohttp
 import anyio
 import httpx
+import redis
 
 from cogs.benchmarks.common import (
     Progress,
@@ -37,6 +39,7 @@ from cogs.benchmarks.common import (
     save_plot,
     write_results,
 )
+from cogs.coordinator.client import Coordinator
 from cogs.webcache.cluster import web_cache
 
 OBJECTS, ZIPF_S, RECURRENCE, ROBOTS_PER_NODE, LOAD_PROCS = 2000, 0.8, 0.6, 4, 2
@@ -104,11 +107,24 @@ def _load_proc(args: tuple[Any, ...], q: Any) -> None:
         q.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_load(origin: str, nodes: list[str], warm: float, measure: float) -> dict[str, Any]:
+def run_load(
+    origin: str, nodes: list[str], warm: float, measure: float, coordinator: list[str] | None = None
+) -> dict[str, Any]:
+    """The load for warm + measure seconds; what the measured window saw, including
+    the CPU the nodes and the coordinator spent per request in it."""
     robots = [i % len(nodes) for i in range(ROBOTS_PER_NODE * len(nodes))]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start_at = time.time() + 2.0  # the load processes start together, once spawned
+    samples: list[tuple[dict[str, int], float]] = []
+
+    def sample() -> None:
+        samples.append((node_stats(nodes), coordinator_cpu(coordinator or [])))
+
+    timers = [threading.Timer(start_at + warm - time.time(), sample),
+              threading.Timer(start_at + warm + measure - time.time(), sample)]  # fmt: skip
+    for t in timers:
+        t.start()
     procs = [
         ctx.Process(target=_load_proc, args=((origin, nodes, robots[p::LOAD_PROCS], p, start_at, warm, measure), q))
         for p in range(LOAD_PROCS)
@@ -118,6 +134,8 @@ def run_load(origin: str, nodes: list[str], warm: float, measure: float) -> dict
     results = [q.get(timeout=warm + measure + 120) for _ in procs]
     for p in procs:
         p.join(10)
+    for t in timers:
+        t.join()
     bad = [r[1] for r in results if r[0] != "ok"]
     if bad:
         raise RuntimeError(f"load generator failed: {bad[0]}")
@@ -129,7 +147,11 @@ def run_load(origin: str, nodes: list[str], warm: float, measure: float) -> dict
     lat.sort()
     total = sum(kinds.values())
     hits = kinds["local hit"] + kinds["remote hit"]
+    (n0, c0), (n1, c1) = samples
+    served = max(n1["requests"] - n0["requests"], 1)
     return {
+        "node_cpu_us_per_request": round((n1["cpu_ms"] - n0["cpu_ms"]) * 1000 / served),
+        "coordinator_cpu_us_per_request": round((c1 - c0) * 1e6 / served),
         "requests": total,
         "requests_per_s": total / measure,
         "hit_ratio": hits / total if total else 0.0,
@@ -160,6 +182,26 @@ async def _fill(origin: str, nodes: list[str]) -> None:
             await c.aclose()
 
 
+def coordinator_cpu(addrs: list[str]) -> float:
+    """CPU seconds the coordinator's nodes have used (user + system)."""
+    total = 0.0
+    for a in addrs:
+        host, _, port = a.rpartition(":")
+        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
+            info = r.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
+def _coordinator_nodes(url: str) -> list[str]:
+    async def nodes() -> list[str]:
+        async with Coordinator(url=url) as co:
+            assert co.topology is not None
+            return [n.addr for n in co.topology.nodes] + [f"{h}:{p}" for n in co.topology.nodes for h, p in n.replicas]
+
+    return anyio.run(nodes)
+
+
 def node_stats(nodes: list[str]) -> dict[str, int]:
     """The nodes' own counters, summed (origin fetches, ICP queries and timeouts, ...)."""
     total: Counter[str] = Counter()
@@ -176,17 +218,20 @@ def main(
     warm, measure = (2.0, 4.0) if quick else (4.0, 10.0)
     runs: list[dict[str, Any]] = []
     with bench_cluster(url, progress) as seed:
+        coord_nodes = _coordinator_nodes(seed)
         for n in sizes:
             for mode in ("cogs", "icp"):
                 coordinator = seed if mode == "cogs" else None
                 with web_cache(n, mode, coordinator, origin_delay_s=ORIGIN_DELAY_S, state="bench_objects") as c:
                     assert c.origin is not None
                     anyio.run(_fill, c.origin, c.nodes)
-                    r = run_load(c.origin, c.nodes, warm, measure)
+                    r = run_load(c.origin, c.nodes, warm, measure, coord_nodes if mode == "cogs" else [])
                     r["nodes"] = node_stats(c.nodes)
                 r.update(instances=n, mode=mode)
                 runs.append(r)
                 extra = f", {r['nodes'].get('icp timeouts', 0)} ICP timeouts" if mode == "icp" else ""
+                cpu = r["node_cpu_us_per_request"] + r["coordinator_cpu_us_per_request"]
+                extra += f"; CPU/request {cpu} us (coordinator {r['coordinator_cpu_us_per_request']})"
                 progress(
                     f"{n} instance(s), {mode}: {fmt_rate(r['requests_per_s'])} req/s, hit ratio {r['hit_ratio']:.1%} "
                     f"(remote {r['remote_hit_ratio']:.1%}), p50 {r['p50_ms']:.1f} ms, errors {r['errors']}{extra}"
@@ -202,6 +247,11 @@ def main(
         "hit_ratio_icp": {n: round(by[(n, "icp")]["hit_ratio"], 3) for n in sizes},
         "requests_per_s_cogs": {n: round(by[(n, "cogs")]["requests_per_s"]) for n in sizes},
         "requests_per_s_icp": {n: round(by[(n, "icp")]["requests_per_s"]) for n in sizes},
+        "cpu_us_per_request_cogs": {
+            n: by[(n, "cogs")]["node_cpu_us_per_request"] + by[(n, "cogs")]["coordinator_cpu_us_per_request"]
+            for n in sizes
+        },
+        "cpu_us_per_request_icp": {n: by[(n, "icp")]["node_cpu_us_per_request"] for n in sizes},
         "target_ratio_vs_icp_at_9": 1.4,
     }
     data = {
@@ -212,9 +262,11 @@ def main(
         "summary": summary, "runs": runs,
     }  # fmt: skip
     md = "# Cooperative web cache: cogs vs ICP (paper Fig. 11c)\n\n" + md_table(
-        ["instances", "mode", "requests/s", "hit ratio", "remote hits", "p50 (ms)", "p99 (ms)", "errors"],
+        ["instances", "mode", "requests/s", "hit ratio", "remote hits", "p50 (ms)", "p99 (ms)",
+         "CPU/request (us): nodes + coordinator", "errors"],
         [[r["instances"], r["mode"], fmt_rate(r["requests_per_s"]), f"{r['hit_ratio']:.1%}",
-          f"{r['remote_hit_ratio']:.1%}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]] for r in runs],
+          f"{r['remote_hit_ratio']:.1%}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+          f"{r['node_cpu_us_per_request']} + {r['coordinator_cpu_us_per_request']}", r["errors"]] for r in runs],
     )  # fmt: skip
     md += f"\ncogs / ICP throughput at {top} instances: {summary[f'ratio_vs_icp_at_{top}']}x (target 1.4x).\n"
     path = write_results("webcache", data, md, out)

@@ -98,6 +98,11 @@ class Req:
         self.cache_key: tuple[int, str] | None = None
 
 
+#: modes whose ops may be applied twice with the same effect: retrieve, check, retrieve
+#: with a replica, and the locator ops locate, claim (repeatable by its claimer), forget
+IDEMPOTENT_MODES = frozenset({2, 3, 4, 5, 6, 8})
+
+
 @dataclass(slots=True)
 class Batch:
     """One numbered frame for one node (by its alert stream, stable across failover)."""
@@ -107,6 +112,9 @@ class Batch:
     payload: str
     nops: int
     reqs: dict[int, Req]
+    #: sent with its number (the coordinator records it, exactly once); a batch of
+    #: reads and idempotent ops only goes without: re-applying it changes nothing
+    once: bool = True
 
 
 class Batcher:
@@ -378,7 +386,8 @@ class Batcher:
                 self.ops_sent += count
                 self.batches += 1
                 self.node_batches[stream] = self.node_batches.get(stream, 0) + 1
-                self.spawn(self._send(Batch(self.seq, stream, payload, count, reqs)))
+                once = count != len(reqs) or any(r.mode not in IDEMPOTENT_MODES for r in reqs.values())
+                self.spawn(self._send(Batch(self.seq, stream, payload, count, reqs, once)))
 
     def _link(self, n: int) -> NodeLink:
         topo = self.coord.topology
@@ -398,7 +407,10 @@ class Batcher:
         assert topo is not None
         link = self._link(topo.node_of(slot(b.stream[len(ALERTS_STREAM_PREFIX) + 1 : -1])))
         try:
-            raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid, str(b.seq))
+            if b.once:
+                raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid, str(b.seq))
+            else:
+                raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid)
             if self.durable:
                 acked = await link.call("WAIT", 1, int(self.durable_timeout * 1000))
                 if int(acked) < 1:

@@ -239,11 +239,18 @@ class Indirect:
             if self._local(k) is not None:
                 e = await self._own_update(k, state, key, op, value)
                 return e.value if e else None
+            loc: Any = None
+            if op == "create":  # mostly of absent keys: claiming first takes one call, not two
+                won, loc = await self._claim(k, state, key, bytes(value or b""), None)
+                if won:
+                    return value
             for _ in range(3):  # the owner may change under us (death, claim): retry a little
-                loc = await self._coordinator(LOCATE, state, key, "locate")
+                if loc is None:
+                    loc = await self._coordinator(LOCATE, state, key, "locate")
                 dead = None
                 if loc:
                     owner, inc = _s(loc[0]), _s(loc[1])
+                    loc = None
                     addr = None if owner == self.proxy.id else await self._peer(owner, inc)
                     if addr is not None:
                         try:
@@ -263,7 +270,7 @@ class Indirect:
                         await self._coordinator(FORGET, state, key, "forget", dead)
                     return None
                 assert value is not None
-                won = await self._claim(k, state, key, value, dead)
+                won, loc = await self._claim(k, state, key, value, dead)
                 if won:
                     return value
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
@@ -274,7 +281,10 @@ class Indirect:
         _, got = await self.client.request(addr, op, state, key, value)
         return got
 
-    async def _claim(self, k: tuple[int, str], state: str, key: str, value: bytes, dead: str | None) -> bool:
+    async def _claim(
+        self, k: tuple[int, str], state: str, key: str, value: bytes, dead: str | None
+    ) -> tuple[bool, Any]:
+        """(True, None) if this proxy now owns the key; else (False, the owner's locator)."""
         # the value is in place before the claim: a reader sent here by the new locator finds it
         self.owned[k] = Entry(value, 0, 0.0)
         arg: dict[str, str] = {"inc": self.inc}
@@ -288,14 +298,14 @@ class Indirect:
         if int(r[0]) != 1:
             self.owned.pop(k, None)
             self.stats.claims_lost += 1
-            return False
+            return False, r[1:]  # {owner, inc, version, pttl}, as locate gives it
         self.stats.claims_won += 1
         pttl = int(r[2])
         e = self.owned[k]
         e.version = int(r[1])
         e.expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
         self.stats.owned = len(self.owned)
-        return True
+        return True, None
 
     async def aclose(self) -> None:
         if self.client is not None:

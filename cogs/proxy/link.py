@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 import anyio
+import hiredis  # its C encoder: redis-py's async connection packs in Python, ~10x slower
 from redis import exceptions as rexc
 from redis.asyncio.connection import AbstractConnection
 
@@ -60,7 +61,7 @@ class NodeLink:
         # append and write in one synchronous step: the FIFO order is the wire order
         self._fifo.append(fut)
         try:
-            await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
             self._fail(conn, e)
         try:

@@ -251,9 +251,13 @@ async def test_map_incr_coalesces_field_by_field(proxy: StateProxy) -> None:
 
 async def test_closing_proxy_removes_its_exactly_once_records(cluster: LocalCluster) -> None:
     async with StateProxy(cluster.url) as p:
-        for i in range(30):
-            await p.syn_retrieve("cnt", f"once{i}")  # result batches: replies are recorded
         pid = p.id
+        for i in range(30):
+            await p.syn_retrieve("cnt", f"once{i}")
+        assert _once_records(cluster, pid) == 0  # reads only: nothing to apply exactly once
+        for i in range(30):
+            p.update("cnt", f"once{i}", "add", 1)  # an update and a read in one batch: recorded
+            assert await p.syn_retrieve("cnt", f"once{i}") == 1
         assert _once_records(cluster, pid) >= 2  # a hash and its list, on some node
     assert _once_records(cluster, pid) == 0
 
