@@ -11,7 +11,9 @@
 --   6 [claim]   arg {inc = "...", dead = "owner:inc"?}: become the owner when nobody
 --                  is, or when the named dead owner still is -> {1, version, pttl}
 --                  (also when the caller already is: a claim may be repeated);
---                  otherwise -> {0, owner, inc, version, pttl} (use the owner's value)
+--                  otherwise -> {0, owner, inc, version, pttl} (use the owner's value;
+--                  with arg.read = 1 in replica mode the caller is recorded as a holder:
+--                  one call both finds a key and, when nobody has it, takes it to load)
 --   7 [owner]   arg {inc = "...", op = "set"|"delete"}: only the owner, after it
 --                  changed its value: new version, discards to the holders -> version
 --   8 [forget]  arg "owner:inc": drop that locator if it is still there (its owner
@@ -57,7 +59,10 @@ do
                 return { 1, replica.version(rk), R('PTTL', rk) }
             end
             if owner and not (typ(arg.dead) == 'string' and arg.dead == owner .. ':' .. oinc) then
-                return { 0, owner, oinc, replica.version(rk), R('PTTL', rk) }
+                -- a reader's claim (read = 1) that lost reads the owner's value: a holder, as locate
+                local version = (arg.read == 1 and st.replica) and replica.register(st, rk, ctx.pid)
+                    or replica.version(rk)
+                return { 0, owner, oinc, version, R('PTTL', rk) }
             end
             R('HSET', rk, 'owner', ctx.pid, 'inc', inc)
             if st.ttl then R('PEXPIRE', rk, st.ttl) end

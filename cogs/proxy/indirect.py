@@ -8,7 +8,10 @@ owning proxy and its incarnation. A proxy
   the owner over the peer channel (peer.py); the owner executes every op, so only
   it ever changes the original;
 * creates an absent value locally and claims the key atomically: of two proxies
-  creating the same key at once, one owns it and the other gets the owner's value.
+  creating the same key at once, one owns it and the other gets the owner's value;
+* reads through (``retrieve(load=...)``): one call looks a key up and, when nobody
+  has it, claims it for this proxy, which loads the value (e.g. from an origin
+  server) while readers anywhere wait for it rather than load it too.
 
 In replica mode a fetched value is cached with its version; the owner's update
 bumps the version at the coordinator, which sends discards to the holders (the
@@ -21,6 +24,7 @@ and create anew) instead of hanging.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cogs.errors import ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
+from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
 from cogs.keys import proxy_key, slot
 from cogs.proxy.cache import MISS
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
@@ -37,15 +41,28 @@ from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 if TYPE_CHECKING:
     from cogs.proxy.proxy import StateProxy
 
+log = logging.getLogger("cogs.proxy")
 LOCATE, CLAIM, OWNER, FORGET = 5, 6, 7, 8
 OPS = ("get", "set", "create", "delete")
 
 
 @dataclass
 class Entry:
-    value: bytes
+    #: None while the value is being loaded by this proxy (``read_through``)
+    value: bytes | None
     version: int
     expires: float  # monotonic seconds, 0: never
+    #: set when a value being loaded is in place, or was given up, or not claimed after all
+    loaded: anyio.Event | None = None
+    #: the claim to load it was lost: another proxy owns the key
+    lost: bool = False
+
+    async def wait(self, patience: float) -> bytes | None:
+        """The value, once loaded (None if it was given up or took over ``patience`` s)."""
+        if self.value is None and self.loaded is not None:
+            with anyio.move_on_after(patience):
+                await self.loaded.wait()
+        return self.value
 
 
 @dataclass
@@ -56,6 +73,8 @@ class IndirectStats:
     coordinator_lookups: int = 0
     claims_won: int = 0
     claims_lost: int = 0
+    #: readers that waited for a value another request was loading, instead of loading it too
+    collapsed: int = 0
     dead_owners: int = 0
     served: int = 0
 
@@ -71,6 +90,8 @@ class Indirect:
         self._locks: dict[tuple[int, str], anyio.Lock] = {}
         self.server: PeerServer | None = None
         self.client: PeerClient | None = None
+        #: how long a reader waits here for a value being loaded; under the peers' timeout
+        self.load_wait = timeout * 0.8
         if self._secret:
             self.server = PeerServer(proxy.id, self._secret, self._serve, self._max_value, host, port)
             self.client = PeerClient(proxy.id, self._secret, timeout)
@@ -123,6 +144,9 @@ class Indirect:
         e = self._local(k)
         if e is None:
             raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} does not own {state}[{key}]")
+        if e.value is None and op != "delete":  # the first value of a key claimed to load it
+            self._loaded(k, state, e, value)
+            return e
         if op == "create":
             return e
         try:
@@ -132,12 +156,22 @@ class Indirect:
             raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} no longer owns {state}[{key}]") from None
         if op == "delete":
             del self.owned[k]
+            if e.loaded is not None:
+                e.loaded.set()  # readers waiting for a value being loaded: there will be none
             return None
         assert value is not None
-        ttl = self.proxy.catalog.get(state).ttl
-        e.value, e.version = value, version
-        e.expires = time.monotonic() + ttl / 1000 if ttl else 0.0
+        e.version = version
+        self._loaded(k, state, e, value)
         return e
+
+    def _loaded(self, k: tuple[int, str], state: str, e: Entry, value: bytes | None) -> None:
+        assert value is not None
+        ttl = self.proxy.catalog.get(state).ttl
+        e.value = value
+        e.expires = time.monotonic() + ttl / 1000 if ttl else 0.0
+        if e.loaded is not None:
+            e.loaded.set()
+            e.loaded = None
 
     async def _serve(self, op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
         """A peer's request for a value this proxy owns."""
@@ -147,7 +181,10 @@ class Indirect:
         self.stats.served += 1
         if op in ("get", "has"):
             e = self._local(k)
-            if e is None:
+            if e is not None and e.value is None:  # being loaded: the reader waits for it
+                self.stats.collapsed += 1
+                await e.wait(self.load_wait)
+            if e is None or e.value is None:
                 raise PeerRefusal("NOT_FOUND", f"{self.proxy.id} has no {state}[{key}]")
             return e.version, e.value if op == "get" else None
         async with self._lock(k):
@@ -178,13 +215,27 @@ class Indirect:
         self.stats.dead_owners += 1
         await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
 
-    async def retrieve(self, state: str, key: str) -> bytes | None:
+    async def retrieve(self, state: str, key: str, load: Loader | None = None) -> bytes | None:
+        """The value, from here, a replica or its owner; None when nobody has it.
+
+        With ``load`` (read-through): when nobody has the key this proxy claims it in
+        the same coordinator call that looks it up, runs ``load`` and keeps what it
+        returns (None: nothing to keep, the claim is given up). Readers of the key on
+        any proxy wait for that value meanwhile instead of loading it too."""
         sidx = self.proxy.catalog.index(state)
         k = (sidx, key)
         e = self._local(k)
         if e is not None:
-            self.stats.local_hits += 1
-            return e.value
+            if e.value is not None:
+                self.stats.local_hits += 1
+                return e.value
+            self.stats.collapsed += 1  # another request here claimed it to load it: wait
+            got = await e.wait(self.load_wait)
+            if got is not None:
+                return got
+            if not e.lost:  # given up, or slow: nothing to wait for
+                return None if load is None else await load()
+            # (the claim was lost: look again, as a reader of the winner)
         replica = self.proxy.catalog.get(state).mode == "replica"
         if replica:
             v = self.proxy.cache.get(k)
@@ -194,33 +245,77 @@ class Indirect:
         epoch = self.proxy.cache.begin_fetch(k) if replica else -1
         ended = False
         try:
-            loc = await self._coordinator(LOCATE, state, key, "locate")
-            if not loc:
-                return None
-            owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
-            addr = None if owner == self.proxy.id else await self._peer(owner, inc)
-            if addr is None:  # an earlier me, or a proxy that died: fall back, and say so
-                await self._forget(state, key, owner, inc)
-                return None
-            assert self.client is not None
-            try:
-                version, value = await self.client.request(addr, "get", state, key)
-            except PeerRefusal:
-                return None  # the owner dropped it (deleted, expired) since the lookup
-            except PeerError:
-                self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
-                if await self._peer(owner, inc) is None:
-                    await self._forget(state, key, owner, inc)
-                    return None
-                raise
-            self.stats.remote_fetches += 1
-            if replica and value is not None:
-                self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
-                ended = True
-            return value
+            dead: str | None = None
+            for _ in range(3):  # the owner may change under us (death, claim): retry a little
+                if load is None:
+                    loc = await self._coordinator(LOCATE, state, key, "locate")
+                    if not loc:
+                        return None
+                else:
+                    pending = Entry(None, 0, 0.0, anyio.Event())
+                    won, loc = await self._claim(k, state, key, pending, dead, read=True)
+                    if won:
+                        return await self._load(k, state, key, pending, load)
+                owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
+                addr = None if owner == self.proxy.id else await self._peer(owner, inc)
+                if addr is None:  # an earlier me, or a proxy that died: say so, then fall back
+                    self.stats.dead_owners += 1
+                    if load is None:
+                        await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
+                        return None
+                    dead = f"{owner}:{inc}"  # the next claim replaces it
+                    continue
+                assert self.client is not None
+                try:
+                    version, value = await self.client.request(addr, "get", state, key)
+                except PeerRefusal:  # the owner dropped it (deleted, expired, not loadable) since
+                    return None if load is None else await load()  # load, keep nothing: it is owned
+                except PeerError:
+                    self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
+                    if await self._peer(owner, inc) is not None:
+                        raise
+                    self.stats.dead_owners += 1
+                    if load is None:
+                        await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
+                        return None
+                    dead = f"{owner}:{inc}"
+                    continue
+                self.stats.remote_fetches += 1
+                if replica and value is not None:
+                    self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
+                    ended = True
+                return value
+            raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
         finally:
             if replica and not ended:
                 self.proxy.cache.abort_fetch(k)
+
+    async def _load(self, k: tuple[int, str], state: str, key: str, e: Entry, load: Loader) -> bytes | None:
+        """Run ``load`` for a key this proxy claimed; keep its value, or give the key up."""
+        value: bytes | None = None
+        try:
+            value = await load()
+            if value is not None:
+                limit = self._max_value(state)
+                if len(value) > limit:
+                    raise refuse(Oversize, f"value is {len(value)} bytes, limit {limit}", state=state, key=key)
+        finally:
+            if value is None or len(value) > self._max_value(state):
+                with anyio.CancelScope(shield=True):  # a claim must not outlive a failed load
+                    await self._give_up(k, state, key, e)
+        if self.owned.get(k) is e:
+            self._loaded(k, state, e, value)
+        return value
+
+    async def _give_up(self, k: tuple[int, str], state: str, key: str, e: Entry) -> None:
+        if self.owned.get(k) is e:
+            del self.owned[k]
+        assert e.loaded is not None
+        e.loaded.set()
+        try:
+            await self._publish(state, key, "delete")
+        except (NotOwner, CogsError) as err:  # readers sent here find nothing and load for themselves
+            log.warning("could not give up %s[%s] (claimed to load it): %s", state, key, err)
 
     async def update(self, state: str, key: str, op: str, value: bytes | None) -> bytes | None:
         """set / create / delete, executed by the owner; an absent key is created here."""
@@ -241,7 +336,7 @@ class Indirect:
                 return e.value if e else None
             loc: Any = None
             if op == "create":  # mostly of absent keys: claiming first takes one call, not two
-                won, loc = await self._claim(k, state, key, bytes(value or b""), None)
+                won, loc = await self._claim(k, state, key, Entry(bytes(value or b""), 0, 0.0), None)
                 if won:
                     return value
             for _ in range(3):  # the owner may change under us (death, claim): retry a little
@@ -270,7 +365,7 @@ class Indirect:
                         await self._coordinator(FORGET, state, key, "forget", dead)
                     return None
                 assert value is not None
-                won, loc = await self._claim(k, state, key, value, dead)
+                won, loc = await self._claim(k, state, key, Entry(value, 0, 0.0), dead)
                 if won:
                     return value
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
@@ -282,30 +377,40 @@ class Indirect:
         return got
 
     async def _claim(
-        self, k: tuple[int, str], state: str, key: str, value: bytes, dead: str | None
+        self, k: tuple[int, str], state: str, key: str, e: Entry, dead: str | None, read: bool = False
     ) -> tuple[bool, Any]:
-        """(True, None) if this proxy now owns the key; else (False, the owner's locator)."""
-        # the value is in place before the claim: a reader sent here by the new locator finds it
-        self.owned[k] = Entry(value, 0, 0.0)
-        arg: dict[str, str] = {"inc": self.inc}
+        """(True, None) if this proxy now owns the key; else (False, the owner's locator).
+        ``read``: the caller reads the owner's value when it loses (a holder, in replica mode)."""
+        # the entry is in place before the claim: a reader sent here by the new locator finds it
+        self.owned[k] = e
+        arg: dict[str, Any] = {"inc": self.inc}
         if dead:
             arg["dead"] = dead
+        if read:
+            arg["read"] = 1
         try:
             r = await self._coordinator(CLAIM, state, key, "claim", arg)
         except BaseException:
-            self.owned.pop(k, None)
+            self._withdraw(k, e)
             raise
         if int(r[0]) != 1:
-            self.owned.pop(k, None)
+            self._withdraw(k, e)
             self.stats.claims_lost += 1
             return False, r[1:]  # {owner, inc, version, pttl}, as locate gives it
         self.stats.claims_won += 1
         pttl = int(r[2])
-        e = self.owned[k]
         e.version = int(r[1])
         e.expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
         self.stats.owned = len(self.owned)
         return True, None
+
+    def _withdraw(self, k: tuple[int, str], e: Entry) -> None:
+        """The entry put in place for a claim that did not happen."""
+        if self.owned.get(k) is e:
+            del self.owned[k]
+        if e.loaded is not None:
+            e.lost = True
+            e.loaded.set()  # requests here waiting for it look again
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -319,3 +424,5 @@ def _s(v: Any) -> str:
 
 
 Runner = Callable[[], Awaitable[Any]]
+#: loads an absent value (read-through): its bytes, or None for nothing to keep
+Loader = Callable[[], Awaitable[bytes | None]]

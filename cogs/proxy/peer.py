@@ -38,7 +38,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
 from cogs.errors import PeerError
@@ -47,6 +46,7 @@ log = logging.getLogger("cogs.peer")
 VERSION = 1
 MAX_FRAME = 256 * 1024 + 1
 CHUNK = 256 * 1024
+RECV_SIZE = 256 * 1024  # bytes asked of the socket per receive
 FRAME_TIMEOUT = 10.0  # a frame, once started, must arrive whole within this
 IDLE_TIMEOUT = 120.0
 _HDR = struct.Struct(">IB")
@@ -72,7 +72,9 @@ class Wire:
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
-        self.rx = BufferedByteReceiveStream(stream)
+        self._buf = bytearray()  # received, not yet taken
+        #: a server connection's one scope: waits move its deadline (cheaper than a scope each)
+        self.scope: anyio.CancelScope | None = None
 
     async def send_json(self, obj: dict[str, Any], value: bytes | None = None) -> None:
         """A header, and the value's chunks after it, in one write."""
@@ -84,16 +86,37 @@ class Wire:
             frames += (_HDR.pack(len(part) + 1, B), part)
         await self.stream.send(b"".join(frames))
 
-    async def _frame(self, idle: float) -> tuple[int, bytes]:
-        with anyio.fail_after(idle):
-            (length,) = _LEN.unpack(await self.rx.receive_exactly(_LEN.size))
+    async def _take(self, n: int, within: float | None) -> bytes:
+        """The next ``n`` bytes, within ``within`` seconds (None: the caller bounds the
+        wait). Bytes already received are taken without a timer: frames mostly come whole."""
+        buf = self._buf
+        if len(buf) < n:
+            deadline = None if within is None else anyio.current_time() + within
+            if deadline is not None and self.scope is not None:
+                self.scope.deadline, deadline = deadline, None
+            while len(buf) < n:
+                try:
+                    if deadline is None:
+                        buf += await self.stream.receive(RECV_SIZE)
+                    else:
+                        with anyio.fail_after(deadline - anyio.current_time()):
+                            buf += await self.stream.receive(RECV_SIZE)
+                except anyio.EndOfStream:
+                    if buf:
+                        raise anyio.IncompleteRead from None
+                    raise
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    async def _frame(self, idle: float | None) -> tuple[int, bytes]:
+        (length,) = _LEN.unpack(await self._take(_LEN.size, idle))
         if length < 1 or length > MAX_FRAME:  # refused before reading a byte more
             raise PeerRefusal("BAD_FRAME", f"frame length {length} outside 1..{MAX_FRAME}")
-        with anyio.fail_after(FRAME_TIMEOUT):
-            body = await self.rx.receive_exactly(length)
+        body = await self._take(length, None if idle is None else FRAME_TIMEOUT)
         return body[0], body[1:]
 
-    async def recv_json(self, idle: float = FRAME_TIMEOUT) -> dict[str, Any]:
+    async def recv_json(self, idle: float | None = FRAME_TIMEOUT) -> dict[str, Any]:
         kind, body = await self._frame(idle)
         if kind != J:
             raise PeerRefusal("BAD_FRAME", f"expected a JSON frame, got kind {kind!r}")
@@ -105,10 +128,10 @@ class Wire:
             raise PeerRefusal("BAD_FRAME", "a header must be a JSON object")
         return obj
 
-    async def recv_value(self, size: int) -> bytes:
+    async def recv_value(self, size: int, idle: float | None = FRAME_TIMEOUT) -> bytes:
         parts, got = [], 0
         while got < size:
-            kind, body = await self._frame(FRAME_TIMEOUT)
+            kind, body = await self._frame(idle)
             if kind != B or got + len(body) > size:
                 raise PeerRefusal("BAD_FRAME", f"value chunks do not add up to the {size} bytes announced")
             parts.append(body)
@@ -185,9 +208,11 @@ class PeerServer:
         if not hmac.compare_digest(mac, _mac(self.secret, nonce, client, self.proxy_id)):
             raise PeerRefusal("AUTH", f"peer {client!r} does not know the cluster's secret")
         await wire.send_json({"t": "ok"})
-        while True:
-            req = await wire.recv_json(IDLE_TIMEOUT)
-            await self._request(wire, req)
+        with anyio.CancelScope() as wire.scope:  # past its deadline: the connection is dropped
+            while True:
+                wire.scope.deadline = anyio.current_time() + IDLE_TIMEOUT
+                req = await wire.recv_json(IDLE_TIMEOUT)
+                await self._request(wire, req)
 
     async def _request(self, wire: Wire, req: dict[str, Any]) -> None:
         n, op, state, key, size = req.get("n"), req.get("op"), req.get("state"), req.get("key"), req.get("size", 0)
@@ -281,7 +306,7 @@ class PeerClient:
         self.requests += 1
         size = len(value or b"")
         await wire.send_json({"t": "req", "n": n, "op": op, "state": state, "key": key, "size": size}, value)
-        res = await wire.recv_json()
+        res = await wire.recv_json(None)  # (request() bounds the whole exchange)
         if res.get("t") == "error":
             raise PeerError(f"peer refused: {res.get('code')} {res.get('msg')}")
         if res.get("t") != "res" or res.get("n") != n:
@@ -289,7 +314,7 @@ class PeerClient:
         if not res.get("ok"):
             raise PeerRefusal(str(res.get("code")), str(res.get("msg")))
         size = int(res.get("size", -1))
-        data = await wire.recv_value(size) if size > 0 else (b"" if size == 0 else None)
+        data = await wire.recv_value(size, None) if size > 0 else (b"" if size == 0 else None)
         return int(res.get("version", 0)), data
 
     async def aclose(self) -> None:

@@ -43,7 +43,7 @@ from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, PROXY_INDEX, bad_key, once
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
-from cogs.proxy.indirect import Indirect
+from cogs.proxy.indirect import Indirect, Loader
 from cogs.proxy.stats import ProxyStatistics
 from cogs.settings import CogsSettings, load_settings
 from cogs.values import generic
@@ -281,13 +281,21 @@ class StateProxy:
         req = self._req(UPDATE_GET, state, key, op, delta)
         return await self._wait(req)
 
-    async def syn_retrieve(self, state: str, key: str, op: str | None = None, arg: Any = None) -> Any:
+    async def syn_retrieve(
+        self, state: str, key: str, op: str | None = None, arg: Any = None, *, load: Loader | None = None
+    ) -> Any:
         """SynRetrieve: the state (``op`` defaults to the whole state), from the replica
-        cache when this proxy holds a valid replica."""
+        cache when this proxy holds a valid replica.
+
+        ``load`` (indirect states): read through. When nobody has the key, this proxy
+        takes it in the same coordinator call and keeps what ``await load()`` returns
+        (bytes; None keeps nothing); readers elsewhere wait for that value meanwhile."""
         if state in self._indirect_states:
             if op not in (None, "get") or arg is not None:
                 raise refuse(UnknownOp, "indirect states are read whole (op get)", state=state, op=op)
-            return await self._indirect_or_fail().retrieve(state, key)
+            return await self._indirect_or_fail().retrieve(state, key, load)
+        if load is not None:
+            raise refuse(UnknownOp, "load= (read-through) is for indirect states", state=state, op=op)
         whole = self._replica_whole.get(state)
         if whole is not None and arg is None and (op is None or op == whole):
             sidx = self._schema.index[state]
@@ -428,7 +436,7 @@ class StateProxy:
             return MISS
         if self._indirect is not None and state in self._indirect_states:
             own = self._indirect._local((sidx, key))
-            if own is not None:
+            if own is not None and own.value is not None:  # (None: being loaded)
                 return own.value
         return self.cache.get((sidx, key))
 
@@ -610,6 +618,7 @@ class StateProxy:
             remote_ops=ind.stats.remote_fetches if ind else 0,
             locator_lookups=ind.stats.coordinator_lookups if ind else 0,
             peer_served=ind.stats.served if ind else 0,
+            collapsed_reads=ind.stats.collapsed if ind else 0,
             outages=len(getattr(b, "pauses", ())),
             longest_pause_s=max(getattr(b, "pauses", ()), default=0.0),
         )

@@ -42,12 +42,14 @@ class ProxyStatistics:
     longest_pause_s: float = 0.0
     #: indirect states: values this proxy owns; reads served without network; values
     #: fetched from (or ops run at) owner peers; locator lookups at the coordinator;
-    #: requests this proxy served to peers
+    #: requests this proxy served to peers; reads (here or by peers) that waited for a
+    #: value this proxy was loading (read-through) instead of loading it too
     owned: int = 0
     indirect_local_hits: int = 0
     remote_ops: int = 0
     locator_lookups: int = 0
     peer_served: int = 0
+    collapsed_reads: int = 0
 
     @property
     def coalescing_ratio(self) -> float:

@@ -166,17 +166,27 @@ class CacheNode:
         if why is not None:
             self.stats["bypassed"] += 1
             return self._tag(await self._origin(req, url), "MISS")
-        obj, where = await self._lookup(url)
+        if self.proxy is not None:
+            obj, where, resp = await self._read_through(req, url)
+            if resp is not None:  # loaded from the origin by this request (and kept if it may be)
+                return self._tag(resp, "MISS")
+        else:
+            obj, where = await self._lookup(url)
         if obj is not None and obj.fresh():
             self.stats[f"{where} hits"] += 1
             return self._tag(obj.response(), f"HIT ({where})")
         resp = await self._origin(req, url)
-        fresh, why = storable(resp, self.max_object)
-        if fresh:
-            await self._keep(url, Cached(resp.status, resp.headers, resp.body, time.time(), fresh), obj is not None)
-        else:
-            self.stats["not cacheable"] += 1
+        kept = self._storable(resp)
+        if kept is not None:
+            await self._keep(url, kept, obj is not None)
         return self._tag(resp, "MISS")
+
+    def _storable(self, resp: HttpResponse) -> Cached | None:
+        fresh, _ = storable(resp, self.max_object)
+        if not fresh:
+            self.stats["not cacheable"] += 1
+            return None
+        return Cached(resp.status, resp.headers, resp.body, time.time(), fresh)
 
     def _tag(self, resp: HttpResponse, what: str) -> HttpResponse:
         resp.headers += [
@@ -196,8 +206,6 @@ class CacheNode:
     # -- where objects are --------------------------------------------------------------
 
     async def _lookup(self, url: str) -> tuple[Cached | None, str]:
-        if self.proxy is not None:
-            return await self._lookup_cogs(url)
         blob = self.store.get(url)
         if blob is not None:
             return _decode(blob), "local"
@@ -208,21 +216,37 @@ class CacheNode:
                 return _decode(blob), "sibling"
         return None, ""
 
-    async def _lookup_cogs(self, url: str) -> tuple[Cached | None, str]:
+    async def _read_through(self, req: HttpRequest, url: str) -> tuple[Cached | None, str, HttpResponse | None]:
+        """cogs: the object from here or its owner; when nobody has it, this node takes
+        it (one coordinator call for both) and loads it from the origin while requests
+        for it on other nodes wait. (object, where, the origin's response if loaded here)"""
         assert self.proxy is not None
         st = self.cfg.state
         where = "local" if self.proxy.cached(st, url) is not MISS else "peer"
+        loaded: list[HttpResponse] = []
+
+        async def load() -> bytes | None:
+            resp = await self._origin(req, url)
+            loaded.append(resp)
+            kept = self._storable(resp)
+            if kept is None:
+                return None
+            self.stats["stored"] += 1
+            return encode(kept)
+
         try:
-            blob = await self.proxy.syn_retrieve(st, url)
+            blob = await self.proxy.syn_retrieve(st, url, load=load)
         except PeerError as e:  # the owner is unreachable (dying?): the origin it is
             self.stats["peer errors"] += 1
             log.info("%s: owner of %s unreachable: %s", self.cfg.name, url, e)
-            return None, ""
+            blob = None
         except CogsError as e:
             self.stats["coordinator errors"] += 1
             log.warning("%s: lookup of %s failed: %s", self.cfg.name, url, e)
-            return None, ""
-        return (_decode(blob), where) if blob is not None else (None, "")
+            blob = None
+        if loaded:
+            return None, "", loaded[0]
+        return (_decode(blob), where, None) if blob is not None else (None, "", None)
 
     async def _keep(self, url: str, obj: Cached, replace: bool) -> None:
         blob = encode(obj)

@@ -174,6 +174,108 @@ def test_bad_values_and_missing_secret(cluster: LocalCluster) -> None:
     anyio.run(go)
 
 
+# -- read-through ------------------------------------------------------------------------
+
+
+def test_read_through_loads_once_for_concurrent_readers_everywhere(cluster: LocalCluster) -> None:
+    async def go() -> None:
+        async with _proxy(cluster.url) as a, _proxy(cluster.url) as b, _proxy(cluster.url) as c:
+            release, calls = anyio.Event(), []
+
+            async def slow_load() -> bytes:
+                calls.append(1)
+                await release.wait()  # an origin taking its time
+                return b"loaded once"
+
+            got: dict[str, Any] = {}
+
+            async def read(name: str, p: StateProxy) -> None:
+                got[name] = await p.syn_retrieve("objects", "http://rt/x", load=slow_load)
+
+            s0 = a.statistics()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, "a", a)
+                await eventually(lambda: calls == [1])  # a took the key and is loading it
+                for name, p in (("b", b), ("c", c), ("a2", a), ("b2", b), ("c2", c)):  # readers elsewhere, here
+                    tg.start_soon(read, name, p)
+                await anyio.sleep(0.3)
+                assert calls == [1] and not got  # they wait: nobody loads it a second time
+                release.set()
+            assert got == dict.fromkeys(("a", "a2", "b", "b2", "c", "c2"), b"loaded once")
+            assert len(calls) == 1
+            s1 = a.statistics()
+            assert s1.locator_lookups - s0.locator_lookups == 1  # find + take in one call
+            assert s1.owned == 1 and s1.collapsed_reads >= 3  # b and c waited at a, a2 here
+            assert a.cached("objects", "http://rt/x") == b"loaded once"
+            assert b.cached("objects", "http://rt/x") == b"loaded once"  # replica mode: kept
+            # an owned key: read-through reads it and loads nothing
+            assert await c.syn_retrieve("objects", "http://rt/x", load=slow_load) == b"loaded once"
+            assert len(calls) == 1
+
+    anyio.run(go)
+
+
+def test_read_through_that_keeps_nothing_or_fails_gives_the_key_up(cluster: LocalCluster) -> None:
+    async def go() -> None:
+        async with _proxy(cluster.url) as a, _proxy(cluster.url) as b:
+
+            async def nothing() -> None:
+                return None
+
+            async def broken() -> bytes:
+                raise RuntimeError("origin down")
+
+            async def big() -> bytes:
+                return b"x" * (4 * 2**20 + 1)
+
+            async def fine() -> bytes:
+                return b"second try"
+
+            assert await a.syn_retrieve("objects", "http://rt/n", load=nothing) is None
+            assert a.statistics().owned == 0
+            assert await b.syn_retrieve("objects", "http://rt/n") is None  # no locator left behind
+            with pytest.raises(RuntimeError, match="origin down"):
+                await a.syn_retrieve("objects", "http://rt/e", load=broken)
+            with pytest.raises(Oversize):
+                await a.syn_retrieve("objects", "http://rt/big", load=big)
+            assert a.statistics().owned == 0
+            for key in ("http://rt/e", "http://rt/big"):  # given up: the next reader loads it
+                assert await b.syn_retrieve("objects", key, load=fine) == b"second try"
+            assert b.statistics().owned == 2
+            with pytest.raises(Exception, match=r"state=cnt: load= \(read-through\) is for indirect states"):
+                await a.syn_retrieve("cnt", "k", load=fine)
+
+    anyio.run(go)
+
+
+def test_read_through_takes_over_a_dead_owners_key(cluster: LocalCluster) -> None:
+    q = mp.get_context("spawn").Queue()
+    owner = _spawn(_owner_proc, cluster.url, {"http://rt/dead": b"old"}, q)
+    q.get(timeout=60)
+    os.kill(owner.pid or 0, signal.SIGKILL)
+    owner.join(10)
+
+    async def go() -> None:
+        async with _proxy(cluster.url) as p:
+
+            async def load() -> bytes:
+                return b"reloaded"
+
+            t0 = time.monotonic()
+            while True:  # an error while the dead owner's heartbeat lives (1.5 s), never a hang
+                try:
+                    got = await p.syn_retrieve("objects", "http://rt/dead", load=load)
+                    break
+                except Exception as e:
+                    assert "peer" in str(e)
+                    assert time.monotonic() - t0 < 10
+                    await anyio.sleep(0.2)
+            assert got == b"reloaded"
+            assert p.statistics().owned == 1
+
+    anyio.run(go)
+
+
 # -- the peer channel --------------------------------------------------------------------
 
 

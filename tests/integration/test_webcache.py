@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 
@@ -40,6 +41,38 @@ def _origin_served(c: WebCacheCluster) -> dict[str, int]:
     assert c.origin is not None
     served: dict[str, int] = httpx.get(c.origin + "/origin/stats", trust_env=False).json()
     return served
+
+
+def test_concurrent_misses_on_any_node_fetch_from_the_origin_once(cluster: LocalCluster) -> None:
+    # a slow origin: six requests for one new object arrive on three nodes while the
+    # first is still loading it; they wait for it rather than fetch it too
+    with web_cache(3, "cogs", cluster.url, origin_delay_s=0.6, state="objects") as c:
+        assert c.origin is not None
+        origin = c.origin
+
+        async def go() -> list[httpx.Response]:
+            clients = [httpx.AsyncClient(proxy=c.proxy_url(i), trust_env=False, timeout=10) for i in range(3)]
+            out: list[httpx.Response] = []
+
+            async def one(i: int) -> None:
+                out.append(await clients[i % 3].get(f"{origin}/obj/5150"))
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(one, 0)
+                    await anyio.sleep(0.2)  # the first has taken the object and is loading it
+                    for i in range(1, 6):
+                        tg.start_soon(one, i)
+            finally:
+                for cl in clients:
+                    await cl.aclose()
+            return out
+
+        replies = anyio.run(go)
+        assert _origin_served(c)["obj"] == 1
+        assert [r.status_code for r in replies] == [200] * 6
+        assert {r.content for r in replies} == {object_body(5150, object_size(5150))}
+        assert sorted(r.headers["x-cache"].split(" from ")[0] for r in replies).count("MISS") == 1
 
 
 @pytest.mark.parametrize("mode", ["cogs", "icp"])
