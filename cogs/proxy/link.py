@@ -64,13 +64,22 @@ class NodeLink:
             await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
             self._fail(conn, e)
+        # a plain timer, not a cancel scope + shield per call: this is the proxy's hot path.
+        # A caller cancelled meanwhile cancels only its future: the reader still takes its
+        # reply off the FIFO, so later replies keep their order
+        timer = fut.get_loop().call_later(timeout, self._expire, conn, fut, timeout)
         try:
-            with anyio.fail_after(timeout):
-                return await asyncio.shield(fut)
-        except TimeoutError as e:
-            # the reply may still come: the connection is no longer trustworthy
-            self._fail(conn, e)
-            raise CoordinatorUnavailable(f"coordinator node {self.addr}: no reply in {timeout:g}s") from e
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _expire(self, conn: AbstractConnection, fut: asyncio.Future[Any], timeout: float) -> None:
+        if fut.done():
+            return
+        # the reply may still come: the connection is no longer trustworthy
+        err = CoordinatorUnavailable(f"coordinator node {self.addr}: no reply in {timeout:g}s")
+        fut.set_exception(err)
+        self._fail(conn, err)
 
     async def _read(self, conn: AbstractConnection) -> None:
         while True:
