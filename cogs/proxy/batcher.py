@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -314,7 +315,14 @@ class Batcher:
         self._idle.clear()
         self.queue.append(req)
         self._settle()
-        if now or self._np >= self.batch_max:
+        if now and self._loop is not None and self._room():
+            # a sync op waits: out now, in this step (no wake of the run task). Under
+            # load the in-flight limit holds the next ones back, and they batch up
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flush()
+        elif now or self._np >= self.batch_max:
             self._kick.set()
         elif self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(self.delay, self._kick.set)
@@ -338,11 +346,16 @@ class Batcher:
             # At most `max_inflight` batches per node: while the coordinator works, the
             # next batch keeps filling (and coalescing) instead of queueing at Redis.
             # While batches wait to be re-sent, nothing new goes out: re-sends keep their order.
-            while self.parked or (self.node_batches and max(self.node_batches.values()) >= self.max_inflight):
+            while not self._room():
                 self._space.clear()
                 await self._space.wait()
             if self.npending:
                 self._flush()
+
+    def _room(self) -> bool:
+        """May a batch go out now? Not while batches wait to be re-sent (they go first),
+        nor past ``max_inflight`` batches on a node."""
+        return not self.parked and not (self.node_batches and max(self.node_batches.values()) >= self.max_inflight)
 
     async def drain(self) -> None:
         """Wait until every op issued so far has been applied (or failed)."""
@@ -387,7 +400,12 @@ class Batcher:
                 self.batches += 1
                 self.node_batches[stream] = self.node_batches.get(stream, 0) + 1
                 once = count != len(reqs) or any(r.mode not in IDEMPOTENT_MODES for r in reqs.values())
-                self.spawn(self._send(Batch(self.seq, stream, payload, count, reqs, once)))
+                b = Batch(self.seq, stream, payload, count, reqs, once)
+                link = None if self.durable else self._link(n)
+                if link is not None and link.ready:  # written now; the reply is handled in its callback
+                    link.send(self._args(b)).add_done_callback(functools.partial(self._sent, b, link.addr))
+                else:  # connect first, or wait for a replica (durable): a task
+                    self.spawn(self._send(b))
 
     def _link(self, n: int) -> NodeLink:
         topo = self.coord.topology
@@ -407,10 +425,7 @@ class Batcher:
         assert topo is not None
         link = self._link(topo.node_of(slot(b.stream[len(ALERTS_STREAM_PREFIX) + 1 : -1])))
         try:
-            if b.once:
-                raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid, str(b.seq))
-            else:
-                raw = await link.call("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid)
+            raw = await link.call(*self._args(b))
             if self.durable:
                 acked = await link.call("WAIT", 1, int(self.durable_timeout * 1000))
                 if int(acked) < 1:
@@ -420,6 +435,27 @@ class Batcher:
         except Exception as e:  # Redis refused the call: translate once, here
             raise translate_error(e, link.addr) from e
         return raw
+
+    def _args(self, b: Batch) -> tuple[Any, ...]:
+        if b.once:
+            return ("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid, str(b.seq))
+        return ("FCALL", "cogs_batch", 0, self.token, b.stream, b.payload, self.pid)
+
+    def _sent(self, b: Batch, addr: str, fut: asyncio.Future[Any]) -> None:
+        """The reply to a batch written at once (as ``_send``, in the link's callback)."""
+        if fut.cancelled():
+            self._park(b, CoordinatorUnavailable(f"node {addr}: the call was cancelled"))
+            return
+        e = fut.exception()
+        if e is None:
+            self._dispatch(b, parse_reply(fut.result()))
+        else:
+            err = translate_error(e, addr) if isinstance(e, Exception) else CogsError(str(e))
+            if isinstance(err, CoordinatorUnavailable):
+                self._park(b, err)  # re-sent in order by the retrier, which books it when done
+                return
+            self._fail_batch(b.nops, b.reqs, err)
+        self._done(b)
 
     async def _send(self, b: Batch) -> None:
         try:
