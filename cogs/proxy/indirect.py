@@ -258,33 +258,28 @@ class Indirect:
                         return await self._load(k, state, key, pending, load)
                 owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
                 addr = None if owner == self.proxy.id else await self._peer(owner, inc)
-                if addr is None:  # an earlier me, or a proxy that died: say so, then fall back
-                    self.stats.dead_owners += 1
-                    if load is None:
-                        await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
-                        return None
-                    dead = f"{owner}:{inc}"  # the next claim replaces it
-                    continue
-                assert self.client is not None
-                try:
-                    version, value = await self.client.request(addr, "get", state, key)
-                except PeerRefusal:  # the owner dropped it (deleted, expired, not loadable) since
-                    return None if load is None else await load()  # load, keep nothing: it is owned
-                except PeerError:
-                    self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
-                    if await self._peer(owner, inc) is not None:
-                        raise
-                    self.stats.dead_owners += 1
-                    if load is None:
-                        await self._coordinator(FORGET, state, key, "forget", f"{owner}:{inc}")
-                        return None
-                    dead = f"{owner}:{inc}"
-                    continue
-                self.stats.remote_fetches += 1
-                if replica and value is not None:
-                    self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
-                    ended = True
-                return value
+                if addr is not None:
+                    assert self.client is not None
+                    try:
+                        version, value = await self.client.request(addr, "get", state, key)
+                    except PeerRefusal:  # the owner dropped it (deleted, expired, not loadable) since
+                        return None if load is None else await load()  # load, keep nothing: it is owned
+                    except PeerError:
+                        self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
+                        if await self._peer(owner, inc) is not None:
+                            raise
+                    else:
+                        self.stats.remote_fetches += 1
+                        if replica and value is not None:
+                            self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
+                            ended = True
+                        return value
+                # an earlier me, or a proxy that died: say so, then fall back
+                if load is None:
+                    await self._forget(state, key, owner, inc)
+                    return None
+                self.stats.dead_owners += 1
+                dead = f"{owner}:{inc}"  # the next claim replaces it
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
         finally:
             if replica and not ended:
@@ -292,18 +287,19 @@ class Indirect:
 
     async def _load(self, k: tuple[int, str], state: str, key: str, e: Entry, load: Loader) -> bytes | None:
         """Run ``load`` for a key this proxy claimed; keep its value, or give the key up."""
-        value: bytes | None = None
+        kept = False
         try:
             value = await load()
             if value is not None:
                 limit = self._max_value(state)
                 if len(value) > limit:
                     raise refuse(Oversize, f"value is {len(value)} bytes, limit {limit}", state=state, key=key)
+                kept = True
         finally:
-            if value is None or len(value) > self._max_value(state):
+            if not kept:
                 with anyio.CancelScope(shield=True):  # a claim must not outlive a failed load
                     await self._give_up(k, state, key, e)
-        if self.owned.get(k) is e:
+        if kept and self.owned.get(k) is e:
             self._loaded(k, state, e, value)
         return value
 
