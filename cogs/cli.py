@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import click
 import redis
 from rich.console import Console
 from rich.table import Table
 
+from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
 from cogs.settings import DEFAULT_PORT, load_settings
@@ -54,7 +54,7 @@ class CogsGroup(click.Group):
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
-        return anyio.run(fn)
+        return runtime.run(fn)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -11,11 +11,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import redis
 
+from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
@@ -33,9 +35,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    """cogs talks to Redis through redis.asyncio: asyncio only."""
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """cogs talks to Redis through redis.asyncio: asyncio only, on the loop production
+    picks (uvloop when installed; COGS_LOOP=asyncio runs the suite on asyncio's own)."""
+    return "asyncio", runtime.backend_options()
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
@@ -51,7 +50,7 @@ def bench_cluster(
                         f"load them with `cogs catalog load {path}` or run without --url"
                     )
 
-        anyio.run(verify)
+        runtime.run(verify)
         yield url
         return
     with tempfile.TemporaryDirectory(prefix="cogs-bench-") as d:
@@ -64,7 +63,7 @@ def bench_cluster(
                 async with Coordinator(url=lc.url) as co:
                     await co.load_library(catalog_)
 
-            anyio.run(load)
+            runtime.run(load)
             yield lc.url
         finally:
             lc.down()

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from redis.asyncio.cluster import RedisCluster
 
+from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
@@ -130,7 +131,7 @@ async def _drive(url: str, nkeys: int, seconds: float, seed: int, populate: bool
 
 def _proc(url: str, nkeys: int, seconds: float, seed: int, start: Any, q: Any) -> None:
     start.wait()
-    q.put(anyio.run(_drive, url, nkeys, seconds, seed))
+    q.put(runtime.run(_drive, url, nkeys, seconds, seed))
 
 
 def applied_rate(url: str, nkeys: int, procs: int, seconds: float) -> dict[str, Any]:
@@ -190,15 +191,15 @@ def main(
     with bench_cluster(url, progress) as seed:
         for n in sizes:
             progress(f"{n:,} states: populating")
-            anyio.run(_drive, seed, n, 0.0, 7, True)
+            runtime.run(_drive, seed, n, 0.0, 7, True)
             for procs in procs_list:
                 r = applied_rate(seed, n, procs, seconds)
                 r["states"] = n
                 rows.append(r)
                 progress(f"{n:,} states, {procs} proxy process(es): {fmt_rate(r['ops_per_s'])} applied ops/s")
-        naive = anyio.run(_baseline, seed, seconds, False)
+        naive = runtime.run(_baseline, seed, seconds, False)
         progress(f"naive redis-py (one await per INCRBY): {fmt_rate(naive)} ops/s")
-        piped = anyio.run(_baseline, seed, seconds, True)
+        piped = runtime.run(_baseline, seed, seconds, True)
         progress(f"pipelined redis-py INCRBY x{BATCH}: {fmt_rate(piped)} ops/s")
     mid = [r for r in rows if r["states"] == 100_000]
     best = max(r["ops_per_s"] for r in mid)

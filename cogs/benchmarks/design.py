@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
@@ -85,7 +86,7 @@ def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any
     seq = zipf_keys(100_000, n, s, seed, prefix)
     rng = random.Random(seed)
     members = [str(rng.randrange(64)) for _ in range(n)]
-    q.put(anyio.run(_trigger, url, seq, members, start))
+    q.put(runtime.run(_trigger, url, seq, members, start))
 
 
 def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
         p.join()
     issued = sum(r["updates"] for r in res)
     elapsed = max(r["elapsed"] for r in res)
-    ok = anyio.run(_verify, url, n, s, procs, prefix)
+    ok = runtime.run(_verify, url, n, s, procs, prefix)
     return {
         "zipf_s": s,
         "procs": procs,
@@ -304,17 +305,17 @@ def main(
         nats = []
         for state in ("bench_nat_single", "bench_nat"):
             for mode in ("sync", "async"):
-                r = anyio.run(nat, seed, state, mode, secs)
+                r = runtime.run(nat, seed, state, mode, secs)
                 nats.append(r)
                 progress(
                     f"NAT {mode} {state}: {fmt_rate(r['packets_per_s'])} pkts/s, RTT p50 {r['rtt_p50_us']:.0f} us, "
                     f"{r['lookups_per_packet']:.3f} lookups/packet"
                 )
-        rtt = anyio.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
-        hit = anyio.run(replica_hit, seed, 20_000)
+        rtt = runtime.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
+        hit = runtime.run(replica_hit, seed, 20_000)
         p50, p99, hit_us = pct(rtt, 50) * 1e6, pct(rtt, 99) * 1e6, hit["await_syn_retrieve_us"]
         progress(f"sync retrieve p50 {p50:.0f} us p99 {p99:.0f} us; replica hit {hit_us:.2f} us")
-        fan = [anyio.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
+        fan = [runtime.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
         for f in fan:
             upd, dis = f["update_p50_us"], f["discard_p99_ms"]
             progress(f"{f['holders']} holder(s): update p50 {upd:.0f} us, discard p99 {dis:.2f} ms")

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from cogs import runtime
 from cogs.benchmarks.common import Progress, bench_cluster, environment, md_table, noop, write_results
 from cogs.proxy import StateProxy
 
@@ -54,7 +53,7 @@ def main(
 ) -> dict[str, Any]:
     n = 30 if quick else 200
     with bench_cluster(url, progress) as seed:
-        rows = anyio.run(_measure, seed, n)
+        rows = runtime.run(_measure, seed, n)
     for r in rows:
         progress(
             f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']:.0f} us, {r['lookups_per_op']:.1f} lookups/op"

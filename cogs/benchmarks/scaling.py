@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
@@ -90,10 +89,10 @@ def main(
             .write(Path(d) / "scaling.pcap")
         )
         for nf in NFS:
-            per_op = anyio.run(_calibrate, seed, nf, trace, 10 if quick else 40)
+            per_op = runtime.run(_calibrate, seed, nf, trace, 10 if quick else 40)
             progress(f"{nf}: coordinator CPU {per_op * 1e6:.1f} us per op (calibrated)")
             for n in ns:
-                _, primaries = anyio.run(_redis_cpu, seed)
+                _, primaries = runtime.run(_redis_cpu, seed)
                 r = run_nf(nf, trace, n, seed)
                 packets = sum(b.packets for b in r.boxes)
                 ops = sum(b.ops_sent for b in r.boxes)

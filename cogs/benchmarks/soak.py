@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from cogs import runtime
 from cogs.alerts import read_alerts
 from cogs.benchmarks.common import Progress, bench_cluster, environment, fmt_rate, md_table, noop, write_results
 from cogs.coordinator.client import Coordinator
@@ -130,7 +131,7 @@ def main(
 ) -> dict[str, Any]:
     seconds = 25.0 if quick else 180.0
     with bench_cluster(url, progress) as seed:
-        r = anyio.run(soak, seed, seconds, 2000, 20_000, 6, progress)
+        r = runtime.run(soak, seed, seconds, 2000, 20_000, 6, progress)
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "samples"}
     data = {"bench": "soak", "quick": quick, "environment": environment(), "summary": summary, "samples": r["samples"]}
     md = "# Soak: steady load, proxies joining and leaving\n\n" + md_table(

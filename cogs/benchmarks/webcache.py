@@ -28,6 +28,7 @@ import anyio
 import httpx
 import redis
 
+from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
@@ -102,7 +103,7 @@ async def _load(
 
 def _load_proc(args: tuple[Any, ...], q: Any) -> None:
     try:
-        q.put(("ok", anyio.run(_load, *args)))
+        q.put(("ok", runtime.run(_load, *args)))
     except BaseException as e:
         q.put(("error", f"{type(e).__name__}: {e}"))
 
@@ -199,7 +200,7 @@ def _coordinator_nodes(url: str) -> list[str]:
             assert co.topology is not None
             return [n.addr for n in co.topology.nodes] + [f"{h}:{p}" for n in co.topology.nodes for h, p in n.replicas]
 
-    return anyio.run(nodes)
+    return runtime.run(nodes)
 
 
 def node_stats(nodes: list[str]) -> dict[str, int]:
@@ -224,7 +225,7 @@ def main(
                 coordinator = seed if mode == "cogs" else None
                 with web_cache(n, mode, coordinator, origin_delay_s=ORIGIN_DELAY_S, state="bench_objects") as c:
                     assert c.origin is not None
-                    anyio.run(_fill, c.origin, c.nodes)
+                    runtime.run(_fill, c.origin, c.nodes)
                     r = run_load(c.origin, c.nodes, warm, measure, coord_nodes if mode == "cogs" else [])
                     r["nodes"] = node_stats(c.nodes)
                 r.update(instances=n, mode=mode)

@@ -31,6 +31,7 @@ import anyio
 import anyio.lowlevel
 import dpkt
 
+from cogs import runtime
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, ConfigError
 from cogs.nf.packets import TCP, UDP, TraceStats, read_ipv4
@@ -220,7 +221,7 @@ def run_nat(
     if middleboxes < 1:
         raise ConfigError("need at least one middlebox")
     side = Classifier(internal)
-    anyio.run(_check_state, url, state)  # a bad --state fails here, not in N processes
+    runtime.run(_check_state, url, state)  # a bad --state fails here, not in N processes
     stats = TraceStats()
     counters: Counter[str] = Counter()
     outbound: list[Item] = []

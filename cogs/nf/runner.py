@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from cogs import runtime
 from cogs.alerts import read_alerts
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
@@ -109,7 +110,7 @@ async def _box(url: str, nf: str, prefix: str, packets: list[Packet], box: int, 
 
 def _box_proc(fn: Callable[..., Awaitable[Any]], box: int, args: tuple[Any, ...], q: Any) -> None:
     try:
-        q.put(("done", box, anyio.run(partial(fn, *args, box, q))))
+        q.put(("done", box, runtime.run(partial(fn, *args, box, q))))
     except BaseException as e:  # the driver reports it: one line, not N tracebacks
         q.put(("error", box, f"{type(e).__name__}: {e}"))
 
@@ -176,7 +177,7 @@ def run_nf(
     boxes = run_boxes(_box, [(url, nf, prefixes[i], shares[i]) for i in range(middleboxes)], len(packets), progress)
     result = RunResult(nf, middleboxes, ns, stats, boxes)
     result.seconds = time.perf_counter() - t0
-    result.alerts = anyio.run(_alerts, url, nf, ns, t_ms)
+    result.alerts = runtime.run(_alerts, url, nf, ns, t_ms)
     return result
 
 

@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from cogs import runtime
 from cogs.errors import BadDelta, CogsError, UnknownOp, refuse
 from cogs.proxy.batcher import SUM, Backpressure
 from cogs.proxy.proxy import Callback, StateProxy
@@ -32,7 +33,7 @@ class BlockingStateProxy:
     """``with BlockingStateProxy(url) as proxy:`` — StateProxy's API without ``await``."""
 
     def __init__(self, url: str | None = None, *, max_queued: int = 200_000, **kwargs: Any) -> None:
-        self._cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio", runtime.backend_options())
         self._portal = self._cm.__enter__()
         self._stop: anyio.Event | None = None
         self._q: deque[tuple[int, tuple[Any, ...]]] = deque()

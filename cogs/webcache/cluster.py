@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from cogs import runtime
 from cogs.cluster import free_port_base
 from cogs.errors import CogsError
 from cogs.webcache.http import HttpServer
@@ -58,7 +59,7 @@ async def _node_main(cfg: NodeConfig, q: Any) -> None:
 
 def _node_proc(cfg: NodeConfig, q: Any) -> None:
     try:
-        anyio.run(_node_main, cfg, q)
+        runtime.run(_node_main, cfg, q)
     except BaseException as e:  # the parent reports it in one line
         q.put(("error", cfg.name, f"{type(e).__name__}: {e}"))
 
@@ -75,7 +76,7 @@ async def _origin_main(host: str, port: int, delay_s: float, q: Any) -> None:
 
 def _origin_proc(host: str, port: int, delay_s: float, q: Any) -> None:
     try:
-        anyio.run(_origin_main, host, port, delay_s, q)
+        runtime.run(_origin_main, host, port, delay_s, q)
     except BaseException as e:
         q.put(("error", "origin", f"{type(e).__name__}: {e}"))
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
+from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
 from cogs.errors import BadDelta, BadKey, CatalogMismatch, ConfigError, OpError, Oversize, UnknownOp, UnknownState
@@ -268,3 +271,32 @@ def _once_records(cluster: LocalCluster, pid: str) -> int:
         with redis.Redis(port=port) as r:
             n += len(r.keys(f"cogs:seq*:{pid}"))
     return n
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_path_on_both_event_loops(cluster: LocalCluster, loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COGS_LOOP picks the loop; the proxy's raw-transport links, batches, callbacks and
+    discards work the same on asyncio's own loop and on uvloop."""
+    monkeypatch.setenv("COGS_LOOP", loop)
+
+    async def go() -> tuple[str, list[Any]]:
+        got: list[Any] = []
+        async with StateProxy(cluster.url) as a, StateProxy(cluster.url) as b:
+            for i in range(500):
+                a.update("ports", f"lp{loop}", "add", str(i % 50))
+            await a.flush()
+            got.append(await b.syn_retrieve("ports", f"lp{loop}", "card"))
+            got.append(await a.syn_up("nat", f"lp{loop}", "set", 7))
+            got.append(await b.syn_retrieve("nat", f"lp{loop}"))  # b now holds a replica
+            dropped: list[str] = []
+            b.add_discard_listener(lambda sidx, key, version: dropped.append(key))
+            done = anyio.Event()
+            a.asyn_up("nat", f"lp{loop}", "add", 1, lambda v, pkt: (got.append((v, pkt)), done.set()), "pkt")
+            await done.wait()
+            await eventually(lambda: dropped == [f"lp{loop}"])
+            got.append(await b.syn_retrieve("nat", f"lp{loop}"))
+        return type(asyncio.get_running_loop()).__module__, got
+
+    module, got = runtime.run(go)
+    assert module.startswith(loop)
+    assert got == [50, 7, 7, (8, "pkt"), 8]
