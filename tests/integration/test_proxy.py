@@ -291,7 +291,12 @@ def test_every_path_on_both_event_loops(cluster: LocalCluster, loop: str, monkey
             dropped: list[str] = []
             b.add_discard_listener(lambda sidx, key, version: dropped.append(key))
             done = anyio.Event()
-            a.asyn_up("nat", f"lp{loop}", "add", 1, lambda v, pkt: (got.append((v, pkt)), done.set()), "pkt")
+
+            def back(v: Any, pkt: Any) -> None:
+                got.append((v, pkt))
+                done.set()
+
+            a.asyn_up("nat", f"lp{loop}", "add", 1, back, "pkt")
             await done.wait()
             await eventually(lambda: dropped == [f"lp{loop}"])
             got.append(await b.syn_retrieve("nat", f"lp{loop}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_loop_choice(env: str, want: str, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("COGS_LOOP", "auto")
     assert runtime.loop_name() == "asyncio"
     monkeypatch.setenv("COGS_LOOP", "uvloop")
