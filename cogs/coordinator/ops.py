@@ -84,6 +84,17 @@ class Schema:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.index = {s.name: catalog.index(s.name) for s in catalog}
+        #: (state, mode, op) -> what ``request`` found: every sync op asks again
+        self._requests: dict[tuple[str, int, str | None], tuple[StateSpec, int, str, Decoder]] = {}
+
+    def request(self, name: str, mode: int, op: str | None) -> tuple[StateSpec, int, str, Decoder]:
+        """``state`` and ``op`` in one look-up, remembered once valid: (spec, index, op, decoder)."""
+        got = self._requests.get((name, mode, op))
+        if got is None:
+            st, _, sidx = self.state(name)
+            op_name, decode = self.op(name, mode, op)
+            got = self._requests[(name, mode, op)] = (st, sidx, op_name, decode)
+        return got
 
     def state(self, name: str) -> tuple[StateSpec, TypeSpec, int]:
         sidx = self.index.get(name)
@@ -130,8 +141,7 @@ class StateTable:
     # -- preparing ---------------------------------------------------------------------
 
     def prepare(self, op: Op) -> Prepared:
-        st, _, sidx = self.schema.state(op.state)
-        name, decode = self.schema.op(op.state, op.mode, op.op)
+        st, sidx, name, decode = self.schema.request(op.state, op.mode, op.op)
         if bad_key(op.key):
             raise refuse(BadKey, KEY_RULE, state=op.state, key=op.key)
         key = escape(op.key)

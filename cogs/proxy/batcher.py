@@ -43,7 +43,7 @@ from cogs.errors import (
     op_error,
     refuse,
 )
-from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, MAX_KEY_BYTES, bad_key, escape, slot, unescape
+from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, MAX_KEY_BYTES, alert_stream, bad_key, escape, slot, unescape
 from cogs.proxy.link import NodeLink
 
 log = logging.getLogger("cogs.proxy")
@@ -166,6 +166,7 @@ class Batcher:
         self.pauses: list[float] = []  # seconds each outage held batches back
         self.max_inflight = max_inflight
         self._refreshing: asyncio.Task[Any] | None = None
+        self._per_node: tuple[Any, list[str], list[str]] = (None, [], [])
         # statistics
         self._created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
         self.errors = self.backpressure = self.rerouted = self.retried = 0
@@ -380,9 +381,16 @@ class Batcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _flush(self) -> None:
+    def _nodes(self) -> tuple[Any, list[str], list[str]]:
+        """(topology, alert stream per node, address per node), rebuilt when the slot map changes."""
         topo = self.coord.topology
         assert topo is not None
+        if self._per_node[0] is not topo:
+            self._per_node = (topo, [alert_stream(n.first_slot) for n in topo.nodes], [n.addr for n in topo.nodes])
+        return self._per_node
+
+    def _flush(self) -> None:
+        topo, streams, _ = self._nodes()
         lanes = [lane for lane in self.lanes.values() if lane.pending]
         frames = encode(lanes, self.queue, topo.owner, self._route, self.routes, self.batch_max)
         for lane in lanes:
@@ -392,7 +400,7 @@ class Batcher:
         self._np = 0
         self._settle()
         for n, node_frames in frames.items():
-            stream = self.coord.alert_stream(n)
+            stream = streams[n]
             for payload, count, reqs in node_frames:
                 self.seq += 1
                 self.inflight += count
@@ -408,14 +416,12 @@ class Batcher:
                     self.spawn(self._send(b))
 
     def _link(self, n: int) -> NodeLink:
-        topo = self.coord.topology
-        assert topo is not None
-        node = topo.nodes[n]
-        link = self.links.get(node.addr)
+        addr = self._nodes()[2][n]
+        link = self.links.get(addr)
         if link is None:
             client = self.coord.node_client(n)
             pool = client.connection_pool
-            link = self.links[node.addr] = NodeLink(node.addr, pool.connection_class, pool.connection_kwargs)
+            link = self.links[addr] = NodeLink(addr, pool.connection_class, pool.connection_kwargs)
         return link
 
     async def _call(self, b: Batch) -> Any:
@@ -719,9 +725,11 @@ def encode(
             f = frames(n)
             for j in range(0, len(g), 3):
                 f.one(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
-    for req in queue:
-        n = owner[route(req.key)[1]]
-        frames(n).one(json.dumps([req.mode, req.sidx, req.op, 1, req.ekey, req.arg])[1:-1], req)
+    for req in queue:  # "mode,state,op,1,key,arg" from cached fragments (json.dumps of a list costs more)
+        r = cached(req.key) or route(req.key)
+        arg = req.arg
+        argj = "null" if arg is None else json.dumps(arg)
+        frames(owner[r[1]]).one(f"{req.mode},{req.sidx},{jstr(req.op) or _jstr(req.op)},1,{r[0]},{argj}", req)
     return {n: f.frames() for n, f in nodes.items()}
 
 

@@ -243,8 +243,7 @@ class StateProxy:
         return lane
 
     def _req(self, mode: int, state: str, key: str, op: str | None, arg: Any) -> Req:
-        st, _, sidx = self._schema.state(state)
-        name, decode = self._schema.op(state, mode, op)
+        st, sidx, name, decode = self._schema.request(state, mode, op)
         if bad_key(key):
             raise refuse(BadKey, KEY_RULE, state=state, key=key)
         req = Req(mode, state, sidx, key, name, wire_arg(arg, st, name), decode)
