@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster, free_port_base
@@ -67,6 +69,29 @@ def bench_cluster(
             yield lc.url
         finally:
             lc.down()
+
+
+def coordinator_nodes(url: str, *, replicas: bool = True) -> list[str]:
+    """host:port of the coordinator's primaries (and their replicas)."""
+
+    async def nodes() -> list[str]:
+        async with Coordinator(url=url) as co:
+            assert co.topology is not None
+            out = [n.addr for n in co.topology.nodes]
+            return out + [f"{h}:{p}" for n in co.topology.nodes for h, p in n.replicas] if replicas else out
+
+    return runtime.run(nodes)
+
+
+def coordinator_cpu(addrs: list[str]) -> float:
+    """CPU seconds the coordinator's nodes have used so far (user + system)."""
+    total = 0.0
+    for a in addrs:
+        host, _, port = a.rpartition(":")
+        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
+            info = r.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
 
 
 def environment() -> dict[str, Any]:

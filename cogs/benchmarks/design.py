@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import multiprocessing as mp
+import os
 import random
 import time
 import uuid
@@ -33,6 +34,8 @@ from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
+    coordinator_cpu,
+    coordinator_nodes,
     environment,
     fmt_rate,
     md_table,
@@ -68,7 +71,7 @@ async def _trigger(url: str, seq: list[str], members: list[str], start: Any) -> 
     async with StateProxy(url, batch_delay_ms=1.0) as p:
         upd = p.update
         start.wait()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for j in range(0, len(seq), 2000):
             for i in range(j, min(j + 2000, len(seq)), 2):
                 upd("bench_int", seq[i], "add", 1)
@@ -77,9 +80,9 @@ async def _trigger(url: str, seq: list[str], members: list[str], start: Any) -> 
                 await p._batcher.wait_room()
             await anyio.lowlevel.checkpoint()
         await p.flush()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         s = p.statistics()
-    return {"updates": s.updates, "elapsed": elapsed, "ops_sent": s.ops_sent, "errors": s.errors}
+    return {"updates": s.updates, "elapsed": elapsed, "cpu": cpu, "ops_sent": s.ops_sent, "errors": s.errors}
 
 
 def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any, q: Any) -> None:
@@ -89,7 +92,10 @@ def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any
     q.put(runtime.run(_trigger, url, seq, members, start))
 
 
-def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
+def trigger_path(url: str, primaries: list[str], n: int, s: float, procs: int) -> dict[str, Any]:
+    """``procs`` NF processes issuing ``n`` updates each; with the CPU every update cost
+    in the NF processes and in the coordinator, and the rate those costs allow on
+    this machine's cores (the ceiling whatever the code's latency or batching)."""
     prefix = f"t{uuid.uuid4().hex[:6]}:"
     ctx = mp.get_context("spawn")
     start, q = ctx.Event(), ctx.Queue()
@@ -97,11 +103,14 @@ def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
     for p in ps:
         p.start()
     time.sleep(1.0 + 0.5 * procs + n / 1e6)  # spawned interpreters build their sequences
+    coord0 = coordinator_cpu(primaries)
     start.set()
     res = [q.get(timeout=600) for _ in ps]
+    coord = coordinator_cpu(primaries) - coord0
     for p in ps:
         p.join()
     issued = sum(r["updates"] for r in res)
+    nf_us, coord_us = sum(r["cpu"] for r in res) / issued * 1e6, coord / issued * 1e6
     elapsed = max(r["elapsed"] for r in res)
     ok = runtime.run(_verify, url, n, s, procs, prefix)
     return {
@@ -113,6 +122,9 @@ def trigger_path(url: str, n: int, s: float, procs: int) -> dict[str, Any]:
         "updates_per_s": issued / elapsed,
         "errors": sum(r["errors"] for r in res),
         "final_state_exact": ok,
+        "nf_cpu_us_per_update": round(nf_us, 3),
+        "coordinator_cpu_us_per_update": round(coord_us, 3),
+        "cpu_ceiling_updates_per_s": round((os.cpu_count() or 1) * 1e6 / (nf_us + coord_us)),
     }
 
 
@@ -215,6 +227,19 @@ async def nat(url: str, state: str, mode: str, seconds: float) -> dict[str, Any]
     }
 
 
+async def ping_rtt(url: str, n: int) -> list[float]:
+    """Plain redis-py PINGs to one node: the round trip any client pays on this machine."""
+    async with Coordinator(url=url) as co:
+        node = co.node_client(0)
+        await node.ping()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await node.ping()
+            out.append(time.perf_counter() - t)
+        return out
+
+
 async def sync_retrieve_rtt(url: str, n: int) -> list[float]:
     async with StateProxy(url) as p:
         await p.syn_up("bench_direct", "rtt", "set", 1)
@@ -292,16 +317,21 @@ def main(
     secs = 1.5 if quick else 4.0
     data: dict[str, Any] = {"bench": "design", "quick": quick, "environment": environment()}
     with bench_cluster(url, progress) as seed:
+        primaries = coordinator_nodes(seed, replicas=False)
         trig = []
         # this box shares its 2 cores with 3 primaries: repeat and keep every run
         for s, procs in ((1.1, 1), (1.1, 2), (0.0, 2)):
             for rep in range(1 if quick else 3):
-                r = trigger_path(seed, n // procs, s, procs)
+                r = trigger_path(seed, primaries, n // procs, s, procs)
                 r["repeat"] = rep
                 trig.append(r)
                 label = "Zipf(1.1)" if s else "uniform"
                 rate = fmt_rate(r["updates_per_s"])
-                progress(f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}")
+                progress(
+                    f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}; "
+                    f"CPU/update {r['nf_cpu_us_per_update']:.2f} us NF + {r['coordinator_cpu_us_per_update']:.2f} us "
+                    f"coordinator (ceiling {fmt_rate(r['cpu_ceiling_updates_per_s'])}/s)"
+                )
         nats = []
         for state in ("bench_nat_single", "bench_nat"):
             for mode in ("sync", "async"):
@@ -311,10 +341,14 @@ def main(
                     f"NAT {mode} {state}: {fmt_rate(r['packets_per_s'])} pkts/s, RTT p50 {r['rtt_p50_us']:.0f} us, "
                     f"{r['lookups_per_packet']:.3f} lookups/packet"
                 )
+        ping = runtime.run(ping_rtt, seed, 2000 if quick else 5000)
         rtt = runtime.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
         hit = runtime.run(replica_hit, seed, 20_000)
         p50, p99, hit_us = pct(rtt, 50) * 1e6, pct(rtt, 99) * 1e6, hit["await_syn_retrieve_us"]
-        progress(f"sync retrieve p50 {p50:.0f} us p99 {p99:.0f} us; replica hit {hit_us:.2f} us")
+        progress(
+            f"sync retrieve p50 {p50:.0f} us p99 {p99:.0f} us (a plain PING: p50 {pct(ping, 50) * 1e6:.0f} us); "
+            f"replica hit {hit_us:.2f} us"
+        )
         fan = [runtime.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
         for f in fan:
             upd, dis = f["update_p50_us"], f["discard_p99_ms"]
@@ -329,6 +363,10 @@ def main(
         "trigger_updates_per_s_median": round(zipf_median[len(zipf_median) // 2]),
         "trigger_updates_per_s_uniform": round(uniform["updates_per_s"]),
         "trigger_final_state_exact": all(r["final_state_exact"] for r in trig),
+        "trigger_cpu_us_per_update": {"nf": zipf_best["nf_cpu_us_per_update"],
+                                      "coordinator": zipf_best["coordinator_cpu_us_per_update"]},
+        "trigger_cpu_ceiling_updates_per_s": zipf_best["cpu_ceiling_updates_per_s"],
+        "ping_p50_us": round(pct(ping, 50) * 1e6, 1),
         "sync_retrieve_p50_us": round(pct(rtt, 50) * 1e6, 1),
         "sync_retrieve_p99_us": round(pct(rtt, 99) * 1e6, 1),
         "replica_hit_us": round(hit["await_syn_retrieve_us"], 3),
@@ -344,7 +382,8 @@ def main(
     }  # fmt: skip
     data.update({"trigger": trig, "nat": nats, "replica_hit": hit, "discard_fanout": fan})
     md = "# Design choices (paper Fig. 10 + Table III)\n\n## Trigger updates, end to end\n\n" + md_table(
-        ["popularity", "NF processes", "updates/s", "ops sent", "final state exact"],
+        ["popularity", "NF processes", "updates/s", "ops sent", "final state exact",
+         "CPU/update: NF + coordinator (us)", "CPU ceiling (updates/s)"],
         [
             [
                 "Zipf(1.1)" if r["zipf_s"] else "uniform",
@@ -352,9 +391,15 @@ def main(
                 fmt_rate(r["updates_per_s"]),
                 f"{r['ops_sent']:,}",
                 r["final_state_exact"],
+                f"{r['nf_cpu_us_per_update']:.2f} + {r['coordinator_cpu_us_per_update']:.2f}",
+                fmt_rate(r["cpu_ceiling_updates_per_s"]),
             ]
             for r in trig
         ],
+    )  # fmt: skip
+    md += (
+        "\nCPU ceiling: this machine's cores divided by the CPU one update costs in the NF processes and"
+        " the coordinator together; no batching or latency change can go past it.\n"
     )
     md += "\n## NAT (portmap state, 10k Zipf flows, 40% replies)\n\n" + md_table(
         ["mode", "state", "packets/s", "RTT p50 (us)", "RTT p99 (us)", "cache hit rate", "lookups/packet"],
@@ -378,6 +423,8 @@ def main(
             for f in fan
         ],
     )
+    md += f"\nSync retrieve p50 {p50:.0f} us, p99 {p99:.0f} us; a plain redis-py PING, same run: p50 "
+    md += f"{pct(ping, 50) * 1e6:.0f} us.\n"
     md += f"\nReplica hit: {hit['await_syn_retrieve_us']:.2f} us per `await syn_retrieve`, "
     md += f"{hit['cached_peek_us']:.2f} us per `cached()`.\n"
     path = write_results("design", data, md, out)

@@ -19,6 +19,8 @@ from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
+    coordinator_cpu,
+    coordinator_nodes,
     environment,
     fmt_rate,
     md_table,
@@ -28,7 +30,6 @@ from cogs.benchmarks.common import (
     write_results,
 )
 from cogs.cli import DEFAULT_CATALOG
-from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.packets import read_trace
 from cogs.nf.runner import run_nf
@@ -39,18 +40,7 @@ NFS = ("portscan", "dnstunnel", "sidejack")
 MODEL_N = (1, 2, 4, 8, 16, 32, 64)
 
 
-async def _redis_cpu(url: str) -> tuple[float, int]:
-    """CPU seconds used so far by every primary, and how many primaries."""
-    async with Coordinator(url=url) as co:
-        assert co.topology is not None
-        total = 0.0
-        for i in range(len(co.topology.nodes)):
-            info = await co.node_client(i).info("cpu")
-            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-        return total, len(co.topology.nodes)
-
-
-async def _calibrate(url: str, nf: str, trace: Path, rounds: int) -> float:
+async def _calibrate(url: str, primaries: list[str], nf: str, trace: Path, rounds: int) -> float:
     """Coordinator CPU per op for this NF's op mix: its updates for the trace, replayed
     ``rounds`` times under fresh key prefixes so there are enough ops to measure
     against the idle background (gossip, AOF, heartbeats)."""
@@ -59,7 +49,7 @@ async def _calibrate(url: str, nf: str, trace: Path, rounds: int) -> float:
     for p in read_trace(trace):
         det.packet(p)
     det.finish()
-    cpu0, _ = await _redis_cpu(url)
+    cpu0 = coordinator_cpu(primaries)
     async with StateProxy(url) as proxy:
         for r in range(rounds):
             for i, (state, key, op, delta) in enumerate(calls):
@@ -68,7 +58,7 @@ async def _calibrate(url: str, nf: str, trace: Path, rounds: int) -> float:
                     await proxy.wait_room(1000)
         await proxy.flush()
         ops = proxy.statistics().ops_sent
-    cpu1, _ = await _redis_cpu(url)
+    cpu1 = coordinator_cpu(primaries)
     return (cpu1 - cpu0) / ops if ops else 0.0
 
 
@@ -88,11 +78,12 @@ def main(
             .build()
             .write(Path(d) / "scaling.pcap")
         )
+        primary_addrs = coordinator_nodes(seed, replicas=False)
         for nf in NFS:
-            per_op = runtime.run(_calibrate, seed, nf, trace, 10 if quick else 40)
+            per_op = runtime.run(_calibrate, seed, primary_addrs, nf, trace, 10 if quick else 40)
             progress(f"{nf}: coordinator CPU {per_op * 1e6:.1f} us per op (calibrated)")
             for n in ns:
-                _, primaries = runtime.run(_redis_cpu, seed)
+                primaries = len(primary_addrs)
                 r = run_nf(nf, trace, n, seed)
                 packets = sum(b.packets for b in r.boxes)
                 ops = sum(b.ops_sent for b in r.boxes)

@@ -26,12 +26,13 @@ from typing import Any
 import aiohttp
 import anyio
 import httpx
-import redis
 
 from cogs import runtime
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
+    coordinator_cpu,
+    coordinator_nodes,
     environment,
     fmt_rate,
     md_table,
@@ -40,7 +41,6 @@ from cogs.benchmarks.common import (
     save_plot,
     write_results,
 )
-from cogs.coordinator.client import Coordinator
 from cogs.webcache.cluster import web_cache
 
 OBJECTS, ZIPF_S, RECURRENCE, ROBOTS_PER_NODE, LOAD_PROCS = 2000, 0.8, 0.6, 4, 2
@@ -183,26 +183,6 @@ async def _fill(origin: str, nodes: list[str]) -> None:
             await c.aclose()
 
 
-def coordinator_cpu(addrs: list[str]) -> float:
-    """CPU seconds the coordinator's nodes have used (user + system)."""
-    total = 0.0
-    for a in addrs:
-        host, _, port = a.rpartition(":")
-        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
-            info = r.info("cpu")
-        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return total
-
-
-def _coordinator_nodes(url: str) -> list[str]:
-    async def nodes() -> list[str]:
-        async with Coordinator(url=url) as co:
-            assert co.topology is not None
-            return [n.addr for n in co.topology.nodes] + [f"{h}:{p}" for n in co.topology.nodes for h, p in n.replicas]
-
-    return runtime.run(nodes)
-
-
 def node_stats(nodes: list[str]) -> dict[str, int]:
     """The nodes' own counters, summed (origin fetches, ICP queries and timeouts, ...)."""
     total: Counter[str] = Counter()
@@ -219,7 +199,7 @@ def main(
     warm, measure = (2.0, 4.0) if quick else (4.0, 10.0)
     runs: list[dict[str, Any]] = []
     with bench_cluster(url, progress) as seed:
-        coord_nodes = _coordinator_nodes(seed)
+        coord_nodes = coordinator_nodes(seed)
         for n in sizes:
             for mode in ("cogs", "icp"):
                 coordinator = seed if mode == "cogs" else None
