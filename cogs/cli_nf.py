@@ -49,6 +49,8 @@ def _bar() -> Progress:
 @click.option("--port", default=0, help="webcache: first HTTP proxy port (default: free ports).")
 @click.option("--demo-origin", is_flag=True, help="webcache: also start an origin server to try it with.")
 @click.option("--duration", default=0.0, help="webcache: stop after this many seconds (default: Ctrl-C).")
+@click.option("--cache-mb", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="webcache: MB of objects each node keeps; past it the least recently used go.")  # fmt: skip
 def nf_run(
     name: str,
     trace: Path,
@@ -64,12 +66,13 @@ def nf_run(
     port: int,
     demo_origin: bool,
     duration: float,
+    cache_mb: int,
 ) -> None:
     """Run NF NAME on N middleboxes. Detectors and nat replay --trace (the alerts, or
     the translated packets in --out); webcache starts N caching HTTP proxies."""
     url = load_settings(url=coordinator).url
     if name == "webcache":
-        _webcache(middleboxes, url, cooperation, port, demo_origin, duration, as_json)
+        _webcache(middleboxes, url, cooperation, port, demo_origin, duration, as_json, cache_mb << 20)
         return
     if trace is None:
         raise click.UsageError(f"{name} replays a capture: give --trace FILE")
@@ -111,12 +114,14 @@ def nf_run(
     err_console.print(f"[dim]total {result.packets_per_s:,.0f} packets/s; {extra}[/]", highlight=False)
 
 
-def _webcache(n: int, url: str, cooperation: str, port: int, demo: bool, duration: float, as_json: bool) -> None:
+def _webcache(
+    n: int, url: str, cooperation: str, port: int, demo: bool, duration: float, as_json: bool, store_bytes: int
+) -> None:
     import time
 
     from cogs.webcache.cluster import web_cache
 
-    with web_cache(n, cooperation, url, port=port, origin_delay_s=0.02 if demo else None) as c:
+    with web_cache(n, cooperation, url, port=port, origin_delay_s=0.02 if demo else None, store_bytes=store_bytes) as c:
         if as_json:
             click.echo(json.dumps({"nodes": c.nodes, "origin": c.origin, "cooperation": cooperation}))
         else:

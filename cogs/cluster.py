@@ -381,16 +381,28 @@ def _port_busy(host: str, port: int) -> bool:
 
 def free_port_base(n: int, start: int = 20000, stop: int = 40000, host: str = "127.0.0.1", *, bus: bool = True) -> int:
     """A port p such that p..p+n-1 (and, for Redis nodes, their cluster bus ports
-    +10000) are all free."""
+    +10000) are all free, below the kernel's ephemeral range when the span allows: a
+    port free now could otherwise become some client connection's source port before
+    the node binds it."""
     import random
 
-    rng = random.Random(os.getpid() ^ int(time.time()))
+    top = _ephemeral_low() - (10000 if bus else 0)
+    if top - n > start:
+        stop = min(stop, top)
+    rng = random.SystemRandom()  # two calls in a row (one process, one second) differ
     for _ in range(200):
         base = rng.randrange(start, stop - n)
         ports = [base + i for i in range(n)] + ([base + 10000 + i for i in range(n)] if bus else [])
         if not any(_port_busy(host, p) or not _bindable(host, p) for p in ports):
             return base
     raise ClusterError(f"no {n} free consecutive ports found in {start}-{stop}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -50,6 +50,9 @@ class CogsSettings(BaseSettings):
     peer_host: str = "127.0.0.1"
     peer_port: int = Field(0, ge=0, le=65535)
     peer_timeout_s: float = Field(5.0, gt=0)
+    #: Indirect states: bytes of values this proxy keeps as their owner; past it the least
+    #: recently used go (their locators too: readers then load them anew).
+    max_owned_bytes: int = Field(1 << 30, ge=1)
 
     @field_validator("url")
     @classmethod

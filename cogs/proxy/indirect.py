@@ -23,6 +23,7 @@ and create anew) instead of hanging.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -35,7 +36,9 @@ import anyio
 
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
 from cogs.keys import proxy_key, slot
+from cogs.proxy.batcher import Req
 from cogs.proxy.cache import MISS
+from cogs.proxy.owned import Entry, OwnedValues
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 
 if TYPE_CHECKING:
@@ -44,25 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cogs.proxy")
 LOCATE, CLAIM, OWNER, FORGET = 5, 6, 7, 8
 OPS = ("get", "set", "create", "delete")
-
-
-@dataclass
-class Entry:
-    #: None while the value is being loaded by this proxy (``read_through``)
-    value: bytes | None
-    version: int
-    expires: float  # monotonic seconds, 0: never
-    #: set when a value being loaded is in place, or was given up, or not claimed after all
-    loaded: anyio.Event | None = None
-    #: the claim to load it was lost: another proxy owns the key
-    lost: bool = False
-
-    async def wait(self, patience: float) -> bytes | None:
-        """The value, once loaded (None if it was given up or took over ``patience`` s)."""
-        if self.value is None and self.loaded is not None:
-            with anyio.move_on_after(patience):
-                await self.loaded.wait()
-        return self.value
 
 
 @dataclass
@@ -77,13 +61,17 @@ class IndirectStats:
     collapsed: int = 0
     dead_owners: int = 0
     served: int = 0
+    #: values dropped (least recently used) to keep the owned bytes within the budget
+    evicted: int = 0
 
 
 class Indirect:
-    def __init__(self, proxy: StateProxy, secret: str | None, host: str, port: int, timeout: float) -> None:
+    def __init__(
+        self, proxy: StateProxy, secret: str | None, host: str, port: int, timeout: float, max_bytes: int
+    ) -> None:
         self.proxy = proxy
         self.inc = uuid.uuid4().hex[:12]  # this start of the proxy: locators of earlier ones are dead
-        self.owned: dict[tuple[int, str], Entry] = {}
+        self.owned = OwnedValues(max_bytes)
         self.stats = IndirectStats()
         self._secret = secret.encode() if secret else None
         self._peers: dict[str, tuple[str, str]] = {}  # proxy id -> (incarnation, address)
@@ -167,11 +155,22 @@ class Indirect:
     def _loaded(self, k: tuple[int, str], state: str, e: Entry, value: bytes | None) -> None:
         assert value is not None
         ttl = self.proxy.catalog.get(state).ttl
-        e.value = value
+        self.owned.set_value(k, e, value)
         e.expires = time.monotonic() + ttl / 1000 if ttl else 0.0
         if e.loaded is not None:
             e.loaded.set()
             e.loaded = None
+        self._evict()
+
+    def _evict(self) -> None:
+        """Past the byte budget: drop the least recently used values and their locators.
+        The forget is queued at once, so a later claim of the key here goes after it."""
+        for (sidx, key), _ in self.owned.over_budget():
+            self.stats.evicted += 1
+            state = self.proxy.catalog.states[sidx - 1].name
+            me = f"{self.proxy.id}:{self.inc}"
+            self.proxy._queue(Req(FORGET, state, sidx, key, "forget", me, None)).add_done_callback(_forgotten)
+        self.stats.owned = len(self.owned)
 
     async def _serve(self, op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
         """A peer's request for a value this proxy owns."""
@@ -186,6 +185,7 @@ class Indirect:
                 await e.wait(self.load_wait)
             if e is None or e.value is None:
                 raise PeerRefusal("NOT_FOUND", f"{self.proxy.id} has no {state}[{key}]")
+            self.owned.touch(k)
             return e.version, e.value if op == "get" else None
         async with self._lock(k):
             e = await self._own_update(k, state, key, op, value)
@@ -228,6 +228,7 @@ class Indirect:
         if e is not None:
             if e.value is not None:
                 self.stats.local_hits += 1
+                self.owned.touch(k)
                 return e.value
             self.stats.collapsed += 1  # another request here claimed it to load it: wait
             got = await e.wait(self.load_wait)
@@ -397,7 +398,7 @@ class Indirect:
         pttl = int(r[2])
         e.version = int(r[1])
         e.expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
-        self.stats.owned = len(self.owned)
+        self._evict()
         return True, None
 
     def _withdraw(self, k: tuple[int, str], e: Entry) -> None:
@@ -413,6 +414,11 @@ class Indirect:
             await self.client.aclose()
         if self.server is not None:
             await self.server.aclose()
+
+
+def _forgotten(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:  # readers sent here load for themselves
+        log.warning("could not drop the locator of an evicted value: %s", fut.exception())
 
 
 def _s(v: Any) -> str:

@@ -149,7 +149,7 @@ class StateProxy:
             b.spawn(b.run())
             s = self.settings
             secret = self._peer_secret or (s.peer_secret.get_secret_value() if s.peer_secret else None)
-            self._indirect = Indirect(self, secret, s.peer_host, s.peer_port, s.peer_timeout_s)
+            self._indirect = Indirect(self, secret, s.peer_host, s.peer_port, s.peer_timeout_s, s.max_owned_bytes)
             if self._indirect.server is not None and any(st.state_class == "indirect" for st in self.catalog):
                 await self._indirect.server.start()
                 b.spawn(self._indirect.server.serve())
@@ -495,6 +495,13 @@ class StateProxy:
                 self._batcher.reads.setdefault((req.sidx, req.key), {})[req.op] = req
         self._batcher.submit(req, now=now)
 
+    def _queue(self, req: Req) -> asyncio.Future[Any]:
+        """Queue ``req`` now, before anything queued after this call; its reply's future."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        req.waiters.append(fut)
+        self._send(req, now=False)
+        return fut
+
     async def _wait(self, req: Req) -> Any:
         if not self._batcher.has_room():
             await self._batcher.wait_room()
@@ -613,6 +620,8 @@ class StateProxy:
             rerouted=g("rerouted"),
             retried_batches=g("retried"),
             owned=len(ind.owned) if ind else 0,
+            owned_bytes=ind.owned.bytes if ind else 0,
+            evicted=ind.stats.evicted if ind else 0,
             indirect_local_hits=ind.stats.local_hits if ind else 0,
             remote_ops=ind.stats.remote_fetches if ind else 0,
             locator_lookups=ind.stats.coordinator_lookups if ind else 0,

@@ -45,6 +45,9 @@ class ProxyStatistics:
     #: requests this proxy served to peers; reads (here or by peers) that waited for a
     #: value this proxy was loading (read-through) instead of loading it too
     owned: int = 0
+    #: bytes of the values owned, and values dropped to stay within COGS_MAX_OWNED_BYTES
+    owned_bytes: int = 0
+    evicted: int = 0
     indirect_local_hits: int = 0
     remote_ops: int = 0
     locator_lookups: int = 0

@@ -58,7 +58,8 @@ class NodeConfig:
     #: icp: the siblings' peer addresses (host:port)
     peers: tuple[str, ...] = ()
     max_object: int = 4 << 20
-    #: icp/local: bytes of objects kept before the least recently used go
+    #: bytes of objects a node keeps before the least recently used go (cogs: the
+    #: proxy's owned values, COGS_MAX_OWNED_BYTES; icp/local: the node's own store)
     store_bytes: int = 1 << 30
     origin_timeout: float = 10.0
     icp_timeout: float = 1.0
@@ -68,7 +69,7 @@ class LocalStore:
     """Objects kept by an icp/local node: URL -> blob, least recently used dropped first."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.bytes = max_bytes, 0
+        self.max_bytes, self.bytes, self.evicted = max_bytes, 0, 0
         self._d: OrderedDict[str, bytes] = OrderedDict()
 
     def get(self, url: str) -> bytes | None:
@@ -84,6 +85,7 @@ class LocalStore:
         while self.bytes > self.max_bytes and self._d:
             _, gone = self._d.popitem(last=False)
             self.bytes -= len(gone)
+            self.evicted += 1
 
     def __len__(self) -> int:
         return len(self._d)
@@ -111,7 +113,9 @@ class CacheNode:
         """Connect, listen, serve (in ``tg``); the HTTP address."""
         cfg = self.cfg
         if cfg.mode == "cogs":
-            settings = load_settings(url=cfg.coordinator, peer_host=cfg.host, peer_port=cfg.peer_port)
+            settings = load_settings(
+                url=cfg.coordinator, peer_host=cfg.host, peer_port=cfg.peer_port, max_owned_bytes=cfg.store_bytes
+            )
             pid = f"{cfg.name}-{uuid.uuid4().hex[:6]}"
             self.proxy = StateProxy(settings=settings, proxy_id=pid, peer_secret=cfg.peer_secret)
             await self.proxy.__aenter__()
@@ -294,7 +298,11 @@ class CacheNode:
     def _stats_json(self) -> str:
         out: dict[str, Any] = {"node": self.cfg.name, "mode": self.cfg.mode, **self.stats}
         out["cpu_ms"] = int(time.process_time() * 1000)  # this node's process, since it started
-        out["objects here"] = len(self.store) if self.proxy is None else self.proxy.statistics().owned
+        if self.proxy is None:
+            out.update({"objects here": len(self.store), "bytes here": self.store.bytes, "evicted": self.store.evicted})
+        else:
+            st = self.proxy.statistics()
+            out.update({"objects here": st.owned, "bytes here": st.owned_bytes, "evicted": st.evicted})
         if self.icp is not None:
             out.update({"icp queries answered": self.icp.answered, "icp datagrams lost": self.icp.lost})
         return json.dumps(out)

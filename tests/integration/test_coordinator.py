@@ -119,6 +119,11 @@ def _migrate_slot(src_port: int, dst_port: int, dst_id: str, src_id: str, s: int
     src.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst_id)
     for k in keys:
         src.execute_command("MIGRATE", "127.0.0.1", dst_port, k, 0, 5000)
+    # and whatever else the slot holds (a proxy's exactly-once record, when the slot
+    # became the node's first and so its alert-stream tag): a slot leaves a node empty
+    while rest := src.execute_command("CLUSTER", "GETKEYSINSLOT", s, 100):
+        for k in rest:
+            src.execute_command("MIGRATE", "127.0.0.1", dst_port, k, 0, 5000)
     for c in (dst, src):
         c.execute_command("CLUSTER", "SETSLOT", s, "NODE", dst_id)
 

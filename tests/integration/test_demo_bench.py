@@ -36,7 +36,8 @@ def test_bench_quick_writes_summary(tmp_path: Path) -> None:
     s = data["summary"]
     for k in ("applied_ops_per_s", "naive_ops_per_s", "pipelined_ops_per_s", "ratio_vs_naive"):
         assert s[k] > 0, k
-    assert s["ratio_vs_naive"] == round(s["applied_ops_per_s"] / s["naive_ops_per_s"], 1)
+    # the ratio of the unrounded rates: within rounding of the ratio of the rounded ones
+    assert s["ratio_vs_naive"] == pytest.approx(s["applied_ops_per_s"] / s["naive_ops_per_s"], abs=0.051)
     assert {r["states"] for r in data["runs"]} == {1_000, 100_000}
     assert all(r["applied"] == r["ops"] for r in data["runs"])  # every op sent was applied
     assert out.with_suffix(".md").exists()

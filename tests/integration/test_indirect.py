@@ -19,6 +19,7 @@ import pytest
 from cogs.cluster import LocalCluster
 from cogs.errors import ConfigError, Oversize
 from cogs.proxy import MISS, StateProxy
+from cogs.settings import load_settings
 from tests.helpers import eventually
 
 SECRET = "cluster-shared-secret"
@@ -158,6 +159,37 @@ def test_owner_crash_readers_fall_back_then_restart_does_not_resurrect(cluster: 
     finally:
         again.kill()
         again.join(10)
+
+
+def test_owned_values_stay_within_the_byte_budget(cluster: LocalCluster) -> None:
+    """Past COGS_MAX_OWNED_BYTES the least recently used value goes, with its locator:
+    other proxies no longer find it there, and may load and own it themselves."""
+
+    async def fresh() -> bytes:
+        return b"fresh"
+
+    async def go() -> None:
+        small = load_settings(url=cluster.url, max_owned_bytes=3500)
+        async with StateProxy(settings=small, peer_secret=SECRET) as a, _proxy(cluster.url) as b:
+            for i in range(3):
+                await a.syn_up("objects", f"lru{i}", "create", bytes([i]) * 1000)
+            assert await a.syn_retrieve("objects", "lru0") == b"\x00" * 1000  # used: lru1 is now the oldest
+            await a.syn_up("objects", "lru3", "create", b"\x03" * 1000)  # 4000 bytes: one has to go
+            s = a.statistics()
+            assert (s.owned, s.owned_bytes, s.evicted) == (3, 3000, 1)
+            assert a.cached("objects", "lru1") is MISS
+            assert await b.syn_retrieve("objects", "lru0") == b"\x00" * 1000  # the others are still served
+            assert await b.syn_retrieve("objects", "lru1") is None
+            assert await b.syn_retrieve("objects", "lru1", load=fresh) == b"fresh"  # free: b takes it
+            assert b.statistics().owned == 1
+            assert await a.syn_retrieve("objects", "lru1") == b"fresh"  # from its new owner
+            # a value over the whole budget is served, then not kept
+            assert await a.syn_up("objects", "huge", "create", b"h" * 4000) == b"h" * 4000
+            s = a.statistics()
+            assert (s.owned, s.owned_bytes, s.evicted) == (3, 3000, 2)  # it alone went
+            assert await b.syn_retrieve("objects", "huge") is None
+
+    anyio.run(go)
 
 
 def test_bad_values_and_missing_secret(cluster: LocalCluster) -> None:

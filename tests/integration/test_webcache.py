@@ -168,3 +168,24 @@ def test_bad_requests_get_clear_errors_and_the_node_stays_up(cogs_cache: WebCach
     assert stats["node"] == "cache-2"
     assert stats["requests"] >= 3
     assert _get(c, 2, "/obj/9").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("mode", ["cogs", "icp"])
+def test_a_node_keeps_at_most_its_store_bytes(cluster: LocalCluster, mode: str) -> None:
+    """Past its budget a node drops the least recently used objects; in cogs mode their
+    locators go too, so another node fetches them from the origin, not from here."""
+    ids = [n for n in range(3000, 3400) if 6000 <= object_size(n) <= 14000][:8]
+    coordinator = cluster.url if mode == "cogs" else None
+    with web_cache(2, mode, coordinator, origin_delay_s=0.0, state="objects", store_bytes=40_000) as c:
+        for n in ids:
+            assert _get(c, 0, f"/obj/{n}").headers["x-cache"] == "MISS from cache-0"
+        assert c.origin is not None
+        stats = httpx.get(f"{c.proxy_url(0)}/cogs/stats", trust_env=False).json()
+        assert stats["bytes here"] <= 40_000
+        assert stats["evicted"] >= 1
+        assert stats["objects here"] == len(ids) - stats["evicted"]
+        where = "peer" if mode == "cogs" else "sibling"
+        assert _get(c, 1, f"/obj/{ids[-1]}").headers["x-cache"] == f"HIT ({where}) from cache-1"  # still kept
+        r = _get(c, 1, f"/obj/{ids[0]}")  # the oldest went: from the origin
+        assert r.headers["x-cache"] == "MISS from cache-1"
+        assert r.content == object_body(ids[0], object_size(ids[0]))

@@ -68,6 +68,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kw["password"] == "s3cret"
     assert kw["ssl_ca_certs"] == "/etc/ca.pem"
     assert "s3cret" not in repr(s)
+    assert s.max_owned_bytes == 1 << 30  # the default budget of owned indirect values
+    monkeypatch.setenv("COGS_MAX_OWNED_BYTES", "65536")
+    assert load_settings().max_owned_bytes == 65536
 
 
 def test_explicit_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +81,12 @@ def test_explicit_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("env", "value", "needle"),
-    [("COGS_URL", "http://x", "not a Redis URL"), ("COGS_CONNECT_TIMEOUT_S", "-1", "CONNECT_TIMEOUT_S")],
+    [
+        ("COGS_URL", "http://x", "not a Redis URL"),
+        ("COGS_CONNECT_TIMEOUT_S", "-1", "CONNECT_TIMEOUT_S"),
+        ("COGS_MAX_OWNED_BYTES", "0", "COGS_MAX_OWNED_BYTES"),
+        ("COGS_MAX_OWNED_BYTES", "lots", "COGS_MAX_OWNED_BYTES"),
+    ],
 )
 def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str) -> None:
     monkeypatch.setenv(env, value)
