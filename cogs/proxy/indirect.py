@@ -63,6 +63,8 @@ class IndirectStats:
     served: int = 0
     #: values dropped (least recently used) to keep the owned bytes within the budget
     evicted: int = 0
+    #: read-throughs that found the owner without the value and took the key over
+    stale_locators: int = 0
 
 
 class Indirect:
@@ -263,8 +265,14 @@ class Indirect:
                     assert self.client is not None
                     try:
                         version, value = await self.client.request(addr, "get", state, key)
-                    except PeerRefusal:  # the owner dropped it (deleted, expired, not loadable) since
-                        return None if load is None else await load()  # load, keep nothing: it is owned
+                    except PeerRefusal as r:  # the owner has no value (dropped since, or never had it)
+                        if load is None or r.code != "NOT_FOUND":
+                            return None if load is None else await load()  # load, keep nothing: it is owned
+                        # a locator pointing at nothing (say a give-up that never reached the
+                        # coordinator): take the key over from that owner, as from a dead one
+                        self.stats.stale_locators += 1
+                        dead = f"{owner}:{inc}"
+                        continue
                     except PeerError:
                         self._peers.pop(owner, None)  # ask the registry again: alive, or gone?
                         if await self._peer(owner, inc) is not None:

@@ -622,6 +622,7 @@ class StateProxy:
             owned=len(ind.owned) if ind else 0,
             owned_bytes=ind.owned.bytes if ind else 0,
             evicted=ind.stats.evicted if ind else 0,
+            stale_locators=ind.stats.stale_locators if ind else 0,
             indirect_local_hits=ind.stats.local_hits if ind else 0,
             remote_ops=ind.stats.remote_fetches if ind else 0,
             locator_lookups=ind.stats.coordinator_lookups if ind else 0,

@@ -48,6 +48,8 @@ class ProxyStatistics:
     #: bytes of the values owned, and values dropped to stay within COGS_MAX_OWNED_BYTES
     owned_bytes: int = 0
     evicted: int = 0
+    #: read-throughs that found their owner without the value and took the key over
+    stale_locators: int = 0
     indirect_local_hits: int = 0
     remote_ops: int = 0
     locator_lookups: int = 0

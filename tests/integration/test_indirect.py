@@ -192,6 +192,29 @@ def test_owned_values_stay_within_the_byte_budget(cluster: LocalCluster) -> None
     anyio.run(go)
 
 
+def test_read_through_takes_a_key_over_from_an_owner_without_its_value(cluster: LocalCluster) -> None:
+    """A locator that points at a live proxy holding nothing (its give-up never reached
+    the coordinator) heals at the next read-through: the reader takes the key over."""
+
+    async def fresh() -> bytes:
+        return b"reloaded"
+
+    async def go() -> None:
+        async with _proxy(cluster.url) as a, _proxy(cluster.url) as b, _proxy(cluster.url) as c:
+            await a.syn_up("objects", "stale", "create", b"old")
+            assert a._indirect is not None
+            del a._indirect.owned[(a.catalog.index("objects"), "stale")]  # lost here, not at the coordinator
+            assert await c.syn_retrieve("objects", "stale") is None  # a plain read finds nothing
+            assert await b.syn_retrieve("objects", "stale", load=fresh) == b"reloaded"
+            sb = b.statistics()
+            assert (sb.stale_locators, sb.owned) == (1, 1)
+            assert await c.syn_retrieve("objects", "stale") == b"reloaded"  # from b, its owner now
+            assert await a.syn_retrieve("objects", "stale", load=fresh) == b"reloaded"
+            assert a.statistics().owned == 0
+
+    anyio.run(go)
+
+
 def test_bad_values_and_missing_secret(cluster: LocalCluster) -> None:
     async def go() -> None:
         async with _proxy(cluster.url) as p:
