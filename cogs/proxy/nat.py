@@ -25,6 +25,7 @@ from cogs.proxy.proxy import StateProxy
 log = logging.getLogger("cogs.nat")
 
 Mapping = tuple[str, int]  # (ip, port)
+FLOW_CACHE = 200_000  # flows whose block is remembered (then the memo starts over)
 NatCallback = Callable[[Mapping | None, Any], Any]
 
 
@@ -76,6 +77,7 @@ class NatTable:
         self.proxy, self.state = proxy, state
         self.pool = Pool.from_params(dict(st.params), state)
         self._blocks = self.pool.blocks
+        self._flows: dict[str, tuple[str, str, str]] = {}
         self.exhausted = 0  # new flows dropped: their block had no free port
         self.errors = 0  # async lookups that failed otherwise (dropped, and reported)
 
@@ -130,35 +132,60 @@ class NatTable:
 
     # -- async -------------------------------------------------------------------------
 
+    # The async paths run per packet: no closures (a packet's context rides in a tuple
+    # to bound methods), and a flow's block is hashed once.
+
+    def _flow(self, proto: int, ip: str, port: int) -> tuple[str, str, str]:
+        """(flow id, its block, the block's external IP), remembered per flow."""
+        flow = flow_id(proto, ip, port)
+        got = self._flows.get(flow)
+        if got is None:
+            if len(self._flows) >= FLOW_CACHE:
+                self._flows.clear()
+            block = self.block_of_flow(flow)
+            got = self._flows[flow] = (flow, block, self._ip(block))
+        return got
+
     def asyn_outbound(self, proto: int, ip: str, port: int, callback: NatCallback, packet: Any = None) -> None:
         """``callback(mapping or None, packet)``: at once on a cached mapping."""
-        flow = flow_id(proto, ip, port)
-        block = self.block_of_flow(flow)
-        ext_ip = self._ip(block)
+        flow, block, ext_ip = self._flow(proto, ip, port)
+        self.proxy.asyn_entry(
+            self.state, block, "map", flow, "o|" + flow, self._out_done, (callback, ext_ip, flow, packet),
+            share=True, on_fail=self._out_failed,
+        )  # fmt: skip
 
-        def done(ext: Any, pkt: Any) -> None:
-            callback((ext_ip, int(ext)), pkt)
+    @staticmethod
+    def _out_done(ext: Any, ctx: tuple[NatCallback, str, str, Any]) -> None:
+        ctx[0]((ctx[1], int(ext)), ctx[3])
 
-        def failed(err: CogsError, pkt: Any) -> None:
-            if isinstance(err, Exhausted):
-                self._exhausted(err, flow)
-            else:  # the coordinator refused or was out of reach: the packet is dropped too
-                self.errors += 1
-                self.proxy.report_error(err, pkt)
-            callback(None, pkt)
-
-        self.proxy.asyn_entry(self.state, block, "map", flow, "o|" + flow, done, packet, share=True, on_fail=failed)
+    def _out_failed(self, err: CogsError, ctx: tuple[NatCallback, str, str, Any]) -> None:
+        callback, _, flow, pkt = ctx
+        if isinstance(err, Exhausted):
+            self._exhausted(err, flow)
+        else:  # the coordinator refused or was out of reach: the packet is dropped too
+            self.errors += 1
+            self.proxy.report_error(err, pkt)
+        callback(None, pkt)
 
     def asyn_inbound(self, proto: int, ip: str, port: int, callback: NatCallback, packet: Any = None) -> None:
         block = self.pool.block_of_port(ip, port)
         if block is None:
             callback(None, packet)
             return
+        entry = f"i|{ip}|{port}"
+        self.proxy.asyn_entry(
+            self.state, block, "in", port, entry, self._in_done, (callback, proto, packet),
+            share=True, on_fail=self._in_failed,
+        )  # fmt: skip
 
-        def done(flow: Any, pkt: Any) -> None:
-            callback(_internal(flow, proto), pkt)
+    @staticmethod
+    def _in_done(flow: Any, ctx: tuple[NatCallback, int, Any]) -> None:
+        ctx[0](_internal(flow, ctx[1]), ctx[2])
 
-        self.proxy.asyn_entry(self.state, block, "in", port, f"i|{ip}|{port}", done, packet, share=True)
+    def _in_failed(self, err: CogsError, ctx: tuple[NatCallback, int, Any]) -> None:
+        self.errors += 1  # the lookup failed: the packet is dropped, and the error reported
+        self.proxy.report_error(err, ctx[2])
+        ctx[0](None, ctx[2])
 
 
 def _internal(flow: Any, proto: int) -> Mapping | None:

@@ -111,6 +111,7 @@ class StateProxy:
         # the packet buffer table: packets waiting for their state, per state key
         self._packets: dict[tuple[int, str], int] = {}
         self._entry_reads: dict[tuple[int, str], Req] = {}  # entry ops in flight, shared
+        self._entry_modes: dict[tuple[str, str], int] = {}  # (state, op) -> update or retrieve
         self._npackets = 0
         self._logged_errors = 0
 
@@ -345,8 +346,12 @@ class StateProxy:
     # -- entry ops: types whose ops read or write one entry of a key (portmap) -------------
 
     def _entry_req(self, state: str, key: str, op: str, arg: Any, entry: str) -> Req:
-        _, ts, sidx = self._schema.state(state)
-        req = self._req(UPDATE_GET if op in ts.update else RETRIEVE, state, key, op, arg)
+        mode = self._entry_modes.get((state, op))
+        if mode is None:
+            _, ts, _ = self._schema.state(state)
+            mode = self._entry_modes[(state, op)] = UPDATE_GET if op in ts.update else RETRIEVE
+        req = self._req(mode, state, key, op, arg)
+        sidx = req.sidx
         req.decode = generic
         req.cache_key = (sidx, entry)
         if state in self._replica_entries:
@@ -413,15 +418,18 @@ class StateProxy:
 
     def _hold(self, req: Req, callback: Callback, packet: Any, on_fail: OnFail | None = None) -> None:
         req.waiters.append((callback, packet, on_fail))
-        k = (req.sidx, req.key)
-        self._packets[k] = self._packets.get(k, 0) + 1
         self._npackets += 1
+        if req.cache_key is None:  # per key: a replica hit must not overtake these (entry ops cache per entry)
+            k = (req.sidx, req.key)
+            self._packets[k] = self._packets.get(k, 0) + 1
 
     def _release(self, req: Req) -> None:
         k = (req.sidx, req.key)
         for w in req.waiters:
             if not isinstance(w, asyncio.Future):
                 self._npackets -= 1
+                if req.cache_key is not None:
+                    continue
                 n = self._packets.get(k, 1) - 1
                 if n:
                     self._packets[k] = n

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from cogs.cli import main
 from cogs.cluster import LocalCluster
+from cogs.errors import BadKey
 from cogs.nf.nat import Classifier, run_nat
 from cogs.nf.packets import read_ipv4
 from cogs.nf.synth import Synth
@@ -82,6 +83,33 @@ async def test_exhaustion_drops_new_flows_and_never_duplicates(cluster: LocalClu
         for f, m in zip(flows, got, strict=True):
             if m is not None:
                 await nat.release(*f)
+
+
+@pytest.mark.anyio
+async def test_async_drops_reach_the_callback_with_their_packet(cluster: LocalCluster) -> None:
+    """Async lookups that fail hand the callback None and the packet (drop it), and count."""
+    errors: list[tuple[type, object]] = []
+    async with StateProxy(cluster.url, on_error=lambda e, pkt: errors.append((type(e), pkt))) as p:
+        nat = NatTable(p, "pmap")
+        flows = _flows("5", 40)  # more new flows than the pool (20 ports) has
+        seen: dict[int, object] = {}
+        for i, f in enumerate(flows):
+            nat.asyn_outbound(*f, lambda m, pkt: seen.__setitem__(pkt, m), i)
+        await eventually(lambda: len(seen) == len(flows))
+        dropped = [i for i, m in seen.items() if m is None]
+        assert len(dropped) == nat.exhausted >= 20
+        assert nat.errors == 0  # exhaustion is counted on its own, not as an error
+        # a NAT whose pool disagrees with the coordinator's (block size 2, not 4): the
+        # coordinator refuses the block; the reply packet is dropped and the error reported
+        nat.pool = Pool(nat.pool.ips, nat.pool.port_min, nat.pool.port_max, 2)
+        back: list[object] = []
+        nat.asyn_inbound(6, "192.0.2.1", 1003, lambda m, pkt: back.append((m, pkt)), "reply")
+        await eventually(lambda: back == [(None, "reply")])
+        assert nat.errors == 1
+        assert errors == [(BadKey, "reply")]
+        for f, i in zip(flows, range(len(flows)), strict=True):
+            if seen[i] is not None:
+                assert await nat.release(*f)
 
 
 @pytest.mark.anyio
