@@ -565,7 +565,12 @@ def test_portmap_allocates_unique_ports_both_directions(h: LuaHarness) -> None:
     ports = [g[0] for g in got]
     assert sorted(ports) == [2000, 2001, 2002, 2003]
     assert all(g[2] == -1 for g in got)  # no ttl: never idles out
-    assert [g[1] for g in got] == [1, 2, 3, 4]  # versions grow
+    assert [g[1] for g in got] == [0, 0, 0, 0]  # singleton mode caches nothing: no version to read
+    blk = "192.0.2.1|1000"  # replica mode: each new mapping is a new version of the block
+    versions = [h.one(UG, "pmap", blk, "map", f"6|10.0.9.{i}|1", pid="p1")[1] for i in range(3)]
+    assert versions == sorted(versions)
+    assert len(set(versions)) == 3
+    assert versions[0] > 0
     again = h.one(UG, "pmap1", "192.0.2.9|2000", "map", flows[2])
     assert again[0] == ports[2]  # same flow, same mapping
     for f, port in zip(flows, ports, strict=True):

@@ -12,7 +12,8 @@
 -- args: map/out/release take the internal flow "<proto>|<ip>|<port>"; in takes an
 --   external port of the block. map returns the flow's port, allocating a free one
 --   (EXHAUSTED when the block has none); out/in look a mapping up. Each returns
---   {value or false, version, idle ms left} and refreshes the mapping's idle deadline
+--   {value or false, version (0 in singleton mode: nothing is cached), idle ms left}
+--   and refreshes the mapping's idle deadline
 --   (the state's ttl); mappings idle longer are reclaimed. In replica mode a caller
 --   of map/out/in is recorded as a holder of the block and gets discards naming
 --   "o|<flow>" and "i|<ip>|<port>" when a mapping it may cache is released or reclaimed.
@@ -24,9 +25,15 @@ end)
 local REAP = 64 -- expired mappings reclaimed per call (the rest: on later calls)
 local MAX_FLOW = 256
 
-local function now_ms()
-    local t = R('TIME')
-    return tonum(t[1]) * 1000 + math.floor(tonum(t[2]) / 1000)
+-- One clock reading per batch (the batch is one atomic step anyway).
+local function now_ms(ctx)
+    local now = ctx.portmap_now
+    if not now then
+        local t = R('TIME')
+        now = tonum(t[1]) * 1000 + math.floor(tonum(t[2]) / 1000)
+        ctx.portmap_now = now
+    end
+    return now
 end
 
 -- The block a key names, checked against the pool: ip, first and last port.
@@ -75,8 +82,17 @@ local function drop(st, sidx, rk, ip, flow, port, ctx)
     end
 end
 
+-- Reclaim idle mappings of a block, once per block per batch.
 local function reap(st, sidx, rk, ip, now, ctx)
     if not st.ttl then return end
+    local done = ctx.portmap_reaped
+    if not done then
+        done = {}
+        ctx.portmap_reaped = done
+    elseif done[rk] then
+        return
+    end
+    done[rk] = true
     local old = R('ZRANGEBYSCORE', rk .. ':idle', '-inf', now, 'LIMIT', 0, REAP)
     for i = 1, #old do
         drop(st, sidx, rk, ip, old[i], R('HGET', rk, old[i]), ctx)
@@ -91,7 +107,10 @@ local function touch(st, rk, flow, now)
     return -1
 end
 
-local function version(rk)
+-- The block's version: what a cached entry is checked against. A singleton-mode
+-- state caches nothing, so it saves the read.
+local function version(st, rk)
+    if not st.replica then return 0 end
     return tonum(R('GET', rk .. ':v') or 0)
 end
 
@@ -119,7 +138,7 @@ local function map(st, sidx, rk, ip, lo, hi, flow, now, ctx)
     end
     holders(st, rk, ctx)
     local left = touch(st, rk, flow, now)
-    return { tonum(port), version(rk), left }
+    return { tonum(port), version(st, rk), left }
 end
 
 local ops = {
@@ -136,9 +155,9 @@ local ops = {
     out = function(st, _, rk, _, _, _, arg, now, ctx)
         local flow = flow_arg(arg, st)
         local port = R('HGET', rk, flow)
-        if not port then return { false, version(rk), 0 } end
+        if not port then return { false, version(st, rk), 0 } end
         holders(st, rk, ctx)
-        return { tonum(port), version(rk), touch(st, rk, flow, now) }
+        return { tonum(port), version(st, rk), touch(st, rk, flow, now) }
     end,
     ['in'] = function(st, _, rk, _, lo, hi, arg, now, ctx)
         local port = cogs.int(arg, 'port')
@@ -146,9 +165,9 @@ local ops = {
             cogs.fail('BAD_DELTA', 'port ' .. port .. ' is not in block ' .. lo .. '-' .. hi)
         end
         local flow = R('HGET', rk .. ':in', fmt('%d', port))
-        if not flow then return { false, version(rk), 0 } end
+        if not flow then return { false, version(st, rk), 0 } end
         holders(st, rk, ctx)
-        return { flow, version(rk), touch(st, rk, flow, now) }
+        return { flow, version(st, rk), touch(st, rk, flow, now) }
     end,
     size = function(_, _, rk, _, lo, hi)
         local used = tonum(R('GET', rk .. ':next') or 0)
@@ -168,7 +187,7 @@ cogs.register_type('portmap', {
                 .. ' (update: map release; retrieve: out in size)')
         end
         local ip, lo, hi = block(st, key)
-        local now = now_ms()
+        local now = now_ms(ctx)
         if op ~= 'size' then reap(st, sidx, rk, ip, now, ctx) end
         return fn(st, sidx, rk, ip, lo, hi, arg, now, ctx)
     end,
