@@ -6,9 +6,10 @@ It cannot touch other keys, cannot FLUSHALL, cannot (re)load the library; the
 monitor user only reads. The admin (the default user, or one of your own) loads
 the library and applies these rules with ``cogs acl apply``.
 
-ACL SETUSER is per node: ``apply`` sets the users on every primary and replica.
-Nodes restarted later need it again, unless the operator persists it (an ``aclfile``
-and ``ACL SAVE``, or these rules in a protected config).
+ACL SETUSER is per node: ``apply`` sets the users on every primary and replica, then
+``ACL SAVE``s them into the node's ``aclfile`` (cogs/redis.conf names one), so a
+restarted node keeps them. A node run without an aclfile keeps them until it restarts:
+``apply`` says which nodes those are.
 """
 
 from __future__ import annotations
@@ -56,17 +57,36 @@ def users(proxy_password: str, monitor_password: str, prefix: str = "cogs") -> l
     ]
 
 
-def apply(addrs: list[tuple[str, int]], acl_users: list[AclUser], **client_kw: object) -> list[str]:
-    """Set the users on every node given (primaries and replicas); returns the nodes."""
+@dataclass(frozen=True)
+class Applied:
+    node: str
+    #: saved to the node's aclfile (survives a restart); False: no aclfile configured
+    saved: bool
+
+
+def apply(addrs: list[tuple[str, int]], acl_users: list[AclUser], **client_kw: object) -> list[Applied]:
+    """Set the users on every node given (primaries and replicas) and save them where
+    the node has an aclfile."""
     done = []
     for host, port in addrs:
         try:
             with redis.Redis(host=host, port=port, socket_timeout=5, **client_kw) as r:  # type: ignore[arg-type]
                 for u in acl_users:
                     r.execute_command(*u.setuser())
+                saved = _save(r)
         except redis.ConnectionError as e:
             raise CoordinatorUnavailable(f"node {host}:{port}: {e}") from e
         except redis.ResponseError as e:
             raise ConfigError(f"node {host}:{port} refused the ACL rules: {e}") from e
-        done.append(f"{host}:{port}")
+        done.append(Applied(f"{host}:{port}", saved))
     return done
+
+
+def _save(r: redis.Redis) -> bool:
+    try:
+        r.execute_command("ACL", "SAVE")
+    except redis.ResponseError as e:
+        if "not configured to use an ACL file" in str(e):
+            return False
+        raise
+    return True

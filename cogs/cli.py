@@ -298,7 +298,13 @@ def acl_apply(url: str | None, proxy_password: str, monitor_password: str) -> No
     if settings.url.startswith("rediss://"):
         kw["ssl"] = True
     done = acl_mod.apply(run(nodes), acl_mod.users(proxy_password, monitor_password), **kw)
-    click.echo(f"users cogs-proxy and cogs-monitor set on {len(done)} node(s): {', '.join(done)}")
+    click.echo(f"users cogs-proxy and cogs-monitor set on {len(done)} node(s): {', '.join(a.node for a in done)}")
+    unsaved = [a.node for a in done if not a.saved]
+    if unsaved:
+        err_console.print(
+            f"[yellow]not saved on {', '.join(unsaved)}: no aclfile configured there, so a restart loses the "
+            "users (run `cogs acl apply` again, or give those nodes an aclfile)[/]"
+        )
 
 
 @acl.command("show")

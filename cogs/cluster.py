@@ -31,6 +31,7 @@ from cogs.settings import DEFAULT_PORT
 from cogs.tls import TlsFiles, self_signed
 
 CONFIG_PATH = Path(__file__).with_name("redis.conf")
+ACL_FILE = "users.acl"  # the shared config's aclfile, in each node's --dir
 INSTALL_HINT = (
     "redis-server is not installed: on Debian/Ubuntu run `sudo apt-get install -y redis-server` "
     "(the README's setup command does it for you), or put redis-server 7+ on PATH"
@@ -237,6 +238,7 @@ class LocalCluster:
         d.mkdir(parents=True, exist_ok=True)
         if self._pid(port):
             return
+        (d / ACL_FILE).touch()  # the config's aclfile: must exist (empty: no users yet)
         files = self.tls_files
         ports = ["--port", "0", "--tls-port", str(port), *files.server_args()] if files else ["--port", str(port)]
         cmd = [

@@ -21,7 +21,7 @@ from cogs.errors import CogsError
 from cogs.proxy import MISS, StateProxy
 from cogs.proxy.nat import NatTable
 from cogs.settings import load_settings
-from tests.conftest import load_default_catalog
+from tests.conftest import Standalone, load_default_catalog
 from tests.helpers import eventually
 
 PROXY_PW, MONITOR_PW = "proxy-secret-123", "monitor-secret-456"
@@ -106,6 +106,38 @@ def test_acl_passwords_must_be_long(cluster: LocalCluster) -> None:
     )
     assert r.exit_code == 2
     assert "at least 12 characters" in r.output
+
+
+def test_acl_users_survive_a_node_restart(tmp_path: Path) -> None:
+    """ACL SAVE into the shared config's aclfile: a restarted node keeps the users."""
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "acl")
+    lc.up()
+    try:
+        r = CliRunner().invoke(
+            main, ["acl", "apply", "--url", lc.url, "--proxy-password", PROXY_PW, "--monitor-password", MONITOR_PW]
+        )
+        assert r.exit_code == 0, r.output
+        assert "not saved" not in r.output
+        port = lc.ports[1]
+        assert "user cogs-proxy" in (lc.node_dir(port) / "users.acl").read_text()
+        lc.stop_node(port)
+        lc.start_node(port)
+        with redis.Redis(port=port, username="cogs-proxy", password=PROXY_PW) as c:
+            assert c.ping()
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                c.execute_command("FLUSHALL")
+    finally:
+        lc.down()
+
+
+def test_acl_apply_names_the_nodes_that_cannot_keep_the_users(standalone: Standalone) -> None:
+    r = CliRunner().invoke(
+        main, ["acl", "apply", "--url", standalone.url, "--proxy-password", PROXY_PW, "--monitor-password", MONITOR_PW]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"not saved on 127.0.0.1:{standalone.port}: no aclfile configured there" in r.output
+    with redis.Redis(port=standalone.port, username="cogs-proxy", password=PROXY_PW) as c:
+        assert c.ping()  # set all the same, until that node restarts
 
 
 @pytest.fixture(scope="module")

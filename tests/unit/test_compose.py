@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import CONFIG_PATH, LocalCluster
+from cogs.cluster import ACL_FILE, CONFIG_PATH, LocalCluster
 from cogs.settings import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +71,17 @@ def test_shared_config_enables_cluster_and_aof() -> None:
     assert conf["appendonly"] == "yes"
     assert conf["maxmemory-policy"] == "noeviction"
     assert "port" not in conf  # per-node settings come from each launcher's command line
+    assert conf["aclfile"] == ACL_FILE  # relative: in each node's --dir
+
+
+def test_both_launchers_create_the_aclfile_in_the_node_dir() -> None:
+    """Redis refuses to start when its aclfile is missing: compose touches it in the
+    data dir before the image's entrypoint runs the node (the launcher: start_node)."""
+    for name, svc in _redis_services().items():
+        cmd = svc["command"]
+        data_dir = cmd[cmd.index("--dir") + 1]
+        entry = svc["entrypoint"]
+        assert entry[:2] == ["sh", "-c"], name
+        assert entry[2].startswith(f"touch {data_dir}/{ACL_FILE} && exec docker-entrypoint.sh "), name
+        assert entry[2].endswith('"$$@"'), name  # the command's args, intact
+        assert entry[3] == "--", name
