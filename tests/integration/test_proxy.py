@@ -217,6 +217,41 @@ async def test_updates_survive_a_slot_migration(cluster: LocalCluster) -> None:
             await p.coord.refresh()
 
 
+async def test_updates_wait_out_a_slot_migration_in_progress(cluster: LocalCluster) -> None:
+    """While a slot is half moved (MIGRATING/IMPORTING, its key already at the target),
+    the source refuses the key (ASK); the proxy keeps re-routing those updates until
+    the move completes: none is lost or applied twice, other slots flow meanwhile."""
+    async with StateProxy(cluster.url) as p:
+        assert p.coord.topology is not None
+        key = next(k for k in (f"ask{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 0)
+        other = next(k for k in (f"calm{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 2)
+        s = slot(key)
+        src, dst = p.coord.topology.nodes[0], p.coord.topology.nodes[1]
+        rk = f"cogs:cnt:{{{key}}}"
+        await p.syn_up("cnt", key, "add", 10)
+        a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+        b.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", src.node_id)
+        a.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst.node_id)
+        a.execute_command("MIGRATE", "127.0.0.1", dst.port, rk, 0, 5000)
+        try:
+            for _ in range(20):
+                p.update("cnt", key, "add", 1)
+                p.update("cnt", other, "add", 1)
+            await anyio.sleep(0.5)  # the slot stays half moved: its updates wait
+            assert await p.syn_retrieve("cnt", other) == 20
+            assert p.statistics().rerouted >= 1
+        finally:
+            from tests.integration.test_coordinator import _migrate_slot
+
+            for c in (b, a):  # finish the move
+                c.execute_command("CLUSTER", "SETSLOT", s, "NODE", dst.node_id)
+            await p.flush()
+            assert await p.syn_retrieve("cnt", key) == 30
+            _migrate_slot(dst.port, src.port, src.node_id, dst.node_id, s, [rk])
+            await p.coord.refresh()
+        assert p.statistics().errors == 0
+
+
 def test_blocking_facade_same_semantics(cluster: LocalCluster) -> None:
     got: list[tuple[Any, Any]] = []
     with BlockingStateProxy(cluster.url) as p:
