@@ -44,6 +44,9 @@ class CogsSettings(BaseSettings):
     #: acknowledged update survives the loss of its primary. Needs replicas.
     durable: bool = False
     durable_timeout_s: float = Field(1.0, gt=0)
+    #: Proxies: how long an op may keep coming back MOVED/ASK (its slot being moved)
+    #: before it fails with a Moved error instead of waiting for the move to complete.
+    reroute_timeout_s: float = Field(30.0, gt=0)
     #: Indirect states: the secret every proxy shares to talk to its peers, and where
     #: this proxy listens for them (port 0: any free port, published in the registry).
     peer_secret: SecretStr | None = None

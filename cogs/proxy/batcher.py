@@ -78,7 +78,9 @@ class Lane:
 class Req:
     """One op that someone waits for (or a re-sent one)."""
 
-    __slots__ = ("arg", "cache_key", "decode", "ekey", "epoch", "key", "mode", "op", "sidx", "state", "waiters")
+    __slots__ = (
+        "arg", "cache_key", "decode", "ekey", "epoch", "key", "mode", "moved_at", "op", "sidx", "state", "waiters",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -97,6 +99,8 @@ class Req:
         self.epoch = -1
         #: an entry op (StateProxy.syn_entry): where its value is cached, if anywhere
         self.cache_key: tuple[int, str] | None = None
+        #: when the coordinator first answered MOVED/ASK for it (monotonic s; 0: never)
+        self.moved_at = 0.0
 
 
 #: modes whose ops may be applied twice with the same effect: retrieve, check, retrieve
@@ -131,6 +135,7 @@ class Batcher:
         max_inflight: int = 2,
         durable: bool = False,
         durable_timeout: float = 1.0,
+        reroute_timeout: float = 30.0,
         on_error: ErrorHook,
         on_result: Callable[[Req, Any], None],
         on_failed: Callable[[Req, CogsError], None],
@@ -162,6 +167,7 @@ class Batcher:
         self.parked: list[tuple[Batch, CogsError]] = []
         self._retrying = False
         self.durable, self.durable_timeout = durable, durable_timeout
+        self.reroute_timeout = reroute_timeout  # how long an op may keep coming back MOVED/ASK
         self.outage_started = 0.0
         self.pauses: list[float] = []  # seconds each outage held batches back
         self.max_inflight = max_inflight
@@ -535,7 +541,7 @@ class Batcher:
             return
         reqs = b.reqs
         self.ops_applied += reply.applied
-        moved: list[int] = []
+        moved: list[tuple[int, Moved]] = []
         flat: list[WireOp] | None = None
         for i, msg in reply.errors.items():
             if flat is None:
@@ -545,7 +551,7 @@ class Batcher:
             key = req.key if req else unescape(flat[i][3])
             err = op_error(msg, state=state, key=key, op=str(flat[i][2]))
             if isinstance(err, Moved):
-                moved.append(i)
+                moved.append((i, err))
                 continue
             self.errors += 1
             if req is not None:
@@ -568,15 +574,23 @@ class Batcher:
                 return lane.name
         return f"#{sidx}"
 
-    def _requeue(self, flat: list[WireOp], reqs: dict[int, Req], which: list[int]) -> None:
-        """Put ops the coordinator did not apply (MOVED) back in front of the queue:
-        they were issued before anything queued now."""
+    def _requeue(self, flat: list[WireOp], reqs: dict[int, Req], which: list[tuple[int, Moved]]) -> None:
+        """Put ops the coordinator did not apply (MOVED, or ASK while their slot is half
+        moved) back in front of the queue: they were issued before anything queued now.
+        One still refused ``reroute_timeout`` s after the first time fails (a migration
+        that never completes must not hold it, and flush(), forever)."""
         back: list[Req] = []
-        for i in which:
+        now = time.monotonic()
+        for i, err in which:
             req = reqs.get(i)
             if req is None:
                 mode, sidx, op, ek, arg = flat[i]
                 req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
+            if not req.moved_at:
+                req.moved_at = now
+            elif now - req.moved_at > self.reroute_timeout:
+                self._give_up_moved(req, err)
+                continue
             back.append(req)
         self.queue[:0] = back
         self._settle()
@@ -586,6 +600,15 @@ class Batcher:
             self._idle.clear()
         if self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(max(self.delay, 0.01), self._kick.set)
+
+    def _give_up_moved(self, req: Req, err: Moved) -> None:
+        self.errors += 1
+        gone = Moved(
+            f"its slot's node kept refusing it for {self.reroute_timeout:g} s (a slot migration that does not "
+            f"complete?): {err}",
+            state=req.state, key=req.key, op=req.op,
+        )  # fmt: skip
+        self.on_failed(req, gone)  # its waiters, else on_error
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():

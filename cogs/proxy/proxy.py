@@ -132,6 +132,7 @@ class StateProxy:
             self._batcher = Batcher(
                 self.coord, token, self.id, batch_max_ops=bmax, delay=delay, max_pending=maxp,
                 durable=self._durable, durable_timeout=self.settings.durable_timeout_s,
+                reroute_timeout=self.settings.reroute_timeout_s,
                 on_error=self._on_error, on_result=self._resolve, on_failed=self._failed,
             )  # fmt: skip
             self._batcher.lane_factory = self._new_lane

@@ -15,10 +15,22 @@ import redis
 from cogs import runtime
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
-from cogs.errors import BadDelta, BadKey, CatalogMismatch, ConfigError, OpError, Oversize, UnknownOp, UnknownState
+from cogs.errors import (
+    BadDelta,
+    BadKey,
+    CatalogMismatch,
+    CogsError,
+    ConfigError,
+    Moved,
+    OpError,
+    Oversize,
+    UnknownOp,
+    UnknownState,
+)
 from cogs.keys import escape, proxy_key, slot
 from cogs.proxy import MISS, Backpressure, StateProxy
 from cogs.proxy.blocking import BlockingStateProxy
+from cogs.settings import load_settings
 from tests.helpers import TEST_CATALOG, eventually
 
 pytestmark = pytest.mark.anyio
@@ -250,6 +262,45 @@ async def test_updates_wait_out_a_slot_migration_in_progress(cluster: LocalClust
             _migrate_slot(dst.port, src.port, src.node_id, dst.node_id, s, [rk])
             await p.coord.refresh()
         assert p.statistics().errors == 0
+
+
+async def test_ops_on_a_slot_that_never_finishes_moving_fail_after_the_reroute_timeout(
+    cluster: LocalCluster,
+) -> None:
+    errors: list[CogsError] = []
+    settings = load_settings(url=cluster.url, reroute_timeout_s=0.5)
+    async with StateProxy(settings=settings, on_error=lambda e, pkt: errors.append(e)) as p:
+        assert p.coord.topology is not None
+        key = next(k for k in (f"stuck{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 0)
+        s = slot(key)
+        src, dst = p.coord.topology.nodes[0], p.coord.topology.nodes[1]
+        rk = f"cogs:cnt:{{{key}}}"
+        await p.syn_up("cnt", key, "add", 1)
+        a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+        b.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", src.node_id)
+        a.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst.node_id)
+        a.execute_command("MIGRATE", "127.0.0.1", dst.port, rk, 0, 5000)
+        try:
+            p.update("cnt", key, "add", 1)
+            with anyio.fail_after(10):
+                await p.flush()  # returns: the op failed, it does not wait forever
+            assert [type(e) for e in errors] == [Moved]
+            assert "kept refusing it for 0.5 s" in str(errors[0])
+            assert isinstance(errors[0], Moved)
+            assert errors[0].key == key
+            with pytest.raises(Moved, match="kept refusing"):
+                await p.syn_up("cnt", key, "add", 1)  # a waiter gets the error
+            assert p.statistics().errors == 2
+        finally:
+            for c in (b, a):  # the move completes at last
+                c.execute_command("CLUSTER", "SETSLOT", s, "NODE", dst.node_id)
+        try:
+            assert await p.syn_up("cnt", key, "add", 1) == 2  # nothing of the failed ops was applied
+        finally:
+            from tests.integration.test_coordinator import _migrate_slot
+
+            _migrate_slot(dst.port, src.port, src.node_id, dst.node_id, s, [rk])
+            await p.coord.refresh()
 
 
 def test_blocking_facade_same_semantics(cluster: LocalCluster) -> None:

@@ -86,6 +86,7 @@ def test_explicit_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("COGS_CONNECT_TIMEOUT_S", "-1", "CONNECT_TIMEOUT_S"),
         ("COGS_MAX_OWNED_BYTES", "0", "COGS_MAX_OWNED_BYTES"),
         ("COGS_MAX_OWNED_BYTES", "lots", "COGS_MAX_OWNED_BYTES"),
+        ("COGS_REROUTE_TIMEOUT_S", "0", "COGS_REROUTE_TIMEOUT_S"),
     ],
 )
 def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str) -> None:
