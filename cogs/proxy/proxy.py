@@ -504,28 +504,26 @@ class StateProxy:
                 self._batcher.reads.setdefault((req.sidx, req.key), {})[req.op] = req
         self._batcher.submit(req, now=now)
 
-    def _queue(self, req: Req) -> asyncio.Future[Any]:
-        """Queue ``req`` now, before anything queued after this call; its reply's future."""
+    def _queue(self, req: Req, *, now: bool = False) -> asyncio.Future[Any]:
+        """Queue ``req`` now, before anything queued after this call; its reply's future
+        (``now``: flush at once, a caller waits for it)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         req.waiters.append(fut)
-        self._send(req, now=False)
+        self._send(req, now=now)
         return fut
 
     async def _wait(self, req: Req) -> Any:
         if not self._batcher.has_room():
             await self._batcher.wait_room()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._sync_ops += 1
         if req.mode == RETRIEVE and req.arg is None:
             shared = self._batcher.reads.get((req.sidx, req.key), {}).get(req.op)
             if shared is not None:
+                fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 shared.waiters.append(fut)
-                self._sync_ops += 1
                 self._batcher.kick()
                 return await fut
-        req.waiters.append(fut)
-        self._sync_ops += 1
-        self._send(req, now=True)
-        return await fut
+        return await self._queue(req, now=True)
 
     def _resolve(self, req: Req, raw: Any) -> None:
         """A reply for a request: decode, cache a replica, wake the waiters in order."""

@@ -29,6 +29,15 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 
+def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (any case), or None."""
+    name = name.lower()
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
 @dataclass
 class HttpRequest:
     method: str
@@ -37,11 +46,7 @@ class HttpRequest:
     body: bytes = b""
 
     def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        return find_header(self.headers, name)
 
 
 @dataclass
@@ -51,11 +56,7 @@ class HttpResponse:
     body: bytes = b""
 
     def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        return find_header(self.headers, name)
 
 
 def error(status: int, text: str) -> HttpResponse:

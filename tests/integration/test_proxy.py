@@ -229,22 +229,31 @@ async def test_updates_survive_a_slot_migration(cluster: LocalCluster) -> None:
             await p.coord.refresh()
 
 
+async def _half_move(p: StateProxy, prefix: str, start: int) -> tuple[str, int, Any, Any, str]:
+    """A "cnt" key of node 0 set to ``start``, its slot then left half moved to node 1
+    (MIGRATING/IMPORTING, the key already there): (key, slot, src, dst, Redis key)."""
+    assert p.coord.topology is not None
+    key = next(k for k in (f"{prefix}{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 0)
+    s = slot(key)
+    src, dst = p.coord.topology.nodes[0], p.coord.topology.nodes[1]
+    rk = f"cogs:cnt:{{{key}}}"
+    await p.syn_up("cnt", key, "add", start)
+    with redis.Redis(port=src.port) as a, redis.Redis(port=dst.port) as b:
+        b.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", src.node_id)
+        a.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst.node_id)
+        a.execute_command("MIGRATE", "127.0.0.1", dst.port, rk, 0, 5000)
+    return key, s, src, dst, rk
+
+
 async def test_updates_wait_out_a_slot_migration_in_progress(cluster: LocalCluster) -> None:
     """While a slot is half moved (MIGRATING/IMPORTING, its key already at the target),
     the source refuses the key (ASK); the proxy keeps re-routing those updates until
     the move completes: none is lost or applied twice, other slots flow meanwhile."""
     async with StateProxy(cluster.url) as p:
         assert p.coord.topology is not None
-        key = next(k for k in (f"ask{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 0)
         other = next(k for k in (f"calm{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 2)
-        s = slot(key)
-        src, dst = p.coord.topology.nodes[0], p.coord.topology.nodes[1]
-        rk = f"cogs:cnt:{{{key}}}"
-        await p.syn_up("cnt", key, "add", 10)
+        key, s, src, dst, rk = await _half_move(p, "ask", 10)
         a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
-        b.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", src.node_id)
-        a.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst.node_id)
-        a.execute_command("MIGRATE", "127.0.0.1", dst.port, rk, 0, 5000)
         try:
             for _ in range(20):
                 p.update("cnt", key, "add", 1)
@@ -270,16 +279,8 @@ async def test_ops_on_a_slot_that_never_finishes_moving_fail_after_the_reroute_t
     errors: list[CogsError] = []
     settings = load_settings(url=cluster.url, reroute_timeout_s=0.5)
     async with StateProxy(settings=settings, on_error=lambda e, pkt: errors.append(e)) as p:
-        assert p.coord.topology is not None
-        key = next(k for k in (f"stuck{i}" for i in range(300)) if p.coord.topology.node_of(slot(k)) == 0)
-        s = slot(key)
-        src, dst = p.coord.topology.nodes[0], p.coord.topology.nodes[1]
-        rk = f"cogs:cnt:{{{key}}}"
-        await p.syn_up("cnt", key, "add", 1)
+        key, s, src, dst, rk = await _half_move(p, "stuck", 1)
         a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
-        b.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", src.node_id)
-        a.execute_command("CLUSTER", "SETSLOT", s, "MIGRATING", dst.node_id)
-        a.execute_command("MIGRATE", "127.0.0.1", dst.port, rk, 0, 5000)
         try:
             p.update("cnt", key, "add", 1)
             with anyio.fail_after(10):
