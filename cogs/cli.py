@@ -428,15 +428,34 @@ BENCHES = {
 }
 
 
+#: options only some benches take (passed to their main() as keywords)
+BENCH_OPTIONS: dict[str, list[Any]] = {
+    "webcache": [
+        click.option(
+            "--placement",
+            type=click.Choice(["split", "shared"]),
+            default="split",
+            show_default=True,
+            help="split: caching proxies on half the CPUs; load generators, origin and coordinator on the other "
+            "half (as separate machines); shared: all on every CPU.",
+        )
+    ],
+}
+
+
 def _bench_command(name: str, doc: str) -> None:
-    @bench.command(name, help=doc)
     @url_option
     @click.option("--quick", is_flag=True, help="Small sizes, under a minute.")
     @click.option("--out", type=click.Path(path_type=Path), help="JSON output file.")
-    def run_bench(url: str | None, quick: bool, out: Path | None) -> None:
+    def run_bench(url: str | None, quick: bool, out: Path | None, **extra: Any) -> None:
         import importlib
 
-        importlib.import_module(f"cogs.benchmarks.{name}").main(url=url, quick=quick, out=out, progress=_progress)
+        mod = importlib.import_module(f"cogs.benchmarks.{name}")
+        mod.main(url=url, quick=quick, out=out, progress=_progress, **extra)
+
+    for opt in BENCH_OPTIONS.get(name, []):
+        run_bench = opt(run_bench)
+    bench.command(name, help=doc)(run_bench)
 
 
 for _name, _doc in BENCHES.items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -94,6 +96,76 @@ def coordinator_cpu(addrs: list[str]) -> float:
     return total
 
 
+PLACEMENTS = ("split", "shared")
+
+
+class Placement:
+    """Which CPUs a bench's processes run on. ``split``: the processes under test on
+    one half of this process's CPUs and the rest (load generators, servers they talk
+    to) on the other, as separate machines would be; ``shared``: wherever the OS puts
+    them. Pinned processes get their CPUs back on ``restore()`` (a coordinator given
+    by URL outlives the bench)."""
+
+    def __init__(self, mode: str) -> None:
+        if mode not in PLACEMENTS:
+            raise ValueError(f"unknown placement {mode!r} (have: {', '.join(PLACEMENTS)})")
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.note = ""
+        if mode == "split" and len(cpus) < 2:
+            mode, self.note = "shared", f"split needs 2 CPUs, this process may use {len(cpus) or 'an unknown number'}"
+        self.mode = mode
+        half = len(cpus) // 2
+        self.rest, self.tested = set(cpus[:half]), set(cpus[half:])
+        self._pinned: list[tuple[int, set[int]]] = []
+
+    def describe(self) -> dict[str, Any]:
+        if self.mode == "shared":
+            return {"mode": "shared", "note": self.note}
+        return {"mode": "split", "tested_cpus": sorted(self.tested), "rest_cpus": sorted(self.rest)}
+
+    def pin(self, pid: int, side: str) -> None:
+        """Pin ``pid`` to the ``tested`` or the ``rest`` CPUs (nothing in shared mode)."""
+        if self.mode == "shared":
+            return
+        try:
+            before = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, self.tested if side == "tested" else self.rest)
+        except (ProcessLookupError, PermissionError):
+            return  # gone, or not ours to place: it runs where it runs
+        self._pinned.append((pid, before))
+
+    @contextmanager
+    def spawning_rest(self) -> Iterator[None]:
+        """Processes started inside inherit the rest's CPUs."""
+        if self.mode == "shared":
+            yield
+            return
+        own = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.rest)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, own)
+
+    def restore(self) -> None:
+        for pid, cpus in reversed(self._pinned):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(pid, cpus)
+        self._pinned.clear()
+
+
+def local_pids(addrs: list[str]) -> list[int]:
+    """Process ids of the Redis nodes at ``addrs`` that run on this host (loopback)."""
+    pids = []
+    for a in addrs:
+        host, _, port = a.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            continue
+        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
+            pids.append(int(r.info("server")["process_id"]))
+    return pids
+
+
 def environment() -> dict[str, Any]:
     try:
         redis_v = subprocess.run(
@@ -101,8 +173,6 @@ def environment() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         redis_v = "?"
-    import os
-
     return {
         "python": platform.python_version(),
         "redis_server": redis_v,

@@ -10,10 +10,18 @@ proxies in turn), so both modes start from the same cache; then a warm-up (not
 measured) and a measured window: requests/s, hit ratio (local + remote), where hits
 came from, latency. Both modes run the same code (cogs/webcache/node.py), the same
 load and the same origin, one after the other on this machine.
+
+Placement (``--placement``): by default (``split``) the caching proxies run on one
+half of the CPUs and everything else (load generators, origin, the coordinator's
+nodes on this host) on the other, as in the paper the caches had machines of their
+own and clients, servers and coordinator ran elsewhere; ``shared`` lets them all
+compete for every core. Either way the CPU every request cost the caches and the
+coordinator is reported beside the throughput (``cpu_us_per_request_*``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import random
@@ -29,12 +37,14 @@ import httpx
 
 from cogs import runtime
 from cogs.benchmarks.common import (
+    Placement,
     Progress,
     bench_cluster,
     coordinator_cpu,
     coordinator_nodes,
     environment,
     fmt_rate,
+    local_pids,
     md_table,
     noop,
     pyplot,
@@ -109,7 +119,12 @@ def _load_proc(args: tuple[Any, ...], q: Any) -> None:
 
 
 def run_load(
-    origin: str, nodes: list[str], warm: float, measure: float, coordinator: list[str] | None = None
+    origin: str,
+    nodes: list[str],
+    warm: float,
+    measure: float,
+    coordinator: list[str] | None = None,
+    place: Placement | None = None,
 ) -> dict[str, Any]:
     """The load for warm + measure seconds; what the measured window saw, including
     the CPU the nodes and the coordinator spent per request in it."""
@@ -130,8 +145,9 @@ def run_load(
         ctx.Process(target=_load_proc, args=((origin, nodes, robots[p::LOAD_PROCS], p, start_at, warm, measure), q))
         for p in range(LOAD_PROCS)
     ]
-    for p in procs:
-        p.start()
+    with place.spawning_rest() if place else contextlib.nullcontext():
+        for p in procs:
+            p.start()
     results = [q.get(timeout=warm + measure + 120) for _ in procs]
     for p in procs:
         p.join(10)
@@ -193,30 +209,73 @@ def node_stats(nodes: list[str]) -> dict[str, int]:
 
 
 def main(
-    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+    url: str | None = None,
+    quick: bool = False,
+    out: Path | None = None,
+    progress: Progress = noop,
+    placement: str = "split",
 ) -> dict[str, Any]:
     sizes = [1, 3, 9] if quick else [1, 3, 5, 7, 9]
     warm, measure = (2.0, 4.0) if quick else (4.0, 10.0)
     runs: list[dict[str, Any]] = []
+    place = Placement(placement)
+    if place.note:
+        progress(f"placement: shared ({place.note})")
+    elif place.mode == "split":
+        progress(f"placement: caching proxies on CPUs {sorted(place.tested)}; load generators, origin and "
+                 f"coordinator on CPUs {sorted(place.rest)}")  # fmt: skip
     with bench_cluster(url, progress) as seed:
         coord_nodes = coordinator_nodes(seed)
-        for n in sizes:
-            for mode in ("cogs", "icp"):
-                coordinator = seed if mode == "cogs" else None
-                with web_cache(n, mode, coordinator, origin_delay_s=ORIGIN_DELAY_S, state="bench_objects") as c:
-                    assert c.origin is not None
-                    runtime.run(_fill, c.origin, c.nodes)
-                    r = run_load(c.origin, c.nodes, warm, measure, coord_nodes if mode == "cogs" else [])
-                    r["nodes"] = node_stats(c.nodes)
-                r.update(instances=n, mode=mode)
-                runs.append(r)
-                extra = f", {r['nodes'].get('icp timeouts', 0)} ICP timeouts" if mode == "icp" else ""
-                cpu = r["node_cpu_us_per_request"] + r["coordinator_cpu_us_per_request"]
-                extra += f"; CPU/request {cpu} us (coordinator {r['coordinator_cpu_us_per_request']})"
-                progress(
-                    f"{n} instance(s), {mode}: {fmt_rate(r['requests_per_s'])} req/s, hit ratio {r['hit_ratio']:.1%} "
-                    f"(remote {r['remote_hit_ratio']:.1%}), p50 {r['p50_ms']:.1f} ms, errors {r['errors']}{extra}"
-                )
+        try:
+            for pid in local_pids(coord_nodes):
+                place.pin(pid, "rest")  # the coordinator: another machine in the paper
+            for n in sizes:
+                for mode in ("cogs", "icp"):
+                    runs.append(_one(seed, coord_nodes, n, mode, warm, measure, place, progress))
+        finally:
+            place.restore()
+    return _report(runs, sizes, (quick, warm, measure), place, out, progress)
+
+
+def _one(
+    seed: str,
+    coord_nodes: list[str],
+    n: int,
+    mode: str,
+    warm: float,
+    measure: float,
+    place: Placement,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One configuration: n caches in ``mode``, filled, then loaded and measured."""
+    coordinator = seed if mode == "cogs" else None
+    with web_cache(n, mode, coordinator, origin_delay_s=ORIGIN_DELAY_S, state="bench_objects") as c:
+        assert c.origin is not None
+        for i, proc in enumerate(c.procs):
+            place.pin(proc.pid, "rest" if i == 0 else "tested")  # the origin is started first
+        runtime.run(_fill, c.origin, c.nodes)
+        r = run_load(c.origin, c.nodes, warm, measure, coord_nodes if mode == "cogs" else [], place)
+        r["nodes"] = node_stats(c.nodes)
+    r.update(instances=n, mode=mode)
+    extra = f", {r['nodes'].get('icp timeouts', 0)} ICP timeouts" if mode == "icp" else ""
+    cpu = r["node_cpu_us_per_request"] + r["coordinator_cpu_us_per_request"]
+    extra += f"; CPU/request {cpu} us (coordinator {r['coordinator_cpu_us_per_request']})"
+    progress(
+        f"{n} instance(s), {mode}: {fmt_rate(r['requests_per_s'])} req/s, hit ratio {r['hit_ratio']:.1%} "
+        f"(remote {r['remote_hit_ratio']:.1%}), p50 {r['p50_ms']:.1f} ms, errors {r['errors']}{extra}"
+    )
+    return r
+
+
+def _report(
+    runs: list[dict[str, Any]],
+    sizes: list[int],
+    how: tuple[bool, float, float],
+    place: Placement,
+    out: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    quick, warm, measure = how
     by = {(r["instances"], r["mode"]): r for r in runs}
     top = max(sizes)
     cogs_cpu = {
@@ -240,13 +299,19 @@ def main(
         "target_ratio_vs_icp_at_9": 1.4,
     }
     data = {
-        "bench": "webcache", "quick": quick, "environment": environment(),
+        "bench": "webcache", "quick": quick, "environment": environment(), "placement": place.describe(),
         "load": {"working_set": OBJECTS, "zipf_s": ZIPF_S, "recurrence": RECURRENCE,
                  "robots_per_instance": ROBOTS_PER_NODE, "origin_delay_ms": ORIGIN_DELAY_S * 1e3,
                  "warm_s": warm, "measure_s": measure},
         "summary": summary, "runs": runs,
     }  # fmt: skip
-    md = "# Cooperative web cache: cogs vs ICP (paper Fig. 11c)\n\n" + md_table(
+    where = (
+        f"Caching proxies on CPUs {sorted(place.tested)}; load generators, origin and coordinator on CPUs "
+        f"{sorted(place.rest)} (in the paper: other machines)."
+        if place.mode == "split"
+        else "Load generators, origin, caching proxies and coordinator share every CPU."
+    )
+    md = f"# Cooperative web cache: cogs vs ICP (paper Fig. 11c)\n\n{where}\n\n" + md_table(
         ["instances", "mode", "requests/s", "hit ratio", "remote hits", "p50 (ms)", "p99 (ms)",
          "CPU/request (us): nodes + coordinator", "errors"],
         [[r["instances"], r["mode"], fmt_rate(r["requests_per_s"]), f"{r['hit_ratio']:.1%}",
