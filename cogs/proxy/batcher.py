@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import anyio
@@ -55,6 +56,13 @@ FAST_KEY = MAX_KEY_BYTES // 4  # this many chars are valid however they encode o
 MAX_RETRIES = 20
 
 ErrorHook = Callable[[CogsError, Any], None]
+
+
+def route(key: str) -> tuple[str, int]:
+    """(the escaped key as a JSON string, its slot). The string encoder json.dumps
+    itself uses, without its per-call machinery: half the cost, the same text."""
+    ek = escape(key)
+    return encode_basestring_ascii(ek), slot(ek)
 
 
 class Backpressure(CogsError):
@@ -376,8 +384,7 @@ class Batcher:
         if r is None:
             if len(self.routes) >= ROUTE_CACHE:
                 self.routes.clear()
-            ek = escape(key)
-            r = self.routes[key] = (json.dumps(ek), slot(ek))
+            r = self.routes[key] = route(key)
         return r
 
     def spawn(self, coro: Any) -> None:
@@ -763,7 +770,7 @@ def _jstr(s: str) -> str:
     """JSON of a set member, cached: members repeat (ports, client IPs, names)."""
     if len(_JSON_STR) >= ROUTE_CACHE:
         _JSON_STR.clear()
-    j = _JSON_STR[s] = json.dumps(s)
+    j = _JSON_STR[s] = encode_basestring_ascii(s)
     return j
 
 

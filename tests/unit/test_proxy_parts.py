@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cogs.coordinator.wire import expand, runs
 from cogs.keys import escape, slot
-from cogs.proxy.batcher import SUM, UNION, Lane, Req, encode
+from cogs.proxy.batcher import SUM, UNION, Lane, Req, _jstr, encode, route
 from cogs.proxy.cache import MISS, ReplicaCache
 
 K = (1, "k")
@@ -78,6 +78,12 @@ def _lane(kinds: dict[str, int]) -> Lane:
 def _route(key: str) -> tuple[str, int]:
     ek = escape(key)
     return json.dumps(ek), slot(ek)
+
+
+@given(st.text(max_size=40))
+def test_route_is_json_dumps_of_the_escaped_key(key: str) -> None:
+    assert route(key) == _route(key)
+    assert _jstr(key) == json.dumps(key)
 
 
 OWNER = array("H", [s % 3 for s in range(16384)])
