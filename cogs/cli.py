@@ -105,12 +105,27 @@ def cluster() -> None:
     help="State catalog to load (default: the bundled one).",
 )
 @click.option("--tls", is_flag=True, help="TLS only (clients, replication, bus), with a self-signed CA in DIR/tls.")
-def cluster_up(port: int, dir_: Path | None, masters: int, replicas: int, catalog_path: Path | None, tls: bool) -> None:
+@click.option(
+    "--persistence",
+    type=click.Choice(["aof", "none"]),
+    help="aof (default, or what DIR's cluster was started with): states survive a restart of every node "
+    "(fsync each second); none: memory and replicas only, about a third less coordinator CPU per trigger update.",
+)
+def cluster_up(
+    port: int,
+    dir_: Path | None,
+    masters: int,
+    replicas: int,
+    catalog_path: Path | None,
+    tls: bool,
+    persistence: str | None,
+) -> None:
     """Start the nodes, form the cluster, load the library; print the seed URL."""
     from cogs.cluster import LocalCluster
 
     catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
-    lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_, tls=tls)
+    persistence = persistence or LocalCluster.from_dir(port, dir_).persistence
+    lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_, tls=tls, persistence=persistence)
     url = lc.up(progress=_progress)
     files = lc.tls_files
     if files is not None:

@@ -6,7 +6,8 @@ Everything is measured in one run against one cluster (its own unless ``url``):
 * **trigger path**: NF processes issue ``proxy.update`` (half int adds, half set
   inserts) over 100k keys with Zipf(1.1) popularity, as a real trace gives, and with
   uniform popularity beside it; the final states are read back and must equal what
-  was issued.
+  was issued. On a cluster of its own the bench repeats the Zipf run with the
+  coordinator's AOF off (what ``cogs cluster up --persistence none`` gives).
 * **NAT**: packets of 10k Zipf-popular flows through ``NatTable`` (the first packet
   of a flow allocates its external port; 40% are replies translated back); sync (one
   packet at a time, RTT per packet) and async (callback + packet, many in flight) on
@@ -17,6 +18,7 @@ Everything is measured in one run against one cluster (its own unless ``url``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import multiprocessing as mp
@@ -24,11 +26,13 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import redis
 
 from cogs import runtime
 from cogs.benchmarks.common import (
@@ -148,6 +152,32 @@ async def _verify(url: str, n: int, s: float, procs: int, prefix: str) -> bool:
                 if any(g != want[k] for g, k in zip(got, chunk, strict=True)):
                     return False
     return True
+
+
+@contextlib.contextmanager
+def _appendonly(primaries: list[str], on: bool) -> Iterator[None]:
+    """AOF off on ``primaries`` inside (when ``on`` is False), back on after, once its
+    rewrite is done (so it does not run under the next measurement)."""
+    if on:
+        yield
+        return
+    for a in primaries:
+        host, _, port = a.rpartition(":")
+        with redis.Redis(host=host, port=int(port), socket_timeout=10) as r:
+            r.config_set("appendonly", "no")
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + 120
+        for a in primaries:
+            host, _, port = a.rpartition(":")
+            with redis.Redis(host=host, port=int(port), socket_timeout=10) as r:
+                r.config_set("appendonly", "yes")
+                while time.monotonic() < deadline:
+                    p = r.info("persistence")
+                    if p["aof_enabled"] and not p["aof_rewrite_in_progress"] and not p["aof_rewrite_scheduled"]:
+                        break
+                    time.sleep(0.1)
 
 
 # -- NAT: sync / async x singleton / replica ------------------------------------------------
@@ -319,19 +349,23 @@ def main(
     with bench_cluster(url, progress) as seed:
         primaries = coordinator_nodes(seed, replicas=False)
         trig = []
-        # this box shares its 2 cores with 3 primaries: repeat and keep every run
-        for s, procs in ((1.1, 1), (1.1, 2), (0.0, 2)):
-            for rep in range(1 if quick else 3):
-                r = trigger_path(seed, primaries, n // procs, s, procs)
-                r["repeat"] = rep
-                trig.append(r)
-                label = "Zipf(1.1)" if s else "uniform"
-                rate = fmt_rate(r["updates_per_s"])
-                progress(
-                    f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}; "
-                    f"CPU/update {r['nf_cpu_us_per_update']:.2f} us NF + {r['coordinator_cpu_us_per_update']:.2f} us "
-                    f"coordinator (ceiling {fmt_rate(r['cpu_ceiling_updates_per_s'])}/s)"
-                )
+        # this box shares its 2 cores with 3 primaries: repeat and keep every run. On a
+        # cluster of its own the bench also measures what AOF costs (never on a given one)
+        configs = [(1.1, 1, True), (1.1, 2, True), (0.0, 2, True)] + ([(1.1, 2, False)] if url is None else [])
+        for s, procs, aof in configs:
+            with _appendonly(primaries, aof):
+                for rep in range(1 if quick else 3):
+                    r = trigger_path(seed, primaries, n // procs, s, procs)
+                    r.update(repeat=rep, aof=aof)
+                    trig.append(r)
+                    label = ("Zipf(1.1)" if s else "uniform") + ("" if aof else ", AOF off")
+                    rate = fmt_rate(r["updates_per_s"])
+                    progress(
+                        f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}; "
+                        f"CPU/update {r['nf_cpu_us_per_update']:.2f} us NF + "
+                        f"{r['coordinator_cpu_us_per_update']:.2f} us coordinator "
+                        f"(ceiling {fmt_rate(r['cpu_ceiling_updates_per_s'])}/s)"
+                    )
         nats = []
         for state in ("bench_nat_single", "bench_nat"):
             for mode in ("sync", "async"):
@@ -353,9 +387,11 @@ def main(
         for f in fan:
             upd, dis = f["update_p50_us"], f["discard_p99_ms"]
             progress(f"{f['holders']} holder(s): update p50 {upd:.0f} us, discard p99 {dis:.2f} ms")
-    zipf_best = max((r for r in trig if r["zipf_s"]), key=lambda r: r["updates_per_s"])
-    zipf_median = sorted(r["updates_per_s"] for r in trig if r["zipf_s"] and r["procs"] == zipf_best["procs"])
-    uniform = max((r for r in trig if not r["zipf_s"]), key=lambda r: r["updates_per_s"])
+    default = [r for r in trig if r["aof"]]  # the headline: the shipped config (AOF on)
+    zipf_best = max((r for r in default if r["zipf_s"]), key=lambda r: r["updates_per_s"])
+    zipf_median = sorted(r["updates_per_s"] for r in default if r["zipf_s"] and r["procs"] == zipf_best["procs"])
+    uniform = max((r for r in default if not r["zipf_s"]), key=lambda r: r["updates_per_s"])
+    no_aof = max((r for r in trig if not r["aof"]), key=lambda r: r["updates_per_s"], default=None)
     by = {(r["state"], r["mode"]): r for r in nats}
     sync_single = by[("bench_nat_single", "sync")]["packets_per_s"]
     data["summary"] = {
@@ -366,6 +402,10 @@ def main(
         "trigger_cpu_us_per_update": {"nf": zipf_best["nf_cpu_us_per_update"],
                                       "coordinator": zipf_best["coordinator_cpu_us_per_update"]},
         "trigger_cpu_ceiling_updates_per_s": zipf_best["cpu_ceiling_updates_per_s"],
+        # the same Zipf path with the coordinator's AOF off (cogs cluster up --persistence none)
+        "trigger_updates_per_s_no_aof": round(no_aof["updates_per_s"]) if no_aof else None,
+        "trigger_cpu_us_per_update_no_aof": None if no_aof is None else {
+            "nf": no_aof["nf_cpu_us_per_update"], "coordinator": no_aof["coordinator_cpu_us_per_update"]},
         "ping_p50_us": round(pct(ping, 50) * 1e6, 1),
         "sync_retrieve_p50_us": round(pct(rtt, 50) * 1e6, 1),
         "sync_retrieve_p99_us": round(pct(rtt, 99) * 1e6, 1),
@@ -382,12 +422,13 @@ def main(
     }  # fmt: skip
     data.update({"trigger": trig, "nat": nats, "replica_hit": hit, "discard_fanout": fan})
     md = "# Design choices (paper Fig. 10 + Table III)\n\n## Trigger updates, end to end\n\n" + md_table(
-        ["popularity", "NF processes", "updates/s", "ops sent", "final state exact",
+        ["popularity", "NF processes", "coordinator AOF", "updates/s", "ops sent", "final state exact",
          "CPU/update: NF + coordinator (us)", "CPU ceiling (updates/s)"],
         [
             [
                 "Zipf(1.1)" if r["zipf_s"] else "uniform",
                 r["procs"],
+                "on" if r["aof"] else "off",
                 fmt_rate(r["updates_per_s"]),
                 f"{r['ops_sent']:,}",
                 r["final_state_exact"],

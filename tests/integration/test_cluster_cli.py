@@ -17,6 +17,7 @@ from cogs.cli import main
 from cogs.cluster import CONFIG_PATH, LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.errors import ClusterError
 from cogs.keys import escape, slot
 from tests.conftest import Standalone
 
@@ -104,6 +105,30 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
         assert anyio.run(read_back) == [{"22"}] * len(keys)
     finally:
         lc.down(purge=True)
+
+
+def test_persistence_none_runs_without_aof_and_is_kept_across_restarts(tmp_path: Path) -> None:
+    port = free_port_base(3)
+    opts = ["--port", str(port), "--dir", str(tmp_path)]
+    code, out = _cli("cluster", "up", *opts, "--persistence", "none")
+    assert code == 0, out
+    lc = LocalCluster.from_dir(port, tmp_path)
+    try:
+        assert lc.persistence == "none"
+        for p in lc.ports:
+            with redis.Redis(port=p) as r:
+                assert r.config_get("appendonly") == {"appendonly": "no"}
+        code, out = _cli("cluster", "down", *opts)
+        assert code == 0, out
+        code, out = _cli("cluster", "up", *opts)  # no flag: the cluster keeps what it was started with
+        assert code == 0, out
+        for p in lc.ports:
+            with redis.Redis(port=p) as r:
+                assert r.config_get("appendonly") == {"appendonly": "no"}
+    finally:
+        lc.down(purge=True)
+    with pytest.raises(ClusterError, match="unknown persistence 'rdb'"):
+        LocalCluster(port=port, dir=tmp_path, persistence="rdb")
 
 
 def test_up_refuses_a_busy_port(standalone: Standalone, tmp_path: Path) -> None:
