@@ -59,6 +59,31 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         sys.exit(130)
 
 
+async def _until_signal(fn: Callable[[], Awaitable[Any]]) -> bool:
+    """Run ``fn`` until it returns or SIGINT/SIGTERM comes; True if a signal ended it.
+    A cancel scope, not asyncio's one-shot task cancel: a library that swallows one
+    cancellation (a redis connect under way) is cancelled again at its next await."""
+    import signal
+
+    import anyio
+
+    stopped = False
+    async with anyio.create_task_group() as tg:
+
+        async def on_signal() -> None:
+            nonlocal stopped
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    stopped = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(on_signal)
+        await fn()
+        tg.cancel_scope.cancel()
+    return stopped
+
+
 def _progress(msg: str) -> None:
     err_console.print(f"[dim]·[/] {msg}", highlight=False)
 
@@ -409,7 +434,8 @@ def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool) -> 
             live.update(render(snap, list(alerts)[::-1], interval=interval), refresh=True)
             return True
 
-        run(lambda: watch(settings, alerts, show, interval=interval))
+        if run(lambda: _until_signal(lambda: watch(settings, alerts, show, interval=interval))):
+            sys.exit(130)
 
 
 # -- demo ------------------------------------------------------------------------------

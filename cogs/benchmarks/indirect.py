@@ -1,6 +1,7 @@
 """Indirect-retrieval states: local vs remote retrieve latency for 1 KB and 1 MB
-values, and how many coordinator lookups a remote op costs (1, or 0 on a replica
-hit). Two proxies in one process: an owner and a reader, talking over TCP."""
+values, how many coordinator lookups a remote op costs (1, or 0 on a replica hit)
+and the CPU it costs. Two proxies in one process: an owner and a reader, talking
+over TCP (so the CPU per op counts both ends of the peer channel)."""
 
 from __future__ import annotations
 
@@ -31,19 +32,21 @@ async def _measure(url: str, n: int) -> list[dict[str, Any]]:
                 for k in keys:
                     await owner.syn_up(state, k, "create", value)
                 for where, proxy in (("local (owner)", owner), ("remote", reader), ("remote again", reader)):
-                    s0 = proxy.statistics()
+                    s0, c0 = proxy.statistics(), time.process_time()
                     lat = []
                     for k in keys:
                         t = time.perf_counter()
                         got = await proxy.syn_retrieve(state, k)
                         lat.append(time.perf_counter() - t)
                         assert got == value
-                    s1 = proxy.statistics()
+                    s1, cpu = proxy.statistics(), time.process_time() - c0
                     rows.append({
                         "value": label, "mode": "replica" if state == "bench_objects" else "singleton", "read": where,
                         "p50_us": _pct(lat, 50) * 1e6, "p99_us": _pct(lat, 99) * 1e6,
                         "lookups_per_op": (s1.locator_lookups - s0.locator_lookups) / n,
                         "peer_ops_per_op": (s1.remote_ops - s0.remote_ops) / n,
+                        # both proxies run in this process: the reader's and the owner's side
+                        "cpu_us_per_op": cpu / n * 1e6,
                     })  # fmt: skip
     return rows
 
@@ -56,7 +59,8 @@ def main(
         rows = runtime.run(_measure, seed, n)
     for r in rows:
         progress(
-            f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']:.0f} us, {r['lookups_per_op']:.1f} lookups/op"
+            f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']:.0f} us, {r['lookups_per_op']:.1f} lookups/op, "
+            f"CPU {r['cpu_us_per_op']:.0f} us/op"
         )
 
     def pick(value: str, mode: str, read: str) -> dict[str, Any]:
@@ -66,15 +70,17 @@ def main(
         "local_1kb_p50_us": round(pick("1 KB", "singleton", "local (owner)")["p50_us"], 1),
         "remote_1kb_p50_us": round(pick("1 KB", "singleton", "remote")["p50_us"], 1),
         "remote_1mb_p50_us": round(pick("1 MB", "singleton", "remote")["p50_us"], 1),
+        "remote_1kb_cpu_us_per_op": round(pick("1 KB", "singleton", "remote")["cpu_us_per_op"], 1),
         "replica_hit_1mb_p50_us": round(pick("1 MB", "replica", "remote again")["p50_us"], 1),
         "lookups_per_remote_op": pick("1 KB", "singleton", "remote")["lookups_per_op"],
         "lookups_per_replica_hit": pick("1 KB", "replica", "remote again")["lookups_per_op"],
     }
     data = {"bench": "indirect", "quick": quick, "environment": environment(), "summary": summary, "runs": rows}
     md = "# Indirect-retrieval states: local vs remote\n\n" + md_table(
-        ["value", "mode", "read", "p50 (us)", "p99 (us)", "coordinator lookups/op", "peer requests/op"],
+        ["value", "mode", "read", "p50 (us)", "p99 (us)", "coordinator lookups/op", "peer requests/op",
+         "CPU/op, both proxies (us)"],
         [[r["value"], r["mode"], r["read"], f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['lookups_per_op']:.2f}",
-          f"{r['peer_ops_per_op']:.2f}"] for r in rows],
+          f"{r['peer_ops_per_op']:.2f}", f"{r['cpu_us_per_op']:.0f}"] for r in rows],
     )  # fmt: skip
     path = write_results("indirect", data, md, out)
     progress(f"wrote {path}")

@@ -387,12 +387,13 @@ class Batcher:
             r = self.routes[key] = route(key)
         return r
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """A background task owned by the proxy: cancelled and awaited by aclose()."""
         assert self._loop is not None
         task = self._loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def _nodes(self) -> tuple[Any, list[str], list[str]]:
         """(topology, alert stream per node, address per node), rebuilt when the slot map changes."""

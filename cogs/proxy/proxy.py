@@ -89,6 +89,8 @@ class StateProxy:
         self._expected = Catalog.from_file(catalog) if isinstance(catalog, str | Path) else catalog
         self._opts = (batch_max_ops, batch_delay_ms / 1000, max_pending)
         self._heartbeat_ttl = heartbeat_ttl_s
+        self._beating: asyncio.Task[Any] | None = None
+        self._in_beat = False
         self._last_beat = (0.0, 0)  # (time, ops sent) at the last heartbeat: its ops/s
         # durable: a batch counts as applied only once a replica has it (WAIT), so an
         # acknowledged update survives the loss of its primary
@@ -156,8 +158,8 @@ class StateProxy:
                 await self._indirect.server.start()
                 b.spawn(self._indirect.server.serve())
             await self._beat()
-            b.spawn(self._heartbeat())
             self._open = True
+            self._beating = b.spawn(self._heartbeat())
         except BaseException:
             await self._teardown()
             raise
@@ -177,6 +179,7 @@ class StateProxy:
             with anyio.move_on_after(drain_timeout):
                 await self._batcher.drain()
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._stop_beating()
                 await self._unregister()
         await self._teardown()
 
@@ -215,12 +218,27 @@ class StateProxy:
             await anyio.sleep(self._heartbeat_ttl / 3)
             if self._indirect is not None:
                 self._indirect.sweep()
+            if not self._open:
+                return
+            self._in_beat = True
             try:
                 await self._beat()
             except Exception as e:
                 log.warning("proxy %s heartbeat failed: %s", self.id, e)
                 with contextlib.suppress(CogsError):
                     await self.coord.refresh()
+            finally:
+                self._in_beat = False
+
+    async def _stop_beating(self) -> None:
+        """No heartbeat after this: a beat in flight is let finish (cancelled, its ZADD
+        might still land after the unregistering ZREM and list a closed proxy again)."""
+        task = self._beating
+        if task is None:
+            return
+        if not self._in_beat:
+            task.cancel()
+        await asyncio.wait([task])
 
     async def _unregister(self) -> None:
         try:
