@@ -190,7 +190,7 @@ class LocalCluster:
     #: serve TLS only (clients, replication, cluster bus) with a self-signed CA in dir/tls
     tls: bool = False
     #: "aof": the shared config's AOF (fsync every second); "none": states live in memory
-    #: only (and in replicas): about a third less coordinator CPU per trigger update
+    #: only (and in replicas): no AOF append per write
     persistence: str = "aof"
     _meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
