@@ -115,6 +115,24 @@ def header(kind: int, payload: bytes) -> dict[str, Any]:
     return obj
 
 
+class Chunks:
+    """The B frames of one announced value, which must add up to its size exactly."""
+
+    __slots__ = ("got", "parts", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size, self.got = size, 0
+        self.parts: list[bytes] = []
+
+    def add(self, kind: int, payload: bytes) -> bytes | None:
+        """Take one frame; the whole value once it is complete, else None."""
+        if kind != B or self.got + len(payload) > self.size:
+            raise PeerRefusal("BAD_FRAME", f"value chunks do not add up to the {self.size} bytes announced")
+        self.parts.append(payload)
+        self.got += len(payload)
+        return b"".join(self.parts) if self.got == self.size else None
+
+
 def _mac(secret: bytes, nonce: str, client: str, server: str) -> str:
     return hmac.new(secret, f"cogs-peer-v1|{nonce}|{client}|{server}".encode(), hashlib.sha256).hexdigest()
 
@@ -138,10 +156,9 @@ class _Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.nonce = secrets.token_hex(16)
         self.authed = self.busy = self.closed = False
-        #: a set/create waiting for its value: (n, op, state, key, size), chunks so far
-        self.pending: tuple[int, str, str, str, int] | None = None
-        self.parts: list[bytes] = []
-        self.got = 0
+        #: a set/create waiting for its value: (n, op, state, key), and its chunks so far
+        self.pending: tuple[int, str, str, str] | None = None
+        self.chunks = Chunks(0)
         self.task: asyncio.Task[None] | None = None
         now = self.loop.time()
         self.since = now  # the last whole frame (or the start)
@@ -194,13 +211,9 @@ class _Session(asyncio.Protocol):
         if not self.authed:
             self._auth(header(kind, payload))
         elif self.pending is not None:  # a chunk of a value being sent
-            n, op, state, key, size = self.pending
-            if kind != B or self.got + len(payload) > size:
-                raise PeerRefusal("BAD_FRAME", f"value chunks do not add up to the {size} bytes announced")
-            self.parts.append(payload)
-            self.got += len(payload)
-            if self.got == size:
-                value, self.pending, self.parts, self.got = b"".join(self.parts), None, [], 0
+            value = self.chunks.add(kind, payload)
+            if value is not None:
+                (n, op, state, key), self.pending = self.pending, None
                 self._run(n, op, state, key, value)
         else:
             self._request(header(kind, payload))
@@ -226,7 +239,7 @@ class _Session(asyncio.Protocol):
             raise PeerRefusal("OVERSIZE", f"value of {size} bytes over the {limit} bytes of state {state}")
         if op in ("set", "create"):
             if size:
-                self.pending = (n, op, state, key, size)
+                self.pending, self.chunks = (n, op, state, key), Chunks(size)
                 return
             self._run(n, op, state, key, b"")
         else:
@@ -369,8 +382,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes | None]] | None = None
         self.head: dict[str, Any] | None = None  # a result whose value chunks are coming
-        self.parts: list[bytes] = []
-        self.got = 0
+        self.chunks = Chunks(0)
         self.closed = False
         self.hello: asyncio.Future[tuple[dict[str, Any], bytes | None]] | None = None
 
@@ -390,19 +402,15 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None:
             raise PeerRefusal("BAD_FRAME", "a frame nobody asked for")
         if self.head is not None:
-            size = int(self.head["size"])
-            if kind != B or self.got + len(payload) > size:
-                raise PeerRefusal("BAD_FRAME", f"value chunks do not add up to the {size} bytes announced")
-            self.parts.append(payload)
-            self.got += len(payload)
-            if self.got == size:
-                head, value, self.head, self.parts, self.got = self.head, b"".join(self.parts), None, [], 0
+            value = self.chunks.add(kind, payload)
+            if value is not None:
+                head, self.head = self.head, None
                 self._deliver(head, value)
             return
         obj = header(kind, payload)
         announced = obj.get("size")
         if obj.get("t") == "res" and obj.get("ok") and isinstance(announced, int) and announced > 0:
-            self.head = obj
+            self.head, self.chunks = obj, Chunks(announced)
         else:
             self._deliver(obj, b"" if announced == 0 else None)
 
