@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from array import array
+from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cogs.coordinator.wire import expand, runs
-from cogs.keys import escape, slot
-from cogs.proxy.batcher import SUM, UNION, Lane, Req, _jstr, encode, route
+from cogs.keys import escape, slot, unescape
+from cogs.proxy.batcher import SUM, UNION, Batcher, Lane, Req, _jstr, coalesce_kinds, encode, route
 from cogs.proxy.cache import MISS, ReplicaCache
+from tests.helpers import make_catalog
 
 K = (1, "k")
 
@@ -133,3 +135,69 @@ def test_runs_round_trip() -> None:
     flat = runs(ops)
     assert flat[:4] == [0, 1, "add", 2]
     assert expand(flat) == ops
+
+
+def _batcher() -> Batcher:
+    class Topo:
+        owner = array("H", [s % 3 for s in range(16384)])
+
+    class Coord:
+        topology = Topo()
+
+    cat = make_catalog()
+    b = Batcher(Coord(), "t", "p", batch_max_ops=10**6, delay=1, max_pending=10**6,  # type: ignore[arg-type]
+                on_error=print, on_result=print, on_failed=print)  # fmt: skip
+
+    def lane(name: str) -> Lane:
+        st_, ts = cat.get(name), cat.spec.types[cat.get(name).type]
+        lane = b.lanes[name] = Lane(name, cat.index(name), coalesce_kinds(ts.coalesce, ts.update), st_)
+        return lane
+
+    b.lane_factory = lane
+    return b
+
+
+_INT_OPS = st.tuples(st.just("cnt"), st.sampled_from(["add", "sub", "max", "set"]), st.integers(-50, 50))
+_SET_OPS = st.tuples(
+    st.just("ports"),
+    st.sampled_from(["add", "remove"]),
+    st.sampled_from(["a", "b", "c"]) | st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3),
+)
+
+
+def _apply(states: dict[tuple[str, str], Any], state: str, key: str, op: str, arg: Any) -> None:
+    cur = states.get((state, key))
+    if state == "cnt":
+        d = int(arg)
+        n = cur or 0
+        states[(state, key)] = {"add": n + d, "sub": n - d, "max": d if cur is None else max(n, d), "set": d}[op]
+    else:
+        members = {arg} if isinstance(arg, str) else set(arg)
+        s = cur or set()
+        states[(state, key)] = s | members if op == "add" else s - members
+
+
+@settings(max_examples=300, deadline=None)
+@example([("k1", ("ports", "add", "a")), ("k2", ("ports", "add", "a")), ("k2", ("ports", "add", "b"))])
+@example([("k1", ("ports", "add", "a")), ("k2", ("ports", "add", "a")), ("k2", ("ports", "add", ["b", "c"]))])
+@example([("k1", ("cnt", "add", 1)), ("k2", ("cnt", "add", 2)), ("k2", ("cnt", "max", 9)), ("k2", ("cnt", "add", 1))])
+@given(st.lists(st.tuples(st.sampled_from(["k1", "k2"]), _INT_OPS | _SET_OPS), max_size=40))
+def test_coalesced_batch_applies_like_the_updates_one_by_one(updates: list[tuple[str, Any]]) -> None:
+    """Merged hot ops (ints summed, members kept without a list per op) and ordered
+    groups of other ops: applying the frames gives what the updates one by one give."""
+    b = _batcher()
+    want: dict[tuple[str, str], Any] = {}
+    for key, (state, op, arg) in updates:
+        b.update(state, key, op, arg)
+        _apply(want, state, key, op, arg)
+    lanes = [lane for lane in b.lanes.values() if lane]
+    got: dict[tuple[str, str], Any] = {}
+    names = {lane.sidx: lane.name for lane in lanes}
+    for frames in encode(lanes, [], b.coord.topology.owner, route, limit=4).values():  # type: ignore[union-attr]
+        for payload, _, _ in frames:
+            for mode, sidx, op, ek, arg in expand(json.loads(payload)):
+                assert mode == 0
+                _apply(got, names[sidx], unescape(ek), op, arg)
+    assert got == want
+    assert b.updates == len(updates)
+    assert b.created + b.coalesced == len(updates)
