@@ -100,7 +100,7 @@ def test_encoded_batches_are_valid_json_and_complete(items: list[tuple[str, int]
         g[2] += d
         want[key] = want.get(key, 0) + d
     got: dict[str, int] = {}
-    for node, frames in encode([lane], [], OWNER, _route, limit=7).items():
+    for node, frames in encode([lane], [], OWNER, limit=7).items():
         for payload, count, reqs in frames:
             ops = expand(json.loads(payload))
             assert len(ops) == count <= 7  # cut into frames of at most `limit` ops
@@ -117,7 +117,7 @@ def test_encode_keeps_groups_in_order_then_requests() -> None:
     lane.pending["x"] = ["add", UNION, {"a"}, "remove", UNION, {"a", "b"}, "add", UNION, {"c"}]
     req = Req(2, "s", 3, "x", "members", None, None)
     lane.pending["y"] = ["add", UNION, {"z"}]
-    frames = encode([lane], [req], array("H", bytes(2 * 16384)), _route, limit=3)[0]
+    frames = encode([lane], [req], array("H", bytes(2 * 16384)), limit=3)[0]
     assert [c for _, c, _ in frames] == [3, 2]  # a key's groups may straddle frames, in order
     wire = [w for payload, _, _ in frames for w in expand(json.loads(payload))]
     reqs = dict(frames[1][2])
@@ -193,7 +193,7 @@ def test_coalesced_batch_applies_like_the_updates_one_by_one(updates: list[tuple
     lanes = [lane for lane in b.lanes.values() if lane]
     got: dict[tuple[str, str], Any] = {}
     names = {lane.sidx: lane.name for lane in lanes}
-    for frames in encode(lanes, [], b.coord.topology.owner, route, limit=4).values():  # type: ignore[union-attr]
+    for frames in encode(lanes, [], b.coord.topology.owner, limit=4).values():  # type: ignore[union-attr]
         for payload, _, _ in frames:
             for mode, sidx, op, ek, arg in expand(json.loads(payload)):
                 assert mode == 0
