@@ -23,6 +23,7 @@ import functools
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import random
 import time
 import uuid
@@ -80,8 +81,8 @@ async def _trigger(url: str, seq: list[str], members: list[str], start: Any) -> 
             for i in range(j, min(j + 2000, len(seq)), 2):
                 upd("bench_int", seq[i], "add", 1)
                 upd("bench_set", seq[i + 1], "add", members[i])
-            if not p._batcher.has_room():
-                await p._batcher.wait_room()
+            # room for the whole next chunk: with uniform keys each update is a new op
+            await p.wait_room(2000)
             await anyio.lowlevel.checkpoint()
         await p.flush()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -94,6 +95,22 @@ def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any
     rng = random.Random(seed)
     members = [str(rng.randrange(64)) for _ in range(n)]
     q.put(runtime.run(_trigger, url, seq, members, start))
+
+
+def _result(q: Any, ps: list[Any], timeout: float = 600) -> Any:
+    """The next result from the NF processes; an error naming the exit code as soon as
+    one of them died without sending one (not a wait for the whole timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+            if dead:
+                msg = f"an NF process of the trigger bench exited with code {dead[0]} (its traceback is above)"
+                raise RuntimeError(msg) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the trigger bench's NF processes sent no result in {timeout:g} s") from None
 
 
 def trigger_path(url: str, primaries: list[str], n: int, s: float, procs: int) -> dict[str, Any]:
@@ -109,7 +126,12 @@ def trigger_path(url: str, primaries: list[str], n: int, s: float, procs: int) -
     time.sleep(1.0 + 0.5 * procs + n / 1e6)  # spawned interpreters build their sequences
     coord0 = coordinator_cpu(primaries)
     start.set()
-    res = [q.get(timeout=600) for _ in ps]
+    try:
+        res = [_result(q, ps) for _ in ps]
+    except BaseException:
+        for p in ps:
+            p.terminate()
+        raise
     coord = coordinator_cpu(primaries) - coord0
     for p in ps:
         p.join()
