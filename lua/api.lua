@@ -45,6 +45,8 @@ do
                 T = T,
                 prefix = 'cogs:' .. s.name .. ':{',
                 window = s.window_ms ~= null and s.window_ms or nil,
+                -- as redis.call's argument: a number would be formatted (%.14g) per call
+                window_arg = s.window_ms ~= null and cogs.num2s(s.window_ms) or nil,
                 ttl = s.ttl_ms ~= null and s.ttl_ms or nil,
                 max_bytes = s.max_bytes,
                 max_items = s.max_items ~= null and s.max_items or nil,
@@ -126,7 +128,7 @@ do
             -- the window opens when the state is created; `created == false` (the op
             -- knows the key existed) saves the call
             if created ~= false then
-                R('PEXPIRE', rk, st.window, 'NX')
+                R('PEXPIRE', rk, st.window_arg, 'NX')
             end
         elseif st.ttl then
             R('PEXPIRE', rk, st.ttl)

@@ -15,9 +15,14 @@ cogs.on_bind(function() R = redis.call end)
 cogs.register_type('set', {
     update = {
         add = function(rk, d, st)
-            local ms = strlist(d, st, 'member')
-            cogs.check_room(rk, st, ms, 1, 'SCARD', 'SISMEMBER', 'members')
-            local added = cogs.chunked('SADD', rk, ms)
+            local added
+            if type(d) == 'string' and #d <= st.max_bytes and not st.max_items then
+                added = R('SADD', rk, d) -- one member: no list to build (the trigger hot path)
+            else
+                local ms = strlist(d, st, 'member')
+                cogs.check_room(rk, st, ms, 1, 'SCARD', 'SISMEMBER', 'members')
+                added = cogs.chunked('SADD', rk, ms)
+            end
             if added > 0 and (st.window or st.checker) then
                 -- one SCARD serves the checker (hint) and the window (new key?)
                 local card = R('SCARD', rk)
