@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,9 @@ from cogs.coordinator.client import BatchReply, parse_reply
 from cogs.coordinator.library import Library, assemble, library_spec
 from cogs.coordinator.ops import wire_arg
 from cogs.coordinator.wire import runs
+from cogs.errors import UnknownState, refuse
 from cogs.keys import escape
+from cogs.proxy.batcher import Batcher, Lane, coalesce_kinds
 
 TEST_CATALOG = """
 [states.cnt]
@@ -170,3 +173,32 @@ async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 - the effect has no event to wait on
             await anyio.sleep(0.005)
+
+
+def make_batcher(owner: array[int] | None = None) -> Batcher:
+    """A proxy's batcher without Redis (nothing is sent): lanes for the test catalog's
+    states (an unknown one refused as the proxy does), slots spread over 3 nodes."""
+
+    class Topo:
+        def __init__(self, owner: array[int]) -> None:
+            self.owner = owner
+
+    class Coord:
+        def __init__(self, owner: array[int]) -> None:
+            self.topology = Topo(owner)
+
+    cat = make_catalog()
+    coord = Coord(owner if owner is not None else array("H", [s % 3 for s in range(16384)]))
+    b = Batcher(coord, "t", "p", batch_max_ops=10**6, delay=1, max_pending=10**6,  # type: ignore[arg-type]
+                on_error=print, on_result=print, on_failed=print)  # fmt: skip
+
+    def lane(name: str) -> Lane:
+        if name not in cat:
+            raise refuse(UnknownState, "not in the catalog", state=name)
+        st = cat.get(name)
+        ts = cat.spec.types[st.type]
+        lane = b.lanes[name] = Lane(name, cat.index(name), coalesce_kinds(ts.coalesce, ts.update), st)
+        return lane
+
+    b.lane_factory = lane
+    return b

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from cogs.coordinator.wire import expand, runs
 from cogs.keys import escape, slot, unescape
-from cogs.proxy.batcher import SUM, UNION, Batcher, Lane, Req, _jstr, coalesce_kinds, encode, route
+from cogs.proxy.batcher import SUM, UNION, Lane, Req, _jstr, encode, route
 from cogs.proxy.cache import MISS, ReplicaCache
-from tests.helpers import make_catalog
+from tests.helpers import make_batcher
 
 K = (1, "k")
 
@@ -137,26 +137,6 @@ def test_runs_round_trip() -> None:
     assert expand(flat) == ops
 
 
-def _batcher() -> Batcher:
-    class Topo:
-        owner = array("H", [s % 3 for s in range(16384)])
-
-    class Coord:
-        topology = Topo()
-
-    cat = make_catalog()
-    b = Batcher(Coord(), "t", "p", batch_max_ops=10**6, delay=1, max_pending=10**6,  # type: ignore[arg-type]
-                on_error=print, on_result=print, on_failed=print)  # fmt: skip
-
-    def lane(name: str) -> Lane:
-        st_, ts = cat.get(name), cat.spec.types[cat.get(name).type]
-        lane = b.lanes[name] = Lane(name, cat.index(name), coalesce_kinds(ts.coalesce, ts.update), st_)
-        return lane
-
-    b.lane_factory = lane
-    return b
-
-
 _INT_OPS = st.tuples(st.just("cnt"), st.sampled_from(["add", "sub", "max", "set"]), st.integers(-50, 50))
 _SET_OPS = st.tuples(
     st.just("ports"),
@@ -185,7 +165,7 @@ def _apply(states: dict[tuple[str, str], Any], state: str, key: str, op: str, ar
 def test_coalesced_batch_applies_like_the_updates_one_by_one(updates: list[tuple[str, Any]]) -> None:
     """Merged hot ops (ints summed, members kept without a list per op) and ordered
     groups of other ops: applying the frames gives what the updates one by one give."""
-    b = _batcher()
+    b = make_batcher()
     want: dict[tuple[str, str], Any] = {}
     for key, (state, op, arg) in updates:
         b.update(state, key, op, arg)
