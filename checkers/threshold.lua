@@ -5,7 +5,7 @@
 -- about: the classic count trigger (failed logins, DNS queries per client, ...).
 cogs.register_checker('threshold', {
     test = function(rk, hint, st, p)
-        local v = st.T.measure.value(rk, hint)
+        local v = hint or st.T.measure.value(rk) -- an int update's hint is its new value
         return v >= p.threshold, v
     end,
 })

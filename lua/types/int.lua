@@ -31,7 +31,7 @@ cogs.register_type('int', {
     update = {
         -- (changed, new value, created?): the result equal to the delta may be a new key
         add = function(rk, d)
-            d = intarg(d)
+            if type(d) ~= 'string' or #d > 20 then d = intarg(d) end -- a decimal string passes as is
             local v = R('INCRBY', rk, d)
             return d ~= '0', v, v == tonumber(d)
         end,
