@@ -101,7 +101,8 @@ class Lane:
         #: op -> the JSON fragment '0,<sidx>,"<op>",' that starts a run of its ops
         self.prefix = {op: f"0,{sidx},{json.dumps(op)}," for op in kinds}
 
-    def __bool__(self) -> bool:
+    @property
+    def has_ops(self) -> bool:
         return bool(self.pending or self.hot)
 
 
@@ -430,7 +431,7 @@ class Batcher:
 
     def _flush(self) -> None:
         topo, streams, _ = self._nodes()
-        lanes = [lane for lane in self.lanes.values() if lane]
+        lanes = [lane for lane in self.lanes.values() if lane.has_ops]
         frames = encode(lanes, self.queue, topo.owner, self.batch_max)
         for lane in lanes:
             lane.pending = {}

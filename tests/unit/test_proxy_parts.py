@@ -171,7 +171,7 @@ def test_coalesced_batch_applies_like_the_updates_one_by_one(updates: list[tuple
     for key, (state, op, arg) in updates:
         b.update(state, key, op, arg)
         _apply(want, state, key, op, arg)
-    lanes = [lane for lane in b.lanes.values() if lane]
+    lanes = [lane for lane in b.lanes.values() if lane.has_ops]
     got: dict[tuple[str, str], Any] = {}
     names = {lane.sidx: lane.name for lane in lanes}
     for frames in encode(lanes, [], b.coord.topology.owner, limit=4).values():  # type: ignore[union-attr]
