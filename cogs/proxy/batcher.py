@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import time
-from binascii import crc_hqx
 from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -49,7 +48,6 @@ from cogs.keys import (
     ALERTS_STREAM_PREFIX,
     KEY_RULE,
     MAX_KEY_BYTES,
-    SLOTS,
     alert_stream,
     bad_key,
     escape,
@@ -70,10 +68,10 @@ ErrorHook = Callable[[CogsError, Any], None]
 
 
 def route(key: str) -> tuple[str, int]:
-    """(the escaped key as a JSON string, its slot): C calls only (json's own string
-    encoder, crc_hqx), cheaper than a cache look-up that misses the CPU's caches."""
-    ek = key if "%" not in key and "}" not in key else escape(key)
-    return encode_basestring_ascii(ek), crc_hqx(ek.encode(), 0) & (SLOTS - 1)
+    """(the escaped key as a JSON string, its slot), computed each time: json's own
+    string encoder and crc_hqx cost less than a cache look-up that misses the CPU's caches."""
+    ek = escape(key)
+    return encode_basestring_ascii(ek), slot(ek)
 
 
 class Backpressure(CogsError):
@@ -751,10 +749,7 @@ def encode(
         if kind == SUM:
             return f'"{acc}"'
         if kind == UNION:
-            if len(acc) == 1:
-                m = next(iter(acc))
-                return jstr(m) or _jstr(m)
-            return "[" + ",".join([jstr(m) or _jstr(m) for m in acc]) + "]"
+            return _members(acc)
         if kind == MAPSUM:  # counts as decimal strings: exact past 2^53 (Lua numbers are doubles)
             return json.dumps({f: str(v) for f, v in acc.items()})
         return json.dumps(acc)
@@ -765,7 +760,7 @@ def encode(
         multi: list[tuple[int, list[Any], str]] = []
         hop = lane.hot_op
         if hop is not None and lane.hot:
-            for n, frags in _hot_fragments(lane, owner, jstr).items():
+            for n, frags in _hot_fragments(lane, owner).items():
                 singles[(n, hop)] = frags
         for key, g in lane.pending.items():
             r = route(key)
@@ -793,34 +788,27 @@ def encode(
     return {n: f.frames() for n, f in nodes.items()}
 
 
-def _hot_fragments(
-    lane: Lane,
-    owner: Any,
-    jstr: Callable[[str], str | None],
-) -> dict[int, list[str]]:
+def _hot_fragments(lane: Lane, owner: Any) -> dict[int, list[str]]:
     """node -> "key,arg" fragments of the lane's hot op (``Lane.hot``)."""
     per: dict[int, list[str]] = {}
-    if lane.hot_kind == SUM:
-        for key, acc in lane.hot.items():
-            r = route(key)
-            frags = per.get(owner[r[1]])
-            if frags is None:
-                frags = per[owner[r[1]]] = []
-            frags.append(f'{r[0]},"{acc}"')
-        return per
+    sums = lane.hot_kind == SUM
     for key, acc in lane.hot.items():
-        r = route(key)
-        frags = per.get(owner[r[1]])
+        ekj, s = route(key)
+        frags = per.get(owner[s])
         if frags is None:
-            frags = per[owner[r[1]]] = []
-        if type(acc) is str:
-            frags.append(f"{r[0]},{jstr(acc) or _jstr(acc)}")
-        elif len(acc) == 1:
-            m = next(iter(acc))
-            frags.append(f"{r[0]},{jstr(m) or _jstr(m)}")
-        else:
-            frags.append(f"{r[0]},[{','.join([jstr(m) or _jstr(m) for m in acc])}]")
+            frags = per[owner[s]] = []
+        frags.append(f'{ekj},"{acc}"' if sums else f"{ekj},{_members(acc)}")
     return per
+
+
+def _members(acc: str | set[str]) -> str:
+    """JSON of a set op's members: one as a string, several as an array."""
+    if type(acc) is str:
+        return _JSON_STR.get(acc) or _jstr(acc)
+    if len(acc) == 1:
+        m = next(iter(acc))
+        return _JSON_STR.get(m) or _jstr(m)
+    return "[" + ",".join([_JSON_STR.get(m) or _jstr(m) for m in acc]) + "]"
 
 
 _JSON_STR: dict[str, str] = {}
