@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from cogs.coordinator.library import LibrarySpec, ParamSpec, canonical_json, library_spec
 from cogs.errors import CatalogError
 
+#: the bundled catalog: the states of the paper's NFs (cogs/catalogs/default.toml)
+DEFAULT_CATALOG = Path(str(resources.files("cogs") / "catalogs" / "default.toml"))
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -29,7 +29,7 @@ from cogs.benchmarks.common import (
     save_plot,
     write_results,
 )
-from cogs.cli import DEFAULT_CATALOG
+from cogs.catalog import DEFAULT_CATALOG
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.packets import read_trace
 from cogs.nf.runner import run_nf

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cogs.cli import err_console, main, out_console
+from cogs.cli.base import err_console, main, out_console
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.packets import TraceStats
 from cogs.settings import load_settings

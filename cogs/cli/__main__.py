@@ -1,0 +1,3 @@
+from cogs.cli import main
+
+main()

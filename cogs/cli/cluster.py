@@ -1,0 +1,148 @@
+"""``cogs cluster``: a local coordinator cluster, and forming one from running nodes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cogs.catalog import DEFAULT_CATALOG, Catalog
+from cogs.cli.base import _progress, main, out_console, run
+from cogs.errors import ConfigError
+from cogs.settings import DEFAULT_PORT
+
+
+def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--dir",
+        "dir_",
+        type=click.Path(path_type=Path),
+        help="Data directory (default .cogs/cluster-PORT).",
+    )(f)
+    return click.option("--port", default=DEFAULT_PORT, show_default=True, help="First node's port.")(f)
+
+
+@main.group()
+def cluster() -> None:
+    """A local coordinator cluster of redis-server processes on loopback."""
+
+
+@cluster.command("up")
+@_cluster_options
+@click.option("--masters", default=3, show_default=True, help="Number of primaries.")
+@click.option("--replicas", default=0, show_default=True, help="Replicas per primary.")
+@click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(path_type=Path),
+    help="State catalog to load (default: the bundled one).",
+)
+@click.option("--tls", is_flag=True, help="TLS only (clients, replication, bus), with a self-signed CA in DIR/tls.")
+@click.option(
+    "--persistence",
+    type=click.Choice(["aof", "none"]),
+    help="aof (default, or what DIR's cluster was started with): states survive a restart of every node "
+    "(fsync each second); none: memory and replicas only, no AOF append per write (0-30% less coordinator CPU "
+    "per trigger update measured here).",
+)
+def cluster_up(
+    port: int,
+    dir_: Path | None,
+    masters: int,
+    replicas: int,
+    catalog_path: Path | None,
+    tls: bool,
+    persistence: str | None,
+) -> None:
+    """Start the nodes, form the cluster, load the library; print the seed URL."""
+    from cogs.cluster import LocalCluster
+
+    catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
+    persistence = persistence or LocalCluster.from_dir(port, dir_).persistence
+    lc = LocalCluster(port=port, masters=masters, replicas=replicas, dir=dir_, tls=tls, persistence=persistence)
+    url = lc.up(progress=_progress)
+    files = lc.tls_files
+    if files is not None:
+        _progress(f"TLS: clients need COGS_TLS_CA_FILE={files.ca}")
+    _load(url, catalog, tls_ca_file=files.ca if files else None)
+    _progress(f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})")
+    click.echo(url)
+
+
+@cluster.command("create")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    required=True,
+    help="host:port of a running empty node (repeat).",
+)
+@click.option("--replicas", default=0, show_default=True, help="Replicas per primary.")
+@click.option("--catalog", "catalog_path", type=click.Path(path_type=Path), help="State catalog to load.")
+def cluster_create(nodes: tuple[str, ...], replicas: int, catalog_path: Path | None) -> None:
+    """Form a cluster from running nodes and load the library (compose's init service)."""
+    from cogs.cluster import form_cluster
+
+    addrs = []
+    for n in nodes:
+        host, _, port = n.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--node {n!r} is not host:port")
+        addrs.append((host, int(port)))
+    catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
+    form_cluster(addrs, replicas, progress=_progress)
+    url = f"redis://{addrs[0][0]}:{addrs[0][1]}"
+    _load(url, catalog)
+    click.echo(url)
+
+
+@cluster.command("down")
+@_cluster_options
+@click.option("--purge", is_flag=True, help="Also delete the data directory.")
+def cluster_down(port: int, dir_: Path | None, purge: bool) -> None:
+    """Stop the local cluster's nodes (data kept unless --purge)."""
+    from cogs.cluster import LocalCluster
+
+    lc = LocalCluster.from_dir(port, dir_)
+    lc.down(purge=purge)
+    _progress(f"stopped nodes on ports {lc.ports[0]}-{lc.ports[-1]}" + (" and deleted their data" if purge else ""))
+
+
+@cluster.command("status")
+@_cluster_options
+def cluster_status(port: int, dir_: Path | None) -> None:
+    """Show each local node: running, role, slots, keys, memory. Exit 1 if any is down."""
+    from cogs.cluster import LocalCluster
+
+    lc = LocalCluster.from_dir(port, dir_)
+    t = Table(title=f"cogs local cluster ({lc.dir})")
+    for col in ("port", "running", "role", "slots", "keys", "memory", "cluster_state"):
+        t.add_column(col)
+    rows = lc.status()
+    for s in rows:
+        t.add_row(
+            str(s.port),
+            "yes" if s.running else "[red]no[/]",
+            s.role,
+            str(s.slots),
+            str(s.keys),
+            s.memory,
+            s.error or s.state,
+        )
+    out_console.print(t)
+    if not all(s.running and s.state == "ok" for s in rows):
+        sys.exit(1)
+
+
+def _load(url: str, catalog: Catalog, tls_ca_file: Path | None = None) -> None:
+    from cogs.coordinator.client import Coordinator
+
+    async def go() -> None:
+        async with Coordinator(url=url, tls_ca_file=tls_ca_file) as co:
+            await co.load_library(catalog)
+
+    run(go)
