@@ -51,8 +51,8 @@ from cogs.benchmarks.common import (
 )
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.nf.nat_table import NatTable
 from cogs.proxy import StateProxy
-from cogs.proxy.nat import NatTable
 
 
 def zipf_keys(n_keys: int, n: int, s: float, seed: int, prefix: str) -> list[str]:

@@ -8,7 +8,7 @@ sizes are lognormal (~11 KB mean); the origin answers after 20 ms. Before each
 configuration the working set is filled (every object fetched once, through the
 proxies in turn), so both modes start from the same cache; then a warm-up (not
 measured) and a measured window: requests/s, hit ratio (local + remote), where hits
-came from, latency. Both modes run the same code (cogs/webcache/node.py), the same
+came from, latency. Both modes run the same code (cogs/nf/webcache/node.py), the same
 load and the same origin, one after the other on this machine.
 
 Placement (``--placement``): by default (``split``) the caching proxies run on one
@@ -51,7 +51,7 @@ from cogs.benchmarks.common import (
     save_plot,
     write_results,
 )
-from cogs.webcache.cluster import web_cache
+from cogs.nf.webcache.cluster import web_cache
 
 OBJECTS, ZIPF_S, RECURRENCE, ROBOTS_PER_NODE, LOAD_PROCS = 2000, 0.8, 0.6, 4, 2
 NEW_BASE = 10_000_000  # ids of objects requested once

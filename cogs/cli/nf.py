@@ -119,7 +119,7 @@ def _webcache(
 ) -> None:
     import time
 
-    from cogs.webcache.cluster import web_cache
+    from cogs.nf.webcache.cluster import web_cache
 
     with web_cache(n, cooperation, url, port=port, origin_delay_s=0.02 if demo else None, store_bytes=store_bytes) as c:
         if as_json:

@@ -1,5 +1,5 @@
 """The NAT cluster: N middleboxes translating one network's traffic with one
-global table of port mappings (cogs.proxy.nat, a portmap state).
+global table of port mappings (cogs.nf.nat_table, a portmap state).
 
 A replay has two passes, as a capture taken inside the network calls for:
 
@@ -34,10 +34,10 @@ import dpkt
 from cogs import runtime
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, ConfigError
+from cogs.nf.nat_table import NatTable
 from cogs.nf.packets import TCP, UDP, TraceStats, read_ipv4
 from cogs.nf.splitter import middlebox_of
 from cogs.proxy import StateProxy
-from cogs.proxy.nat import NatTable
 
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 LINKTYPE_RAW = 101  # raw IP in pcap files

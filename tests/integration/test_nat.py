@@ -21,11 +21,11 @@ from cogs.cli import main
 from cogs.cluster import LocalCluster
 from cogs.errors import BadKey
 from cogs.nf.nat import Classifier, run_nat
+from cogs.nf.nat_table import NatTable, Pool, flow_id
 from cogs.nf.packets import read_ipv4
 from cogs.nf.synth import Synth
 from cogs.proxy import StateProxy
 from cogs.proxy.cache import MISS
-from cogs.proxy.nat import NatTable, Pool, flow_id
 from tests.conftest import captures
 from tests.helpers import eventually
 

@@ -18,8 +18,8 @@ from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.errors import CogsError
+from cogs.nf.nat_table import NatTable
 from cogs.proxy import MISS, StateProxy
-from cogs.proxy.nat import NatTable
 from cogs.settings import load_settings
 from tests.conftest import Standalone, load_default_catalog
 from tests.helpers import eventually

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cogs.cluster import LocalCluster
-from cogs.webcache.cluster import WebCacheCluster, web_cache
-from cogs.webcache.origin import object_body, object_size
+from cogs.nf.webcache.cluster import WebCacheCluster, web_cache
+from cogs.nf.webcache.origin import object_body, object_size
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import anyio
 from cogs import runtime
 from cogs.cluster import free_port_base
 from cogs.errors import CogsError
-from cogs.webcache.http import HttpServer
-from cogs.webcache.node import CacheNode, NodeConfig
-from cogs.webcache.origin import Origin
+from cogs.nf.webcache.http import HttpServer
+from cogs.nf.webcache.node import CacheNode, NodeConfig
+from cogs.nf.webcache.origin import Origin
 
 
 @dataclass

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
-from cogs.webcache.http import HttpRequest, HttpResponse, error
+from cogs.nf.webcache.http import HttpRequest, HttpResponse, error
 
 MAX_SIZE = 8 << 20
 

@@ -32,14 +32,14 @@ from urllib.parse import urlsplit
 import anyio
 
 from cogs.errors import CogsError, ConfigError, PeerError
+from cogs.nf.webcache.http import HttpRequest, HttpResponse, HttpServer, OriginClient, OriginError, error
+from cogs.nf.webcache.icp import IcpAgent
+from cogs.nf.webcache.objects import Cached, decode, encode, request_bypasses, storable
 from cogs.proxy import MISS, StateProxy
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 from cogs.settings import load_settings
-from cogs.webcache.http import HttpRequest, HttpResponse, HttpServer, OriginClient, OriginError, error
-from cogs.webcache.icp import IcpAgent
-from cogs.webcache.objects import Cached, decode, encode, request_bypasses, storable
 
-log = logging.getLogger("cogs.webcache")
+log = logging.getLogger("cogs.nf.webcache")
 MODES = ("cogs", "icp", "local")
 PEER_TIMEOUT_S = 5.0  # an object transfer from a sibling, as COGS_PEER_TIMEOUT_S for cogs
 ICP_STATE = "icp"  # the state name siblings use on the peer channel in icp mode

@@ -12,7 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from cogs.webcache.http import HttpRequest, HttpResponse
+from cogs.nf.webcache.http import HttpRequest, HttpResponse
 
 _LEN = struct.Struct(">I")
 DEFAULT_FRESH_S = 3600
