@@ -110,8 +110,15 @@ def nf_run(
             f"{b.updates} updates -> {b.ops_sent} ops[/]",
             highlight=False,
         )
-    extra = ", ".join(f"{v} {k}" for k, v in sorted(counters(result).items()))
+    total = counters(result)
+    extra = ", ".join(f"{v} {k}" for k, v in sorted(total.items()))
     err_console.print(f"[dim]total {result.packets_per_s:,.0f} packets/s; {extra}[/]", highlight=False)
+    failed = {k: v for k, v in total.items() if k.startswith(("packets skipped", "updates refused", "finish failed"))}
+    if failed:  # the boxes went on; say so plainly: detection may have missed what those carried
+        err_console.print(
+            "[yellow]warning:[/] " + ", ".join(f"{v} {k}" for k, v in sorted(failed.items())) + " (see the log)",
+            highlight=False,
+        )
 
 
 def _webcache(

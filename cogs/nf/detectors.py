@@ -14,6 +14,11 @@ what an NF counts.
   long or high-entropy names into ``dns_longnames[domain]``.
 * ``sidejack`` — session cookies of HTTP requests: the client IP into
   ``sidejack_clients[name=value]``; two clients presenting one session is an alert.
+
+No packet can blind a detector: names and cookies become keys through
+:mod:`cogs.nf.ident` (printable ASCII, bounded, the same on every box), payloads are
+read by the lenient, bounded parsers of :mod:`cogs.nf.payloads`, the per-flow tables
+are capped, and :mod:`cogs.nf.feed` counts and skips a packet whose handling fails.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any, ClassVar
 
-from cogs.nf.packets import ACK, RST, SYN, TCP, UDP, Packet, dns_questions, http_request
+from cogs.nf.ident import bound, ident, safe_text
+from cogs.nf.packets import ACK, RST, SYN, TCP, UDP, Packet
+from cogs.nf.payloads import MAX_SESSION_COOKIES, dns_questions, http_cookies
 
 Update = Callable[[str, str, str, Any], None]  # (state, key, op, delta)
 
@@ -55,6 +61,9 @@ class Detector:
 class PortScan(Detector):
     #: a SYN without SYN-ACK for this long (trace time) is a failed attempt
     attempt_timeout: float = 5.0
+    #: open attempts kept (a SYN flood must not exhaust memory): past it the oldest
+    #: count as failed at once
+    max_attempts: int = 200_000
     name: ClassVar[str] = "portscan"
     states: ClassVar[tuple[str, ...]] = ("scan_ports", "scan_hosts")
 
@@ -68,6 +77,11 @@ class PortScan(Detector):
         f = p.flags
         if f & SYN and not f & ACK:
             self._attempts.setdefault((p.src, p.sport, p.dst, p.dport), p.ts)
+            if len(self._attempts) > self.max_attempts:
+                self.counters["attempts over the table limit"] += 1
+                oldest = next(iter(self._attempts))
+                del self._attempts[oldest]
+                self._failed(*oldest)
         elif f & SYN and f & ACK:  # the responder accepted: not a failed attempt
             self._attempts.pop((p.dst, p.dport, p.src, p.sport), None)
         elif f & RST:  # rejected by the responder: a failed attempt now
@@ -79,8 +93,15 @@ class PortScan(Detector):
             self._sweep(p.ts)
 
     def _sweep(self, now: float) -> None:
+        """Attempts unanswered for ``attempt_timeout`` failed. The table is in order of
+        first SYN, so the sweep stops at the first fresh one (a capture's few
+        out-of-order stamps only delay an entry to a later sweep)."""
         self._last_sweep = now
-        old = [a for a, t in self._attempts.items() if now - t > self.attempt_timeout]
+        old = []
+        for a, t in self._attempts.items():
+            if now - t <= self.attempt_timeout:
+                break
+            old.append(a)
         for a in old:
             del self._attempts[a]
             self._failed(*a)
@@ -102,13 +123,31 @@ class PortScan(Detector):
 TUNNEL_QTYPES = frozenset({5, 10, 15, 16, 33, 65399})  # CNAME NULL MX TXT SRV PRIVATE
 
 
+_GENERIC_SLD = frozenset({b"co", b"com", b"net", b"org", b"gov", b"ac", b"edu"})
+
+
+def domain_labels(labels: tuple[bytes, ...]) -> int:
+    """How many trailing labels make the registered domain: two, or three under a
+    two-letter country code with a generic second level (``example.co.uk``): close
+    enough without a public-suffix list."""
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _GENERIC_SLD:
+        return 3
+    return 2
+
+
 def registered_domain(name: str) -> str:
-    """Last two labels, or three under a two-letter country code with a generic second
-    level (``example.co.uk``): close enough without a public-suffix list."""
-    labels = name.split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in ("co", "com", "net", "org", "gov", "ac", "edu"):
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """The registered domain of a dotted name (see :func:`domain_labels`)."""
+    parts = name.split(".")
+    return ".".join(parts[-domain_labels(tuple(p.encode() for p in parts)) :])
+
+
+def name_text(labels: tuple[bytes, ...]) -> str:
+    """A DNS name as an identifier: labels in :func:`~cogs.nf.ident.safe_text` (a dot
+    inside a label as ``\\x2e``), joined with dots, bounded."""
+    text = safe_text(b".".join(labels))
+    if text.count(".") != len(labels) - 1:  # a label holds a dot: escape it there
+        text = ".".join([safe_text(lb).replace(".", "\\x2e") for lb in labels])
+    return bound(text)
 
 
 def entropy(s: str) -> float:
@@ -130,17 +169,20 @@ class DnsTunnel(Detector):
         if p.dport != 53 or p.proto not in (UDP, TCP):
             return
         payload = p.payload[2:] if p.proto == TCP else p.payload  # TCP DNS: 2-byte length prefix
-        for qname, qtype in dns_questions(payload, self.counters):
-            domain = registered_domain(qname)
-            if domain == qname:
+        for labels, qtype in dns_questions(payload, self.counters):
+            k = domain_labels(labels)
+            if len(labels) <= k:
                 continue  # a bare domain: nothing tunnelled in subdomains
             self.counters["queries"] += 1
-            self.update("dns_subdomains", domain, "add", qname)
+            domain = name_text(labels[-k:])
+            self.update("dns_subdomains", domain, "add", name_text(labels))
             self.update("dns_qtypes", p.src, "incr", {"all": 1, "odd": int(qtype in TUNNEL_QTYPES)})
-            sub = qname[: -len(domain) - 1]
-            if max(map(len, sub.split("."))) >= self.long_label or (
-                len(sub) >= 20 and entropy(sub) >= self.high_entropy
-            ):
+            sub = labels[:-k]
+            if max(map(len, sub)) >= self.long_label:
+                self.update("dns_longnames", domain, "add", 1)
+                continue
+            text = b".".join(sub).decode("latin-1")  # one char per byte: entropy of the bytes
+            if len(text) >= 20 and entropy(text) >= self.high_entropy:
                 self.update("dns_longnames", domain, "add", 1)
 
 
@@ -153,27 +195,26 @@ class SideJack(Detector):
     name: ClassVar[str] = "sidejack"
     states: ClassVar[tuple[str, ...]] = ("sidejack_clients",)
 
+    def __post_init__(self) -> None:
+        self._wanted = frozenset(n.lower().encode() for n in self.cookie_names)
+
     def packet(self, p: Packet) -> None:
         if p.proto != TCP or not p.payload:
             return
-        req = http_request(p.payload, self.counters)
-        if req is None:
+        cookies = http_cookies(p.payload)
+        if cookies is None:
             return
         self.counters["http requests"] += 1
-        raw = req.headers.get("cookie")
-        if not raw:
-            return
-        jar = SimpleCookie()
-        try:
-            jar.load(raw if isinstance(raw, str) else "; ".join(raw))
-        except CookieError:
-            self.counters["cookie unparseable"] += 1
-            return
-        wanted = {n.lower() for n in self.cookie_names}
-        for name, morsel in jar.items():
-            if name.lower() in wanted and morsel.value:
-                self.counters["session cookies"] += 1
-                self.update("sidejack_clients", f"{name}={morsel.value}", "add", p.src)
+        found = 0
+        for name, value in cookies:
+            if not value or name.lower() not in self._wanted:
+                continue
+            if found == MAX_SESSION_COOKIES:
+                self.counters["session cookies over the limit"] += 1
+                continue
+            found += 1
+            self.counters["session cookies"] += 1
+            self.update("sidejack_clients", ident(name + b"=" + value), "add", p.src)
 
 
 DETECTORS: dict[str, type[Detector]] = {d.name: d for d in (PortScan, DnsTunnel, SideJack)}

@@ -3,7 +3,7 @@
 What cannot be parsed (a truncated frame, a link type we do not know, a non-IP
 frame) is skipped and counted by reason; a broken capture never raises past
 ``read_trace``. Application payloads (DNS, HTTP) are parsed by the NFs that need
-them, with dpkt too, and their failures are counted there.
+them (:mod:`cogs.nf.payloads`), and their failures are counted there.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import dpkt
 from cogs.errors import CogsError
 
 TCP, UDP = 6, 17
-_METHODS = {b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 
@@ -157,28 +156,3 @@ def read_ipv4(path: str | Path, stats: TraceStats | None = None) -> Iterator[tup
             continue
         stats.packets += 1
         yield ts, bytes(ip)
-
-
-def dns_questions(payload: bytes, stats: Counter[str] | None = None) -> list[tuple[str, int]]:
-    """(name, qtype) of a DNS query's questions; [] for a response or what dpkt rejects."""
-    try:
-        msg = dpkt.dns.DNS(payload)
-    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, IndexError, ValueError, UnicodeDecodeError):
-        if stats is not None:
-            stats["dns unparseable"] += 1
-        return []
-    if msg.qr != dpkt.dns.DNS_Q:
-        return []
-    return [(q.name.lower().rstrip("."), q.type) for q in msg.qd if q.name]
-
-
-def http_request(payload: bytes, stats: Counter[str] | None = None) -> Any:
-    """The dpkt HTTP request at the start of a TCP segment, or None."""
-    if payload[:8].split(b" ", 1)[0] not in _METHODS:
-        return None
-    try:
-        return dpkt.http.Request(payload)
-    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, UnicodeDecodeError):
-        if stats is not None:
-            stats["http unparseable"] += 1
-        return None

@@ -28,7 +28,9 @@ from cogs.alerts import read_alerts
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.errors import CogsError, ConfigError
-from cogs.nf.detectors import DETECTORS, Detector
+from cogs.nf.detectors import DETECTORS
+from cogs.nf.feed import Feeder
+from cogs.nf.ident import bounded_message
 from cogs.nf.packets import Packet, TraceStats, read_trace
 from cogs.nf.splitter import middlebox_of
 from cogs.proxy import StateProxy
@@ -78,25 +80,21 @@ def split(packets: list[Packet], n: int) -> list[list[Packet]]:
 
 async def _box(url: str, nf: str, prefix: str, packets: list[Packet], box: int, q: Any) -> BoxResult:
     async with StateProxy(url) as proxy:
-        upd = proxy.update
-
-        def update(state: str, key: str, op: str, delta: Any) -> None:
-            upd(state, prefix + key, op, delta)
-
-        det: Detector = DETECTORS[nf](update)
+        feeder = Feeder(proxy, nf, prefix, box=str(box))
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(packets), CHUNK):
-            for p in packets[i : i + CHUNK]:
-                det.packet(p)
-            await proxy.wait_room(4 * CHUNK)  # room for the next chunk's updates
+            feeder.feed(packets[i : i + CHUNK])
+            await feeder.settle(4 * CHUNK)  # room for the next chunk's updates
             await anyio.lowlevel.checkpoint()
             if q is not None and i % (20 * CHUNK) == 0:
                 q.put(("progress", box, min(i + CHUNK, len(packets))))
-        det.finish()
+        feeder.finish()
+        await feeder.settle(0)
         await proxy.flush()
         s = proxy.statistics()
-        if s.errors:
-            raise CogsError(f"middlebox {box}: the coordinator refused {s.errors} update(s); see the log")
+        counters = dict(feeder.detector.counters)
+        if s.errors:  # the log names them; the box did its work: counted, not fatal
+            counters["updates refused by the coordinator"] = s.errors
         return BoxResult(
             box,
             len(packets),
@@ -104,15 +102,15 @@ async def _box(url: str, nf: str, prefix: str, packets: list[Packet], box: int, 
             time.process_time() - c0,
             s.ops_sent,
             s.updates,
-            dict(det.counters),
+            counters,
         )
 
 
 def _box_proc(fn: Callable[..., Awaitable[Any]], box: int, args: tuple[Any, ...], q: Any) -> None:
     try:
         q.put(("done", box, runtime.run(partial(fn, *args, box, q))))
-    except BaseException as e:  # the driver reports it: one line, not N tracebacks
-        q.put(("error", box, f"{type(e).__name__}: {e}"))
+    except BaseException as e:  # the driver reports it: one bounded line, not N tracebacks
+        q.put(("error", box, f"{type(e).__name__}: {bounded_message(str(e), 300)}"))
 
 
 def run_boxes(

@@ -115,7 +115,9 @@ def test_iodine_flags_the_tunnel_domain(coordinator: str, n: int) -> None:
     r = run_nf("dnstunnel", captures("ndpi__dns-tunnel-iodine.pcap"), n, coordinator)
     assert ("dnstunnel", "pirate.sea") in _keys(r)
     assert {a["state"] for a in r.alerts if a["key"] == "pirate.sea"} >= {"dns_subdomains"}
-    assert counters(r)["dns unparseable"] == 41  # dpkt rejects them: counted, skipped
+    # 41 of its 222 queries carry 8-bit labels (iodine's raw mode), which a full-message
+    # parser (dpkt) rejected, letting them pass unseen: they are names too
+    assert counters(r)["queries"] == 222
     assert r.trace.skipped == {"not IP": 4}
 
 
