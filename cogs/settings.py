@@ -6,11 +6,13 @@ over the environment, which wins over the defaults below.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from cogs.errors import ConfigError
 
@@ -38,8 +40,9 @@ class CogsSettings(BaseSettings):
     command_timeout_s: float = Field(5.0, gt=0)
     #: The state catalog (TOML) this process expects; None = take the stored one.
     catalog: Path | None = None
-    #: Extra directories holding ``types/*.lua`` and ``checkers/*.lua``.
-    lua_paths: tuple[Path, ...] = ()
+    #: Extra directories holding ``types/*.lua`` and ``checkers/*.lua``: a JSON list or,
+    #: like PATH, directories separated by ``:``.
+    lua_paths: Annotated[tuple[Path, ...], NoDecode] = ()
     #: Proxies: count a batch as applied only once a replica has it (WAIT), so an
     #: acknowledged update survives the loss of its primary. Needs replicas.
     durable: bool = False
@@ -63,6 +66,18 @@ class CogsSettings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{v!r} is not a Redis URL (redis://host:port, rediss://..., unix://...)")
         return v
+
+    @field_validator("lua_paths", mode="before")
+    @classmethod
+    def _path_list(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        if v.lstrip().startswith("["):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{v!r} is not a JSON list of directories: {e}") from e
+        return [p for p in v.split(os.pathsep) if p]
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments for redis-py's ``from_url`` (credentials, TLS, timeouts)."""
@@ -93,3 +108,5 @@ def load_settings(**overrides: Any) -> CogsSettings:
     except ValidationError as e:
         problems = "; ".join(f"COGS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"bad settings: {problems}") from e
+    except SettingsError as e:  # a value pydantic-settings could not even decode
+        raise ConfigError(f"bad settings: {e}") from e

@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 import click
 import redis
 from rich.console import Console
+from rich.markup import escape
 
 from cogs import runtime
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
+from cogs.extras import missing_extra_message
 
 T = TypeVar("T")
 err_console = Console(stderr=True, soft_wrap=True)
@@ -23,26 +25,33 @@ out_console = Console()
 
 
 class CogsGroup(click.Group):
-    """Turns cogs errors into one line on stderr and a meaningful exit code."""
+    """Turns cogs errors into one line on stderr and a meaningful exit code (messages
+    are escaped: a catalog's ``[states.x]`` or an extra's ``[nf]`` is not rich markup)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CoordinatorUnavailable as e:
-            err_console.print(f"[red]error:[/] {e}", highlight=False)
+            err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             sys.exit(3)
         except ConfigError as e:
-            err_console.print(f"[red]error:[/] {e}", highlight=False)
+            err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             sys.exit(2)
         except CogsError as e:
-            err_console.print(f"[red]error:[/] {e}", highlight=False)
+            err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             sys.exit(1)
         except redis.ConnectionError as e:
-            err_console.print(f"[red]error:[/] coordinator unreachable: {e}", highlight=False)
+            err_console.print(f"[red]error:[/] coordinator unreachable: {escape(str(e))}", highlight=False)
             sys.exit(3)
         except redis.RedisError as e:
-            err_console.print(f"[red]error:[/] coordinator refused: {e}", highlight=False)
+            err_console.print(f"[red]error:[/] coordinator refused: {escape(str(e))}", highlight=False)
             sys.exit(1)
+        except ModuleNotFoundError as e:  # an optional dependency a base install leaves out
+            msg = missing_extra_message(e)
+            if msg is None:
+                raise
+            err_console.print(f"[red]error:[/] {escape(msg)}", highlight=False)
+            sys.exit(2)
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

@@ -182,7 +182,13 @@ def _files(extra_dirs: Sequence[Path]) -> tuple[list[Path], list[Path], Path, Pa
     return types, checkers, lua_dir / "core.lua", lua_dir / "api.lua"
 
 
-def library_spec(extra_dirs: Sequence[Path] = ()) -> LibrarySpec:
+def library_spec(extra_dirs: Sequence[Path] | None = None) -> LibrarySpec:
+    """What the bundled Lua sources plus ``extra_dirs`` offer; None: the directories
+    of the settings (``COGS_LUA_PATHS``), so every catalog check honours them."""
+    if extra_dirs is None:
+        from cogs.settings import load_settings
+
+        extra_dirs = load_settings().lua_paths
     types, checkers, core, api = _files(extra_dirs)
     tspecs: dict[str, TypeSpec] = {}
     for p in types:

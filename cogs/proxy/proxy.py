@@ -86,7 +86,6 @@ class StateProxy:
         if not 0 < batch_delay_ms <= 1000 or batch_max_ops < 1 or max_pending < batch_max_ops:
             raise CogsError("need 0 < batch_delay_ms <= 1000, batch_max_ops >= 1, max_pending >= batch_max_ops")
         self.id = proxy_id or f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._expected = Catalog.from_file(catalog) if isinstance(catalog, str | Path) else catalog
         self._opts = (batch_max_ops, batch_delay_ms / 1000, max_pending)
         self._heartbeat_ttl = heartbeat_ttl_s
         self._beating: asyncio.Task[Any] | None = None
@@ -97,6 +96,8 @@ class StateProxy:
         self._durable = self.settings.durable if durable is None else durable
         self._on_error = on_error or self._log_error
         self.coord = Coordinator(self.settings)
+        # checked against the types of this proxy's settings (their lua_paths), not the default ones
+        self._expected = Catalog.from_file(catalog, self.coord.spec) if isinstance(catalog, str | Path) else catalog
         self.cache = ReplicaCache()
         self.catalog: Catalog
         self._batcher: Batcher
