@@ -3,7 +3,8 @@
 -- params: threshold:number min_count:int=1
 -- needs: window
 -- alert: value = events per second since the window opened, when it first reached
---   `threshold` with at least `min_count` events counted
+--   `threshold` with at least `min_count` events counted; figures {n = events,
+--   seconds = the time they took (at least 1), rate}; says e.g. "25 in 2s = 12.5/s >= 5/s"
 -- about: a windowed counter read as a rate (queries/s per client, SYNs/s per source).
 --   Needs a state with a `window`: the elapsed time is window - remaining TTL, floored
 --   at one second so the first events of a window do not read as a huge rate.
@@ -20,6 +21,13 @@ cogs.register_checker('rate', {
         local elapsed = st.window - (left > 0 and left or 0)
         if elapsed < 1000 then elapsed = 1000 end
         local rate = v * 1000 / elapsed
-        return rate >= p.threshold, rate
+        if rate >= p.threshold then
+            return true, rate, { n = v, seconds = elapsed / 1000, rate = rate }
+        end
+        return false, rate
+    end,
+    explain = function(p, f)
+        return string.format('%s in %.4gs = %.4g/s >= %.4g/s (at least %d events)',
+            cogs.num2s(f.n), f.seconds, f.rate, p.threshold, p.min_count)
     end,
 })

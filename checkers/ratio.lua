@@ -2,12 +2,17 @@
 -- types: map
 -- params: numerator:string denominator:string threshold:number min_denominator:int=1
 -- alert: value = numerator/denominator when it first reached `threshold` with at least
---   `min_denominator` in the denominator field
+--   `min_denominator` in the denominator field; figures {n = numerator, d = denominator,
+--   ratio}; says e.g. "odd/all = 81/81 = 100% >= 50% (all >= 50)"
 -- about: share of one counter in another, both fields of a map state updated with
 --   `incr`: e.g. TXT+NULL+CNAME queries over all queries of a client (DNS tunnel),
 --   failed over total connections (scanner), 4xx over all responses.
 local R
 cogs.on_bind(function() R = redis.call end)
+
+local function pct(x)
+    return string.format('%.4g%%', x * 100)
+end
 
 cogs.register_checker('ratio', {
     test = function(rk, hint, st, p)
@@ -17,6 +22,13 @@ cogs.register_checker('ratio', {
             return false, 0
         end
         local r = num / den
-        return r >= p.threshold, r
+        if r >= p.threshold then
+            return true, r, { n = num, d = den, ratio = r }
+        end
+        return false, r
+    end,
+    explain = function(p, f)
+        return string.format('%s/%s = %s/%s = %s >= %s (%s >= %d)', p.numerator, p.denominator,
+            cogs.num2s(f.n), cogs.num2s(f.d), pct(f.ratio), pct(p.threshold), p.denominator, p.min_denominator)
     end,
 })

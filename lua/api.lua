@@ -98,8 +98,19 @@ do
         return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
 
+    -- 300000 -> '5m', 3200 -> '3.2s': how long a window is, for an alert's message
+    local function span(ms)
+        if ms < 60000 then return string.format('%.3gs', ms / 1000) end
+        local s = math.floor(ms / 1000 + 0.5)
+        local h, m, r = math.floor(s / 3600), math.floor(s % 3600 / 60), s % 60
+        return (h > 0 and h .. 'h' or '') .. (m > 0 and m .. 'm' or '') .. (r > 0 and r .. 's' or '')
+    end
+
     -- One alert per key per window: a marker key next to the state, expiring with it.
-    local function raise(st, key, rk, value, stream)
+    -- The alert explains itself: the checker and its params, the window (its length and
+    -- when it opened) and the figures that crossed the threshold, with `msg` saying it
+    -- in one line (the checker's explain()); n is the count behind it (Zeek's notice n).
+    local function raise(st, key, rk, value, stream, figures)
         local mk = rk .. ':alerted'
         local set
         local left = st.window and R('PTTL', rk) or -1
@@ -112,12 +123,25 @@ do
         local value_s = cogs.num2s(value)
         local ms = now_ms()
         local k = nf_key(key)
+        figures = figures or { n = value }
+        local c = st.checker
+        local why = c.explain and c.explain(st.params, figures, st) or (value_s .. ' (' .. st.params_json .. ')')
+        local msg = st.name .. '[' .. k .. ']: ' .. why
+        local opened = 0
+        if left > 0 then
+            opened = ms - (st.window - left)
+            msg = msg .. ' in ' .. span(ms - opened) .. ' of a ' .. span(st.window) .. ' window'
+        end
+        local n = cogs.num2s(tonumber(figures.n) or value)
+        local figures_json = encode(figures)
         local id = R('XADD', stream, 'MAXLEN', '~', ALERTS_MAXLEN, '*',
             'state', st.name, 'key', k, 'value', value_s, 'checker', st.checker_name,
-            'params', st.params_json, 'time', ms, 'window', st.window or 0)
+            'params', st.params_json, 'time', ms, 'window', st.window or 0,
+            'opened', opened, 'figures', figures_json, 'n', n, 'msg', msg)
         R('PUBLISH', ALERTS_CHANNEL, encode({
             id = id, stream = stream, state = st.name, key = k, value = value_s,
             checker = st.checker_name, params = st.params, time = ms, window = st.window or 0,
+            opened = opened, figures = figures, n = n, msg = msg,
         }))
     end
 
@@ -138,10 +162,10 @@ do
             version = replica.bump(st, sidx, key, rk, ctx)
         end
         if st.test then
-            local fire, value = st.test(rk, hint, st, st.params)
+            local fire, value, figures = st.test(rk, hint, st, st.params)
             if fire then
                 -- the update stands even if recording its alert fails
-                local ok, e = pcall_(raise, st, key, rk, value, ctx.stream)
+                local ok, e = pcall_(raise, st, key, rk, value, ctx.stream, figures)
                 if not ok then
                     local _, msg = classify(e)
                     cogs.fail('ALERT', 'applied, but the alert was not recorded: ' .. msg)

@@ -245,6 +245,35 @@ def test_check_runs_checker_without_alerting(h: LuaHarness) -> None:
     assert h.alerts() == []
 
 
+def test_alerts_explain_themselves(h: LuaHarness) -> None:
+    """Every checker records the figures that crossed its threshold and says so in one line."""
+    for _ in range(4):
+        h.one(U, "hits", "10.0.0.1", "add", 3)
+    for port in range(5):
+        h.one(U, "ports", "10.0.0.2>10.0.0.9", "add", str(port))
+    h.one(U, "qtypes", "10.0.0.3", "incr", {"odd": 3, "all": 3})
+    h.one(U, "qtypes", "10.0.0.3", "incr", {"all": 1})
+    h.one(U, "rate", "r", "add", 6)
+    h.one(U, "distinct", "dom", "add", [f"s{i}" for i in range(60)])
+    got = {a["state"]: a for a in h.alerts()}
+    hits, ports, qtypes, rate, distinct = (got[s] for s in ("hits", "ports", "qtypes", "rate", "distinct"))
+    assert hits["msg"] == "hits[10.0.0.1]: 12 >= 10"  # no window: nothing about one
+    assert json.loads(hits["figures"]) == {"n": 12}
+    assert (hits["n"], hits["opened"]) == ("12", "0")
+    assert ports["msg"].startswith("ports[10.0.0.2>10.0.0.9]: 3 distinct members >= 3 in ")
+    assert ports["msg"].endswith(" of a 5m window")
+    assert 0 <= int(ports["time"]) - int(ports["opened"]) < 60_000  # opened with the state's first update
+    assert qtypes["msg"] == "qtypes[10.0.0.3]: odd/all = 3/4 = 75% >= 50% (all >= 4)"
+    assert json.loads(qtypes["figures"]) == {"n": 3, "d": 4, "ratio": 0.75}
+    assert qtypes["n"] == "3"
+    assert rate["msg"].startswith("rate[r]: 6 in 1s = 6/s >= 5/s (at least 3 events) in ")
+    assert rate["msg"].endswith(" of a 10s window")
+    assert json.loads(rate["figures"])["n"] == 6
+    assert distinct["msg"].startswith("distinct[dom]: ")
+    assert " distinct values (estimated) >= 50" in distinct["msg"]
+    assert int(distinct["n"]) >= 50
+
+
 def test_alert_reports_the_unescaped_key(h: LuaHarness) -> None:
     key = "sess}id=50%"
     h.one(U, "hits", key, "add", 11)

@@ -1,9 +1,10 @@
-"""``cogs monitor``: the live terminal view."""
+"""``cogs monitor``: the live terminal view, or one snapshot for people and scripts."""
 
 from __future__ import annotations
 
+import json
 import sys
-import time
+from dataclasses import asdict
 
 import click
 from rich.console import Console
@@ -16,35 +17,39 @@ from cogs.settings import load_settings
 @url_option
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.2, 60), help="Seconds per refresh.")
 @click.option("--alerts", "n_alerts", default=8, show_default=True, type=click.IntRange(1, 100), help="Alerts shown.")
-@click.option("--once", is_flag=True, help="Print one complete snapshot and exit (3 if unreachable).")
-def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool) -> None:
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Print one complete snapshot (state counts of a whole pass, the latest stored alerts) and exit "
+    "(3 if unreachable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --once: the snapshot as one JSON object, for scripts.")
+def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool, as_json: bool) -> None:
     """Live view: nodes, states, proxies and alerts, refreshed every --interval."""
     from collections import deque
 
     from rich.live import Live
 
     from cogs.alerts import Alert
-    from cogs.monitor import Snapshot, watch
+    from cogs.monitor import Snapshot, snapshot_once, watch
     from cogs.monitor.render import render
 
+    if as_json and not once:
+        raise click.UsageError("--json prints one snapshot: use it with --once")
     settings = load_settings(url=url)
-    alerts: deque[Alert] = deque(maxlen=n_alerts)
 
     if once:
-        last: list[Snapshot] = []
-        deadline = time.monotonic() + 30
-
-        def keep(snap: Snapshot) -> bool:  # the first snapshot with complete counts
-            last[:] = [snap]
-            return not (snap.problem or snap.scan_done >= 1.0 or time.monotonic() > deadline)
-
-        run(lambda: watch(settings, alerts, keep, interval=0.2))
-        wide = out_console if out_console.is_terminal else Console(width=150)  # pipes and files: no wrapping
-        wide.print(render(last[0], list(alerts)[::-1], interval=interval))
-        if last[0].problem:
+        snap, stored = run(lambda: snapshot_once(settings, n_alerts))
+        if as_json:
+            click.echo(json.dumps({**asdict(snap), "alerts": [a.to_json() for a in stored]}))
+        else:
+            wide = out_console if out_console.is_terminal else Console(width=150)  # pipes and files: no wrapping
+            wide.print(render(snap, stored[::-1], interval=interval))
+        if snap.problem:
             sys.exit(3)
         return
 
+    alerts: deque[Alert] = deque(maxlen=n_alerts)
     with Live(console=out_console, screen=True, auto_refresh=False) as live:
 
         def show(snap: Snapshot) -> bool:

@@ -12,38 +12,46 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 import anyio
 from redis import exceptions as rexc
 
-from cogs.alerts import Alert, follow_alerts
+from cogs.alerts import Alert, follow_alerts, read_alerts
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, CoordinatorUnavailable
 from cogs.monitor.collect import Collector, Snapshot
 from cogs.settings import CogsSettings
 
-__all__ = ["Collector", "Snapshot", "watch"]
+__all__ = ["Collector", "Snapshot", "snapshot_once", "watch"]
 _NET = (rexc.RedisError, OSError, TimeoutError)
 
+OnAlert = Callable[[Alert], None]
 
-async def _follow(coord: Coordinator, alerts: deque[Alert], retry_s: float = 2.0) -> None:
-    seen = {a.id for a in alerts}
+
+async def _follow(coord: Coordinator, alerts: deque[Alert], on_alert: OnAlert | None, retry_s: float = 2.0) -> None:
+    seen = {a.uid for a in alerts}
     while True:
         with contextlib.suppress(CogsError, *_NET):  # reading the history needs every primary
-            async for a in follow_alerts(coord):
-                if a.id not in seen:
-                    seen.add(a.id)
+            async for a in follow_alerts(coord, limit=alerts.maxlen):
+                if a.uid not in seen:
+                    seen.add(a.uid)
                     alerts.append(a)
+                    if on_alert is not None:
+                        on_alert(a)
         await anyio.sleep(retry_s)
 
 
 Show = Callable[[Snapshot], bool]
 
 
-async def watch(settings: CogsSettings, alerts: deque[Alert], show: Show, interval: float = 1.0) -> None:
+async def watch(
+    settings: CogsSettings, alerts: deque[Alert], show: Show, interval: float = 1.0, on_alert: OnAlert | None = None
+) -> None:
     """Calls ``show`` with a Snapshot every ``interval`` seconds until it returns
-    False; latest alerts are appended to ``alerts`` as they are raised."""
+    False; latest alerts are appended to ``alerts`` as they are raised (and handed
+    to ``on_alert``: the stored ones first, the latest ``alerts.maxlen`` of them)."""
     while True:
         try:
             coord = Coordinator(settings)
@@ -54,7 +62,7 @@ async def watch(settings: CogsSettings, alerts: deque[Alert], show: Show, interv
             await anyio.sleep(interval)
             continue
         try:
-            if not await _watch(coord, settings.url, alerts, show, interval):
+            if not await _watch(coord, settings.url, alerts, show, interval, on_alert):
                 return
         except (CogsError, *_NET) as e:  # no library yet, or the catalog could not be read
             if not show(Snapshot(settings.url, time.time(), problem=str(e))):
@@ -78,12 +86,14 @@ async def _catalog(coord: Coordinator) -> Catalog:
     raise CoordinatorUnavailable(f"no primary answered with the cogs catalog (last error: {last})")
 
 
-async def _watch(coord: Coordinator, url: str, alerts: deque[Alert], show: Show, interval: float) -> bool:
+async def _watch(
+    coord: Coordinator, url: str, alerts: deque[Alert], show: Show, interval: float, on_alert: OnAlert | None
+) -> bool:
     catalog = await _catalog(coord)
     collector = Collector(coord, catalog, url)
     keep = True
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_follow, coord, alerts)
+        tg.start_soon(_follow, coord, alerts, on_alert)
         while keep:
             t0 = time.monotonic()
             try:
@@ -97,3 +107,33 @@ async def _watch(coord: Coordinator, url: str, alerts: deque[Alert], show: Show,
                 await anyio.sleep(max(0.0, interval - (time.monotonic() - t0)))
         tg.cancel_scope.cancel()
     return keep
+
+
+async def snapshot_once(
+    settings: CogsSettings, n_alerts: int, *, within_s: float = 30.0, step: float = 0.2
+) -> tuple[Snapshot, list[Alert]]:
+    """One complete Snapshot (state counts of a whole pass, or what ``within_s``
+    allowed) and the latest ``n_alerts`` stored alerts, read from the streams: what
+    ``monitor --once`` prints. Alerts of a node that is down are missing, and the
+    snapshot's ``alerts_problem`` says so."""
+    try:
+        coord = Coordinator(settings)
+        await coord.connect()
+    except (CogsError, *_NET) as e:
+        return Snapshot(settings.url, time.time(), problem=str(e)), []
+    try:
+        collector = Collector(coord, await _catalog(coord), settings.url)
+        deadline = time.monotonic() + within_s
+        # a SCAN pass is bounded work per step: there is no event to wait on
+        while (snap := await collector.snapshot()).scan_done < 1.0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await anyio.sleep(step)
+        down: list[str] = []
+        alerts = await read_alerts(coord, limit=n_alerts, unreachable=down)
+        if down:
+            snap = replace(snap, alerts_problem="alerts of unreachable nodes missing: " + "; ".join(down))
+        return snap, alerts
+    except (CogsError, *_NET) as e:
+        return Snapshot(settings.url, time.time(), problem=str(e)), []
+    finally:
+        with anyio.CancelScope(shield=True):
+            await coord.aclose()

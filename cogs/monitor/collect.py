@@ -42,8 +42,12 @@ class NodeView:
     ops_per_sec: int | None = None
     memory: str = "-"
     keys: int | None = None
-    library: str = "-"
+    library: str = "-"  # "<library version>/<catalog digest>", both cut to 8 characters
     problem: str = ""  # why the node is shown as unhealthy
+    memory_bytes: int | None = None
+    #: in full (primaries that answered cogs_info; "" elsewhere)
+    library_version: str = ""
+    catalog_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class StateView:
     #: replica reference table entries (keys with holders) or, for indirect states,
     #: state reference table entries (locators) — the values column counts those
     replica_entries: int
+    #: replicas held by proxies: the members of all those entries (a key cached by 3
+    #: proxies counts 3)
+    holders: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class Snapshot:
     scan_done: float = 0.0
     proxies: list[ProxyView] = field(default_factory=list)
     problem: str = ""  # the coordinator as a whole is unreachable or not cogs
+    #: stored alerts could not be read (a node down); set by the reader of alerts
+    alerts_problem: str = ""
 
 
 def _ranges(slots: list[list[str]]) -> str:
@@ -114,15 +123,19 @@ class StateCounter:
         self.seen: dict[str, int] = {}
         self.total: dict[str, int] = {}
 
-    def _tally(self, counts: Counter[tuple[str, str]], key: bytes) -> None:
+    def _tally(self, counts: Counter[tuple[str, str]], key: bytes) -> str | None:
+        """Count ``key``; its state's name if it is a replica reference table entry."""
         # cogs:<state>:{<key>}[suffix]; suffix "" (value or locator), ":r" (holders)
         k = key.decode(errors="replace")
         brace = k.find(":{")
         if brace < 0:
-            return
+            return None
         name = k[len(PREFIX) : brace]
-        if name in self.names:
-            counts[(name, k[k.rfind("}") + 1 :])] += 1
+        if name not in self.names:
+            return None
+        suffix = k[k.rfind("}") + 1 :]
+        counts[(name, suffix)] += 1
+        return name if suffix == ":r" else None
 
     async def step(self, addr: str, client: Any, dbsize: int) -> None:
         """Scan up to ``budget`` more keys of the primary at ``addr``."""
@@ -134,8 +147,13 @@ class StateCounter:
             cursor, keys = await client.scan(cursor, match=f"{PREFIX}*", count=2000)
             scanned += 2000
             self.seen[addr] = self.seen.get(addr, 0) + len(keys)
-            for k in keys:
-                self._tally(counts, k)
+            tables = [(k, name) for k in keys if (name := self._tally(counts, k)) is not None]
+            if tables:  # the holders of each entry: one pipelined SCARD each
+                async with client.pipeline(transaction=False) as pipe:
+                    for k, _ in tables:
+                        pipe.scard(k)
+                    for (_, name), n in zip(tables, await pipe.execute(), strict=True):
+                        counts[(name, ":holders")] += int(n)
             if cursor == 0:
                 self.done[addr], self.partial[addr], self.seen[addr] = counts, Counter(), 0
                 break
@@ -167,7 +185,7 @@ class Collector:
     def __init__(self, coord: Coordinator, catalog: Catalog, url: str) -> None:
         self.coord, self.catalog, self.url = coord, catalog, url
         self.counter = StateCounter(catalog)
-        self._library: dict[str, str] = {}
+        self._library: dict[str, tuple[str, str, str]] = {}  # addr -> (shown, version, digest)
 
     async def snapshot(self) -> Snapshot:
         nodes = await self._nodes()
@@ -223,9 +241,10 @@ class Collector:
             problem = "marked failing by the cluster" if n["fail"] else ""
             if info.get("loading"):
                 problem = "loading its data"
+            shown, version, digest = self._library.get(addr, ("-", "", "")) if n["role"] == "primary" else ("-", "", "")
             views[i] = NodeView(addr, n["role"], n["slots"], _int(info.get("instantaneous_ops_per_sec")),
-                                str(info.get("used_memory_human", "-")), keys,
-                                self._library.get(addr, "-") if n["role"] == "primary" else "-", problem)  # fmt: skip
+                                str(info.get("used_memory_human", "-")), keys, shown, problem,
+                                _int(info.get("used_memory")), version, digest)  # fmt: skip
 
         async with anyio.create_task_group() as tg:
             for i, n in enumerate(listed):
@@ -233,21 +252,24 @@ class Collector:
         self.counter.forget({f"{n['host']}:{n['port']}" for n in listed if n["role"] == "primary"})
         return [v for v in views if v is not None]
 
-    async def _library_of(self, client: Any, addr: str) -> str:
+    async def _library_of(self, client: Any, addr: str) -> tuple[str, str, str]:
+        """(shown, library version, catalog digest) of the primary behind ``client``."""
         try:
             info = json.loads(await client.execute_command("FCALL_RO", "cogs_info", 0))
         except rexc.ResponseError as e:
-            return "missing" if "not found" in str(e).lower() else f"error: {e}"
-        return f"{str(info['version'])[:8]}/{str(info['catalog_digest'])[:8]}"  # library / catalog
+            return ("missing" if "not found" in str(e).lower() else f"error: {e}"), "", ""
+        version, digest = str(info["version"]), str(info["catalog_digest"])
+        return f"{version[:8]}/{digest[:8]}", version, digest  # library / catalog
 
     # -- states --------------------------------------------------------------------------
 
     def _states(self) -> tuple[list[StateView], float]:
         counts, done = self.counter.counts()
-        return [
-            StateView(st.name, st.state_class, st.mode, st.type, counts[(st.name, "")], counts[(st.name, ":r")])
-            for st in self.catalog
-        ], done
+        views = []
+        for st in self.catalog:
+            entries, holders = counts[(st.name, ":r")], counts[(st.name, ":holders")]
+            views.append(StateView(st.name, st.state_class, st.mode, st.type, counts[(st.name, "")], entries, holders))
+        return views, done
 
     # -- proxies -------------------------------------------------------------------------
 

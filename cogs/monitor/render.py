@@ -71,11 +71,12 @@ def proxies_table(proxies: Sequence[ProxyView]) -> Table:
 
 def alerts_table(alerts: Sequence[Alert]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
-    for col in ("time", "state", "key", "value", "checker"):
-        t.add_column(col, overflow="ellipsis", no_wrap=True)
+    t.add_column("time", no_wrap=True)
+    t.add_column(Text("why (state[key]: the figures that crossed the checker's threshold)"), ratio=1, overflow="fold")
+    t.add_column("checker", overflow="ellipsis", no_wrap=True)
     for a in alerts:
         when = datetime.fromtimestamp(a.time_ms / 1000).strftime("%H:%M:%S")
-        t.add_row(when, a.state, a.key, a.value, a.checker)
+        t.add_row(when, Text(a.explanation), a.checker)  # Text: a key like [x] is not markup
     return t
 
 
@@ -93,5 +94,9 @@ def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.
         Panel(nodes_table(snap.nodes), title=cluster_title, title_align="left"),
         Panel(states_table(snap.states), title=f"states ({counted})", title_align="left"),
         Panel(proxies_table(snap.proxies), title=f"proxies: {alive} alive", title_align="left"),
-        Panel(alerts_table(alerts) if alerts else Text("none yet", style="dim"), title="alerts", title_align="left"),
+        Panel(
+            alerts_table(alerts) if alerts else Text("none yet", style="dim"),
+            title="alerts" + (f" ([red]{snap.alerts_problem}[/])" if snap.alerts_problem else ""),
+            title_align="left",
+        ),
     )

@@ -4,6 +4,7 @@ node down and with no coordinator at all; and once in tmux, as a person sees it.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from cogs.alerts import Alert
 from cogs.catalog import Catalog
 from cogs.cli import main
 from cogs.cluster import LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.ops import StateTable
 from cogs.monitor import Snapshot, watch
 from cogs.monitor.render import render
 from cogs.proxy import StateProxy
@@ -88,6 +91,7 @@ def test_monitor_shows_nodes_states_proxies_and_alerts(cluster: LocalCluster) ->
     assert states["ports"].values >= 1
     assert states["objects"].values >= 1  # a locator in the state reference table
     assert states["nat"].replica_entries >= 1  # b in the replica reference table
+    assert states["nat"].holders >= 1
     proxies = {p.id: p for p in snap.proxies}
     pa = next(p for p in proxies.values() if p.peer != "-")  # only a serves indirect states
     assert pa.ops_per_sec is not None
@@ -95,6 +99,30 @@ def test_monitor_shows_nodes_states_proxies_and_alerts(cluster: LocalCluster) ->
     text = _text(snap, alerts)
     for must in ("cluster: 3 nodes", "counts complete", "0-5460", "mon-scanner", "cardinality", *proxies):
         assert must in text, must
+
+
+def test_monitor_once_shows_the_stored_alerts_and_json_for_scripts(cluster: LocalCluster) -> None:
+    async def raise_alert() -> None:
+        async with Coordinator(url=cluster.url) as co:
+            table = await StateTable.open(co)
+            await table.update("hits", "once-key", "add", 33)
+
+    anyio.run(raise_alert)
+    r = CliRunner().invoke(main, ["monitor", "--once", "--url", cluster.url, "--alerts", "100"])
+    assert r.exit_code == 0, r.output
+    assert "hits[once-key]: 33 >= 10" in r.output  # read from the streams, not "none yet"
+    r = CliRunner().invoke(main, ["monitor", "--once", "--json", "--url", cluster.url, "--alerts", "100"])
+    assert r.exit_code == 0, r.output
+    snap = json.loads(r.output)
+    assert snap["problem"] == ""
+    assert snap["scan_done"] >= 1.0
+    assert {n["addr"] for n in snap["nodes"]} == {f"127.0.0.1:{p}" for p in cluster.ports}
+    assert all(n["memory_bytes"] > 0 and len(n["catalog_digest"]) == 16 for n in snap["nodes"])
+    assert {s["name"] for s in snap["states"]} >= {"hits", "nat", "objects"}
+    [mine] = [a for a in snap["alerts"] if a["key"] == "once-key"]
+    assert mine["msg"] == "hits[once-key]: 33 >= 10"
+    assert mine["figures"] == {"n": 33}
+    assert CliRunner().invoke(main, ["monitor", "--json", "--url", cluster.url]).exit_code == 2  # needs --once
 
 
 def test_monitor_shows_a_node_that_is_down(tmp_path: Path, catalog: Catalog) -> None:
