@@ -239,11 +239,12 @@ class LocalCluster:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start_node(self, port: int) -> None:
+    def start_node(self, port: int) -> bool:
+        """Start the node on ``port``; False if it was running already."""
         d = self.node_dir(port)
         d.mkdir(parents=True, exist_ok=True)
         if self._pid(port):
-            return
+            return False
         (d / ACL_FILE).touch()  # the config's aclfile: must exist (empty: no users yet)
         files = self.tls_files
         ports = ["--port", "0", "--tls-port", str(port), *files.server_args()] if files else ["--port", str(port)]
@@ -261,6 +262,7 @@ class LocalCluster:
         except ClusterError as e:
             log = (d / "redis.log").read_text()[-800:] if (d / "redis.log").exists() else ""
             raise ClusterError(f"{e}; log tail:\n{log}") from e
+        return True
 
     def up(self, *, progress: Progress = _quiet, timeout: float = 60.0) -> str:
         """Start (or resume) the nodes and form the cluster; returns the seed URL."""
@@ -282,9 +284,9 @@ class LocalCluster:
                 }
             )
         )
-        for p in self.ports:
-            self.start_node(p)
-        progress(f"started {self.size} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}")
+        started = sum(self.start_node(p) for p in self.ports)
+        running = f" ({self.size - started} already running)" if started < self.size else ""
+        progress(f"started {started} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}{running}")
         form_cluster(
             [(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress,
             client_kw=self.client_kwargs(),

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
+from cogs import logs
 from cogs.errors import ConfigError
 
 T = TypeVar("T")
@@ -40,5 +41,7 @@ def backend_options() -> dict[str, Any]:
 
 
 def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    """``anyio.run(fn, *args)`` on the loop :func:`loop_name` picks."""
+    """``anyio.run(fn, *args)`` on the loop :func:`loop_name` picks (and, in a process
+    cogs spawned, with the logging its parent chose: COGS_LOG_LEVEL / COGS_LOG_FORMAT)."""
+    logs.configure_from_env()
     return anyio.run(fn, *args, backend_options=backend_options())

@@ -6,7 +6,10 @@ Exit codes: 0 success, 1 an operation failed (one clear line on stderr),
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,18 +18,51 @@ import redis
 from rich.console import Console
 from rich.markup import escape
 
-from cogs import runtime
+from cogs import logs, runtime
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
 from cogs.extras import missing_extra_message
+from cogs.logs import FORMATS, LEVELS
 
 T = TypeVar("T")
 err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console()
 
 
+def summary(cmd: click.Command) -> str:
+    """What a command does, for its group's list: ``short_help``, else the first
+    sentence of its help, whole (click would cut it at 45 characters, or at the dot
+    of "Fig. 12"); the help formatter wraps it."""
+    if cmd.short_help:
+        return inspect.cleandoc(cmd.short_help)
+    para = inspect.cleandoc(cmd.help or "").split("\n\n")[0].replace("\n", " ")
+    m = re.search(r"\.(?=\s+[A-Z`(]|$)", para)  # a dot that ends a sentence, not "Fig. 12"
+    return para[: m.end()] if m else para
+
+
 class CogsGroup(click.Group):
     """Turns cogs errors into one line on stderr and a meaningful exit code (messages
-    are escaped: a catalog's ``[states.x]`` or an extra's ``[nf]`` is not rich markup)."""
+    are escaped: a catalog's ``[states.x]`` or an extra's ``[nf]`` is not rich markup);
+    lists subcommands with their whole summary (wrapped, never cut)."""
+
+    group_class = type  # subgroups (cogs nf, cogs bench, ...) are CogsGroups too
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, summary(cmd)))
+        if not rows:
+            return
+        col = min(max(len(name) for name, _ in rows), 30) + 2
+        with formatter.section("Commands"):
+            pad = " " * formatter.current_indent
+            width = max(formatter.width - formatter.current_indent - col, 20)
+            for name, text in rows:  # click's layout, but never a word split at a hyphen
+                lines = textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False) or [""]
+                formatter.write(f"{pad}{name:<{col}}{lines[0]}\n")
+                for line in lines[1:]:
+                    formatter.write(f"{pad}{' ' * col}{line}\n")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -99,5 +135,27 @@ url_option = click.option(
 
 @click.group(cls=CogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cogs-nf")
-def main() -> None:
-    """cogs: global states of network functions, coordinated on Redis Cluster."""
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr: -v info, -vv debug.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    envvar="COGS_LOG_LEVEL",
+    help="Log level (default warning; wins over -v). Env: COGS_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    default="text",
+    show_default=True,
+    envvar="COGS_LOG_FORMAT",
+    help="text, or json: one object per line with ts, level, logger, msg and fields (proxy, node, state, ...). "
+    "Env: COGS_LOG_FORMAT.",
+)
+def main(verbose: int, log_level: str | None, log_format: str) -> None:
+    """cogs: global states of network functions, coordinated on Redis Cluster.
+
+    Logging options go before the command (`cogs -v nf run ...`) and reach the
+    processes it starts (middleboxes, web cache nodes). Shell completion (bash, zsh,
+    fish): see the README, e.g. `eval "$(_COGS_COMPLETE=bash_source cogs)"`.
+    """
+    logs.configure(logs.level_of(verbose, log_level), log_format)

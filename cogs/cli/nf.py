@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,9 +29,20 @@ def nf() -> None:
 
 def _bar() -> Progress:
     return Progress(
-        TextColumn("[dim]replaying[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("[dim]{task.description}[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True, disable=not sys.stderr.isatty(),
     )  # fmt: skip
+
+
+def _replay_task(bar: Progress, n: int) -> Any:
+    """A bar that says what happens before the first packet (reading the capture,
+    starting n middlebox processes, their proxies connecting), then counts packets."""
+    task = bar.add_task(f"reading the capture, starting {n} middlebox(es)", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, description="replaying")
+
+    return progress
 
 
 @nf.command("run")
@@ -41,7 +52,10 @@ def _bar() -> Progress:
     "--middleboxes", "--instances", "-n", "middleboxes", default=1, show_default=True,
     help="Middlebox processes (webcache: caching proxies).",
 )  # fmt: skip
-@click.option("--coordinator", envvar="COGS_URL", help="Coordinator URL (default: COGS_URL or the local cluster).")
+@click.option(
+    "--url", "--coordinator", "coordinator", envvar="COGS_URL",
+    help="Any coordinator node (default: COGS_URL or the local cluster); --coordinator is an alias.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per alert (nat: one summary) on stdout.")
 @click.option(
     "--local-only", is_flag=True, help="Each middlebox keeps its own states (what a cluster without cogs sees)."
@@ -92,12 +106,7 @@ def nf_run(
     from cogs.nf.runner import counters, run_nf
 
     with _bar() as bar:
-        task = bar.add_task("replay", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        result = run_nf(name, trace, middleboxes, url, local_only=local_only, progress=progress)
+        result = run_nf(name, trace, middleboxes, url, local_only=local_only, progress=_replay_task(bar, middleboxes))
     if as_json:
         for a in result.alerts:
             click.echo(json.dumps(a))
@@ -106,7 +115,7 @@ def nf_run(
         for col in ("time", "key", "value", "state", "detail"):
             t.add_column(col)
         for a in result.alerts:
-            detail = ", ".join(a.get("clients", [])) or a["state_key"]
+            detail = ", ".join(a.get("clients", [])) or a.get("msg") or a["state_key"]
             t.add_row(a["time"][11:23], a["key"], a["value"], a["state"], detail)
         out_console.print(t)
     _trace_line(result.trace)
@@ -169,10 +178,9 @@ def _nat(
     from cogs.nf.nat import PRIVATE, run_nat
 
     with _bar() as bar:
-        task = bar.add_task("replay", total=None)
         result = run_nat(
             trace, n, url, out=out, state=state, mode=mode, internal=internal or PRIVATE,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=_replay_task(bar, n),
         )  # fmt: skip
     summary = {
         "nf": "nat",
@@ -227,6 +235,8 @@ def trace_synth(out: Path, **kw: int | float) -> None:
     """Write a pcap of benign traffic plus attacks, and OUT.truth.json (the expected alerts)."""
     from cogs.nf.synth import Synth
 
-    s = Synth(**kw).build()  # type: ignore[arg-type]
-    pcap, truth = s.write(out)
+    with err_console.status(f"building {kw['benign_flows']:,} benign flows and the attacks"):
+        s = Synth(**kw).build()  # type: ignore[arg-type]
+    with err_console.status(f"writing {len(s.frames):,} frames to {out}"):
+        pcap, truth = s.write(out)
     click.echo(f"{pcap}: {len(s.frames)} frames; expected alerts in {truth}")

@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from cogs.catalog import Catalog, catalog_diff
+from cogs.catalog import LOAD_HINT, Catalog, catalog_diff
 from cogs.coordinator.library import Library, LibrarySpec, assemble, library_spec
 from cogs.coordinator.topology import Topology
 from cogs.errors import (
@@ -224,19 +224,19 @@ class Coordinator:
         tokens = {f"{x['version']}:{x['catalog_digest']}" for x in infos}
         if len(tokens) > 1:
             raise LibraryOutdated(
-                f"coordinator nodes run different cogs libraries {sorted(tokens)}: reload it with `cogs catalog load`"
+                f"coordinator nodes run different cogs libraries {sorted(tokens)}: reload it with " + LOAD_HINT
             )
         info = infos[0]
         if info["version"] != self.spec.version:
             raise LibraryOutdated(
                 f"coordinator runs cogs library {info['version']}, this process has "
-                f"{self.spec.version}: reload it with `cogs catalog load` (or upgrade this proxy)"
+                f"{self.spec.version}: reload it with {LOAD_HINT} (or upgrade this proxy)"
             )
         stored = Catalog.from_wire(json.loads(info["catalog_json"]), self.spec)
         if stored.digest != info["catalog_digest"]:
             raise LibraryOutdated(
                 f"the stored catalog does not rebuild to its digest {info['catalog_digest']} "
-                f"(got {stored.digest}): reload it with `cogs catalog load`"
+                f"(got {stored.digest}): reload it with " + LOAD_HINT
             )
         if expected is not None and expected.digest != stored.digest:
             raise CatalogMismatch(
@@ -271,7 +271,7 @@ def translate_error(e: Exception, addr: str) -> CogsError:
     if msg.startswith("OUTDATED"):
         return LibraryOutdated(f"node {addr}: {msg[9:]}")
     if "Function not found" in msg or "Library not found" in msg:
-        return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run `cogs catalog load`")
+        return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run {LOAD_HINT}")
     if msg.startswith("BAD_FRAME"):
         return BadFrame(f"node {addr}: {msg}")
     if msg.startswith(("CLUSTERDOWN", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN")):

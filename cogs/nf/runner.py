@@ -198,6 +198,8 @@ async def _alerts(url: str, nf: str, ns: str, since_ms: int) -> list[dict[str, A
                 "time": a.time.isoformat(timespec="milliseconds"),
                 "state": a.state,
                 "state_key": key,
+                # why it fired, with the run's key namespace left out
+                "msg": a.explanation.replace(f"[{a.key}]", f"[{key}]", 1),
             }
             if box is not None:
                 row["middlebox"] = box

@@ -54,6 +54,7 @@ from cogs.keys import (
     slot,
     unescape,
 )
+from cogs.logs import fields
 from cogs.proxy.link import NodeLink
 
 log = logging.getLogger("cogs.proxy")
@@ -527,7 +528,10 @@ class Batcher:
         out again, unchanged (same number: the coordinator drops a duplicate), in order
         with the other parked batches, before any new batch."""
         if not self.parked:
-            log.warning("coordinator connection lost (%s): re-sending in-flight batches", cause)
+            _, streams, addrs = self._nodes()
+            node = addrs[streams.index(b.stream)] if b.stream in streams else None
+            where = fields(proxy=self.pid, node=node)
+            log.warning("coordinator connection lost (%s): re-sending in-flight batches", cause, extra=where)
             self.outage_started = time.monotonic()
         self.parked.append((b, cause))
         if not self._retrying:
@@ -653,7 +657,7 @@ class Batcher:
         try:
             await self.coord.refresh()
         except CoordinatorUnavailable as e:
-            log.warning("slot map refresh failed: %s", e)
+            log.warning("slot map refresh failed: %s", e, extra=fields(proxy=self.pid))
         self._kick.set()
 
     def _fail_batch(self, n: int, reqs: dict[int, Req], err: CogsError) -> None:

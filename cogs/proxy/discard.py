@@ -27,6 +27,7 @@ from redis import exceptions as rexc
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CoordinatorUnavailable
 from cogs.keys import discard_channel, unescape
+from cogs.logs import fields
 from cogs.proxy.cache import ReplicaCache
 
 log = logging.getLogger("cogs.proxy")
@@ -41,6 +42,7 @@ class DiscardLink:
     def __init__(self, coord: Coordinator, proxy_id: str, cache: ReplicaCache) -> None:
         self.coord = coord
         self.channel = discard_channel(proxy_id)
+        self.proxy_id = proxy_id
         self.cache = cache
         self.hooks: list[DiscardHook] = []
         self.nodes: tuple[str, ...] = ()
@@ -80,7 +82,8 @@ class DiscardLink:
                 self.cache.enabled = True
                 if ready.is_set():
                     self.resubscribed += 1
-                    log.warning("discard link back on %s; replica caching resumes", ", ".join(self.nodes))
+                    log.warning("discard link back on %s; replica caching resumes", ", ".join(self.nodes),
+                                extra=fields(proxy=self.proxy_id))  # fmt: skip
                 ready.set()
                 failures = 0
                 async with anyio.create_task_group() as tg:
@@ -105,7 +108,7 @@ class DiscardLink:
         self.cache.enabled = False
         self.cache.drop_all()
         if was:
-            log.warning("discard link lost (%s): replicas dropped", cause)
+            log.warning("discard link lost (%s): replicas dropped", cause, extra=fields(proxy=self.proxy_id))
 
     async def _listen(self, pubsub: Any, addr: str) -> None:
         last = time.monotonic()

@@ -40,6 +40,7 @@ from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema, wire_arg
 from cogs.errors import BadKey, CogsError, CoordinatorUnavailable, UnknownOp, refuse
 from cogs.keys import ALERTS_STREAM_PREFIX, KEY_RULE, PROXY_INDEX, bad_key, once_keys, proxy_key, slot
+from cogs.logs import fields
 from cogs.proxy.batcher import Backpressure, Batcher, Lane, Req, coalesce_kinds
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
@@ -225,7 +226,7 @@ class StateProxy:
             try:
                 await self._beat()
             except Exception as e:
-                log.warning("proxy %s heartbeat failed: %s", self.id, e)
+                log.warning("proxy %s heartbeat failed: %s", self.id, e, extra=fields(proxy=self.id))
                 with contextlib.suppress(CogsError):
                     await self.coord.refresh()
             finally:
@@ -251,7 +252,7 @@ class StateProxy:
                 tag = stream[len(ALERTS_STREAM_PREFIX) + 1 : -1]
                 await self.coord.node_client(topo.node_of(slot(tag))).delete(*once_keys(tag, self.id))
         except Exception as e:
-            log.warning("proxy %s could not unregister: %s", self.id, e)
+            log.warning("proxy %s could not unregister: %s", self.id, e, extra=fields(proxy=self.id))
 
     # -- validation ----------------------------------------------------------------------
 
@@ -608,13 +609,17 @@ class StateProxy:
             callback(value, packet)
         except Exception:  # a broken callback must not stall the other packets
             self._callback_errors += 1
-            log.exception("proxy %s: state callback failed", self.id)
+            n = self._callback_errors
+            if n <= 10 or n % 1000 == 0:  # a callback broken for every packet: not a line per packet
+                log.exception("proxy %s: state callback failed (%d so far)", self.id, n, extra=fields(proxy=self.id))
 
     def _log_error(self, err: CogsError, packet: Any) -> None:
         self._logged_errors += 1
         n = self._logged_errors
-        if n <= 10 or n % 1000 == 0:
-            log.warning("proxy %s: %s (%d errors so far)", self.id, err, n)
+        if n <= 10 or n % 1000 == 0:  # never a line per packet: the first ten, then one in a thousand
+            where = fields(proxy=self.id, state=getattr(err, "state", None), key=getattr(err, "key", None),
+                           op=getattr(err, "op", None), count=n)  # fmt: skip
+            log.warning("proxy %s: %s (%d errors so far)", self.id, err, n, extra=where)
 
     def statistics(self) -> ProxyStatistics:
         b = getattr(self, "_batcher", None)

@@ -118,6 +118,11 @@ def test_persistence_none_runs_without_aof_and_is_kept_across_restarts(tmp_path:
         for p in lc.ports:
             with redis.Redis(port=p) as r:
                 assert r.config_get("appendonly") == {"appendonly": "no"}
+        assert "started 3 redis-server node(s)" in out
+        lc.stop_node(lc.ports[1], hard=True)  # one node crashed: `up` starts that one only, and says so
+        code, out = _cli("cluster", "up", *opts)
+        assert code == 0, out
+        assert f"started 1 redis-server node(s) on ports {port}-{port + 2} (2 already running)" in out
         code, out = _cli("cluster", "down", *opts)
         assert code == 0, out
         code, out = _cli("cluster", "up", *opts)  # no flag: the cluster keeps what it was started with
@@ -156,3 +161,17 @@ def test_standalone_redis_works_as_coordinator(standalone: Standalone) -> None:
 
     standalone.client().flushall()
     anyio.run(go)
+
+
+def test_a_coordinator_without_the_library_says_how_to_load_it(tmp_path: Path) -> None:
+    from cogs.catalog import DEFAULT_CATALOG
+
+    fresh = Standalone(free_port_base(1), tmp_path)
+    try:
+        code, out = _cli("catalog", "show", "--url", fresh.url)
+    finally:
+        fresh.stop()
+    assert code == 1, out
+    flat = " ".join(out.split())
+    assert "cogs catalog load PATH" in flat
+    assert str(DEFAULT_CATALOG) in flat.replace(" ", "") or str(DEFAULT_CATALOG) in flat

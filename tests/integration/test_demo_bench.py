@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,21 @@ from tests.conftest import Standalone, load_default_catalog
 def test_demo_global_state_catches_split_attacks(standalone: Standalone) -> None:
     standalone.client().flushall()
     load_default_catalog(standalone.url)
-    out = run_demo(standalone.url, 4, Console(file=io.StringIO()))
+    shown, said = io.StringIO(), io.StringIO()
+    out = run_demo(standalone.url, 4, Console(file=shown, width=200), Console(file=said, width=200))
+    text, progress = shown.getvalue(), said.getvalue()
+    expected = Counter(t["nf"] for t in out["truth"])
+    # the header's counts are the ground truth's, as the table's are
+    assert f"{expected['portscan']} portscan alerts (one per scanner), {expected['dnstunnel']} dnstunnel" in text
+    for nf in ("portscan", "dnstunnel", "sidejack"):
+        assert re.search(rf"\b{nf}\W+{expected[nf]}\W", text), nf
+        for label in ("with cogs", "local state only"):  # a line per step while it works
+            assert f"{nf} {label}: " in progress, (nf, label)
+    assert "still running" in text
+    assert f"alerts --url {standalone.url}" in text
+    assert "cluster down" in text
+    assert "ALERT dnstunnel" in text
+    assert ">= 50%" in text  # alerts say why they fired
     for nf, res in out["nfs"].items():
         want = {t["key"] for t in out["truth"] if t["nf"] == nf}
         assert {a["key"] for a in res["global"]} == want, nf

@@ -94,3 +94,53 @@ def test_public_surface() -> None:
         assert getattr(cogs, name) is not None
     public = {n for n in dir(cogs) if not n.startswith("_") and not inspect.ismodule(getattr(cogs, n))}
     assert public - {"annotations"} == set(cogs.__all__)
+
+
+def _groups(group: click.Group, path: list[str]) -> list[list[str]]:
+    out = [path]
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += _groups(cmd, [*path, name])
+    return out
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_command_lists_are_never_cut(columns: int) -> None:
+    """Each command's summary is its whole first sentence, wrapped at word boundaries
+    (click cut them at 45 characters, and `bench --help` at the dot of "Fig. 12")."""
+    for path in _groups(main, []):
+        r = CliRunner().invoke(main, [*path, "--help"], terminal_width=columns)
+        code, out = r.exit_code, r.output
+        assert code == 0, path
+        listing = out.split("Commands:\n", 1)[1]
+        entries: list[str] = []
+        for line in listing.splitlines():
+            if line.startswith("  ") and not line.startswith("   "):
+                entries.append(line.strip())
+            elif line.strip():
+                entries[-1] += " " + line.strip()
+        assert entries, path
+        for e in entries:
+            assert not e.endswith("..."), (path, e)
+            assert e.count("(") == e.count(")"), (path, e)
+        assert all(len(line) <= columns for line in listing.splitlines()), (path, listing)
+    code, out = _run("bench", "--help")
+    assert "Coordinator throughput (paper Fig. 12) vs naive and pipelined" in " ".join(out.split())
+
+
+def test_every_coordinator_url_option_is_called_url() -> None:
+    """One name for the coordinator URL everywhere (nf run keeps --coordinator as an alias)."""
+    seen = 0
+    for path in _commands(main, []):
+        node: click.Command = main
+        for name in path:
+            assert isinstance(node, click.Group)
+            node = node.commands[name]
+        for p in node.params:
+            if isinstance(p, click.Option) and (p.envvar == "COGS_URL" or "--coordinator" in p.opts):
+                assert p.opts[0] == "--url", (path, p.opts)
+                seen += 1
+    assert seen >= 10
+    nf_run = main.commands["nf"].commands["run"]  # type: ignore[attr-defined]
+    [url] = [p for p in nf_run.params if p.name == "coordinator"]
+    assert url.opts == ["--url", "--coordinator"]
