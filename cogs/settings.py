@@ -59,6 +59,10 @@ class CogsSettings(BaseSettings):
     #: Indirect states: bytes of values this proxy keeps as their owner; past it the least
     #: recently used go (their locators too: readers then load them anew).
     max_owned_bytes: int = Field(1 << 30, ge=1)
+    #: Proxies: serve their statistics for Prometheus on this port (unset: no; 0: a
+    #: free port, advertised in the proxy's heartbeat) and address.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("url")
     @classmethod

@@ -30,11 +30,13 @@ _NET = (rexc.RedisError, OSError, TimeoutError)
 OnAlert = Callable[[Alert], None]
 
 
-async def _follow(coord: Coordinator, alerts: deque[Alert], on_alert: OnAlert | None, retry_s: float = 2.0) -> None:
+async def _follow(
+    coord: Coordinator, alerts: deque[Alert], on_alert: OnAlert | None, history: int | None, retry_s: float = 2.0
+) -> None:
     seen = {a.uid for a in alerts}
     while True:
         with contextlib.suppress(CogsError, *_NET):  # reading the history needs every primary
-            async for a in follow_alerts(coord, limit=alerts.maxlen):
+            async for a in follow_alerts(coord, limit=history):
                 if a.uid not in seen:
                     seen.add(a.uid)
                     alerts.append(a)
@@ -47,11 +49,19 @@ Show = Callable[[Snapshot], bool]
 
 
 async def watch(
-    settings: CogsSettings, alerts: deque[Alert], show: Show, interval: float = 1.0, on_alert: OnAlert | None = None
+    settings: CogsSettings,
+    alerts: deque[Alert],
+    show: Show,
+    interval: float = 1.0,
+    on_alert: OnAlert | None = None,
+    *,
+    all_history: bool = False,
 ) -> None:
     """Calls ``show`` with a Snapshot every ``interval`` seconds until it returns
     False; latest alerts are appended to ``alerts`` as they are raised (and handed
-    to ``on_alert``: the stored ones first, the latest ``alerts.maxlen`` of them)."""
+    to ``on_alert``): the stored ones first, the latest ``alerts.maxlen`` of them
+    (every one with ``all_history``), then the live ones."""
+    history = None if all_history else alerts.maxlen
     while True:
         try:
             coord = Coordinator(settings)
@@ -62,7 +72,7 @@ async def watch(
             await anyio.sleep(interval)
             continue
         try:
-            if not await _watch(coord, settings.url, alerts, show, interval, on_alert):
+            if not await _watch(coord, settings.url, alerts, show, interval, on_alert, history):
                 return
         except (CogsError, *_NET) as e:  # no library yet, or the catalog could not be read
             if not show(Snapshot(settings.url, time.time(), problem=str(e))):
@@ -87,13 +97,19 @@ async def _catalog(coord: Coordinator) -> Catalog:
 
 
 async def _watch(
-    coord: Coordinator, url: str, alerts: deque[Alert], show: Show, interval: float, on_alert: OnAlert | None
+    coord: Coordinator,
+    url: str,
+    alerts: deque[Alert],
+    show: Show,
+    interval: float,
+    on_alert: OnAlert | None,
+    history: int | None,
 ) -> bool:
     catalog = await _catalog(coord)
     collector = Collector(coord, catalog, url)
     keep = True
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_follow, coord, alerts, on_alert)
+        tg.start_soon(_follow, coord, alerts, on_alert, history)
         while keep:
             t0 = time.monotonic()
             try:

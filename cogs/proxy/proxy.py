@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
@@ -48,6 +48,9 @@ from cogs.proxy.indirect import Indirect, Loader
 from cogs.proxy.stats import ProxyStatistics
 from cogs.settings import CogsSettings, load_settings
 from cogs.values import generic
+
+if TYPE_CHECKING:
+    from cogs.metrics.server import MetricsServer
 
 log = logging.getLogger("cogs.proxy")
 Callback = Callable[[Any, Any], Any]
@@ -82,8 +85,12 @@ class StateProxy:
         durable: bool | None = None,
         peer_secret: str | None = None,
         on_error: ErrorCallback | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.settings = settings or load_settings(url=url)
+        # Prometheus metrics of this proxy's statistics (cogs.metrics.proxy): opt-in
+        self._metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
+        self._metrics: MetricsServer | None = None
         if not 0 < batch_delay_ms <= 1000 or batch_max_ops < 1 or max_pending < batch_max_ops:
             raise CogsError("need 0 < batch_delay_ms <= 1000, batch_max_ops >= 1, max_pending >= batch_max_ops")
         self.id = proxy_id or f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -159,6 +166,10 @@ class StateProxy:
             if self._indirect.server is not None and any(st.state_class == "indirect" for st in self.catalog):
                 await self._indirect.server.start()
                 b.spawn(self._indirect.server.serve())
+            if self._metrics_port is not None:
+                from cogs.metrics.proxy import serve
+
+                self._metrics = serve(self, self.settings.metrics_host, self._metrics_port)
             await self._beat()
             self._open = True
             self._beating = b.spawn(self._heartbeat())
@@ -186,6 +197,11 @@ class StateProxy:
         await self._teardown()
 
     async def _teardown(self) -> None:
+        if self._metrics is not None:
+            from cogs.metrics.proxy import unserve
+
+            server, self._metrics = self._metrics, None
+            await anyio.to_thread.run_sync(unserve, self, server)  # waits for the server thread
         if hasattr(self, "_batcher"):
             await self._batcher.aclose()
         if self._indirect is not None:
@@ -201,6 +217,8 @@ class StateProxy:
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": now}
         if self._indirect is not None:  # how other proxies reach the indirect states this one owns
             info.update(peer=self._indirect.address, inc=self._indirect.inc)
+        if self._metrics is not None:  # where Prometheus scrapes this proxy
+            info["metrics"] = self._metrics.address
         stats = self.statistics()
         info["stats"] = stats.__dict__
         prev_t, prev_sent = self._last_beat

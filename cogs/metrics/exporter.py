@@ -1,0 +1,147 @@
+"""``cogs exporter``: the coordinator's view for Prometheus.
+
+What ``cogs monitor`` collects (:mod:`cogs.monitor.collect`, read-only, the
+``cogs-monitor`` ACL user is enough), refreshed every ``interval`` seconds in the
+background; a scrape serves the latest snapshot, so a slow or unreachable coordinator
+never stalls Prometheus (``cogs_up`` and ``cogs_exporter_snapshot_age_seconds`` say
+how fresh it is). Alerts are counted per state from the stored streams at start, then
+live (``cogs_alerts_total``: alerts this exporter has seen, stored ones included).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cogs.alerts import Alert
+from cogs.monitor import watch
+from cogs.monitor.collect import Snapshot
+from cogs.settings import CogsSettings
+
+
+class CoordinatorView(Collector):
+    """The latest Snapshot and the alert counts, as metric families."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.took_s = 0.0
+        self.alerts: Counter[str] = Counter()
+        self.last_alert: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._t0 = 0.0
+
+    # -- fed by the watch loop (event loop thread) -------------------------------------
+
+    def show(self, snap: Snapshot) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self.took_s = now - self._t0 if self._t0 else 0.0
+            self.snapshot = snap
+        self._t0 = now
+        return True
+
+    def alert(self, a: Alert) -> None:
+        with self._lock:
+            self.alerts[a.state] += 1
+            self.last_alert[a.state] = max(self.last_alert.get(a.state, 0.0), a.time_ms / 1000)
+
+    # -- read by the HTTP server (its thread) ------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap, alerts, last = self.snapshot, dict(self.alerts), dict(self.last_alert)
+        up = GaugeMetricFamily("cogs_up", "1 if the coordinator answered at the last refresh")
+        up.add_metric([], 0.0 if snap is None or snap.problem else 1.0)
+        yield up
+        age = GaugeMetricFamily("cogs_exporter_snapshot_age_seconds", "time since the snapshot served was taken")
+        age.add_metric([], time.time() - snap.time if snap else float("nan"))
+        yield age
+        if snap is None or snap.problem:
+            return
+        yield from _nodes(snap)
+        yield from _states(snap)
+        yield from _proxies(snap)
+        doc = "alerts raised, by state (the stored ones at the exporter's start, then live)"
+        total = CounterMetricFamily("cogs_alerts", doc, labels=["state"])
+        latest = GaugeMetricFamily("cogs_alert_last_timestamp_seconds", "when the latest alert of a state was raised",
+                                   labels=["state"])  # fmt: skip
+        for state in sorted(set(alerts) | {s.name for s in snap.states}):
+            total.add_metric([state], float(alerts.get(state, 0)))
+            if state in last:
+                latest.add_metric([state], last[state])
+        yield total
+        yield latest
+
+
+def _g(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def _nodes(snap: Snapshot) -> Iterator[Metric]:
+    up = _g("cogs_node_up", "1 if the node answered (role: primary, replica or down)", ["node", "role"])
+    healthy = _g("cogs_node_healthy", "1 if the node answered and is neither failing nor loading", ["node"])
+    ops = _g("cogs_node_ops_per_second", "commands per second (Redis instantaneous_ops_per_sec)", ["node"])
+    mem = _g("cogs_node_memory_bytes", "memory used (Redis used_memory)", ["node"])
+    keys = _g("cogs_node_keys", "keys in the node's database", ["node"])
+    lib = _g("cogs_node_library_info", "the cogs library version and catalog digest a primary runs",
+             ["node", "library", "catalog"])  # fmt: skip
+    for n in snap.nodes:
+        up.add_metric([n.addr, n.role], 0.0 if n.role == "down" else 1.0)
+        healthy.add_metric([n.addr], 0.0 if n.role == "down" or n.problem else 1.0)
+        if n.ops_per_sec is not None:
+            ops.add_metric([n.addr], float(n.ops_per_sec))
+        if n.memory_bytes is not None:
+            mem.add_metric([n.addr], float(n.memory_bytes))
+        if n.keys is not None:
+            keys.add_metric([n.addr], float(n.keys))
+        if n.library_version:
+            lib.add_metric([n.addr, n.library_version, n.catalog_digest], 1.0)
+    yield from (up, healthy, ops, mem, keys, lib)
+
+
+def _states(snap: Snapshot) -> Iterator[Metric]:
+    values = _g("cogs_state_keys", "values of a state (for indirect states: locators) at the last complete count",
+                ["state", "class", "mode", "type"])  # fmt: skip
+    entries = _g("cogs_state_replica_entries", "keys with replica holders (replica reference table entries)",
+                 ["state"])  # fmt: skip
+    holders = _g("cogs_state_replica_holders", "replicas held by proxies (members of those entries)", ["state"])
+    for s in snap.states:
+        values.add_metric([s.name, s.state_class, s.mode, s.type], float(s.values))
+        if s.mode == "replica":
+            entries.add_metric([s.name], float(s.replica_entries))
+            holders.add_metric([s.name], float(s.holders))
+    done = _g("cogs_state_count_complete", "share of the key count pass done (1: the counts are complete)", [])
+    done.add_metric([], snap.scan_done)
+    yield from (values, entries, holders, done)
+
+
+def _proxies(snap: Snapshot) -> Iterator[Metric]:
+    alive = _g("cogs_proxies", "proxies registered in the last minute, alive or lost (heartbeat expired)", ["status"])
+    alive.add_metric(["alive"], float(sum(p.alive for p in snap.proxies)))
+    alive.add_metric(["lost"], float(sum(not p.alive for p in snap.proxies)))
+    age = _g("cogs_proxy_heartbeat_age_seconds", "time since a live proxy's last heartbeat", ["proxy", "host"])
+    rate = _g("cogs_proxy_heartbeat_ops_per_second", "ops a proxy sent per second, between its last two heartbeats",
+              ["proxy"])  # fmt: skip
+    for p in snap.proxies:
+        if p.alive:
+            age.add_metric([p.id, p.host], p.age_s)
+            if p.ops_per_sec is not None:
+                rate.add_metric([p.id], p.ops_per_sec)
+    yield from (alive, age, rate)
+
+
+def registry(view: CoordinatorView) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(view)
+    return reg
+
+
+async def run(settings: CogsSettings, view: CoordinatorView, interval: float) -> None:
+    """Feed ``view`` until cancelled (reconnecting by itself, as the monitor does)."""
+    await watch(settings, deque(maxlen=1), view.show, interval=interval, on_alert=view.alert, all_history=True)
