@@ -144,3 +144,15 @@ def test_every_coordinator_url_option_is_called_url() -> None:
     nf_run = main.commands["nf"].commands["run"]  # type: ignore[attr-defined]
     [url] = [p for p in nf_run.params if p.name == "coordinator"]
     assert url.opts == ["--url", "--coordinator"]
+
+
+def test_shell_completion_as_the_readme_documents_it() -> None:
+    r = CliRunner().invoke(main, [], prog_name="cogs", env={"_COGS_COMPLETE": "bash_source"})
+    assert r.exit_code == 0
+    assert "_cogs_completion" in r.output  # the script `eval "$(_COGS_COMPLETE=bash_source cogs)"` loads
+    env = {"_COGS_COMPLETE": "bash_complete", "COMP_WORDS": "cogs alerts --format ", "COMP_CWORD": "3"}
+    r = CliRunner().invoke(main, [], prog_name="cogs", env=env)
+    assert r.exit_code == 0
+    assert {line.split(",")[1] for line in r.output.splitlines()} == {"text", "json", "zeek"}
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert 'eval "$(_COGS_COMPLETE=bash_source cogs)"' in readme
