@@ -1,9 +1,10 @@
 """A local coordinator: real ``redis-server`` processes on loopback formed into a cluster.
 
-``cogs cluster up`` starts the nodes with the shared config (``cogs/redis.conf``,
-also used by compose.yaml), forms the cluster (:func:`form_cluster`, also what the
-compose init service runs through ``cogs cluster create``), waits for
-``cluster_state:ok`` and loads the Lua library on every primary.
+``cogs cluster up`` starts the nodes with the shared config (``cogs/redis.conf`` and
+the node parameters of cogs/deployment.py, also used by compose.yaml and the lab),
+forms the cluster (:func:`form_cluster`, also what the compose init service and the
+lab run through ``cogs cluster create``), waits for ``cluster_state:ok`` and loads
+the Lua library on every primary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -25,12 +27,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogs.errors import ClusterError
+from cogs.deployment import CONFIG_PATH, Deployment
+from cogs.errors import ClusterError, ConfigError
 from cogs.keys import SLOTS
 from cogs.settings import DEFAULT_PORT
 from cogs.tls import TlsFiles, self_signed
 
-CONFIG_PATH = Path(__file__).with_name("redis.conf")
 PERSISTENCE = ("aof", "none")
 ACL_FILE = "users.acl"  # the shared config's aclfile, in each node's --dir
 INSTALL_HINT = (
@@ -116,8 +118,9 @@ def form_cluster(
                 c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
         progress(f"assigned {SLOTS} slots to {n_masters} primaries")
         host0, port0 = addrs[0]
+        ip0 = _ipv4(host0)  # CLUSTER MEET takes an address; compose and the lab name their nodes
         for c in clients[1:]:
-            c.execute_command("CLUSTER", "MEET", host0, port0)
+            c.execute_command("CLUSTER", "MEET", ip0, port0)
         _wait(
             "all nodes to meet",
             lambda: all(_known(c) >= len(addrs) for c in clients),
@@ -144,6 +147,13 @@ def form_cluster(
     finally:
         for c in clients:
             c.close()
+
+
+def _ipv4(host: str) -> str:
+    try:
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    except OSError as e:
+        raise ClusterError(f"cannot resolve node {host!r}: {e}") from e
 
 
 def _ping(host: str, port: int, **kw: Any) -> bool:
@@ -193,25 +203,27 @@ class LocalCluster:
     #: only (and in replicas): no AOF append per write
     persistence: str = "aof"
     _meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the ports, bus ports and command-line parameters, shared with compose and the lab
+    deployment: Deployment = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dir is None:
             self.dir = Path(".cogs") / f"cluster-{self.port}"
         self.dir = Path(self.dir).resolve()
-        if self.masters < 1 or self.replicas < 0:
-            raise ClusterError("need at least 1 primary and 0 or more replicas per primary")
         if self.persistence not in PERSISTENCE:
             raise ClusterError(f"unknown persistence {self.persistence!r} (have: {', '.join(PERSISTENCE)})")
-        if not 1024 <= self.port <= 65535 - 10000 - self.size:
-            raise ClusterError(f"port {self.port} out of range (cluster bus ports are port+10000)")
+        try:
+            self.deployment = Deployment(self.masters, self.replicas, self.port)
+        except ConfigError as e:
+            raise ClusterError(str(e)) from e
 
     @property
     def size(self) -> int:
-        return self.masters * (1 + self.replicas)
+        return self.deployment.size
 
     @property
     def ports(self) -> list[int]:
-        return [self.port + i for i in range(self.size)]
+        return [n.port for n in self.deployment.nodes]
 
     @property
     def url(self) -> str:
@@ -247,10 +259,11 @@ class LocalCluster:
             return False
         (d / ACL_FILE).touch()  # the config's aclfile: must exist (empty: no users yet)
         files = self.tls_files
-        ports = ["--port", "0", "--tls-port", str(port), *files.server_args()] if files else ["--port", str(port)]
+        node = self.deployment.node(port)
         cmd = [
             redis_server(), str(CONFIG_PATH),
-            *ports, "--bind", self.host, "--dir", str(d),
+            *Deployment.node_args(node, announce_ip=self.host, bind=self.host, data_dir=str(d), tls=files is not None),
+            *(files.server_args() if files else ()),
             "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
             *(("--appendonly", "no") if self.persistence == "none" else ()), *self.extra_args,
         ]  # fmt: skip
@@ -385,8 +398,6 @@ def _alive(pid: int) -> bool:
 
 
 def _port_busy(host: str, port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
@@ -419,8 +430,6 @@ def _ephemeral_low() -> int:
 
 
 def _bindable(host: str, port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind((host, port))

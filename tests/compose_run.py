@@ -2,13 +2,16 @@
 
 There is no Docker engine on the build machine, so the tests play compose's part for
 the node services: the same entrypoint script and command, with compose's variable
-interpolation, each mount's host side for its container path, and the published
-ports mapped to free ones (several test runs share the machine). What the nodes run
-is otherwise exactly what compose.yaml says.
+interpolation, each mount's host side for its container path, the published ports
+mapped to free ones (several test runs share the machine), and a container's
+all-addresses bind (0.0.0.0) made loopback (the nodes are not in containers here).
+compose's DNS (service names) is a private /etc/hosts in a mount namespace of the
+init command (``unshare``). What runs is otherwise exactly what compose.yaml says.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -82,6 +85,8 @@ class ComposeNodes:
         token = interpolate(token, self.env)
         for dst in sorted(mounts, key=len, reverse=True):
             token = token.replace(dst, mounts[dst])
+        if token == "0.0.0.0":
+            return "127.0.0.1"
         if token in self.port_map:
             return self.port_map[token]
         host, sep, port = token.rpartition(":")
@@ -115,14 +120,20 @@ class ComposeNodes:
                         raise RuntimeError(f"{name} did not start: {tail}") from e
                     time.sleep(0.05)
 
-    def init_command(self) -> tuple[str, str]:
-        """compose's init command split at its first ``&&``: (the install, the rest as
-        a shell command line with the ports mapped)."""
+    def init_command(self) -> tuple[str, list[str]]:
+        """compose's init command split at its first ``&&``: the install, and the rest as
+        an argv that runs it (ports mapped) where the service names resolve as on
+        compose's network, to this machine."""
         cmd = self.data["services"]["init"]["command"]
         assert cmd[:2] == ["sh", "-c"], cmd
         script = interpolate(" ".join(cmd[2:]), self.env)
         install, _, rest = script.partition("&&")
-        return " ".join(install.split()), shlex.join(self._localize(t, {}) for t in shlex.split(rest))
+        hosts = self.dir / "hosts"
+        hosts.write_text(f"127.0.0.1 localhost {' '.join(self.services)}\n")
+        rest = shlex.join(self._localize(t, {}) for t in shlex.split(rest))
+        user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        inner = f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec sh -c {shlex.quote(rest)}"
+        return " ".join(install.split()), ["unshare", "--mount", "--propagation", "private", *user, "sh", "-c", inner]
 
     def roles(self) -> dict[int, str]:
         out = {}

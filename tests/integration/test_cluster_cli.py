@@ -14,9 +14,10 @@ import redis
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import CONFIG_PATH, LocalCluster, free_port_base
+from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.deployment import CONFIG_PATH
 from cogs.errors import ClusterError
 from cogs.keys import escape, slot
 from tests.conftest import Standalone

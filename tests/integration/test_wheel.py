@@ -207,7 +207,7 @@ def test_compose_init_forms_the_cluster_from_a_base_install(base_venv: Venv, com
     command lines: a 3+3 cluster with the library loaded."""
     install, argv = compose_nodes.init_command()
     assert install == "pip install --quiet /src"  # the base package: no extras in compose either
-    r = base_venv.run("sh", "-c", argv, cwd=compose_nodes.dir)
+    r = base_venv.run(*argv, cwd=compose_nodes.dir)
     assert r.returncode == 0, r.stdout + r.stderr
     roles = compose_nodes.roles()
     assert sorted(roles.values()) == ["master"] * 3 + ["slave"] * 3

@@ -1,9 +1,12 @@
-"""compose.yaml cannot run here (no Docker engine): check statically that it starts the
-same cluster as the local launcher, from the same Redis config file."""
+"""compose.yaml cannot run here (no Docker engine): check statically that it is the
+shared deployment (cogs/deployment.py: node names, ports, command lines, init
+command, the shared redis.conf) on a bridge network with the nodes announcing an
+address other hosts reach. tests/integration/test_wheel.py runs its command lines."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +14,12 @@ import yaml
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import ACL_FILE, CONFIG_PATH, LocalCluster
+from cogs.cluster import ACL_FILE, LocalCluster
+from cogs.deployment import CONFIG_PATH, STANDARD, Deployment
 from cogs.settings import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
+ANNOUNCE = re.compile(r"^\$\{COGS_ANNOUNCE_IP:\?[^}]+\}$")  # required: compose stops with the message
 
 
 def _compose() -> dict[str, Any]:
@@ -22,43 +27,67 @@ def _compose() -> dict[str, Any]:
     return data
 
 
-def _redis_services() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in _compose()["services"].items() if n.startswith("redis-")}
+def _nodes() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in _compose()["services"].items() if n != "init"}
 
 
-def test_nodes_use_the_launchers_config_file() -> None:
-    for name, svc in _redis_services().items():
-        conf_arg = svc["command"][1]
-        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
-        assert (ROOT / mounts[conf_arg]).resolve() == CONFIG_PATH, name
+def test_services_are_the_standard_deployments_nodes() -> None:
+    assert list(_nodes()) == [n.name for n in STANDARD.nodes]
+    assert Deployment(masters=3, replicas=1, port=DEFAULT_PORT) == STANDARD
 
 
-def test_ports_match_the_launcher_with_one_replica_each() -> None:
-    launcher = LocalCluster(port=DEFAULT_PORT, masters=3, replicas=1, dir=ROOT / ".never-created")
-    ports = []
-    for name, svc in _redis_services().items():
+def test_node_command_lines_are_the_shared_ones() -> None:
+    for node in STANDARD.nodes:
+        svc = _nodes()[node.name]
         cmd = svc["command"]
-        port = int(cmd[cmd.index("--port") + 1])
-        assert name == f"redis-{port}"
-        assert svc["environment"]["REDIS_PORT"] == str(port)
-        ports.append(port)
-    assert sorted(ports) == launcher.ports
+        announce = cmd[cmd.index("--cluster-announce-ip") + 1]
+        assert ANNOUNCE.match(announce), announce
+        want = Deployment.node_args(node, announce_ip=announce, bind="0.0.0.0", data_dir="/data")
+        assert cmd == ["redis-server", "/etc/cogs/redis.conf", *want], node.name
+        assert "--protected-mode" in want  # serves other hosts
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
+        assert (ROOT / mounts["/etc/cogs/redis.conf"]).resolve() == CONFIG_PATH
+        assert mounts["/data"] == node.name  # a named volume per node
+        assert svc["environment"]["REDIS_PORT"] == str(node.port)  # the healthcheck's port
 
 
-def test_init_forms_the_same_cluster() -> None:
+def test_nodes_are_reachable_from_other_hosts() -> None:
+    """A bridge network (not the host's), each node's client and bus ports published."""
+    data = _compose()
+    assert data["networks"]["cogs"]["driver"] == "bridge"
+    for node in STANDARD.nodes:
+        svc = _nodes()[node.name]
+        assert "network_mode" not in svc
+        assert svc["networks"] == ["cogs"]
+        assert svc["ports"] == [f"{node.port}:{node.port}", f"{node.bus_port}:{node.bus_port}"]
+
+
+def test_init_runs_the_shared_init_command_from_a_base_install() -> None:
     init = _compose()["services"]["init"]
-    cmd = " ".join(init["command"])
-    nodes = [int(p) for p in re.findall(r"--node 127\.0\.0\.1:(\d+)", cmd)]
-    launcher = LocalCluster(port=DEFAULT_PORT, masters=3, replicas=1, dir=ROOT / ".never-created")
-    assert nodes == launcher.ports  # primaries first, then replicas, as form_cluster expects
-    assert "--replicas 1" in cmd
-    assert set(init["depends_on"]) == set(_redis_services())
+    script = " ".join(init["command"][2:])
+    assert init["command"][:2] == ["sh", "-c"]
+    install, create = (" ".join(part.split()) for part in script.split("&&"))
+    assert install == "pip install --quiet /src"  # no extras
+    assert shlex.split(create) == STANDARD.init_argv()
+    assert init["networks"] == ["cogs"]  # reaches the nodes by service name
+    assert set(init["depends_on"]) == set(_nodes())
+    assert all(d["condition"] == "service_healthy" for d in init["depends_on"].values())
 
 
-def test_launcher_defaults_are_the_compose_ports() -> None:
+def test_launcher_uses_the_same_deployment() -> None:
+    lc = LocalCluster(port=DEFAULT_PORT, masters=3, replicas=1, dir=ROOT / ".never-created")
+    assert lc.deployment == STANDARD
+    assert lc.ports == [n.port for n in STANDARD.nodes]
     out = CliRunner().invoke(main, ["cluster", "up", "--help"]).output
     assert re.search(rf"--port INTEGER\s+First node's port.\s+\[default: {DEFAULT_PORT}\]", out)
     assert re.search(r"--masters INTEGER\s+Number of primaries.\s+\[default: 3\]", out)
+
+
+def test_loopback_nodes_keep_protected_mode() -> None:
+    node = STANDARD.nodes[0]
+    args = Deployment.node_args(node, announce_ip="127.0.0.1", bind="127.0.0.1", data_dir="/d")
+    assert "--protected-mode" not in args
+    assert args[args.index("--cluster-announce-bus-port") + 1] == str(node.port + 10000)
 
 
 def test_shared_config_enables_cluster_and_aof() -> None:
@@ -74,10 +103,10 @@ def test_shared_config_enables_cluster_and_aof() -> None:
     assert conf["aclfile"] == ACL_FILE  # relative: in each node's --dir
 
 
-def test_both_launchers_create_the_aclfile_in_the_node_dir() -> None:
+def test_compose_creates_the_aclfile_in_the_node_dir() -> None:
     """Redis refuses to start when its aclfile is missing: compose touches it in the
     data dir before the image's entrypoint runs the node (the launcher: start_node)."""
-    for name, svc in _redis_services().items():
+    for name, svc in _nodes().items():
         cmd = svc["command"]
         data_dir = cmd[cmd.index("--dir") + 1]
         entry = svc["entrypoint"]
