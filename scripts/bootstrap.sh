@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a fresh Debian/Ubuntu machine: redis-server (Debian
-# package; and tmux, curl for the tests) when missing, a venv in .venv with cogs and its dev dependencies.
+# package; and tmux, curl, iproute2, nftables, ping for the tests) when missing, a
+# venv in .venv with cogs and its dev dependencies.
 # Idempotent and quick when nothing changed. Sourced by scripts/demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,11 +10,15 @@ log() { printf '\033[2m· %s\033[0m\n' "$*" >&2; }
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-# the test suite also drives `cogs monitor` in tmux, as a person would see it
-# and curl, as a web cache client
+# the test suite also drives `cogs monitor` in tmux, as a person would see it,
+# curl, as a web cache client, and the lab's tools (`cogs lab`: iproute2 for
+# namespaces and links, nftables for partitions, ping for round trips)
 if [ "${COGS_BOOTSTRAP_TESTS:-0}" = 1 ]; then
   command -v tmux >/dev/null 2>&1 || need+=(tmux)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v nft >/dev/null 2>&1 || need+=(nftables)
+  command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "missing: ${need[*]}: installing Debian's packages"

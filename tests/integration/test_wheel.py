@@ -130,7 +130,7 @@ def test_base_install_has_no_extras_and_a_working_cli(base_venv: Venv, tmp_path:
     r = base_venv.cogs("--version", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "cogs, version 0.1.0"
-    for argv in (["--help"], ["nf", "run", "--help"], ["bench", "--help"], ["cluster", "--help"]):
+    for argv in (["--help"], ["nf", "run", "--help"], ["bench", "--help"], ["cluster", "--help"], ["lab", "--help"]):
         r = base_venv.cogs(*argv, cwd=tmp_path)
         assert r.returncode == 0, (argv, r.stderr)
     # a command that needs an extra says which, in one line, exit 2 (not a traceback)
