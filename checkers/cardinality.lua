@@ -11,12 +11,9 @@ local NOUN = { set = 'distinct members', map = 'distinct fields', hll = 'distinc
 cogs.register_checker('cardinality', {
     test = function(rk, hint, st, p)
         local c = st.T.measure.card(rk, hint)
-        if c >= p.threshold then
-            return true, c, { n = c }
-        end
-        return false, c
+        return c >= p.threshold, c
     end,
-    -- only when an alert is raised: the figures that crossed the threshold, as one line
+    -- called for an alert only: what crossed the threshold, in one line
     explain = function(p, f, st)
         return string.format('%d %s >= %d', f.n, NOUN[st.T.name] or 'distinct', p.threshold)
     end,

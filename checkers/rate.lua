@@ -21,10 +21,12 @@ cogs.register_checker('rate', {
         local elapsed = st.window - (left > 0 and left or 0)
         if elapsed < 1000 then elapsed = 1000 end
         local rate = v * 1000 / elapsed
-        if rate >= p.threshold then
-            return true, rate, { n = v, seconds = elapsed / 1000, rate = rate }
-        end
-        return false, rate
+        return rate >= p.threshold, rate
+    end,
+    -- called for an alert only (after test, in the same atomic call): its figures
+    figures = function(rk, st, p, rate)
+        local n = st.T.measure.value(rk)
+        return { n = n, seconds = n / rate, rate = rate }
     end,
     explain = function(p, f)
         return string.format('%s in %.4gs = %.4g/s >= %.4g/s (at least %d events)',

@@ -22,10 +22,12 @@ cogs.register_checker('ratio', {
             return false, 0
         end
         local r = num / den
-        if r >= p.threshold then
-            return true, r, { n = num, d = den, ratio = r }
-        end
-        return false, r
+        return r >= p.threshold, r
+    end,
+    -- called for an alert only (after test, in the same atomic call): its figures
+    figures = function(rk, st, p, r)
+        local v = R('HMGET', rk, p.numerator, p.denominator)
+        return { n = tonumber(v[1]) or 0, d = tonumber(v[2]) or 0, ratio = r }
     end,
     explain = function(p, f)
         return string.format('%s/%s = %s/%s = %s >= %s (%s >= %d)', p.numerator, p.denominator,

@@ -7,10 +7,7 @@
 cogs.register_checker('threshold', {
     test = function(rk, hint, st, p)
         local v = hint or st.T.measure.value(rk) -- an int update's hint is its new value
-        if v >= p.threshold then
-            return true, v, { n = v }
-        end
-        return false, v
+        return v >= p.threshold, v
     end,
     explain = function(p, f)
         return cogs.num2s(f.n) .. ' >= ' .. cogs.num2s(p.threshold)

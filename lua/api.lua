@@ -110,7 +110,7 @@ do
     -- The alert explains itself: the checker and its params, the window (its length and
     -- when it opened) and the figures that crossed the threshold, with `msg` saying it
     -- in one line (the checker's explain()); n is the count behind it (Zeek's notice n).
-    local function raise(st, key, rk, value, stream, figures)
+    local function raise(st, key, rk, value, stream)
         local mk = rk .. ':alerted'
         local set
         local left = st.window and R('PTTL', rk) or -1
@@ -123,8 +123,10 @@ do
         local value_s = cogs.num2s(value)
         local ms = now_ms()
         local k = nf_key(key)
-        figures = figures or { n = value }
         local c = st.checker
+        -- figures beyond the value are read only now, for the one alert of the window:
+        -- the checker's test on every update stays as cheap as it was
+        local figures = c.figures and c.figures(rk, st, st.params, value) or { n = value }
         local why = c.explain and c.explain(st.params, figures, st) or (value_s .. ' (' .. st.params_json .. ')')
         local msg = st.name .. '[' .. k .. ']: ' .. why
         local opened = 0
@@ -162,10 +164,10 @@ do
             version = replica.bump(st, sidx, key, rk, ctx)
         end
         if st.test then
-            local fire, value, figures = st.test(rk, hint, st, st.params)
+            local fire, value = st.test(rk, hint, st, st.params)
             if fire then
                 -- the update stands even if recording its alert fails
-                local ok, e = pcall_(raise, st, key, rk, value, ctx.stream, figures)
+                local ok, e = pcall_(raise, st, key, rk, value, ctx.stream)
                 if not ok then
                     local _, msg = classify(e)
                     cogs.fail('ALERT', 'applied, but the alert was not recorded: ' .. msg)

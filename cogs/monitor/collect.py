@@ -104,6 +104,19 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _flat(stats: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A proxy's published statistics with nested components' fields lifted to the top
+    (the first of a name wins): the monitor reads ``ops_sent`` wherever it lives."""
+    out = {} if out is None else out
+    if isinstance(stats, dict):
+        for k, v in stats.items():
+            if isinstance(v, dict):
+                _flat(v, out)
+            else:
+                out.setdefault(k, v)
+    return out
+
+
 def _int(v: Any) -> int | None:
     try:
         return int(v)
@@ -300,7 +313,7 @@ class Collector:
         if raw is None:  # listed but its heartbeat key expired: it died or was cut off
             return ProxyView(pid, "-", "-", now - last_ms, False, None, 0.0, 0.0, 0, 0, 0)
         info = json.loads(raw)
-        s: dict[str, Any] = info.get("stats", {})
+        s = _flat(info.get("stats", {}))
         t, sent, rate = float(info.get("time", now)), int(s.get("ops_sent", 0)), info.get("ops_per_s")
         batches, hits, misses = int(s.get("batches", 0)), int(s.get("cache_hits", 0)), int(s.get("cache_misses", 0))
         return ProxyView(

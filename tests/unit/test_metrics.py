@@ -97,3 +97,13 @@ def test_the_grafana_dashboard_only_queries_metrics_cogs_exports() -> None:
     queried = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"\bcogs_\w+", t["expr"])}
     assert len(queried) > 15
     assert queried <= exported, queried - exported
+
+
+def test_the_monitor_reads_statistics_flat_or_nested() -> None:
+    from cogs.monitor.collect import _flat
+
+    flat = {"ops_sent": 10, "batches": 2, "errors": 1}
+    nested = {"batcher": {"ops_sent": 10, "batches": 2}, "errors": 1, "cache": {"hits": 3}}
+    assert _flat(flat) == flat
+    assert _flat(nested) == {"ops_sent": 10, "batches": 2, "errors": 1, "hits": 3}
+    assert _flat(None) == {}
