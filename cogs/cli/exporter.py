@@ -23,16 +23,18 @@ def exporter_cmd(url: str | None, port: int, host: str, interval: float) -> None
     Per node: up, health, ops/s, memory, keys, library and catalog version; per
     state: keys, replica entries and holders; proxies alive and lost, their heartbeat
     age; alerts by state. Read-only (the cogs-monitor ACL user is enough); keeps
-    serving, with cogs_up 0, while the coordinator is unreachable.
+    serving, with cogs_up 0, while the coordinator is unreachable. /targets lists
+    the proxies that serve their own metrics (Prometheus HTTP service discovery).
     """
-    from cogs.metrics.exporter import CoordinatorView, registry
+    from cogs.metrics.exporter import CoordinatorView, registry, targets
     from cogs.metrics.exporter import run as feed
     from cogs.metrics.server import MetricsServer
 
     settings = load_settings(url=url)
     view = CoordinatorView()
-    with MetricsServer(registry(view), host, port) as server:
+    with MetricsServer(registry(view), host, port, {"/targets": lambda: targets(view)}) as server:
         _progress(f"serving {settings.url}'s metrics on {server.url} (every {interval:g} s; Ctrl-C stops)")
+        _progress(f"proxies serving metrics, for Prometheus' http_sd_configs: http://{server.address}/targets")
         sys.stderr.flush()
         if run(lambda: _until_signal(lambda: feed(settings, view, interval))):
             _progress("stopped")

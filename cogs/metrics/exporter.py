@@ -6,6 +6,8 @@ background; a scrape serves the latest snapshot, so a slow or unreachable coordi
 never stalls Prometheus (``cogs_up`` and ``cogs_exporter_snapshot_age_seconds`` say
 how fresh it is). Alerts are counted per state from the stored streams at start, then
 live (``cogs_alerts_total``: alerts this exporter has seen, stored ones included).
+``/targets`` lists the proxies that serve their own metrics, for Prometheus' HTTP
+service discovery.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -134,6 +137,16 @@ def _proxies(snap: Snapshot) -> Iterator[Metric]:
             if p.ops_per_sec is not None:
                 rate.add_metric([p.id], p.ops_per_sec)
     yield from (alive, age, rate)
+
+
+def targets(view: CoordinatorView) -> list[dict[str, Any]]:
+    """Prometheus HTTP service discovery (``http_sd_configs``): the live proxies that
+    serve metrics, one target group each, labelled with the proxy id and host."""
+    snap = view.snapshot
+    if snap is None:
+        return []
+    return [{"targets": [p.metrics], "labels": {"proxy": p.id, "host": p.host}}
+            for p in snap.proxies if p.alive and p.metrics]  # fmt: skip
 
 
 def registry(view: CoordinatorView) -> CollectorRegistry:

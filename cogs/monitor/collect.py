@@ -78,6 +78,8 @@ class ProxyView:
     pending_packets: int
     pending_ops: int
     errors: int
+    #: where Prometheus scrapes it (host:port), if it serves metrics
+    metrics: str = ""
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,7 @@ class Collector:
 
     def _proxy_view(self, pid: str, raw: bytes | None, last_ms: float, now: float) -> ProxyView:
         if raw is None:  # listed but its heartbeat key expired: it died or was cut off
-            return ProxyView(pid, "-", "-", now - last_ms, False, None, 0.0, 0.0, 0, 0, 0)
+            return ProxyView(pid, "-", "-", now - last_ms, False, None, 0.0, 0.0, 0, 0, 0, "")
         info = json.loads(raw)
         s = _flat(info.get("stats", {}))
         t, sent, rate = float(info.get("time", now)), int(s.get("ops_sent", 0)), info.get("ops_per_s")
@@ -328,4 +330,5 @@ class Collector:
             int(s.get("pending_packets", 0)),
             int(s.get("pending_ops", 0)) + int(s.get("inflight_ops", 0)),
             int(s.get("errors", 0)),
+            str(info.get("metrics") or ""),
         )

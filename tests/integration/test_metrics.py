@@ -128,14 +128,21 @@ def _exported(f: dict[str, Any]) -> bool:
     return False
 
 
-async def _work_then_scrape(url: str, metrics: str) -> tuple[str, dict[str, Any]]:
+async def _work_then_scrape(url: str, metrics: str) -> tuple[str, dict[str, Any], Any]:
     async with Coordinator(url=url) as co:
         table = await StateTable.open(co)
         for i in range(3):
             await table.update("hits", f"exported-{i}", "add", 50)
-    async with StateProxy(url, heartbeat_ttl_s=3) as p:
+    async with StateProxy(url, heartbeat_ttl_s=3, metrics_port=0) as p:
         await p.syn_retrieve("nat", "exported-flow")  # a replica holder
-        return p.id, await anyio.to_thread.run_sync(_scrape_until, metrics, _exported)
+        fams = await anyio.to_thread.run_sync(_scrape_until, metrics, _exported)
+        async with httpx.AsyncClient() as http:
+            sd = (await http.get(metrics.replace("/metrics", "/targets"))).json()
+            [mine] = [t for t in sd if t["labels"]["proxy"] == p.id]
+            # the address discovered is where this proxy's own metrics are
+            own = _parse((await http.get(f"http://{mine['targets'][0]}/metrics")).text)
+            assert _value(own, "cogs_proxy_up", proxy=p.id) == 1
+        return p.id, fams, sd
 
 
 def test_exporter_serves_the_coordinators_view(cluster: LocalCluster) -> None:
@@ -143,7 +150,8 @@ def test_exporter_serves_the_coordinators_view(cluster: LocalCluster) -> None:
     cmd = [sys.executable, "-m", "cogs.cli", "exporter", "--url", cluster.url, "--port", str(port), "--interval", "0.3"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
-        pid, fams = anyio.run(_work_then_scrape, cluster.url, f"http://127.0.0.1:{port}/metrics")
+        pid, fams, sd = anyio.run(_work_then_scrape, cluster.url, f"http://127.0.0.1:{port}/metrics")
+        assert all(set(t) == {"targets", "labels"} for t in sd)
         assert _value(fams, "cogs_up") == 1
         nodes = {s.labels["node"] for s in fams["cogs_node_up"].samples}
         assert nodes == {f"127.0.0.1:{p}" for p in cluster.ports}
