@@ -1,5 +1,5 @@
 """Property-based bad-input cases (hypothesis), shared by the unit tests and the
-longer fuzz run (bench/fuzz.py). Each returns how many inputs it tried."""
+longer fuzz run (tests/fuzz_long.py). Each returns how many inputs it tried."""
 
 from __future__ import annotations
 

@@ -1,20 +1,18 @@
-"""What every bench shares: its own cluster when no URL is given, result files, plots."""
+"""What every bench shares: its own cluster when no URL is given, process placement,
+result files, tables, plots (the measuring itself: harness.py, cpu.py, workers.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import platform
-import subprocess
+import random
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import redis
 
 from cogs import runtime
 from cogs.catalog import Catalog
@@ -29,6 +27,16 @@ BENCH_CATALOG = Path(__file__).resolve().parents[1] / "catalogs" / "bench.toml"
 
 def noop(_: str) -> None:
     pass
+
+
+def zipf_keys(n_keys: int, n: int, s: float, seed: int, prefix: str) -> list[str]:
+    """``n`` keys out of ``prefix0..`` with Zipf(``s``) popularity (``s == 0``: uniform)."""
+    keys = [f"{prefix}{i}" for i in range(n_keys)]
+    if s == 0:
+        rng = random.Random(seed)
+        return [keys[rng.randrange(n_keys)] for _ in range(n)]
+    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n_keys + 1)))
+    return random.Random(seed).choices(keys, cum_weights=cum, k=n)
 
 
 @contextmanager
@@ -83,17 +91,6 @@ def coordinator_nodes(url: str, *, replicas: bool = True) -> list[str]:
             return out + [f"{h}:{p}" for n in co.topology.nodes for h, p in n.replicas] if replicas else out
 
     return runtime.run(nodes)
-
-
-def coordinator_cpu(addrs: list[str]) -> float:
-    """CPU seconds the coordinator's nodes have used so far (user + system)."""
-    total = 0.0
-    for a in addrs:
-        host, _, port = a.rpartition(":")
-        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
-            info = r.info("cpu")
-        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return total
 
 
 PLACEMENTS = ("split", "shared")
@@ -154,37 +151,15 @@ class Placement:
         self._pinned.clear()
 
 
-def local_pids(addrs: list[str]) -> list[int]:
-    """Process ids of the Redis nodes at ``addrs`` that run on this host (loopback)."""
-    pids = []
-    for a in addrs:
-        host, _, port = a.rpartition(":")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            continue
-        with redis.Redis(host=host, port=int(port), socket_timeout=5) as r:
-            pids.append(int(r.info("server")["process_id"]))
-    return pids
-
-
-def environment() -> dict[str, Any]:
-    try:
-        redis_v = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        redis_v = "?"
-    return {
-        "python": platform.python_version(),
-        "redis_server": redis_v,
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+def results_path(name: str, quick: bool, out: Path | None = None) -> Path:
+    """Where a bench writes: ``out``, else bench/results/<name>.json (a full run) or
+    bench/results/quick/<name>.json (a --quick smoke run never replaces a full one)."""
+    return out or (RESULTS_DIR / "quick" if quick else RESULTS_DIR) / f"{name}.json"
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str, out: Path | None) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` (or ``out`` and its .md sibling)."""
-    path = out or (RESULTS_DIR / f"{name}.json")
+    path = results_path(name, bool(data.get("quick")), out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown)

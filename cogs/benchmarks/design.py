@@ -1,29 +1,26 @@
-"""Design choices (paper Fig. 10 + Table III): sync/async x singleton/replica on the
-NAT, the trigger-update hot path end to end, replica hits and discards.
+"""Design choices (paper Fig. 10 + Table III): the trigger-update hot path end to end,
+the NAT in sync/async x singleton/replica mode, replica hits and discards.
 
-Everything is measured in one run against one cluster (its own unless ``url``):
+Everything is measured in one run against one cluster (its own unless ``url``), in
+rounds: every round samples the calibration and runs every configuration once, so
+a drift of this machine's speed hits all configurations alike; the summary holds
+the median of the rounds (min, max and n beside it).
 
-* **trigger path**: NF processes issue ``proxy.update`` (half int adds, half set
-  inserts) over 100k keys with Zipf(1.1) popularity, as a real trace gives, and with
-  uniform popularity beside it; the final states are read back and must equal what
-  was issued. On a cluster of its own the bench repeats the Zipf run with the
-  coordinator's AOF off (what ``cogs cluster up --persistence none`` gives).
-* **NAT**: packets of 10k Zipf-popular flows through ``NatTable`` (the first packet
-  of a flow allocates its external port; 40% are replies translated back); sync (one
-  packet at a time, RTT per packet) and async (callback + packet, many in flight) on
-  a singleton and a replica portmap state.
-* **replica hit**: ``await syn_retrieve`` served from the replica cache.
-* **discards**: update at one proxy -> discard seen by 1, 4, 16 holder proxies.
+* **trigger path**: NF processes (started together behind a barrier) issue
+  ``proxy.update`` (half int adds, half set inserts) over 100k keys with Zipf
+  popularity (s = 1.1 as a real trace gives, and 0.99, 0.8 and uniform beside it);
+  the final states are read back and must equal what was issued. On a cluster of
+  its own the bench also runs the Zipf(1.1) path with the coordinator's AOF off.
+* **NAT**: packets of 10k Zipf-popular flows through ``NatTable``; sync (one packet
+  at a time), async with request merging (concurrent lookups of one mapping share a
+  round trip) and async without it (one lookup per packet: the pipelining gain
+  alone, which ``async_vs_sync_ratio`` reports).
+* **replica hit**, **sync retrieve** round trips, **discards** to 1, 4, 16 holders.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
-import multiprocessing as mp
-import os
-import queue
 import random
 import time
 import uuid
@@ -36,144 +33,111 @@ import anyio.lowlevel
 import redis
 
 from cogs import runtime
+from cogs.benchmarks import design_nat as dn
 from cogs.benchmarks.common import (
     Progress,
     bench_cluster,
-    coordinator_cpu,
     coordinator_nodes,
-    environment,
     fmt_rate,
-    md_table,
     noop,
-    pyplot,
-    save_plot,
     write_results,
+    zipf_keys,
 )
+from cogs.benchmarks.cpu import CpuMeter, check_physical, local_addr, redis_pids
+from cogs.benchmarks.design_report import markdown, plot
+from cogs.benchmarks.harness import Calibration, environment, pct, repeats, stat
+from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
-from cogs.nf.nat_table import NatTable
 from cogs.proxy import StateProxy
 
-
-def zipf_keys(n_keys: int, n: int, s: float, seed: int, prefix: str) -> list[str]:
-    keys = [f"{prefix}{i}" for i in range(n_keys)]
-    if s == 0:
-        rng = random.Random(seed)
-        return [keys[rng.randrange(n_keys)] for _ in range(n)]
-    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n_keys + 1)))
-    return random.Random(seed).choices(keys, cum_weights=cum, k=n)
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
-
-
-# -- trigger hot path ----------------------------------------------------------------------
+KEYS = 100_000
+#: (name, Zipf s (0: uniform), NF processes, coordinator AOF); the first is the headline
+TRIGGER = [
+    ("zipf1.1", 1.1, 1, True),
+    ("zipf0.99", 0.99, 1, True),
+    ("zipf0.8", 0.8, 1, True),
+    ("uniform", 0.0, 1, True),
+    ("zipf1.1_2procs", 1.1, 2, True),
+    ("zipf1.1_no_aof", 1.1, 1, False),
+]
+NAT_STATES = {"singleton": "bench_nat_single", "replica": "bench_nat"}
+TARGETS = {"trigger_updates_per_s": 1_200_000, "sync_retrieve_p50_us": 150, "sync_retrieve_p99_us": 1000,
+           "replica_hit_us": 2, "discard_p99_ms": 5, "async_vs_sync_ratio": 20}  # fmt: skip
 
 
-async def _trigger(url: str, seq: list[str], members: list[str], start: Any) -> dict[str, Any]:
+# -- trigger hot path (runs in a worker process) -------------------------------------------
+
+
+def _workload(n: int, s: float, seed: int, prefix: str) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    return zipf_keys(KEYS, n, s, seed, prefix), [str(rng.randrange(64)) for _ in range(n)]
+
+
+async def trigger_job(url: str, n: int, s: float, seed: int, prefix: str, gate: Gate) -> dict[str, Any]:
+    """``n`` updates through one StateProxy, timed between the barrier and the flush;
+    with what they should have made of the states (the parent sums the workers' and
+    reads the states back)."""
+    seq, members = _workload(n, s, seed, prefix)
     async with StateProxy(url, batch_delay_ms=1.0) as p:
         upd = p.update
-        start.wait()
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        for j in range(0, len(seq), 2000):
-            for i in range(j, min(j + 2000, len(seq)), 2):
+        await gate.start()
+        for j in range(0, n, 2000):
+            for i in range(j, min(j + 2000, n), 2):
                 upd("bench_int", seq[i], "add", 1)
                 upd("bench_set", seq[i + 1], "add", members[i])
             # room for the whole next chunk: with uniform keys each update is a new op
             await p.wait_room(2000)
             await anyio.lowlevel.checkpoint()
         await p.flush()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        s = p.statistics()
-    return {"updates": s.updates, "elapsed": elapsed, "cpu": cpu, "ops_sent": s.ops_sent, "errors": s.errors}
-
-
-def _trigger_proc(url: str, n: int, s: float, seed: int, prefix: str, start: Any, q: Any) -> None:
-    seq = zipf_keys(100_000, n, s, seed, prefix)
-    rng = random.Random(seed)
-    members = [str(rng.randrange(64)) for _ in range(n)]
-    q.put(runtime.run(_trigger, url, seq, members, start))
-
-
-def _result(q: Any, ps: list[Any], timeout: float = 600) -> Any:
-    """The next result from the NF processes; an error naming the exit code as soon as
-    one of them died without sending one (not a wait for the whole timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return q.get(timeout=0.5)
-        except queue.Empty:
-            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
-            if dead:
-                msg = f"an NF process of the trigger bench exited with code {dead[0]} (its traceback is above)"
-                raise RuntimeError(msg) from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the trigger bench's NF processes sent no result in {timeout:g} s") from None
-
-
-def trigger_path(url: str, primaries: list[str], n: int, s: float, procs: int) -> dict[str, Any]:
-    """``procs`` NF processes issuing ``n`` updates each; with the CPU every update cost
-    in the NF processes and in the coordinator, and the rate those costs allow on
-    this machine's cores (the ceiling whatever the code's latency or batching)."""
-    prefix = f"t{uuid.uuid4().hex[:6]}:"
-    ctx = mp.get_context("spawn")
-    start, q = ctx.Event(), ctx.Queue()
-    ps = [ctx.Process(target=_trigger_proc, args=(url, n, s, 7 + i, prefix, start, q)) for i in range(procs)]
-    for p in ps:
-        p.start()
-    time.sleep(1.0 + 0.5 * procs + n / 1e6)  # spawned interpreters build their sequences
-    coord0 = coordinator_cpu(primaries)
-    start.set()
-    try:
-        res = [_result(q, ps) for _ in ps]
-    except BaseException:
-        for p in ps:
-            p.terminate()
-        raise
-    coord = coordinator_cpu(primaries) - coord0
-    for p in ps:
-        p.join()
-    issued = sum(r["updates"] for r in res)
-    nf_us, coord_us = sum(r["cpu"] for r in res) / issued * 1e6, coord / issued * 1e6
-    elapsed = max(r["elapsed"] for r in res)
-    ok = runtime.run(_verify, url, n, s, procs, prefix)
-    return {
-        "zipf_s": s,
-        "procs": procs,
-        "updates": issued,
-        "ops_sent": sum(r["ops_sent"] for r in res),
-        "seconds": round(elapsed, 3),
-        "updates_per_s": issued / elapsed,
-        "errors": sum(r["errors"] for r in res),
-        "final_state_exact": ok,
-        "nf_cpu_us_per_update": round(nf_us, 3),
-        "coordinator_cpu_us_per_update": round(coord_us, 3),
-        "cpu_ceiling_updates_per_s": round((os.cpu_count() or 1) * 1e6 / (nf_us + coord_us)),
-    }
-
-
-async def _verify(url: str, n: int, s: float, procs: int, prefix: str) -> bool:
-    """Every issued update is reflected in the final state (exact counts and sets)."""
+        gate.stop()
+        st = p.statistics()
     want_int: dict[str, int] = {}
     want_set: dict[str, set[str]] = {}
-    for i in range(procs):
-        seq = zipf_keys(100_000, n, s, 7 + i, prefix)
-        rng = random.Random(7 + i)
-        members = [str(rng.randrange(64)) for _ in range(n)]
-        for j in range(0, n, 2):
-            want_int[seq[j]] = want_int.get(seq[j], 0) + 1
-            want_set.setdefault(seq[j + 1], set()).add(members[j])
+    for j in range(0, len(seq), 2):
+        want_int[seq[j]] = want_int.get(seq[j], 0) + 1
+        want_set.setdefault(seq[j + 1], set()).add(members[j])
+    return {"updates": st.updates, "ops_sent": st.ops_sent, "errors": st.errors, "want": (want_int, want_set)}
+
+
+async def _verify(url: str, wants: list[tuple[dict[str, int], dict[str, set[str]]]]) -> bool:
+    """Every update the workers issued is reflected in the final state (exact counts
+    and sets, summed over the workers)."""
+    want_int: dict[str, int] = {}
+    want_set: dict[str, set[str]] = {}
+    for ints, sets in wants:
+        for k, v in ints.items():
+            want_int[k] = want_int.get(k, 0) + v
+        for k, m in sets.items():
+            want_set.setdefault(k, set()).update(m)
     async with Coordinator(url=url) as co:
         table = await StateTable.open(co)
-        for keys, state, want in ((list(want_int), "bench_int", want_int), (list(want_set), "bench_set", want_set)):
+        for state, want in (("bench_int", want_int), ("bench_set", want_set)):
+            keys = list(want)
             for i in range(0, len(keys), 5000):
                 chunk = keys[i : i + 5000]
                 got = await table.execute([Op(Mode.RETRIEVE, state, k, None) for k in chunk])
                 if any(g != want[k] for g, k in zip(got, chunk, strict=True)):
                     return False
     return True
+
+
+def trigger_run(
+    w: Workers, meter: CpuMeter, coord_pids: list[int], url: str, cfg: tuple[Any, ...], n: int
+) -> dict[str, Any]:
+    name, s, procs, aof = cfg
+    prefix = f"t{uuid.uuid4().hex[:6]}:"
+    rnd = w.run(trigger_job, [(url, n // procs, s, 7 + i, prefix) for i in range(procs)], meter)
+    updates = sum(r["updates"] for r in rnd.results)
+    ops = sum(r["ops_sent"] for r in rnd.results)
+    acc = account(f"trigger path {name}", rnd, meter, updates, coord_pids)
+    exact = runtime.run(_verify, url, [r.pop("want") for r in rnd.results])
+    return {
+        "config": name, "zipf_s": s, "procs": procs, "aof": aof, "updates": updates, "ops_sent": ops,
+        "updates_per_s": updates / rnd.wall_s, "coordinator_ops_per_s": ops / rnd.wall_s,
+        "ops_per_update": round(ops / updates, 4), "errors": sum(r["errors"] for r in rnd.results),
+        "final_state_exact": exact, **acc,
+    }  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -202,314 +166,144 @@ def _appendonly(primaries: list[str], on: bool) -> Iterator[None]:
                     time.sleep(0.1)
 
 
-# -- NAT: sync / async x singleton / replica ------------------------------------------------
+# -- in-process parts, metered ------------------------------------------------------------
 
 
-async def nat(url: str, state: str, mode: str, seconds: float) -> dict[str, Any]:
-    """Packets of 10k flows (Zipf(1.1) popular) through a NatTable: 60% outbound (the
-    first packet of a flow allocates its port), 40% replies to a mapped flow."""
-    tag = uuid.uuid4().int
-    flows = [(6, f"10.{tag % 200}.{i // 250}.{1 + i % 250}", 1024 + (tag + i) % 60000) for i in range(10_000)]
-    seq = [int(k) for k in zipf_keys(10_000, 200_000, 1.1, 3, "")]
-    rng = random.Random(5)
-    replies = [rng.random() < 0.4 for _ in range(len(seq))]
-    ext: dict[int, tuple[str, int]] = {}
-    rtts: list[float] = []
-    done = 0
-    async with StateProxy(url) as p:
-        table = NatTable(p, state)
-        deadline = time.perf_counter() + seconds
-        t0 = time.perf_counter()
-        i = 0
-        if mode == "sync":
-            while time.perf_counter() < deadline:
-                f = seq[i % len(seq)]
-                t = time.perf_counter()
-                if replies[i % len(seq)] and f in ext:
-                    await table.inbound(6, *ext[f])
-                else:
-                    m = await table.outbound(*flows[f])
-                    if m is not None:
-                        ext[f] = m
-                rtts.append(time.perf_counter() - t)
-                i += 1
-            done = i
-        else:
-            window = 4000
-            outstanding = 0
-
-            def cb(m: Any, pkt: tuple[int, float, bool]) -> None:
-                nonlocal outstanding, done
-                f, t, out = pkt
-                outstanding -= 1
-                done += 1
-                if out and m is not None:
-                    ext[f] = m
-                rtts.append(time.perf_counter() - t)
-
-            while time.perf_counter() < deadline:
-                for _ in range(200):
-                    if outstanding >= window:
-                        break
-                    f = seq[i % len(seq)]
-                    outstanding += 1
-                    if replies[i % len(seq)] and f in ext:
-                        table.asyn_inbound(6, *ext[f], cb, (f, time.perf_counter(), False))
-                    else:
-                        table.asyn_outbound(*flows[f], cb, (f, time.perf_counter(), True))
-                    i += 1
-                await anyio.lowlevel.checkpoint()
-            await p.flush()
-            while outstanding:  # noqa: ASYNC110 - callbacks arrive from the batcher
-                await anyio.sleep(0.001)
-        elapsed = time.perf_counter() - t0
-        s = p.statistics()
-        exhausted = table.exhausted
-    return {
-        "state": state,
-        "mode": mode,
-        "packets": done,
-        "packets_per_s": done / elapsed,
-        "rtt_p50_us": pct(rtts, 50) * 1e6,
-        "rtt_p99_us": pct(rtts, 99) * 1e6,
-        "cache_hit_rate": round(s.cache_hit_rate, 3),
-        "lookups_per_packet": round(s.ops_sent / max(done, 1), 4),
-        "flows_mapped": len(ext),
-        "exhausted": exhausted,
-    }
-
-
-async def ping_rtt(url: str, n: int) -> list[float]:
-    """Plain redis-py PINGs to one node: the round trip any client pays on this machine."""
-    async with Coordinator(url=url) as co:
-        node = co.node_client(0)
-        await node.ping()
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            await node.ping()
-            out.append(time.perf_counter() - t)
-        return out
-
-
-async def sync_retrieve_rtt(url: str, n: int) -> list[float]:
-    async with StateProxy(url) as p:
-        await p.syn_up("bench_direct", "rtt", "set", 1)
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            await p.syn_retrieve("bench_direct", "rtt")
-            out.append(time.perf_counter() - t)
-        return out
-
-
-async def replica_hit(url: str, n: int) -> dict[str, float]:
-    async with StateProxy(url) as p:
-        await p.syn_up("bench_replica", "hit", "set", 1)
-        await p.syn_retrieve("bench_replica", "hit")
-        best_await = best_peek = 1e9
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(n):
-                await p.syn_retrieve("bench_replica", "hit")
-            best_await = min(best_await, (time.perf_counter() - t) / n)
-            t = time.perf_counter()
-            for _ in range(n):
-                p.cached("bench_replica", "hit")
-            best_peek = min(best_peek, (time.perf_counter() - t) / n)
-        assert p.statistics().cache_hits >= 10 * n
-    return {"await_syn_retrieve_us": best_await * 1e6, "cached_peek_us": best_peek * 1e6}
-
-
-def _seen_at(seen: dict[int, float], j: int, sidx: int, key: str, version: int) -> None:
-    seen[j] = time.perf_counter()
-
-
-async def discard_fanout(url: str, holders: int, rounds: int) -> dict[str, Any]:
-    """One updater, ``holders`` proxies caching the key: update latency, discard latency."""
-    async with StateProxy(url) as writer:
-        readers = [StateProxy(url) for _ in range(holders)]
-        for r in readers:
-            await r.__aenter__()
-        try:
-            key = f"fan{uuid.uuid4().hex[:6]}"
-            seen: dict[int, float] = {}
-            for j, r in enumerate(readers):
-                r.add_discard_listener(functools.partial(_seen_at, seen, j))
-            lat, upd = [], []
-            for _ in range(rounds):
-                for r in readers:
-                    await r.syn_retrieve("bench_replica", key)  # cached + registered
-                seen.clear()
-                t0 = time.perf_counter()
-                await writer.syn_up("bench_replica", key, "add", 1)
-                upd.append(time.perf_counter() - t0)
-                with anyio.fail_after(5):
-                    while len(seen) < holders:  # noqa: ASYNC110 - discards arrive on another link
-                        await anyio.sleep(0.0002)
-                lat += [t - t0 for t in seen.values()]
-        finally:
-            for r in readers:
-                await r.aclose()
-    return {
-        "holders": holders,
-        "update_p50_us": pct(upd, 50) * 1e6,
-        "discard_p50_ms": pct(lat, 50) * 1e3,
-        "discard_p99_ms": pct(lat, 99) * 1e3,
-    }
+def nat_run(meter: CpuMeter, url: str, kind: str, mode: str, secs: float, wl: Any) -> dict[str, Any]:
+    before = meter.sample()
+    t0 = time.perf_counter()
+    r = runtime.run(dn.nat, url, NAT_STATES[kind], mode, secs, wl)
+    window = time.perf_counter() - t0  # includes the releases after the measured part: an upper bound
+    after = meter.sample()
+    phys = check_physical(f"NAT {mode} {kind}", cpu_s=meter.used(before, after), wall_s=window, cores=meter.cores,
+                          processes=len(after.local))  # fmt: skip
+    r.update(kind=kind, cores_busy=phys["cores_busy"])
+    return r
 
 
 # -- the run -------------------------------------------------------------------------------
 
 
 def main(
-    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+    url: str | None = None,
+    quick: bool = False,
+    out: Path | None = None,
+    progress: Progress = noop,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
-    n = 600_000 if quick else 2_000_000
-    secs = 1.5 if quick else 4.0
-    data: dict[str, Any] = {"bench": "design", "quick": quick, "environment": environment()}
+    n = 400_000 if quick else 1_600_000
+    secs = 1.0 if quick else 2.0
+    reps = repeats(quick, rounds)
+    configs = [c for c in TRIGGER if c[3] or url is None]  # AOF is never switched on a given cluster
     with bench_cluster(url, progress) as seed:
         primaries = coordinator_nodes(seed, replicas=False)
-        trig = []
-        # this box shares its 2 cores with 3 primaries: repeat and keep every run. On a
-        # cluster of its own the bench also measures what AOF costs (never on a given one)
-        configs = [(1.1, 1, True), (1.1, 2, True), (0.0, 2, True)] + ([(1.1, 2, False)] if url is None else [])
-        for s, procs, aof in configs:
-            with _appendonly(primaries, aof):
-                for rep in range(1 if quick else 3):
-                    r = trigger_path(seed, primaries, n // procs, s, procs)
-                    r.update(repeat=rep, aof=aof)
-                    trig.append(r)
-                    label = ("Zipf(1.1)" if s else "uniform") + ("" if aof else ", AOF off")
-                    rate = fmt_rate(r["updates_per_s"])
+        coord = redis_pids(coordinator_nodes(seed))
+        meter = CpuMeter(coord.values(), remote=[a for a in primaries if not local_addr(a)])
+        env = environment(seed, "shared", nf_processes=[1, 2], trigger_updates_per_run=n)
+        cal = Calibration(seed, quick=quick, progress=progress)
+        wl = dn.nat_workload()
+        trig: list[dict[str, Any]] = []
+        nats: list[dict[str, Any]] = []
+        rtt: list[float] = []
+        hits: list[dict[str, float]] = []
+        fan: dict[int, dict[str, list[float]]] = {h: {"update_s": [], "discard_s": []} for h in (1, 4, 16)}
+        with Workers(2) as w:
+            meter.add(w.pids)
+            for rep in range(reps):
+                progress(f"round {rep + 1} of {reps}")
+                cal.sample()
+                for cfg in configs:
+                    with _appendonly(primaries, cfg[3]):
+                        r = trigger_run(w, meter, list(coord.values()), seed, cfg, n)
+                    trig.append({**r, "round": rep})
                     progress(
-                        f"trigger path, {label}, {procs} NF proc(s): {rate} updates/s, exact={r['final_state_exact']}; "
-                        f"CPU/update {r['nf_cpu_us_per_update']:.2f} us NF + "
-                        f"{r['coordinator_cpu_us_per_update']:.2f} us coordinator "
-                        f"(ceiling {fmt_rate(r['cpu_ceiling_updates_per_s'])}/s)"
+                        f"  trigger {cfg[0]}: {fmt_rate(r['updates_per_s'])} updates/s, "
+                        f"{r['ops_per_update']:.3f} ops/update, exact={r['final_state_exact']}; CPU/update "
+                        f"{r['cpu_us_per_item']['workers']:.2f} us NF + {r['cpu_us_per_item']['coordinator']:.2f} us "
+                        f"coordinator, {r['cores_busy']:.2f} cores busy"
                     )
-        nats = []
-        for state in ("bench_nat_single", "bench_nat"):
-            for mode in ("sync", "async"):
-                r = runtime.run(nat, seed, state, mode, secs)
-                nats.append(r)
-                progress(
-                    f"NAT {mode} {state}: {fmt_rate(r['packets_per_s'])} pkts/s, RTT p50 {r['rtt_p50_us']:.0f} us, "
-                    f"{r['lookups_per_packet']:.3f} lookups/packet"
-                )
-        ping = runtime.run(ping_rtt, seed, 2000 if quick else 5000)
-        rtt = runtime.run(sync_retrieve_rtt, seed, 2000 if quick else 5000)
-        hit = runtime.run(replica_hit, seed, 20_000)
-        p50, p99, hit_us = pct(rtt, 50) * 1e6, pct(rtt, 99) * 1e6, hit["await_syn_retrieve_us"]
-        progress(
-            f"sync retrieve p50 {p50:.0f} us p99 {p99:.0f} us (a plain PING: p50 {pct(ping, 50) * 1e6:.0f} us); "
-            f"replica hit {hit_us:.2f} us"
-        )
-        fan = [runtime.run(discard_fanout, seed, h, 30 if quick else 100) for h in (1, 4, 16)]
-        for f in fan:
-            upd, dis = f["update_p50_us"], f["discard_p99_ms"]
-            progress(f"{f['holders']} holder(s): update p50 {upd:.0f} us, discard p99 {dis:.2f} ms")
-    default = [r for r in trig if r["aof"]]  # the headline: the shipped config (AOF on)
-    zipf_best = max((r for r in default if r["zipf_s"]), key=lambda r: r["updates_per_s"])
-    zipf_median = sorted(r["updates_per_s"] for r in default if r["zipf_s"] and r["procs"] == zipf_best["procs"])
-    uniform = max((r for r in default if not r["zipf_s"]), key=lambda r: r["updates_per_s"])
-    no_aof = max((r for r in trig if not r["aof"]), key=lambda r: r["updates_per_s"], default=None)
-    by = {(r["state"], r["mode"]): r for r in nats}
-    sync_single = by[("bench_nat_single", "sync")]["packets_per_s"]
-    data["summary"] = {
-        "trigger_updates_per_s": round(zipf_best["updates_per_s"]),
-        "trigger_updates_per_s_median": round(zipf_median[len(zipf_median) // 2]),
-        "trigger_updates_per_s_uniform": round(uniform["updates_per_s"]),
-        "trigger_final_state_exact": all(r["final_state_exact"] for r in trig),
-        "trigger_cpu_us_per_update": {"nf": zipf_best["nf_cpu_us_per_update"],
-                                      "coordinator": zipf_best["coordinator_cpu_us_per_update"]},
-        "trigger_cpu_ceiling_updates_per_s": zipf_best["cpu_ceiling_updates_per_s"],
-        # the same Zipf path with the coordinator's AOF off (cogs cluster up --persistence none)
-        "trigger_updates_per_s_no_aof": round(no_aof["updates_per_s"]) if no_aof else None,
-        "trigger_cpu_us_per_update_no_aof": None if no_aof is None else {
-            "nf": no_aof["nf_cpu_us_per_update"], "coordinator": no_aof["coordinator_cpu_us_per_update"]},
-        "ping_p50_us": round(pct(ping, 50) * 1e6, 1),
-        "sync_retrieve_p50_us": round(pct(rtt, 50) * 1e6, 1),
-        "sync_retrieve_p99_us": round(pct(rtt, 99) * 1e6, 1),
-        "replica_hit_us": round(hit["await_syn_retrieve_us"], 3),
-        "replica_peek_us": round(hit["cached_peek_us"], 3),
-        "discard_p99_ms": round(max(f["discard_p99_ms"] for f in fan), 3),
-        "async_vs_sync_ratio": round(by[("bench_nat_single", "async")]["packets_per_s"] / sync_single, 1),
-        "nat_packets_per_s": {f"{m}_{'replica' if st == 'bench_nat' else 'singleton'}": round(r["packets_per_s"])
-                              for (st, m), r in by.items()},
-        "targets": {
-            "trigger_updates_per_s": 1_200_000, "sync_retrieve_p50_us": 150, "sync_retrieve_p99_us": 1000,
-            "replica_hit_us": 2, "discard_p99_ms": 5, "async_vs_sync_ratio": 20,
-        },
-    }  # fmt: skip
-    data.update({"trigger": trig, "nat": nats, "replica_hit": hit, "discard_fanout": fan})
-    md = "# Design choices (paper Fig. 10 + Table III)\n\n## Trigger updates, end to end\n\n" + md_table(
-        ["popularity", "NF processes", "coordinator AOF", "updates/s", "ops sent", "final state exact",
-         "CPU/update: NF + coordinator (us)", "CPU ceiling (updates/s)"],
-        [
-            [
-                "Zipf(1.1)" if r["zipf_s"] else "uniform",
-                r["procs"],
-                "on" if r["aof"] else "off",
-                fmt_rate(r["updates_per_s"]),
-                f"{r['ops_sent']:,}",
-                r["final_state_exact"],
-                f"{r['nf_cpu_us_per_update']:.2f} + {r['coordinator_cpu_us_per_update']:.2f}",
-                fmt_rate(r["cpu_ceiling_updates_per_s"]),
-            ]
-            for r in trig
-        ],
-    )  # fmt: skip
-    md += (
-        "\nCPU ceiling: this machine's cores divided by the CPU one update costs in the NF processes and"
-        " the coordinator together; no batching or latency change can go past it.\n"
-    )
-    md += "\n## NAT (portmap state, 10k Zipf flows, 40% replies)\n\n" + md_table(
-        ["mode", "state", "packets/s", "RTT p50 (us)", "RTT p99 (us)", "cache hit rate", "lookups/packet"],
-        [
-            [
-                r["mode"],
-                r["state"],
-                fmt_rate(r["packets_per_s"]),
-                f"{r['rtt_p50_us']:.0f}",
-                f"{r['rtt_p99_us']:.0f}",
-                r["cache_hit_rate"],
-                r["lookups_per_packet"],
-            ]
-            for r in nats
-        ],
-    )
-    md += "\n## Discard fan-out\n\n" + md_table(
-        ["holder proxies", "update p50 (us)", "discard p50 (ms)", "discard p99 (ms)"],
-        [
-            [f["holders"], f"{f['update_p50_us']:.0f}", f"{f['discard_p50_ms']:.2f}", f"{f['discard_p99_ms']:.2f}"]
-            for f in fan
-        ],
-    )
-    md += f"\nSync retrieve p50 {p50:.0f} us, p99 {p99:.0f} us; a plain redis-py PING, same run: p50 "
-    md += f"{pct(ping, 50) * 1e6:.0f} us.\n"
-    md += f"\nReplica hit: {hit['await_syn_retrieve_us']:.2f} us per `await syn_retrieve`, "
-    md += f"{hit['cached_peek_us']:.2f} us per `cached()`.\n"
-    path = write_results("design", data, md, out)
-    _plot(path, nats, trig)
-    progress(f"wrote {path} and {path.with_suffix('.md')}")
+                for kind in NAT_STATES:
+                    for mode in dn.NAT_MODES:
+                        r = nat_run(meter, seed, kind, mode, secs, wl)
+                        nats.append({**r, "round": rep})
+                        progress(f"  NAT {mode} {kind}: {fmt_rate(r['packets_per_s'])} packets/s, RTT p50 "
+                                 f"{r['rtt_p50_us']:.0f} us, {r['lookups_per_packet']:.3f} lookups/packet")  # fmt: skip
+                rtt += runtime.run(dn.sync_retrieve_rtt, seed, 1000 if quick else 2000)
+                hits.append(runtime.run(dn.replica_hit, seed, 20_000))
+                for h, got in fan.items():
+                    f = runtime.run(dn.discard_fanout, seed, h, 10 if quick else 20)
+                    got["update_s"] += f["update_s"]
+                    got["discard_s"] += f["discard_s"]
+        cal.sample()  # and once after the last round
+        data = _results(quick, env, cal, trig, nats, rtt, hits, fan)
+    path = write_results("design", data, markdown(data), out)
+    plot(path, data)
+    s = data["summary"]
+    rate = fmt_rate(s["trigger_updates_per_s"]["median"])
+    progress(f"trigger path (median of {reps}): {rate} updates/s = {s['trigger_vs_redis_incr']} x redis-benchmark "
+             f"INCR; wrote {path} and {path.with_suffix('.md')}")  # fmt: skip
     return data
 
 
-def _plot(path: Path, nat: list[dict[str, Any]], trig: list[dict[str, Any]]) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    labels = [f"{r['mode']}\n{'replica' if 'replica' in r['state'] else 'singleton'}" for r in nat]
-    a.bar(labels, [r["packets_per_s"] / 1e3 for r in nat], color=["#888", "#4a7", "#888", "#4a7"])
-    a.set_ylabel("packets/s (thousands)")
-    a.set_title("NAT: sync/async x singleton/replica")
-    a.set_yscale("log")
-    tl = [f"{'Zipf' if r['zipf_s'] else 'uniform'}\n{r['procs']} proc" for r in trig]
-    b.bar(tl, [r["updates_per_s"] / 1e6 for r in trig], color="#47a")
-    b.axhline(1.2, color="red", linestyle=":", label="target 1.2M/s")
-    b.set_ylabel("trigger updates/s (millions)")
-    b.set_title("Trigger path, end to end")
-    b.legend(fontsize=8)
-    save_plot(fig, path)
+def _results(quick: bool, env: dict[str, Any], cal: Calibration, trig: list[dict[str, Any]],
+             nats: list[dict[str, Any]], rtt: list[float], hits: list[dict[str, float]],
+             fan: dict[int, dict[str, list[float]]]) -> dict[str, Any]:  # fmt: skip
+    def runs(name: str) -> list[dict[str, Any]]:
+        return [r for r in trig if r["config"] == name]
+
+    def col(rows: list[dict[str, Any]], key: str, sub: str | None = None) -> list[float]:
+        return [r[key][sub] if sub else r[key] for r in rows]
+
+    head = runs("zipf1.1")
+    by_nat = {(k, m): [r for r in nats if r["kind"] == k and r["mode"] == m] for k in NAT_STATES for m in dn.NAT_MODES}
+    nat_rate = {f"{m}_{k}".replace("-", "_"): stat(col(rs, "packets_per_s")) for (k, m), rs in by_nat.items()}
+    sync = stat(col(by_nat[("singleton", "sync")], "packets_per_s"))["median"]
+    unmerged = nat_rate["async_unmerged_singleton"]["median"]
+    merged = nat_rate["async_singleton"]["median"]
+    rate = stat(col(head, "updates_per_s"))
+    fan_rows = [{"holders": h, "update_p50_us": round(pct(f["update_s"], 50) * 1e6, 1),
+                 "discard_p50_ms": round(pct(f["discard_s"], 50) * 1e3, 3),
+                 "discard_p99_ms": round(pct(f["discard_s"], 99) * 1e3, 3), "n": len(f["discard_s"])}
+                for h, f in fan.items()]  # fmt: skip
+    no_aof = runs("zipf1.1_no_aof")
+    summary: dict[str, Any] = {
+        "trigger_updates_per_s": rate,
+        "trigger_vs_redis_incr": cal.ratio(rate["median"]),
+        "coordinator_ops_per_s": stat(col(head, "coordinator_ops_per_s")),
+        "ops_per_update": stat(col(head, "ops_per_update"), 4),
+        "trigger_cpu_us_per_update": {"nf": stat(col(head, "cpu_us_per_item", "workers"), 3),
+                                      "coordinator": stat(col(head, "cpu_us_per_item", "coordinator"), 3)},
+        "trigger_cpu_ceiling_updates_per_s": stat(col(head, "cpu_ceiling_per_s")),
+        "trigger_updates_per_s_2procs": stat(col(runs("zipf1.1_2procs"), "updates_per_s")),
+        "trigger_updates_per_s_no_aof": stat(col(no_aof, "updates_per_s")) if no_aof else None,
+        "zipf_sensitivity": {name.removeprefix("zipf"): {"updates_per_s": stat(col(runs(name), "updates_per_s")),
+                                                         "ops_per_update": stat(col(runs(name), "ops_per_update"), 4)}
+                             for name in ("zipf0.8", "zipf0.99", "zipf1.1", "uniform")},
+        "trigger_final_state_exact": all(r["final_state_exact"] for r in trig),
+        "physically_possible": True,  # every run passed the CPU checks, or the bench failed
+        "sync_retrieve_p50_us": round(pct(rtt, 50) * 1e6, 1),
+        "sync_retrieve_p99_us": round(pct(rtt, 99) * 1e6, 1),
+        "replica_hit_us": stat(col(hits, "await_syn_retrieve_us"), 3),
+        "replica_peek_us": stat(col(hits, "cached_peek_us"), 3),
+        "discard_p99_ms": max(f["discard_p99_ms"] for f in fan_rows),
+        "nat_packets_per_s": nat_rate,
+        "nat_lookups_per_packet": {f"{m}_{k}".replace("-", "_"): stat(col(rs, "lookups_per_packet"), 4)
+                                   for (k, m), rs in by_nat.items()},
+        "async_vs_sync_ratio": round(unmerged / sync, 1),
+        "async_vs_sync_ratio_merged": round(merged / sync, 1),
+        **cal.headline(),
+    }  # fmt: skip
+    summary["targets"] = TARGETS
+    summary["targets_met"] = {
+        "trigger_updates_per_s": rate["median"] >= TARGETS["trigger_updates_per_s"],
+        "sync_retrieve_p50_us": summary["sync_retrieve_p50_us"] <= TARGETS["sync_retrieve_p50_us"],
+        "sync_retrieve_p99_us": summary["sync_retrieve_p99_us"] <= TARGETS["sync_retrieve_p99_us"],
+        "replica_hit_us": summary["replica_hit_us"]["median"] <= TARGETS["replica_hit_us"],
+        "discard_p99_ms": summary["discard_p99_ms"] <= TARGETS["discard_p99_ms"],
+        "async_vs_sync_ratio": summary["async_vs_sync_ratio"] >= TARGETS["async_vs_sync_ratio"],
+    }
+    return {
+        "bench": "design", "quick": quick, "environment": env, "calibration": cal.result(), "summary": summary,
+        "runs": trig, "nat": nats, "replica_hit": hits, "discard_fanout": fan_rows,
+        "sync_retrieve_samples": len(rtt),
+    }  # fmt: skip

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cogs import runtime
-from cogs.benchmarks.common import Progress, bench_cluster, environment, md_table, noop, write_results
+from cogs.benchmarks.common import Progress, bench_cluster, md_table, noop, write_results
+from cogs.benchmarks.harness import Calibration, environment, repeats, stat
 from cogs.proxy import StateProxy
 
 SECRET = "bench-peer-secret"
@@ -52,35 +53,56 @@ async def _measure(url: str, n: int) -> list[dict[str, Any]]:
 
 
 def main(
-    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+    url: str | None = None,
+    quick: bool = False,
+    out: Path | None = None,
+    progress: Progress = noop,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     n = 30 if quick else 200
+    reps = repeats(quick, rounds)
+    raw: list[dict[str, Any]] = []
     with bench_cluster(url, progress) as seed:
-        rows = runtime.run(_measure, seed, n)
+        env = environment(seed, reads_per_run=n)
+        cal = Calibration(seed, quick=quick, progress=progress)
+        for rep in range(reps):
+            cal.sample()
+            raw += [{**r, "round": rep} for r in runtime.run(_measure, seed, n)]
+            progress(f"round {rep + 1} of {reps} done")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in raw:
+        groups.setdefault((r["value"], r["mode"], r["read"]), []).append(r)
+    rows: list[dict[str, Any]] = [{"value": v, "mode": m, "read": rd,
+             **{k: stat([r[k] for r in rs], 2) for k in ("p50_us", "p99_us", "lookups_per_op", "peer_ops_per_op",
+                                                          "cpu_us_per_op")}}
+            for (v, m, rd), rs in groups.items()]  # fmt: skip
     for r in rows:
         progress(
-            f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']:.0f} us, {r['lookups_per_op']:.1f} lookups/op, "
-            f"CPU {r['cpu_us_per_op']:.0f} us/op"
+            f"{r['value']} {r['mode']} {r['read']}: p50 {r['p50_us']['median']:.0f} us, "
+            f"{r['lookups_per_op']['median']:.1f} lookups/op, CPU {r['cpu_us_per_op']['median']:.0f} us/op"
         )
 
-    def pick(value: str, mode: str, read: str) -> dict[str, Any]:
-        return next(r for r in rows if (r["value"], r["mode"], r["read"]) == (value, mode, read))
+    def pick(value: str, mode: str, read: str, key: str) -> Any:
+        return next(r for r in rows if (r["value"], r["mode"], r["read"]) == (value, mode, read))[key]
 
     summary = {
-        "local_1kb_p50_us": round(pick("1 KB", "singleton", "local (owner)")["p50_us"], 1),
-        "remote_1kb_p50_us": round(pick("1 KB", "singleton", "remote")["p50_us"], 1),
-        "remote_1mb_p50_us": round(pick("1 MB", "singleton", "remote")["p50_us"], 1),
-        "remote_1kb_cpu_us_per_op": round(pick("1 KB", "singleton", "remote")["cpu_us_per_op"], 1),
-        "replica_hit_1mb_p50_us": round(pick("1 MB", "replica", "remote again")["p50_us"], 1),
-        "lookups_per_remote_op": pick("1 KB", "singleton", "remote")["lookups_per_op"],
-        "lookups_per_replica_hit": pick("1 KB", "replica", "remote again")["lookups_per_op"],
+        "local_1kb_p50_us": pick("1 KB", "singleton", "local (owner)", "p50_us"),
+        "remote_1kb_p50_us": pick("1 KB", "singleton", "remote", "p50_us"),
+        "remote_1mb_p50_us": pick("1 MB", "singleton", "remote", "p50_us"),
+        "remote_1kb_cpu_us_per_op": pick("1 KB", "singleton", "remote", "cpu_us_per_op"),
+        "replica_hit_1mb_p50_us": pick("1 MB", "replica", "remote again", "p50_us"),
+        "lookups_per_remote_op": pick("1 KB", "singleton", "remote", "lookups_per_op")["median"],
+        "lookups_per_replica_hit": pick("1 KB", "replica", "remote again", "lookups_per_op")["median"],
+        **cal.headline(),
     }
-    data = {"bench": "indirect", "quick": quick, "environment": environment(), "summary": summary, "runs": rows}
-    md = "# Indirect-retrieval states: local vs remote\n\n" + md_table(
+    data = {"bench": "indirect", "quick": quick, "environment": env, "calibration": cal.result(), "summary": summary,
+            "rows": rows, "runs": raw}  # fmt: skip
+    md = "# Indirect-retrieval states: local vs remote (medians of the rounds)\n\n" + md_table(
         ["value", "mode", "read", "p50 (us)", "p99 (us)", "coordinator lookups/op", "peer requests/op",
          "CPU/op, both proxies (us)"],
-        [[r["value"], r["mode"], r["read"], f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['lookups_per_op']:.2f}",
-          f"{r['peer_ops_per_op']:.2f}", f"{r['cpu_us_per_op']:.0f}"] for r in rows],
+        [[r["value"], r["mode"], r["read"], f"{r['p50_us']['median']:.0f}", f"{r['p99_us']['median']:.0f}",
+          f"{r['lookups_per_op']['median']:.2f}", f"{r['peer_ops_per_op']['median']:.2f}",
+          f"{r['cpu_us_per_op']['median']:.0f}"] for r in rows],
     )  # fmt: skip
     path = write_results("indirect", data, md, out)
     progress(f"wrote {path}")

@@ -1,189 +1,279 @@
-"""NF scaling (paper Fig. 11a): total packets/s vs number of middleboxes, for the
-three flow-inspection NFs, measured up to the cores of this box, plus a capacity
-model for larger clusters built from what was measured:
+"""NF scaling (paper Fig. 11a, 11b): total packets/s vs number of middleboxes for the
+three flow-inspection NFs and the NAT, measured up to the cores of this box.
 
-    throughput(N) = min(N / box_cpu_per_packet,  P / (coordinator_cpu_per_op * ops_per_packet))
+Each middlebox is a worker process with its own StateProxy, given its share of a
+synthetic trace as raw frames (split by the symmetric flow hash, as the load
+balancer in front of the cluster would). All boxes start together behind a barrier
+and work for at least ``seconds`` each (whole passes over their share, each pass
+under fresh state keys): parsing the frames (dpkt, L2-L4), the NF logic and the
+proxy are all inside the timed work. The rate is all packets / (last box's end -
+first box's start), and a run fails if its CPU does not fit in this machine's cores
+in that time (cpu.py). The NAT boxes translate outbound packets (rewriting addresses
+and checksums) against the singleton portmap state, so every packet's mapping comes
+from the coordinator (concurrent packets of a flow share a lookup).
 
-with one core per middlebox and per coordinator primary (P primaries). Where the
-second term wins, the coordinator saturates.
+Beyond this box the figures are a *model* (scaling_report.py), labelled as such.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import dpkt
+
 from cogs import runtime
-from cogs.benchmarks.common import (
-    Progress,
-    bench_cluster,
-    coordinator_cpu,
-    coordinator_nodes,
-    environment,
-    fmt_rate,
-    md_table,
-    noop,
-    pyplot,
-    save_plot,
-    write_results,
-)
+from cogs.alerts import read_alerts
+from cogs.benchmarks.common import Progress, bench_cluster, coordinator_nodes, fmt_rate, noop, write_results
+from cogs.benchmarks.cpu import CpuMeter, affinity_cores, idle_rate, local_addr, redis_pids
+from cogs.benchmarks.harness import BenchError, Calibration, environment, repeats, stat
+from cogs.benchmarks.scaling_report import markdown, model, plot
+from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.catalog import DEFAULT_CATALOG
+from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
-from cogs.nf.packets import read_trace
-from cogs.nf.runner import run_nf
+from cogs.nf.nat import PRIVATE, Classifier, ports, rewrite
+from cogs.nf.nat_table import NatTable
+from cogs.nf.packets import TraceStats, parse_frame
+from cogs.nf.splitter import middlebox_of
 from cogs.nf.synth import Synth
 from cogs.proxy import StateProxy
 
-NFS = ("portscan", "dnstunnel", "sidejack")
-MODEL_N = (1, 2, 4, 8, 16, 32, 64)
+NFS = ("portscan", "dnstunnel", "sidejack", "nat")
+NAT_STATE = "nat_singleton"
+CHUNK = 1000  # packets between yields to the proxy's event loop
+Frame = tuple[int, float, bytes]
+_shares: dict[tuple[str, int, int], list[Frame]] = {}
 
 
-async def _calibrate(url: str, primaries: list[str], nf: str, trace: Path, rounds: int) -> float:
-    """Coordinator CPU per op for this NF's op mix: its updates for the trace, replayed
-    ``rounds`` times under fresh key prefixes so there are enough ops to measure
-    against the idle background (gossip, AOF, heartbeats)."""
-    calls: list[tuple[str, str, str, Any]] = []
-    det = DETECTORS[nf](lambda *a: calls.append(a))
-    for p in read_trace(trace):
-        det.packet(p)
-    det.finish()
-    cpu0 = coordinator_cpu(primaries)
+def _share(trace: str, n: int, box: int) -> list[Frame]:
+    """Box ``box`` of ``n``'s raw frames (link type, time, frame), as the load balancer
+    splits them; kept for the worker's next job (the set-up is not what is measured)."""
+    got = _shares.get((trace, n, box))
+    if got is None:
+        stats = TraceStats()
+        got = []
+        with open(trace, "rb") as fh:
+            reader = dpkt.pcap.Reader(fh)
+            lt = reader.datalink()
+            for ts, buf in reader:
+                p = parse_frame(lt, ts, buf, stats)
+                if p is not None and middlebox_of(n, p.proto, p.src, p.sport, p.dst, p.dport) == box:
+                    got.append((lt, float(ts), bytes(buf)))
+        _shares[(trace, n, box)] = got
+    return got
+
+
+async def nf_job(
+    url: str, nf: str, trace: str, n: int, ns: str, seconds: float, box: int, gate: Gate
+) -> dict[str, Any]:
+    """One flow-inspection middlebox: parse + detect + update, whole passes, >= ``seconds``."""
+    frames = _share(trace, n, box)
+    stats = TraceStats()
     async with StateProxy(url) as proxy:
-        for r in range(rounds):
-            for i, (state, key, op, delta) in enumerate(calls):
-                proxy.update(state, f"cal{r}|{key}", op, delta)
-                if i % 1000 == 0:
-                    await proxy.wait_room(1000)
+        upd = proxy.update
+        packets = passes = 0
+        await gate.start()
+        deadline = time.perf_counter() + seconds
+        while True:
+            det = DETECTORS[nf](_prefixed(upd, f"{ns}p{passes}|"))
+            for i in range(0, len(frames), CHUNK):
+                for lt, ts, buf in frames[i : i + CHUNK]:
+                    p = parse_frame(lt, ts, buf, stats)
+                    if p is not None:
+                        det.packet(p)
+                await proxy.wait_room(4 * CHUNK)  # room for the next chunk's updates
+                await anyio.lowlevel.checkpoint()
+            det.finish()
+            packets += len(frames)
+            passes += 1
+            if time.perf_counter() >= deadline or not frames:
+                break
         await proxy.flush()
-        ops = proxy.statistics().ops_sent
-    cpu1 = coordinator_cpu(primaries)
-    return (cpu1 - cpu0) / ops if ops else 0.0
+        gate.stop()
+        s = proxy.statistics()
+    if s.errors:
+        raise BenchError(f"middlebox {box}: the coordinator refused {s.errors} update(s)")
+    return {"box": box, "packets": packets, "passes": passes, "ops_sent": s.ops_sent, "updates": s.updates}
+
+
+def _prefixed(upd: Callable[..., None], prefix: str) -> Callable[[str, str, str, Any], None]:
+    def update(state: str, key: str, op: str, delta: Any) -> None:
+        upd(state, prefix + key, op, delta)
+
+    return update
+
+
+def _nat_share(trace: str, n: int, box: int) -> list[bytes]:
+    """Box ``box`` of ``n``'s outbound IPv4 packets (inside -> outside) of the trace."""
+    got = _shares.get((trace, n, box))
+    if got is None:
+        side = Classifier(PRIVATE)
+        got = []
+        with open(trace, "rb") as fh:
+            for _ts, buf in dpkt.pcap.Reader(fh):
+                ip = dpkt.ethernet.Ethernet(buf).data
+                if not isinstance(ip, dpkt.ip.IP) or ports(ip) is None:
+                    continue
+                src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
+                sp, dp = ports(ip) or (0, 0)
+                if side.inside(src) and not side.inside(dst) and middlebox_of(n, ip.p, src, sp, dst, dp) == box:
+                    got.append((0, 0.0, bytes(ip)))
+        _shares[(trace, n, box)] = got
+    return [f[2] for f in got]
+
+
+async def nat_job(url: str, trace: str, n: int, seconds: float, box: int, gate: Gate) -> dict[str, Any]:
+    """One NAT middlebox: parse, look the flow's mapping up (async), rewrite; >= ``seconds``."""
+    share = _nat_share(trace, n, box)
+    async with StateProxy(url) as proxy:
+        table = NatTable(proxy, NAT_STATE)
+        pending = translated = dropped = packets = passes = 0
+
+        def emit(mapping: tuple[str, int] | None, data: bytes) -> None:
+            nonlocal pending, translated, dropped
+            pending -= 1
+            if mapping is None:
+                dropped += 1
+            else:
+                translated += len(rewrite(data, src=mapping)) > 0
+
+        await gate.start()
+        deadline = time.perf_counter() + seconds
+        while True:
+            for i, data in enumerate(share):
+                ip = dpkt.ip.IP(data)
+                sport, _ = ports(ip) or (0, 0)
+                pending += 1
+                table.asyn_outbound(ip.p, socket.inet_ntoa(ip.src), sport, emit, data)
+                if i % CHUNK == CHUNK - 1:
+                    await proxy.wait_room(2 * CHUNK)
+                    await anyio.lowlevel.checkpoint()
+            packets += len(share)
+            passes += 1
+            if time.perf_counter() >= deadline or not share:
+                break
+        await proxy.flush()
+        if pending:
+            with anyio.fail_after(60):
+                while pending:  # noqa: ASYNC110 - callbacks arrive from the batcher
+                    await anyio.sleep(0.0005)
+        gate.stop()
+        s = proxy.statistics()
+    if table.errors or dropped:
+        raise BenchError(f"NAT middlebox {box}: {table.errors} failed lookup(s), {dropped} packet(s) dropped")
+    return {"box": box, "packets": packets, "passes": passes, "ops_sent": s.ops_sent, "translated": translated}
+
+
+async def _alerts(url: str, nf: str, prefix: str, since_ms: int) -> set[str]:
+    """What ``nf`` alerted on under ``prefix`` (one pass of every box)."""
+    det = DETECTORS[nf]
+    async with Coordinator(url=url) as co:
+        return {det.key_of(a.state, a.key[len(prefix) :]) for a in await read_alerts(co, since_ms=since_ms)
+                if a.state in det.states and a.key.startswith(prefix)}  # fmt: skip
 
 
 def main(
-    url: str | None = None, quick: bool = False, out: Path | None = None, progress: Progress = noop
+    url: str | None = None,
+    quick: bool = False,
+    out: Path | None = None,
+    progress: Progress = noop,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
-    cores = os.cpu_count() or 2
-    ns = sorted({1, min(2, cores), min(4, 2 * cores)})
-    flows = 4000 if quick else 25_000
-    rows: list[dict[str, Any]] = []
+    cores = affinity_cores([])
+    ns_boxes = sorted({1, 2, 4})
+    seconds = 1.0 if quick else 3.0
+    reps = repeats(quick, rounds)
+    runs: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="cogs-scaling-") as d,
         bench_cluster(url, progress, catalog=DEFAULT_CATALOG) as seed,
     ):
-        trace, _ = (
-            Synth(seed=5, benign_flows=flows, scans=4, tunnels=2, sidejacks=4, duration=120)
-            .build()
-            .write(Path(d) / "scaling.pcap")
-        )
-        primary_addrs = coordinator_nodes(seed, replicas=False)
-        for nf in NFS:
-            per_op = runtime.run(_calibrate, seed, primary_addrs, nf, trace, 10 if quick else 40)
-            progress(f"{nf}: coordinator CPU {per_op * 1e6:.1f} us per op (calibrated)")
-            for n in ns:
-                primaries = len(primary_addrs)
-                r = run_nf(nf, trace, n, seed)
-                packets = sum(b.packets for b in r.boxes)
-                ops = sum(b.ops_sent for b in r.boxes)
-                row: dict[str, Any] = {
-                    "nf": nf,
-                    "middleboxes": n,
-                    "oversubscribed": n > cores,
-                    "packets": packets,
-                    "packets_per_s": r.packets_per_s,
-                    "per_box_packets_per_s": [round(b.packets_per_s) for b in r.boxes],
-                    "box_cpu_us_per_packet": sum(b.cpu_seconds for b in r.boxes) / packets * 1e6,
-                    "ops_per_packet": ops / packets,
-                    "coordinator_cpu_us_per_op": per_op * 1e6,
-                    "alerts": len(r.alerts),
-                    "primaries": primaries,
-                }
-                rows.append(row)
-                rate = fmt_rate(r.packets_per_s)
-                progress(f"{nf}, {n} middlebox(es): {rate} packets/s, {row['alerts']} alert(s)")
-    models = {nf: _model([r for r in rows if r["nf"] == nf and not r["oversubscribed"]]) for nf in NFS}
-    data = {
-        "bench": "scaling",
-        "quick": quick,
-        "environment": environment(),
-        "summary": {
-            nf: {
-                "measured_packets_per_s": {
-                    str(r["middleboxes"]): round(r["packets_per_s"]) for r in rows if r["nf"] == nf
-                },
-                **{k: v for k, v in models[nf].items() if k != "curve"},
-            }
-            for nf in NFS
-        },
-        "runs": rows,
-        "model": {nf: models[nf]["curve"] for nf in NFS},
-    }
-
-    def measured(r: dict[str, Any]) -> list[Any]:
-        n = f"{r['middleboxes']}{' (oversubscribed)' if r['oversubscribed'] else ''}"
-        costs = (
-            f"{r['box_cpu_us_per_packet']:.1f}",
-            f"{r['ops_per_packet']:.3f}",
-            f"{r['coordinator_cpu_us_per_op']:.1f}",
-        )
-        return [r["nf"], n, fmt_rate(r["packets_per_s"]), *costs]
-
-    md = (
-        "# NF scaling (paper Fig. 11a)\n\nMeasured on this box. A middlebox's work is the NF logic on its share of "
-        "the trace plus its StateProxy; L2-L4 parsing and the flow hash are the splitter's (the load balancer's). "
-        "Most packets of a mixed trace need little work from a given NF, hence the high rates. "
-        "Coordinator CPU per op is calibrated by replaying the NF's updates in bulk; it includes the checkers "
-        "(PFCOUNT for the DNS tunnel's HyperLogLog is the dearest).\n\n"
-    ) + md_table(
-        ["NF", "middleboxes", "packets/s", "box CPU us/packet", "ops/packet", "coordinator CPU us/op"],
-        [measured(r) for r in rows],
-    )
-    md += "\nCapacity model (one core per middlebox and per primary, 3 primaries):\n\n" + md_table(
-        ["NF", *[f"N={n}" for n in MODEL_N], "coordinator saturates at"],
-        [
-            [nf, *[fmt_rate(models[nf]["curve"][str(n)]) for n in MODEL_N], f"N = {models[nf]['saturation_n']:.0f}"]
-            for nf in NFS
-        ],
-    )
-    path = write_results("scaling", data, md, out)
-    _plot(path, rows, models)
+        flows = 3000 if quick else 8000
+        trace, truth_file = Synth(seed=5, benign_flows=flows, scans=4, tunnels=2, sidejacks=4,
+                                  duration=120).build().write(Path(d) / "scaling.pcap")  # fmt: skip
+        nat_trace, _ = Synth(seed=6, benign_flows=0, scans=0, tunnels=0, sidejacks=0, nat_flows=flows, nat_hosts=200,
+                             duration=120).build().write(Path(d) / "nat.pcap")  # fmt: skip
+        truth = json.loads(truth_file.read_text())["alerts"]
+        coord = redis_pids(coordinator_nodes(seed))
+        primaries = coordinator_nodes(seed, replicas=False)
+        meter = CpuMeter(coord.values(), remote=[a for a in primaries if not local_addr(a)])
+        env = environment(seed, "shared", seconds_per_box=seconds, trace_flows=flows)
+        cal = Calibration(seed, quick=quick, progress=progress)
+        with Workers(max(ns_boxes)) as w:
+            meter.add(w.pids)
+            time.sleep(1.0)  # the workers' start-up done
+            idle = idle_rate(meter, coord.values(), 2.0)
+            env["coordinator_idle_cpu_per_s"] = round(idle, 5)
+            progress(f"coordinator nodes idle: {idle * 1e3:.1f} ms CPU per second (subtracted from CPU per op)")
+            for rep in range(reps):
+                progress(f"round {rep + 1} of {reps}")
+                cal.sample()
+                for nf in NFS:
+                    for n in ns_boxes:
+                        ns = f"sc{uuid.uuid4().hex[:8]}|"
+                        since = int(time.time() * 1000) - 1000
+                        if nf == "nat":
+                            rnd = w.run(nat_job, [(seed, str(nat_trace), n, seconds, b) for b in range(n)], meter)
+                        else:
+                            rnd = w.run(nf_job, [(seed, nf, str(trace), n, ns, seconds, b) for b in range(n)], meter)
+                        packets = sum(r["packets"] for r in rnd.results)
+                        acc = account(f"{nf} on {n} middlebox(es)", rnd, meter, packets, coord.values())
+                        ops = sum(r["ops_sent"] for r in rnd.results)
+                        row: dict[str, Any] = {
+                            "nf": nf, "middleboxes": n, "round": rep, "oversubscribed": n > cores, "packets": packets,
+                            "packets_per_s": packets / rnd.wall_s, "ops_per_packet": ops / packets,
+                            # net of the nodes' idle CPU: at a few thousand ops/s it would be most of it
+                            "coordinator_cpu_us_per_op": max(0.0, acc["cpu_s"]["coordinator"] - idle * acc["window_s"])
+                            / ops * 1e6 if ops else 0.0,
+                            "boxes": [{k: r[k] for k in ("box", "packets", "passes", "cpu_s", "t_start", "t_end")}
+                                      for r in rnd.results],
+                            "per_box_packets_per_cpu_s": [r["packets"] / r["cpu_s"] for r in rnd.results],
+                            **acc,
+                        }  # fmt: skip
+                        if nf != "nat":
+                            want = {t["key"] for t in truth if t["nf"] == nf}
+                            got = runtime.run(_alerts, seed, nf, f"{ns}p0|", since)
+                            row["alerts_exact"] = got == want
+                        runs.append(row)
+                        progress(f"  {nf}, {n} middlebox(es): {fmt_rate(row['packets_per_s'])} packets/s "
+                                 f"({min(b['passes'] for b in row['boxes'])}+ passes, {acc['wall_s']:.1f} s, "
+                                 f"{acc['cores_busy']:.2f} cores busy), box CPU "
+                                 f"{acc['cpu_us_per_item']['workers']:.1f} us/packet")  # fmt: skip
+        cal.sample()
+    data = _results(quick, env, cal, runs, ns_boxes, cores, seconds)
+    path = write_results("scaling", data, markdown(data), out)
+    plot(path, data)
     progress(f"wrote {path} and {path.with_suffix('.md')}")
     return data
 
 
-def _model(rows: list[dict[str, Any]], primaries: int = 3) -> dict[str, Any]:
-    """Capacity model from the measured per-packet and per-op CPU costs."""
-    box = min(r["box_cpu_us_per_packet"] for r in rows) / 1e6
-    ops = max(r["ops_per_packet"] for r in rows)
-    op_cost = max(r["coordinator_cpu_us_per_op"] for r in rows) / 1e6
-    coord_cap = primaries / (op_cost * ops) if ops and op_cost else float("inf")
-    curve = {str(n): min(n / box, coord_cap) for n in MODEL_N}
+def _results(quick: bool, env: dict[str, Any], cal: Calibration, runs: list[dict[str, Any]], ns_boxes: list[int],
+             cores: int, seconds: float) -> dict[str, Any]:  # fmt: skip
+    summary: dict[str, Any] = {}
+    for nf in NFS:
+        rows = {n: [r for r in runs if r["nf"] == nf and r["middleboxes"] == n] for n in ns_boxes}
+        summary[nf] = {
+            "packets_per_s": {str(n): stat([r["packets_per_s"] for r in rs]) for n, rs in rows.items()},
+            "per_box_packets_per_cpu_s": {str(n): stat([x for r in rs for x in r["per_box_packets_per_cpu_s"]])
+                                          for n, rs in rows.items()},
+            "box_cpu_us_per_packet": stat([r["cpu_us_per_item"]["workers"] for r in rows[1]], 2),
+            "ops_per_packet": stat([r["ops_per_packet"] for r in rows[1]], 4),
+            "coordinator_cpu_us_per_op": stat([r["coordinator_cpu_us_per_op"] for r in rows[1]], 2),
+        }  # fmt: skip
+        if nf != "nat":
+            summary[nf]["alerts_exact"] = all(r["alerts_exact"] for rs in rows.values() for r in rs)
+        summary[nf]["model"] = model(summary[nf], len(env["coordinator_nodes"]))
+    summary.update({"physically_possible": True, "cores": cores, "min_box_seconds": seconds, **cal.headline()})
     return {
-        "box_cpu_us_per_packet": box * 1e6,
-        "ops_per_packet": ops,
-        "coordinator_cpu_us_per_op": op_cost * 1e6,
-        "coordinator_capacity_packets_per_s": coord_cap,
-        "saturation_n": coord_cap * box,
-        "curve": curve,
-    }
-
-
-def _plot(path: Path, rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for nf, color in zip(NFS, ("#47a", "#a47", "#4a7"), strict=True):
-        pts = [(r["middleboxes"], r["packets_per_s"]) for r in rows if r["nf"] == nf]
-        ax.plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], "o", color=color, label=f"{nf} measured")
-        curve = models[nf]["curve"]
-        ax.plot(MODEL_N, [curve[str(n)] / 1e3 for n in MODEL_N], "--", color=color, alpha=0.6, label=f"{nf} model")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("middleboxes")
-    ax.set_ylabel("packets/s (thousands)")
-    ax.set_title("NF scaling on cogs (measured on 2 cores; model beyond)")
-    ax.legend(fontsize=7)
-    save_plot(fig, path)
+        "bench": "scaling", "quick": quick, "environment": env, "calibration": cal.result(), "summary": summary,
+        "runs": runs,
+    }  # fmt: skip

@@ -21,7 +21,8 @@ import anyio
 
 from cogs import runtime
 from cogs.alerts import read_alerts
-from cogs.benchmarks.common import Progress, bench_cluster, environment, fmt_rate, md_table, noop, write_results
+from cogs.benchmarks.common import Progress, bench_cluster, fmt_rate, md_table, noop, write_results
+from cogs.benchmarks.harness import environment
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
 from cogs.proxy import StateProxy
@@ -131,9 +132,10 @@ def main(
 ) -> dict[str, Any]:
     seconds = 25.0 if quick else 180.0
     with bench_cluster(url, progress) as seed:
+        env = environment(seed)
         r = runtime.run(soak, seed, seconds, 2000, 20_000, 6, progress)
     summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "samples"}
-    data = {"bench": "soak", "quick": quick, "environment": environment(), "summary": summary, "samples": r["samples"]}
+    data = {"bench": "soak", "quick": quick, "environment": env, "summary": summary, "samples": r["samples"]}
     md = "# Soak: steady load, proxies joining and leaving\n\n" + md_table(
         ["what", "value"],
         [

@@ -1,6 +1,6 @@
 """Bad input, property-based: the Lua library, the frame decoder, catalog files and
 the proxy's update() take random input and answer with clear errors, never a crash
-and never a touched state. bench/fuzz.py runs the same cases much longer."""
+and never a touched state. `python -m tests.fuzz_long` runs the same cases much longer."""
 
 from __future__ import annotations
 

@@ -27,6 +27,8 @@ class WebCacheCluster:
     nodes: list[str]  # HTTP proxy addresses, host:port
     origin: str | None = None  # http://host:port when started here
     procs: list[Any] = field(default_factory=list, repr=False)
+    #: each node's peer address (host:port): the peer channel (TCP) and, in icp mode, ICP (UDP)
+    peers: list[str] = field(default_factory=list)
 
     def proxy_url(self, i: int) -> str:
         return f"http://{self.nodes[i]}"
@@ -104,7 +106,7 @@ def web_cache(
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs: list[Any] = []
-    cluster = WebCacheCluster(mode, [], procs=procs)
+    cluster = WebCacheCluster(mode, [], procs=procs, peers=peers)
     try:
         if origin_delay_s is not None:
             op = free_port_base(1, 31000, 32000, bus=False)

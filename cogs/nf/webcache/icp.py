@@ -7,23 +7,29 @@ the object from the sibling that hit (over the peer channel, as cogs does).
                        options u32 | option data u32 | sender host address u32
     QUERY payload: requester host address u32 | URL | NUL;  HIT/MISS payload: URL | NUL
 
+The agent is an asyncio datagram protocol: a query is answered inside the callback
+that received it and a query's datagrams go out back to back from the asker's
+coroutine, so one query costs the siblings one wake-up each and the asker one per
+answer — no task, lock or await per datagram (the care cogs' own links get, so the
+web cache bench compares the two designs, not two levels of tuning).
+
 ICP has no authentication: keep siblings on a private network (here: loopback).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import struct
 from collections.abc import Callable
-
-import anyio
-from anyio.abc import UDPSocket
+from typing import Any
 
 QUERY, HIT, MISS, ERR = 1, 2, 3, 4
 VERSION = 2
 _HDR = struct.Struct(">BBHIIII")
 MAX_URL = 8000  # a datagram stays well under 64 KiB
+Addr = tuple[str, int]
 
 
 def encode(opcode: int, reqnum: int, url: str) -> bytes:
@@ -49,69 +55,105 @@ def decode(data: bytes) -> tuple[int, int, str] | None:
         return None
 
 
-class IcpAgent:
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Pending:
+    """One query in flight: who has not answered yet, who hit, and the asker's future."""
+
+    __slots__ = ("fut", "hits", "waiting")
+
+    def __init__(self, siblings: list[Addr], fut: asyncio.Future[None]) -> None:
+        self.waiting: set[Addr] = set(siblings)
+        self.hits: list[Addr] = []
+        self.fut = fut
+
+
+class IcpAgent(asyncio.DatagramProtocol):
     """One node's ICP socket: answers siblings' queries, asks them its own."""
 
     def __init__(self, has: Callable[[str], bool], host: str = "127.0.0.1", port: int = 0) -> None:
         self.has, self.host, self.port = has, host, port
-        self.sock: UDPSocket | None = None
-        self._sending = anyio.Lock()
-        self._pending: dict[int, tuple[set[tuple[str, int]], anyio.Event, list[tuple[str, int]]]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[int, _Pending] = {}
         self._numbers = itertools.count(1)
+        self._closed: asyncio.Future[None] | None = None
         self.answered = self.bad = self.lost = 0
 
     async def start(self) -> None:
-        self.sock = await anyio.create_udp_socket(family=socket.AF_INET, local_host=self.host, local_port=self.port)
-
-    async def _send(self, msg: bytes, addr: tuple[str, int]) -> None:
-        assert self.sock is not None
-        async with self._sending:  # the socket takes one writer at a time
-            try:
-                await self.sock.sendto(msg, *addr)
-            except OSError:
-                self.lost += 1  # as UDP may: the asker's timeout covers it
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.host, self.port), family=socket.AF_INET
+        )
 
     async def serve(self) -> None:
-        assert self.sock is not None
-        async for data, addr in self.sock:
-            msg = decode(data)
-            if msg is None:
-                self.bad += 1
-                continue
-            opcode, reqnum, url = msg
-            if opcode == QUERY:
-                self.answered += 1
-                await self._send(encode(HIT if self.has(url) else MISS, reqnum, url), addr)
-                continue
-            wait = self._pending.get(reqnum)
-            if wait is None or addr not in wait[0]:
-                continue  # late, or not from a sibling we asked
-            wait[0].discard(addr)
-            if opcode == HIT:
-                wait[2].append(addr)
-            if opcode == HIT or not wait[0]:
-                wait[1].set()
+        """Until aclose(): the protocol's callbacks do the work (kept for the node's task group)."""
+        assert self._closed is not None
+        await asyncio.shield(self._closed)
 
-    async def ask(
-        self, siblings: list[tuple[str, int]], url: str, wait_s: float
-    ) -> tuple[tuple[str, int] | None, bool]:
+    # -- protocol callbacks ------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        msg = decode(data)
+        if msg is None:
+            self.bad += 1
+            return
+        opcode, reqnum, url = msg
+        if opcode == QUERY:
+            self.answered += 1
+            self._send(encode(HIT if self.has(url) else MISS, reqnum, url), addr)
+            return
+        p = self._pending.get(reqnum)
+        src = (addr[0], addr[1])
+        if p is None or src not in p.waiting:
+            return  # late, or not from a sibling we asked
+        p.waiting.discard(src)
+        if opcode == HIT:
+            p.hits.append(src)
+        if (opcode == HIT or not p.waiting) and not p.fut.done():
+            p.fut.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        self.lost += 1  # e.g. a sibling's port closed (ICMP): the asker's timeout covers it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def _send(self, msg: bytes, addr: Addr) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.sendto(msg, addr)
+        except OSError:
+            self.lost += 1  # as UDP may: the asker's timeout covers it
+
+    # -- asking ------------------------------------------------------------------------
+
+    async def ask(self, siblings: list[Addr], url: str, wait_s: float) -> tuple[Addr | None, bool]:
         """(the first sibling that has ``url`` or None, whether some did not answer in time)."""
         if not siblings or len(url) > MAX_URL:
             return None, False
         n = next(self._numbers) & 0xFFFFFFFF
-        waiting, done = set(siblings), anyio.Event()
-        hits: list[tuple[str, int]] = []
-        self._pending[n] = (waiting, done, hits)
+        loop = asyncio.get_running_loop()
+        p = _Pending(siblings, loop.create_future())
+        self._pending[n] = p
+        timer = loop.call_later(wait_s, _expire, p.fut)  # a timer, not a cancellation: cheaper
         try:
             msg = encode(QUERY, n, url)
             for addr in siblings:
-                await self._send(msg, addr)
-            with anyio.move_on_after(wait_s):
-                await done.wait()
+                self._send(msg, addr)
+            await p.fut
         finally:
+            timer.cancel()
             del self._pending[n]
-        return (hits[0] if hits else None), bool(waiting) and not hits
+        return (p.hits[0] if p.hits else None), bool(p.waiting) and not p.hits
 
     async def aclose(self) -> None:
-        if self.sock is not None:
-            await self.sock.aclose()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)

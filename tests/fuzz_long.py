@@ -1,8 +1,9 @@
 """A long bad-input run: the property-based cases of tests/fuzz_cases.py with a
 large budget, against fakeredis, a real redis-server started for the run and a peer server.
-Writes bench/results/fuzz.json with how many inputs each case tried.
+Writes bench/results/fuzz.json with how many inputs each case tried. Test tooling (it
+needs the dev extra and the tests package), run from the repository's top:
 
-    python bench/fuzz.py [--examples 20000]
+    python -m tests.fuzz_long [--examples 20000]
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cogs.cluster import free_port_base
 from tests import fuzz_cases
