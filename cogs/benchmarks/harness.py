@@ -194,8 +194,8 @@ class Calibration:
         return statistics.median(self.rates)
 
     def ratio(self, x: float) -> float:
-        """``x`` as a share of this run's redis-benchmark INCR rate (3 digits)."""
-        return round(x / self.incr_per_s, 3)
+        """``x`` as a share of this run's redis-benchmark INCR rate (3 significant digits)."""
+        return float(f"{x / self.incr_per_s:.3g}")
 
     def result(self) -> dict[str, Any]:
         return {

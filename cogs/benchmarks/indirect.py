@@ -12,6 +12,7 @@ from typing import Any
 
 from cogs import runtime
 from cogs.benchmarks.common import Progress, bench_cluster, md_table, noop, write_results
+from cogs.benchmarks.design_report import calibration_line
 from cogs.benchmarks.harness import Calibration, environment, repeats, stat
 from cogs.proxy import StateProxy
 
@@ -97,7 +98,8 @@ def main(
     }
     data = {"bench": "indirect", "quick": quick, "environment": env, "calibration": cal.result(), "summary": summary,
             "rows": rows, "runs": raw}  # fmt: skip
-    md = "# Indirect-retrieval states: local vs remote (medians of the rounds)\n\n" + md_table(
+    md = "# Indirect-retrieval states: local vs remote (medians of the rounds)\n\n" + calibration_line(data) + "\n"
+    md += md_table(
         ["value", "mode", "read", "p50 (us)", "p99 (us)", "coordinator lookups/op", "peer requests/op",
          "CPU/op, both proxies (us)"],
         [[r["value"], r["mode"], r["read"], f"{r['p50_us']['median']:.0f}", f"{r['p99_us']['median']:.0f}",

@@ -22,7 +22,6 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.catalog import DEFAULT_CATALOG
 from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
+from cogs.nf.feed import Feeder
 from cogs.nf.nat import PRIVATE, Classifier, ports, rewrite
 from cogs.nf.nat_table import NatTable
 from cogs.nf.packets import TraceStats, parse_frame
@@ -75,24 +75,25 @@ def _share(trace: str, n: int, box: int) -> list[Frame]:
 async def nf_job(
     url: str, nf: str, trace: str, n: int, ns: str, seconds: float, box: int, gate: Gate
 ) -> dict[str, Any]:
-    """One flow-inspection middlebox: parse + detect + update, whole passes, >= ``seconds``."""
+    """One flow-inspection middlebox as cogs nf runs it (a Feeder around the detector):
+    parse + detect + update, whole passes over its share, for >= ``seconds``."""
     frames = _share(trace, n, box)
     stats = TraceStats()
+    skipped = 0
     async with StateProxy(url) as proxy:
-        upd = proxy.update
         packets = passes = 0
         await gate.start()
         deadline = time.perf_counter() + seconds
         while True:
-            det = DETECTORS[nf](_prefixed(upd, f"{ns}p{passes}|"))
+            feeder = Feeder(proxy, nf, f"{ns}p{passes}|", box=str(box))
             for i in range(0, len(frames), CHUNK):
-                for lt, ts, buf in frames[i : i + CHUNK]:
-                    p = parse_frame(lt, ts, buf, stats)
-                    if p is not None:
-                        det.packet(p)
-                await proxy.wait_room(4 * CHUNK)  # room for the next chunk's updates
+                parsed = [parse_frame(lt, ts, buf, stats) for lt, ts, buf in frames[i : i + CHUNK]]
+                feeder.feed([p for p in parsed if p is not None])
+                await feeder.settle(4 * CHUNK)  # room for the next chunk's updates
                 await anyio.lowlevel.checkpoint()
-            det.finish()
+            feeder.finish()
+            await feeder.settle(0)
+            skipped += feeder.skipped
             packets += len(frames)
             passes += 1
             if time.perf_counter() >= deadline or not frames:
@@ -100,16 +101,9 @@ async def nf_job(
         await proxy.flush()
         gate.stop()
         s = proxy.statistics()
-    if s.errors:
-        raise BenchError(f"middlebox {box}: the coordinator refused {s.errors} update(s)")
+    if s.errors or skipped:
+        raise BenchError(f"middlebox {box}: the coordinator refused {s.errors} update(s), {skipped} packet(s) skipped")
     return {"box": box, "packets": packets, "passes": passes, "ops_sent": s.ops_sent, "updates": s.updates}
-
-
-def _prefixed(upd: Callable[..., None], prefix: str) -> Callable[[str, str, str, Any], None]:
-    def update(state: str, key: str, op: str, delta: Any) -> None:
-        upd(state, prefix + key, op, delta)
-
-    return update
 
 
 def _nat_share(trace: str, n: int, box: int) -> list[bytes]:
@@ -272,6 +266,8 @@ def _results(quick: bool, env: dict[str, Any], cal: Calibration, runs: list[dict
         if nf != "nat":
             summary[nf]["alerts_exact"] = all(r["alerts_exact"] for rs in rows.values() for r in rs)
         summary[nf]["model"] = model(summary[nf], len(env["coordinator_nodes"]))
+        summary[nf]["packets_per_s_vs_redis_incr"] = {n: cal.ratio(v["median"])
+                                                      for n, v in summary[nf]["packets_per_s"].items()}  # fmt: skip
     summary.update({"physically_possible": True, "cores": cores, "min_box_seconds": seconds, **cal.headline()})
     return {
         "bench": "scaling", "quick": quick, "environment": env, "calibration": cal.result(), "summary": summary,

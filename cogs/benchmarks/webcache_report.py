@@ -30,6 +30,7 @@ def summarize(b: Any, env: dict[str, Any], sizes: list[int], quick: bool, load: 
 
     summary = {
         "requests_per_s": rps,
+        "requests_per_s_vs_redis_incr": {m: {n: b.cal.ratio(v["median"]) for n, v in rps[m].items()} for m in MODES},
         "ratio_vs_icp": {n: ratio(rps, n) for n in map(str, sizes)},
         f"ratio_vs_icp_at_{top}": ratio(rps, top),
         "hit_ratio": {m: per(m, "hit_ratio", 3) for m in MODES},
