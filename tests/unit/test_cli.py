@@ -125,7 +125,7 @@ def test_command_lists_are_never_cut(columns: int) -> None:
             assert e.count("(") == e.count(")"), (path, e)
         assert all(len(line) <= columns for line in listing.splitlines()), (path, listing)
     code, out = _run("bench", "--help")
-    assert "Coordinator throughput (paper Fig. 12) vs naive and pipelined" in " ".join(out.split())
+    assert "Coordinator throughput (paper Fig. 12): the same op mix at 1k/100k/1M states" in " ".join(out.split())
 
 
 def test_every_coordinator_url_option_is_called_url() -> None:
