@@ -36,6 +36,7 @@ import anyio
 
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
 from cogs.keys import proxy_key, slot
+from cogs.logs import fields
 from cogs.proxy.batcher import Req
 from cogs.proxy.cache import MISS
 from cogs.proxy.owned import Entry, OwnedValues
@@ -320,7 +321,8 @@ class Indirect:
         try:
             await self._publish(state, key, "delete")
         except (NotOwner, CogsError) as err:  # readers sent here find nothing and load for themselves
-            log.warning("could not give up %s[%s] (claimed to load it): %s", state, key, err)
+            where = fields(proxy=self.proxy.id, state=state, key=key)
+            log.warning("could not give up %s[%s] (claimed to load it): %s", state, key, err, extra=where)
 
     async def update(self, state: str, key: str, op: str, value: bytes | None) -> bytes | None:
         """set / create / delete, executed by the owner; an absent key is created here."""
