@@ -48,6 +48,11 @@ def _replay_task(bar: Progress, n: int) -> Any:
 @nf.command("run")
 @click.argument("name", type=click.Choice([*DETECTOR_NAMES, "nat", "webcache"]))
 @click.option("--trace", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="pcap or pcapng file.")
+@click.option("--interface", "-i", help="Capture live traffic on this network interface instead of reading --trace.")
+@click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(min=1),
+              help="--interface: worker processes here (each a middlebox; the kernel splits flows).")  # fmt: skip
+@click.option("--namespace", default="", help="--interface: key prefix shared by the hosts of one deployment.")
+@click.option("--out-interface", help="nat --interface: where the translated packets go out.")
 @click.option(
     "--middleboxes", "--instances", "-n", "middleboxes", default=1, show_default=True,
     help="Middlebox processes (webcache: caching proxies).",
@@ -68,12 +73,18 @@ def _replay_task(bar: Progress, n: int) -> Any:
               help="webcache: find objects through cogs, by asking every sibling (ICP), or not at all.")  # fmt: skip
 @click.option("--port", default=0, help="webcache: first HTTP proxy port (default: free ports).")
 @click.option("--demo-origin", is_flag=True, help="webcache: also start an origin server to try it with.")
-@click.option("--duration", default=0.0, help="webcache: stop after this many seconds (default: Ctrl-C).")
+@click.option(
+    "--duration", default=0.0, help="webcache, --interface: stop after this many seconds (default: Ctrl-C, SIGTERM)."
+)
 @click.option("--cache-mb", default=1024, show_default=True, type=click.IntRange(min=1),
               help="webcache: MB of objects each node keeps; past it the least recently used go.")  # fmt: skip
 def nf_run(
     name: str,
-    trace: Path,
+    trace: Path | None,
+    interface: str | None,
+    workers: int,
+    namespace: str,
+    out_interface: str | None,
     middleboxes: int,
     coordinator: str | None,
     as_json: bool,
@@ -89,13 +100,23 @@ def nf_run(
     cache_mb: int,
 ) -> None:
     """Run NF NAME on N middleboxes. Detectors and nat replay --trace (the alerts, or
-    the translated packets in --out); webcache starts N caching HTTP proxies."""
+    the translated packets in --out) or capture --interface live with --workers
+    processes; webcache starts N caching HTTP proxies."""
     url = load_settings(url=coordinator).url
     if name == "webcache":
         _webcache(middleboxes, url, cooperation, port, demo_origin, duration, as_json, cache_mb << 20)
         return
+    if interface is not None:
+        if trace is not None or local_only or out is not None:
+            raise click.UsageError("--interface captures live: --trace, --local-only and --out are for captures")
+        from cogs.cli.live import run_live_cli
+        from cogs.nf.live import LiveConfig
+
+        cfg = LiveConfig(name, interface, url, namespace, None, out_interface, nat_state, mode, internal)
+        run_live_cli(cfg, workers, duration, as_json)
+        return
     if trace is None:
-        raise click.UsageError(f"{name} replays a capture: give --trace FILE")
+        raise click.UsageError(f"{name} reads a capture or an interface: give --trace FILE or --interface IF")
     if name == "nat":
         if out is None:
             raise click.UsageError("nat writes the translated packets: give --out FILE")
@@ -240,3 +261,30 @@ def trace_synth(out: Path, **kw: int | float) -> None:
     with err_console.status(f"writing {len(s.frames):,} frames to {out}"):
         pcap, truth = s.write(out)
     click.echo(f"{pcap}: {len(s.frames)} frames; expected alerts in {truth}")
+
+
+@trace.command("replay")
+@click.argument("capture", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--interface", "-i", required=True, help="Network interface to send the frames out of.")
+@click.option("--pps", type=float, help="Packets per second.")
+@click.option("--mbps", type=float, help="Megabits per second.")
+@click.option("--topspeed", is_flag=True, help="As fast as the interface takes them.")
+@click.option("--loop", "loops", default=1, show_default=True, type=click.IntRange(min=1), help="Times to send it.")
+@click.option("--engine", type=click.Choice(["auto", "tcpreplay", "python"]), default="auto", show_default=True,
+              help="tcpreplay where installed (Ethernet captures), else a Python sender.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+def trace_replay(
+    capture: Path, interface: str, pps: float | None, mbps: float | None, topspeed: bool, loops: int, engine: str,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Send the frames of CAPTURE out of an interface (default: at the capture's own timing)."""
+    from cogs.nf.replay import Rate, replay
+
+    r = replay(capture, interface, Rate(pps, mbps, topspeed), loops=loops, engine=engine)
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        click.echo(
+            f"{r.packets:,} packets ({r.bytes:,} bytes) in {r.seconds:.3f} s: {r.pps:,.0f} packets/s, "
+            f"{r.mbps:,.1f} Mbit/s ({r.engine}){f'; {r.failed:,} not sent' if r.failed else ''}"
+        )

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cogs.nf.frames import ACK, RST, SYN, TCP, UDP, Packet
 from cogs.nf.ident import bound, ident, safe_text
-from cogs.nf.packets import ACK, RST, SYN, TCP, UDP, Packet
 from cogs.nf.payloads import MAX_SESSION_COOKIES, dns_questions, http_cookies
 
 Update = Callable[[str, str, str, Any], None]  # (state, key, op, delta)
@@ -50,6 +50,9 @@ class Detector:
 
     def finish(self) -> None:
         """End of the traffic: settle what per-flow state still holds."""
+
+    def tick(self, now: float) -> None:
+        """The clock moved to ``now`` (live capture: once a second, packets or not)."""
 
     @staticmethod
     def key_of(state: str, key: str) -> str:
@@ -113,6 +116,10 @@ class PortScan(Detector):
 
     def finish(self) -> None:
         self._sweep(float("inf"))
+
+    def tick(self, now: float) -> None:
+        if now - self._last_sweep > 1.0:
+            self._sweep(now)
 
     @staticmethod
     def key_of(state: str, key: str) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 
 from cogs.errors import ConfigError
 from cogs.nf.detectors import DETECTORS, Detector
+from cogs.nf.frames import Packet
 from cogs.nf.ident import bounded_message
-from cogs.nf.packets import Packet
 from cogs.proxy import Backpressure, StateProxy
 
 log = logging.getLogger("cogs.nf")
@@ -97,6 +97,13 @@ class Feeder:
                 except Exception as e:
                     self.detector.counters[f"updates refused ({type(e).__name__})"] += 1
         await proxy.wait_room(room)
+
+    def tick(self, now: float) -> None:
+        """The clock moved (live capture): per-flow timeouts expire without packets."""
+        try:
+            self.detector.tick(now)
+        except Exception as e:
+            self.detector.counters[f"tick failed ({type(e).__name__})"] += 1
 
     def finish(self) -> None:
         """End of the traffic: the detector settles its per-flow state (the updates it

@@ -1,4 +1,5 @@
-"""Packet input: pcap and pcapng files read with dpkt, down to the transport layer.
+"""Packet input: pcap and pcapng files read with dpkt, decoded to the transport layer
+by :mod:`cogs.nf.frames` (the decoder live capture uses too).
 
 What cannot be parsed (a truncated frame, a link type we do not know, a non-IP
 frame) is skipped and counted by reason; a broken capture never raises past
@@ -8,33 +9,19 @@ them (:mod:`cogs.nf.payloads`), and their failures are counted there.
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error  # dpkt surfaces some short reads as struct.error
-from typing import Any, NamedTuple
+from typing import Any
 
 import dpkt
 
 from cogs.errors import CogsError
+from cogs.nf.frames import ACK, FIN, RST, SYN, TCP, UDP, Packet, decode
 
-TCP, UDP = 6, 17
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-
-
-class Packet(NamedTuple):
-    """One IP packet: what the flow splitter and the NFs look at (picklable, compact)."""
-
-    ts: float
-    src: str
-    dst: str
-    proto: int
-    sport: int
-    dport: int
-    flags: int  # TCP flags, 0 otherwise
-    payload: bytes
+__all__ = ["ACK", "FIN", "RST", "SYN", "TCP", "UDP", "Packet", "TraceError", "TraceStats", "read_ipv4", "read_trace"]
 
 
 @dataclass
@@ -74,38 +61,16 @@ def _ip_layer(linktype: int, buf: bytes) -> Any:
     raise ValueError(f"link type {linktype}")
 
 
-def _addr(ip: Any) -> tuple[str, str]:
-    if isinstance(ip, dpkt.ip.IP):
-        return socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
-    return socket.inet_ntop(socket.AF_INET6, ip.src), socket.inet_ntop(socket.AF_INET6, ip.dst)
-
-
 def parse_frame(linktype: int, ts: float, buf: bytes, stats: TraceStats) -> Packet | None:
     """One captured frame as a Packet, or None (and the reason counted)."""
-    try:
-        ip = _ip_layer(linktype, buf)
-    except ValueError as e:
-        stats.skipped[f"unknown {e}"] += 1
+    p = decode(buf, ts, linktype)
+    if isinstance(p, str):
+        stats.skipped[p] += 1
         return None
-    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, IndexError):
-        stats.skipped["truncated or malformed frame"] += 1
-        return None
-    if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
-        stats.skipped["not IP"] += 1
-        return None
-    src, dst = _addr(ip)
-    l4 = ip.data
-    if isinstance(l4, dpkt.tcp.TCP):
-        return Packet(ts, src, dst, TCP, l4.sport, l4.dport, l4.flags, bytes(l4.data))
-    if isinstance(l4, dpkt.udp.UDP):
-        return Packet(ts, src, dst, UDP, l4.sport, l4.dport, 0, bytes(l4.data))
-    if isinstance(l4, bytes):
-        stats.skipped["truncated transport header"] += 1
-        return None
-    return Packet(ts, src, dst, ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt, 0, 0, 0, b"")
+    return p
 
 
-def _frames(path: str | Path, stats: TraceStats) -> Iterator[tuple[int, float, bytes]]:
+def read_frames(path: str | Path, stats: TraceStats) -> Iterator[tuple[int, float, bytes]]:
     """(link type, time, frame) of every readable frame of a pcap/pcapng file."""
     p = Path(path)
     try:
@@ -131,7 +96,7 @@ def _frames(path: str | Path, stats: TraceStats) -> Iterator[tuple[int, float, b
 def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Packet]:
     """The IP packets of a pcap/pcapng file, in file order."""
     stats = stats if stats is not None else TraceStats()
-    for linktype, ts, buf in _frames(path, stats):
+    for linktype, ts, buf in read_frames(path, stats):
         pkt = parse_frame(linktype, ts, buf, stats)
         if pkt is not None:
             stats.packets += 1
@@ -142,7 +107,7 @@ def read_ipv4(path: str | Path, stats: TraceStats | None = None) -> Iterator[tup
     """(time, raw IPv4 packet) of a pcap/pcapng file, for NFs that rewrite packets;
     other frames are counted in ``stats.skipped``."""
     stats = stats if stats is not None else TraceStats()
-    for linktype, ts, buf in _frames(path, stats):
+    for linktype, ts, buf in read_frames(path, stats):
         try:
             ip = _ip_layer(linktype, buf)
         except ValueError as e:

@@ -24,14 +24,12 @@ import anyio
 import anyio.lowlevel
 
 from cogs import runtime
-from cogs.alerts import read_alerts
-from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import StateTable
 from cogs.errors import CogsError, ConfigError
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.feed import Feeder
 from cogs.nf.ident import bounded_message
 from cogs.nf.packets import Packet, TraceStats, read_trace
+from cogs.nf.report import collect_alerts
 from cogs.nf.splitter import middlebox_of
 from cogs.proxy import StateProxy
 
@@ -175,38 +173,8 @@ def run_nf(
     boxes = run_boxes(_box, [(url, nf, prefixes[i], shares[i]) for i in range(middleboxes)], len(packets), progress)
     result = RunResult(nf, middleboxes, ns, stats, boxes)
     result.seconds = time.perf_counter() - t0
-    result.alerts = runtime.run(_alerts, url, nf, ns, t_ms)
+    result.alerts = runtime.run(collect_alerts, url, nf, ns, t_ms)
     return result
-
-
-async def _alerts(url: str, nf: str, ns: str, since_ms: int) -> list[dict[str, Any]]:
-    det = DETECTORS[nf]
-    out = []
-    async with Coordinator(url=url) as co:
-        table = await StateTable.open(co)
-        for a in await read_alerts(co, since_ms=since_ms):
-            if a.state not in det.states or not a.key.startswith(ns):
-                continue
-            key = a.key[len(ns) :]
-            box = None
-            if key.startswith("mb") and "|" in key:
-                box, key = key.split("|", 1)
-            row: dict[str, Any] = {
-                "nf": nf,
-                "key": det.key_of(a.state, key),
-                "value": a.value,
-                "time": a.time.isoformat(timespec="milliseconds"),
-                "state": a.state,
-                "state_key": key,
-                # why it fired, with the run's key namespace left out
-                "msg": a.explanation.replace(f"[{a.key}]", f"[{key}]", 1),
-            }
-            if box is not None:
-                row["middlebox"] = box
-            if a.state == "sidejack_clients":  # name the clients that shared the session
-                row["clients"] = sorted(await table.retrieve(a.state, a.key))
-            out.append(row)
-    return out
 
 
 def counters(result: RunResult) -> Counter[str]:

@@ -1,0 +1,164 @@
+"""Live capture: AF_PACKET sockets in one PACKET_FANOUT group, as Zeek, Suricata and
+Snort read an interface in cluster mode.
+
+Every worker process opens its own socket on the interface and joins the group; the
+kernel hashes each packet's flow **symmetrically** (both directions of a connection
+reach the same socket: per-flow state stays in one worker) and defragments before
+hashing (all fragments of a datagram reach one worker). A classic BPF pre-filter
+(:mod:`cogs.nf.bpf`) runs in the kernel on each socket, so only what the NF looks at
+is copied to Python. Packets the host sends itself (the proxy's own traffic to the
+coordinator) are not captured. The kernel counts what each socket received and what
+it dropped because the worker fell behind (PACKET_STATISTICS).
+
+Python's socket module lacks the AF_PACKET option constants; they are the kernel's
+(include/uapi/linux/if_packet.h, asm-generic/socket.h).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from cogs.errors import ConfigError
+from cogs.nf.bpf import sock_fprog
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
+PACKET_FANOUT = 18
+PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+
+#: receive buffer per socket: what absorbs a burst while the worker is busy
+RCVBUF = 32 << 20
+#: the largest frame read whole (a veth's MTU goes to 64 KiB); longer ones are cut
+MAX_FRAME = 65536 + 64
+
+
+@dataclass
+class Stats:
+    """What the kernel counted for one socket, since it was opened."""
+
+    received: int = 0  # passed the filter and queued to the socket
+    dropped: int = 0  # passed the filter, but the socket's buffer was full
+
+
+class Capture:
+    """One AF_PACKET socket on ``interface`` in fanout group ``group`` (None: a new
+    group, its id in :attr:`group`), with ``insns`` as its kernel filter."""
+
+    def __init__(
+        self, interface: str, insns: list[tuple[int, int, int, int]], group: int | None, rcvbuf: int = RCVBUF
+    ) -> None:
+        self.interface = interface
+        # protocol 0: nothing is queued before the filter is attached and bind() names ETH_P_ALL
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self._setup(sock, insns, rcvbuf)
+            self.group = self._join(sock, group)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.sock = sock
+        self.stats = Stats()
+        self.cut = 0  # frames longer than MAX_FRAME, read cut short
+        self._buf = bytearray(MAX_FRAME)
+        self._view = memoryview(self._buf)
+
+    def _setup(self, sock: socket.socket, insns: list[tuple[int, int, int, int]], rcvbuf: int) -> None:
+        prog, _keep = sock_fprog(insns)
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+        with contextlib.suppress(OSError):  # kernels before 4.20 lack it: the filter and the detector cope
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except PermissionError:  # without CAP_NET_ADMIN: up to net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            sock.bind((self.interface, ETH_P_ALL))
+            index = socket.if_nametoindex(self.interface)
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENXIO):
+                raise ConfigError(f"no network interface {self.interface!r} here") from e
+            raise
+        # promiscuous: frames for other MAC addresses too (a tap, a mirror port)
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
+
+    @staticmethod
+    def _join(sock: socket.socket, group: int | None) -> int:
+        flags = PACKET_FANOUT_FLAG_DEFRAG | (PACKET_FANOUT_FLAG_UNIQUEID if group is None else 0)
+        arg = (group or 0) | (PACKET_FANOUT_HASH | flags) << 16
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", arg))
+        except OSError as e:
+            raise ConfigError(
+                f"could not join fanout group {group} on this interface: {e.strerror} "
+                "(another capture uses the id with other settings?)"
+            ) from e
+        (got,) = struct.unpack("I", sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))
+        return int(got) & 0xFFFF
+
+    def read(self, limit: int) -> list[tuple[float, bytes]]:
+        """Up to ``limit`` queued frames ``(arrival time, frame)``; [] when none is."""
+        out: list[tuple[float, bytes]] = []
+        recv, view = self.sock.recv_into, self._view
+        now = time.time
+        for _ in range(limit):
+            try:
+                n = recv(self._buf, MAX_FRAME, socket.MSG_TRUNC)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            if n > MAX_FRAME:
+                self.cut += 1
+                n = MAX_FRAME
+            out.append((now(), bytes(view[:n])))
+        return out
+
+    def poll_stats(self) -> Stats:
+        """The kernel's counts so far (the kernel resets its own on each read: summed here)."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        packets, drops = struct.unpack("II", raw)
+        self.stats.received += packets - drops  # tp_packets counts the dropped ones too
+        self.stats.dropped += drops
+        return self.stats
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Emitter:
+    """Frames sent out of ``interface`` as they are (the NAT's translated packets)."""
+
+    def __init__(self, interface: str) -> None:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.bind((interface, 0))
+        except OSError as e:
+            sock.close()
+            if e.errno in (errno.ENODEV, errno.ENXIO):
+                raise ConfigError(f"no network interface {interface!r} here") from e
+            raise
+        self.sock, self.sent, self.failed = sock, 0, 0
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self.sock.send(frame)
+            self.sent += 1
+        except OSError:  # ENOBUFS, EMSGSIZE (over the MTU): lost like on a wire
+            self.failed += 1
+
+    def close(self) -> None:
+        self.sock.close()
