@@ -50,7 +50,7 @@ class Netns:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def run(self, argv: list[str], timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, **kw)
+        return subprocess.run(self.argv(argv), check=False, capture_output=True, text=True, timeout=timeout, **kw)
 
     def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
         p: subprocess.Popen[str] = subprocess.Popen(self.argv(argv), text=True, **kw)

@@ -77,13 +77,15 @@ def run_live_cli(cfg: LiveConfig, workers: int, duration: float, as_json: bool) 
 
 
 def _summary(r: LiveResult, as_json: bool) -> None:
-    if as_json:
-        if r.nf == "nat":
-            counts = dict(sorted(r.counters().items()))
-            workers = [w.to_json() for w in r.workers]
-            click.echo(json.dumps({"nf": "nat", "interface": r.interface, "counters": counts, "workers": workers}))
+    if as_json:  # one object per alert, then the summary (the one with "workers")
         for a in r.alerts:
             click.echo(json.dumps(a))
+        summary = {
+            "nf": r.nf, "interface": r.interface, "seconds": round(r.seconds, 3), "namespace": r.namespace,
+            "counters": dict(sorted(r.counters().items())), "kernel_dropped": r.kernel_dropped,
+            "workers": [w.to_json() for w in r.workers], "failed": {str(k): v for k, v in r.failed.items()},
+        }  # fmt: skip
+        click.echo(json.dumps(summary))
     elif r.nf != "nat":
         t = Table(title=f"{r.nf}: {len(r.alerts)} alert(s)")
         for col in ("time", "key", "value", "state", "detail"):

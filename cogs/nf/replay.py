@@ -1,7 +1,8 @@
 """Replay a capture into a network interface: what ``cogs trace replay`` runs.
 
 tcpreplay (Debian's package) where it is installed and the capture is Ethernet: it
-paces in C and sends with one syscall per frame, at rates Python cannot. Otherwise
+paces in C and sends with one syscall per frame, at rates Python cannot (frames too
+short to send, which would stop it, are left out and counted). Otherwise
 a Python sender (AF_PACKET) gives each frame an Ethernet header if it has none (raw
 IP, Linux cooked, BSD loopback captures) and paces it. Rates: ``pps`` packets/s,
 ``mbps`` Mbit/s, ``topspeed`` as fast as the interface takes them, or none of them:
@@ -15,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +63,31 @@ class Rate:
             raise ConfigError("a replay rate must be positive")
 
 
-def _linktype(path: Path) -> int:
+def _for_tcpreplay(path: Path, tmp: Path) -> tuple[Path, int] | None:
+    """``path`` as tcpreplay can send it: itself, or a copy without the frames too short
+    for an Ethernet header (tcpreplay stops at a zero-length one), and how many those
+    were; None for a capture that is not Ethernet."""
+    import dpkt
+
     from cogs.nf.packets import TraceStats, read_frames
 
-    for link, _ts, _buf in read_frames(path, TraceStats()):
-        return link
-    return EN10MB
+    frames = read_frames(path, TraceStats())
+    keep: list[tuple[float, bytes]] = []
+    short = 0
+    for link, ts, buf in frames:
+        if link != EN10MB:
+            return None
+        if len(buf) < 14:
+            short += 1
+        keep.append((ts, buf))
+    if not short:
+        return path, 0
+    with tmp.open("wb") as fh:
+        w = dpkt.pcap.Writer(fh, snaplen=262144)
+        for ts, buf in keep:
+            if len(buf) >= 14:
+                w.writepkt(buf, ts=ts)
+    return tmp, short
 
 
 def replay(
@@ -87,9 +108,17 @@ def replay(
     have = shutil.which("tcpreplay") is not None
     if engine == "tcpreplay" and not have:
         raise ConfigError("tcpreplay is not installed (Debian: apt-get install tcpreplay)")
-    if engine == "tcpreplay" or (engine == "auto" and have and _linktype(p) == EN10MB):
-        return _tcpreplay(p, interface, rate, loops)
-    return _python(p, interface, rate, loops)
+    if engine == "python" or not have:
+        return _python(p, interface, rate, loops)
+    with tempfile.TemporaryDirectory(prefix="cogs-replay-") as tmp:
+        usable = _for_tcpreplay(p, Path(tmp) / "sendable.pcap")
+        if usable is None:
+            if engine == "tcpreplay":
+                raise ConfigError(f"{p}: tcpreplay sends Ethernet captures; use --engine python for this one")
+            return _python(p, interface, rate, loops)
+        result = _tcpreplay(usable[0], interface, rate, loops)
+        result.failed += usable[1] * loops
+        return result
 
 
 _ACTUAL = re.compile(r"Actual: (\d+) packets \((\d+) bytes\) sent in ([\d.]+) seconds")
