@@ -156,3 +156,110 @@ def test_unknown_interface_is_a_clear_error(lan: Lan) -> None:
     r = lan.ns.run([str(BIN / "cogs"), "nf", "run", "portscan", "--interface", "nosuch0", "--coordinator", lan.url])
     assert r.returncode == 2, r.stderr
     assert "no network interface 'nosuch0'" in r.stderr
+
+
+# -- NAT: translate on one interface, emit on another ------------------------------------
+
+
+def _l4key(ip: Any) -> tuple[Any, ...]:
+    """What identifies one packet whatever the NAT rewrote (addresses and ports apart)."""
+    l4 = ip.data
+    return (ip.p, bytes(l4.data), getattr(l4, "seq", None), getattr(l4, "flags", None))
+
+
+def _checksums_ok(ip: Any) -> bool:
+    again = dpkt.ip.IP(bytes(ip))
+    again.sum = 0
+    again.data.sum = 0
+    fixed = dpkt.ip.IP(bytes(again))
+    return bool(fixed.sum == ip.sum and fixed.data.sum == ip.data.sum)
+
+
+def _ipv4(path: Path) -> list[Any]:
+    from cogs.nf.packets import TraceStats, read_frames
+
+    out = []
+    for _link, _ts, f in read_frames(path, TraceStats()):
+        eth = dpkt.ethernet.Ethernet(f)
+        if isinstance(eth.data, dpkt.ip.IP):
+            out.append(eth.data)
+    return out
+
+
+def test_nat_translates_both_ways_between_two_interfaces(lan: Lan, tmp_path: Path) -> None:
+    """300 flows out of an inside network, then their replies to the external addresses
+    the NAT gave them (and 5 unsolicited ones): every packet comes out of the second
+    interface translated, checksums right, one external port per flow, replies back to
+    their inside host; the unsolicited dropped."""
+    from cogs.nf.synth import Synth
+
+    ns = lan.ns
+    emit, tap = ns.veth("o", "p")
+    s = Synth(seed=4, benign_flows=0, scans=0, tunnels=0, sidejacks=0, nat_flows=300).build()
+    frames = [(1_700_000_000.0 + t, f) for t, f in s.frames]
+    out_frames = [(t, f) for t, f in frames if dpkt.ethernet.Ethernet(f).data.src[:2] == b"\x0a\x01"]
+    replies = [dpkt.ethernet.Ethernet(f) for t, f in frames if dpkt.ethernet.Ethernet(f).data.dst[:2] == b"\x0a\x01"]
+    outbound = _write(tmp_path / "out.pcap", out_frames)
+    dump = tmp_path / "emitted.pcap"
+    tcpdump = ns.popen(["tcpdump", "-i", tap, "-U", "-w", str(dump)], stderr=subprocess.DEVNULL)
+    argv = [str(BIN / "cogs"), "nf", "run", "nat", "--interface", lan.rx, "--out-interface", emit, "--workers", "2",
+            "--coordinator", lan.url, "--json"]  # fmt: skip
+    p = ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stderr is not None
+        while "capturing" not in (line := p.stderr.readline()):
+            assert line, "the NAT run ended before capturing"
+        assert ns.run([str(BIN / "cogs"), "trace", "replay", str(outbound), "-i", lan.tx, "--topspeed"]).returncode == 0
+        time.sleep(1.5)
+        sent = {_l4key(dpkt.ethernet.Ethernet(f).data): dpkt.ethernet.Ethernet(f).data for _, f in out_frames}
+        mapping: dict[tuple[int, bytes, int], tuple[bytes, int]] = {}
+        for ip in _ipv4(dump):
+            orig = sent.pop(_l4key(ip))
+            assert _checksums_ok(ip)
+            assert (ip.dst, ip.data.dport) == (orig.dst, orig.data.dport)
+            ext = (ip.src, ip.data.sport)
+            assert mapping.setdefault((ip.p, orig.src, orig.data.sport), ext) == ext, "one mapping per flow"
+        assert not sent, f"{len(sent)} outbound packets did not come out"
+        assert len(set(mapping.values())) == len(mapping) == 300, "no external port shared"
+        assert {e[0] for e in mapping.values()} <= {bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])}
+        # the replies, as they arrive from outside: to the flow's external address
+        inbound, back = [], {}
+        for eth in replies:
+            ip = eth.data
+            ext_ip, ext_port = mapping[(ip.p, ip.dst, ip.data.dport)]
+            back[_l4key(ip)] = (ip.dst, ip.data.dport)
+            ip.dst, ip.data.dport, ip.sum, ip.data.sum = ext_ip, ext_port, 0, 0
+            inbound.append((0.0, bytes(eth)))
+        for i in range(5):  # unsolicited: to an external port no flow holds
+            eth = replies[i]
+            eth.data.dst, eth.data.data.dport, eth.data.sum, eth.data.data.sum = (
+                bytes([198, 51, 100, 1]),
+                1030 + i,
+                0,
+                0,
+            )
+            eth.data.data.data = b"unsolicited %d" % i
+            inbound.append((0.0, bytes(eth)))
+        n_out = len(_ipv4(dump))
+        assert ns.run([str(BIN / "cogs"), "trace", "replay", str(_write(tmp_path / "in.pcap", inbound)), "-i", lan.tx,
+                       "--topspeed"]).returncode == 0  # fmt: skip
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        for proc in (p, tcpdump):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+    assert p.returncode == 0, err[-3000:]
+    came_in = _ipv4(dump)[n_out:]
+    assert len(came_in) == len(replies)
+    for ip in came_in:
+        assert _checksums_ok(ip)
+        assert (ip.dst, ip.data.dport) == back[_l4key(ip)], "a reply went back to its inside host"
+    summary = json.loads(out.splitlines()[-1])
+    c = summary["counters"]
+    assert c["translated outbound"] == len(out_frames)
+    assert c["translated inbound"] == len(replies)
+    assert c["dropped: unsolicited (no mapping)"] == 5
+    assert summary["failed"] == {}
