@@ -19,6 +19,9 @@ if [ "${COGS_BOOTSTRAP_TESTS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v nft >/dev/null 2>&1 || need+=(nftables)
   command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+  # live capture: replays into lab interfaces, libpcap for the kernel filters (tcpdump -dd checks them)
+  command -v tcpreplay >/dev/null 2>&1 || need+=(tcpreplay)
+  command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   log "missing: ${need[*]}: installing Debian's packages"

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue
 import signal
 import time
 from collections import Counter
@@ -143,7 +143,7 @@ def _handler(proxy: Any, cfg: LiveConfig, worker: int) -> Any:
     return _Detect(proxy, cfg, worker)
 
 
-async def _work(cfg: LiveConfig, worker: int, q: Any, stop: Any) -> WorkerStats:
+async def _work(cfg: LiveConfig, worker: int, conn: Any, stop: _Flag) -> WorkerStats:
     from cogs.nf.bpf import nf_filter
     from cogs.nf.capture import Capture
     from cogs.proxy import StateProxy
@@ -154,7 +154,7 @@ async def _work(cfg: LiveConfig, worker: int, q: Any, stop: Any) -> WorkerStats:
     try:
         async with StateProxy(cfg.url) as proxy:
             h = _handler(proxy, cfg, worker)
-            q.put(("ready", worker, cap.group))
+            conn.send(("ready", worker, cap.group))
             t0, c0 = time.perf_counter(), time.process_time()
             next_report = time.monotonic() + 1.0
 
@@ -185,7 +185,7 @@ async def _work(cfg: LiveConfig, worker: int, q: Any, stop: Any) -> WorkerStats:
                     next_report = time.monotonic() + 1.0
                     h.tick(time.time())
                     report()
-                    q.put(("stats", worker, st))
+                    conn.send(("stats", worker, st))
                     if os.getppid() != parent:  # the parent is gone: nobody to report to
                         break
             while frames := cap.read(BATCH):  # what arrived before the stop
@@ -198,17 +198,33 @@ async def _work(cfg: LiveConfig, worker: int, q: Any, stop: Any) -> WorkerStats:
         cap.close()
 
 
-def _worker_main(cfg: LiveConfig, worker: int, q: Any, stop: Any) -> None:
+class _Flag:
+    """Set by SIGTERM (the parent's stop) in a worker; read by its loop."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def set(self, *_: Any) -> None:
+        self.up = True
+
+    def is_set(self) -> bool:
+        return self.up
+
+
+def _worker_main(cfg: LiveConfig, worker: int, conn: Any) -> None:
+    stop = _Flag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop.set)
     try:
-        q.put(("done", worker, runtime.run(_work, cfg, worker, q, stop)))
+        conn.send(("done", worker, runtime.run(_work, cfg, worker, conn, stop)))
     except ConfigError as e:
-        q.put(("error", worker, "config", bounded_message(str(e), 300)))
+        conn.send(("error", worker, "config", bounded_message(str(e), 300)))
     except CoordinatorUnavailable as e:
-        q.put(("error", worker, "unavailable", bounded_message(str(e), 300)))
+        conn.send(("error", worker, "unavailable", bounded_message(str(e), 300)))
     except BaseException as e:  # one bounded line for the parent, not a traceback per worker
-        q.put(("error", worker, "other", f"{type(e).__name__}: {bounded_message(str(e), 300)}"))
+        conn.send(("error", worker, "other", f"{type(e).__name__}: {bounded_message(str(e), 300)}"))
+    finally:
+        conn.close()
 
 
 # -- the host: start, watch, stop ------------------------------------------------------
@@ -218,62 +234,38 @@ _ERRORS: dict[str, type[CogsError]] = {"config": ConfigError, "unavailable": Coo
 
 
 class LiveRun:
-    """The workers of one host. ``start()`` returns once all capture; ``wait()`` until
-    ``stop()`` (or the duration), then collects their final counts."""
+    """The workers of one host. ``start()`` returns once all capture; ``poll()`` handles
+    their reports; ``finish()`` stops them and collects their final counts.
+
+    One pipe per worker and SIGTERM to stop it (no shared queue or event)."""
 
     def __init__(self, cfg: LiveConfig, workers: int, on_stats: Callable[[list[WorkerStats]], None] | None = None):
         if workers < 1:
             raise ConfigError("need at least one worker")
         self.cfg, self.n, self.on_stats = cfg, workers, on_stats
         self._ctx = mp.get_context("spawn")
-        self._q: Any = self._ctx.Queue()
-        self._stop = self._ctx.Event()
-        self._procs: list[Any] = []
+        self._procs: dict[int, Any] = {}
+        self._conns: dict[Any, int] = {}  # parent's end -> worker
         self.stats: dict[int, WorkerStats] = {}
         self.failed: dict[int, str] = {}
         self.done: set[int] = set()
+        self.ready = 0
+        self.group = -1
         self.started = 0.0
 
     def _spawn(self, worker: int, cfg: LiveConfig) -> None:
-        p = self._ctx.Process(target=_worker_main, args=(cfg, worker, self._q, self._stop), daemon=True)
+        ours, theirs = self._ctx.Pipe(duplex=False)
+        p = self._ctx.Process(target=_worker_main, args=(cfg, worker, theirs), daemon=True)
         p.start()
-        self._procs.append(p)
-
-    def _ready(self, want: int) -> int:
-        """Wait for ``want`` ready messages; the group id they report."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        group, ready = -1, 0
-        while ready < want:
-            try:
-                msg = self._q.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise CogsError(f"the capture workers did not start within {READY_TIMEOUT_S:.0f} s") from None
-            if msg[0] == "ready":
-                ready, group = ready + 1, msg[2]
-            elif msg[0] == "error":
-                raise _ERRORS.get(msg[2], CogsError)(f"worker {msg[1]}: {msg[3]}")
-        return group
-
-    def start(self) -> None:
-        """Start the workers; returns when every one captures (raises if one cannot)."""
-        try:
-            self._spawn(0, self.cfg)
-            group = self._ready(1)
-            joined = LiveConfig(**{**self.cfg.__dict__, "group": group})
-            for w in range(1, self.n):
-                self._spawn(w, joined)
-            self._ready(self.n - 1)
-        except BaseException:
-            self._kill()
-            raise
-        self.started = time.perf_counter()
-
-    def stop(self) -> None:
-        self._stop.set()
+        theirs.close()  # the worker holds its end: EOF here once it is gone
+        self._procs[worker] = p
+        self._conns[ours] = worker
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind, w = msg[0], msg[1]
-        if kind == "stats":
+        if kind == "ready":
+            self.ready, self.group = self.ready + 1, msg[2]
+        elif kind == "stats":
             self.stats[w] = msg[2]
             if self.on_stats is not None:
                 self.on_stats([self.stats[i] for i in sorted(self.stats)])
@@ -283,26 +275,57 @@ class LiveRun:
         elif kind == "error":
             self.failed[w] = msg[3]
             self.done.add(w)
+            if self.ready < self.n:  # it failed to start: that fails the run
+                raise _ERRORS.get(msg[2], CogsError)(f"worker {w}: {msg[3]}")
 
     def poll(self, timeout: float) -> None:
         """Handle the workers' reports for up to ``timeout`` s; notice dead workers."""
-        try:
-            self._handle(self._q.get(timeout=timeout))
-            while True:
-                self._handle(self._q.get_nowait())
-        except queue.Empty:
-            pass
-        for w, p in enumerate(self._procs):
-            if w not in self.done and not p.is_alive() and p.exitcode is not None:
-                with contextlib.suppress(queue.Empty):  # its last message may still be in the pipe
-                    self._handle(self._q.get(timeout=0.5))
+        for ready in mp_connection.wait(list(self._conns), timeout):
+            conn: Any = ready
+            w = self._conns[conn]
+            try:
+                self._handle(conn.recv())
+            except (EOFError, OSError):  # the worker is gone
+                del self._conns[conn]
+                conn.close()
                 if w not in self.done:
+                    p = self._procs[w]
+                    p.join(5)
                     self.failed[w] = f"exited with code {p.exitcode}"
                     self.done.add(w)
+                    if self.ready < self.n:
+                        raise CogsError(f"worker {w} {self.failed[w]} before capturing") from None
+
+    def _await_ready(self, want: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self.ready < want:
+            if time.monotonic() > deadline:
+                raise CogsError(f"the capture workers did not start within {READY_TIMEOUT_S:.0f} s")
+            self.poll(0.2)
+
+    def start(self) -> None:
+        """Start the workers; returns when every one captures (raises if one cannot)."""
+        try:
+            self._spawn(0, self.cfg)
+            self._await_ready(1)
+            joined = LiveConfig(**{**self.cfg.__dict__, "group": self.group})
+            for w in range(1, self.n):
+                self._spawn(w, joined)
+            self._await_ready(self.n)
+        except BaseException:
+            self._reap(kill=True)
+            raise
+        self.started = time.perf_counter()
 
     @property
     def running(self) -> int:
         return self.n - len(self.done)
+
+    def stop(self) -> None:
+        for w, p in self._procs.items():
+            if w not in self.done and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
 
     def finish(self) -> tuple[list[WorkerStats], dict[int, str]]:
         """Stop, wait for every worker's final counts (or its end), reap them."""
@@ -313,15 +336,31 @@ class LiveRun:
         for w in range(self.n):
             if w not in self.done:
                 self.failed[w] = f"did not stop within {STOP_TIMEOUT_S:.0f} s"
-        self._kill()
+        self._reap(kill=True)
         return [self.stats.get(w, WorkerStats(w)) for w in range(self.n)], dict(self.failed)
 
-    def _kill(self) -> None:
-        for p in self._procs:
+    def _reap(self, *, kill: bool) -> None:
+        for p in self._procs.values():
             p.join(2)
-            if p.is_alive():
+            if kill and p.is_alive():
                 p.kill()
                 p.join(5)
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+        _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """End multiprocessing's resource tracker (every spawn starts one) and reap it: it
+    would end by itself when this process does, but as a zombie wherever PID 1 does
+    not reap (a container's init). Private API, so guarded: at worst it lingers."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(Exception):
+            stop()
 
 
 def run_live(

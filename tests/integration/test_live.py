@@ -6,6 +6,7 @@ in test_live_lab.py."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import dpkt
 import pytest
 
 from cogs.nf.runner import run_nf
+from cogs.nf.synth import Synth
 from tests.conftest import CAPTURES, Standalone, load_default_catalog
 from tests.hostile import Hostile
 from tests.netns import Netns, netns_or_skip
@@ -137,6 +139,7 @@ def test_live_raises_the_alerts_of_the_capture_mode(
     assert all(w["frames"] > 0 for w in workers), "the kernel split the flows over both workers"
     sent = summary["replay"]["packets"]
     assert 0 < sum(w["frames"] for w in workers) < sent, "the pre-filter kept some frames out of Python"
+    assert summary["replay"]["failed"] > 0  # frames too short to send: left out and counted
 
 
 def test_fanout_keeps_both_directions_of_a_flow_on_one_worker(lan: Lan) -> None:
@@ -191,8 +194,6 @@ def test_nat_translates_both_ways_between_two_interfaces(lan: Lan, tmp_path: Pat
     the NAT gave them (and 5 unsolicited ones): every packet comes out of the second
     interface translated, checksums right, one external port per flow, replies back to
     their inside host; the unsolicited dropped."""
-    from cogs.nf.synth import Synth
-
     ns = lan.ns
     emit, tap = ns.veth("o", "p")
     s = Synth(seed=4, benign_flows=0, scans=0, tunnels=0, sidejacks=0, nat_flows=300).build()
@@ -263,3 +264,85 @@ def test_nat_translates_both_ways_between_two_interfaces(lan: Lan, tmp_path: Pat
     assert c["translated inbound"] == len(replies)
     assert c["dropped: unsolicited (no mapping)"] == 5
     assert summary["failed"] == {}
+
+
+# -- ending a run; replaying ---------------------------------------------------------
+
+
+def _start(lan: Lan, *extra: str) -> subprocess.Popen[str]:
+    argv = [str(BIN / "cogs"), "nf", "run", "portscan", "--interface", lan.rx, "--coordinator", lan.url, "--json",
+            "--namespace", f"t{secrets.token_hex(4)}|", *extra]  # fmt: skip
+    p = lan.ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert p.stderr is not None
+    while "capturing" not in (line := p.stderr.readline()):
+        assert line, "the run ended before capturing"
+    return p
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_duration_and_ctrl_c_end_the_run_with_a_summary(lan: Lan) -> None:
+    p = _start(lan, "--workers", "2", "--duration", "2")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert len(json.loads(out.splitlines()[-1])["workers"]) == 2
+    assert _group_gone(p.pid), "a worker outlived the run"
+    p = _start(lan, "--workers", "2")
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group gets it
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["failed"] == {}
+    assert "portscan on" in err  # the summary table
+    assert _group_gone(p.pid)
+
+
+def test_a_dead_worker_is_reported_and_the_others_go_on(lan: Lan, mixed: tuple[Path, dict[str, set[str]]]) -> None:
+    p = _start(lan, "--workers", "2")
+    children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    workers = [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    time.sleep(1.5)
+    assert lan.ns.run([str(BIN / "cogs"), "trace", "replay", str(mixed[0]), "-i", lan.tx, "--topspeed"]).returncode == 0
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert "worker 1 ended early: exited with code -9" in err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["workers"][0]["frames"] > 0  # the kernel gave the dead worker's flows to the other
+    assert _group_gone(p.pid)
+
+
+def test_trace_replay_python_engine_paces_loops_and_adds_ethernet(lan: Lan, tmp_path: Path) -> None:
+    """A raw-IP capture (no link header): 100 packets, twice, at 2,000 packets/s."""
+    from cogs.nf.nat import write_pcap
+
+    raw = tmp_path / "raw.pcap"
+    write_pcap(raw, [(float(i), i, bytes(dpkt.ethernet.Ethernet(f).data)) for i, (_t, f) in
+                     enumerate(Synth(seed=2, benign_flows=30).build().frames[:100])])  # fmt: skip
+    dump = tmp_path / "seen.pcap"
+    tcpdump = lan.ns.popen(["tcpdump", "-i", lan.rx, "-U", "-w", str(dump), "ip"], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        r = lan.ns.run([str(BIN / "cogs"), "trace", "replay", str(raw), "-i", lan.tx, "--pps", "2000", "--loop", "2",
+                        "--json"])  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(10)
+    got = json.loads(r.stdout)
+    assert (got["engine"], got["packets"], got["failed"]) == ("python", 200, 0)
+    assert got["seconds"] >= 0.09  # paced: the 200th packet leaves 0.1 s after the first
+    assert len(_ipv4(dump)) == 200
+    bad = lan.ns.run([str(BIN / "cogs"), "trace", "replay", str(raw), "-i", "nosuch0"])
+    assert bad.returncode == 2
+    assert "no network interface 'nosuch0'" in bad.stderr
