@@ -1,6 +1,7 @@
 """Run inside a test namespace: does the kernel's fanout keep both directions of a flow
-on one socket? ``python -m tests.live_probe CAPTURE_IF SEND_IF SOCKETS FLOWS`` prints
-one JSON object: for each flow, the sockets that received its packets."""
+on one socket? ``python -m tests.live_probe CAPTURE_IF SEND_IF SOCKETS FLOWS ring|recv``
+prints one JSON object: for each flow, the sockets that received its packets, and
+what the kernel counted per socket."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def _frame(src: str, sport: int, dst: str, dport: int, proto: int) -> bytes:
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + l4
 
 
-def main(capture_if: str, send_if: str, sockets: int, flows: int) -> None:
+def main(capture_if: str, send_if: str, sockets: int, flows: int, mode: str) -> None:
     rng = random.Random(21)
     everything = compile_filter("")
-    caps = [Capture(capture_if, everything, None)]
-    caps += [Capture(capture_if, everything, caps[0].group) for _ in range(sockets - 1)]
+    caps = [Capture(capture_if, everything, None, ring=mode == "ring")]
+    caps += [Capture(capture_if, everything, caps[0].group, ring=mode == "ring") for _ in range(sockets - 1)]
+    assert {c.mode for c in caps} == {mode}
     tx = Emitter(send_if)
     sent = []
     for i in range(flows):
@@ -54,8 +56,9 @@ def main(capture_if: str, send_if: str, sockets: int, flows: int) -> None:
                     continue
                 key = "|".join(map(str, sorted([(p.src, p.sport), (p.dst, p.dport)]))) + f"|{p.proto}"
                 where.setdefault(key, []).append(i)
-    print(json.dumps({"sent": len(sent), "flows": where, "group": caps[0].group}))
+    stats = [c.poll_stats() for c in caps]
+    print(json.dumps({"sent": len(sent), "flows": where, "received": [s.received for s in stats]}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -99,8 +99,8 @@ def _ip4(b: bytes, off: int, ts: float) -> Packet | str:
     src, dst, proto = inet_ntoa(b[off + 12 : off + 16]), inet_ntoa(b[off + 16 : off + 20]), b[off + 9]
     if (b[off + 6] & 0x1F) << 8 | b[off + 7]:
         return FRAGMENT  # no transport header here: only the first fragment has one
-    end = off + total if total else len(b)
-    return _l4(b[off + ihl : end], proto, src, dst, ts)
+    end = min(off + total, len(b)) if total else len(b)
+    return _l4(b, off + ihl, end, proto, src, dst, ts)
 
 
 def _ip6(b: bytes, off: int, ts: float) -> Packet | str:
@@ -108,7 +108,7 @@ def _ip6(b: bytes, off: int, ts: float) -> Packet | str:
         return TRUNCATED
     plen, nxt = b[off + 4] << 8 | b[off + 5], b[off + 6]
     src, dst = inet_ntop(AF_INET6, b[off + 8 : off + 24]), inet_ntop(AF_INET6, b[off + 24 : off + 40])
-    end = off + 40 + plen if plen else len(b)  # 0: a jumbogram or offload: the rest
+    end = min(off + 40 + plen, len(b)) if plen else len(b)  # 0: a jumbogram or offload: the rest
     off += 40
     for _ in range(8):  # extension headers, a bounded chain
         if nxt in _IP6_EXT or nxt == 51:
@@ -123,20 +123,21 @@ def _ip6(b: bytes, off: int, ts: float) -> Packet | str:
             nxt, off = b[off], off + 8
         else:
             break
-    return _l4(b[off:end], nxt, src, dst, ts)
+    return _l4(b, off, end, nxt, src, dst, ts)
 
 
-def _l4(seg: bytes, proto: int, src: str, dst: str, ts: float) -> Packet | str:
+def _l4(b: bytes, at: int, end: int, proto: int, src: str, dst: str, ts: float) -> Packet | str:
+    """The transport header at ``b[at:end]``; the payload is the one copy made."""
     if proto == TCP:
-        if len(seg) < 20:
+        if end - at < 20:
             return TRUNCATED_L4
-        doff = (seg[12] >> 4) * 4
-        if doff < 20 or doff > len(seg):
+        doff = (b[at + 12] >> 4) * 4
+        if doff < 20 or doff > end - at:
             return TRUNCATED_L4
-        flags = (seg[12] & 1) << 8 | seg[13]  # NS, then CWR ... FIN
-        return Packet(ts, src, dst, TCP, seg[0] << 8 | seg[1], seg[2] << 8 | seg[3], flags, seg[doff:])
+        flags = (b[at + 12] & 1) << 8 | b[at + 13]  # NS, then CWR ... FIN
+        return Packet(ts, src, dst, TCP, b[at] << 8 | b[at + 1], b[at + 2] << 8 | b[at + 3], flags, b[at + doff : end])
     if proto == UDP:
-        if len(seg) < 8:
+        if end - at < 8:
             return TRUNCATED_L4
-        return Packet(ts, src, dst, UDP, seg[0] << 8 | seg[1], seg[2] << 8 | seg[3], 0, seg[8:])
+        return Packet(ts, src, dst, UDP, b[at] << 8 | b[at + 1], b[at + 2] << 8 | b[at + 3], 0, b[at + 8 : end])
     return Packet(ts, src, dst, proto, 0, 0, 0, b"")

@@ -70,6 +70,8 @@ class WorkerStats:
     cut: int = 0  # frames longer than the read buffer
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    parse_seconds: float = 0.0  # decoding frames (CPU of this process, inside the busy turns)
+    state_seconds: float = 0.0  # the NF on the packets: detector, proxy updates or NAT lookups
     updates: int = 0
     ops_sent: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # frames the decoder could not use
@@ -112,8 +114,10 @@ class _Detect:
         self.feeder = Feeder(proxy, cfg.nf, cfg.namespace, box=f"{cfg.interface}/{worker}")
         self.counters = self.feeder.detector.counters
         self.skipped: Counter[str] = Counter()
+        self.parse_s = self.state_s = 0.0
 
     async def handle(self, frames: list[tuple[float, bytes]]) -> int:
+        t0 = time.process_time()
         packets = []
         for ts, frame in frames:
             p = decode(frame, ts)
@@ -121,7 +125,10 @@ class _Detect:
                 self.skipped[p] += 1
             else:
                 packets.append(p)
+        t1 = time.process_time()
         self.feeder.feed(packets)
+        self.parse_s += t1 - t0
+        self.state_s += time.process_time() - t1
         return len(packets)
 
     async def settle(self) -> None:
@@ -170,6 +177,7 @@ async def _work(cfg: LiveConfig, worker: int, conn: Any, stop: _Flag) -> WorkerS
                 st.seconds, st.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
                 st.updates, st.ops_sent = s.updates, s.ops_sent
                 st.skipped, st.counters = dict(h.skipped), dict(h.counters)
+                st.parse_seconds, st.state_seconds = h.parse_s, h.state_s
                 if s.errors:
                     st.counters["updates refused by the coordinator"] = s.errors
 
