@@ -155,3 +155,28 @@ def lab_down(dir_: Path, purge: bool) -> None:
         f"removed {done['namespaces']} namespace(s) and {done['processes']} process(es)"
         + (f"; deleted {dir_}" if purge else "")
     )
+
+
+@lab.command("replay")
+@_dir_option
+@click.argument("capture", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "host", required=True, help="The middlebox host whose eth0 receives it (mb1, mb2, ...).")
+@click.option("--pps", type=float, help="Packets per second.")
+@click.option("--mbps", type=float, help="Megabits per second.")
+@click.option("--topspeed", is_flag=True, help="As fast as the link takes them.")
+@click.option("--loop", "loops", default=1, show_default=True, type=click.IntRange(min=1), help="Times to send it.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+def lab_replay(
+    dir_: Path, capture: Path, host: str, pps: float | None, mbps: float | None, topspeed: bool, loops: int,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Feed CAPTURE to a middlebox host's eth0 (what `cogs nf run NF --interface eth0` there
+    captures); default pace: the capture's own timing."""
+    from cogs.lab import Lab
+    from cogs.nf.replay import Rate, replay_in_lab
+
+    r = replay_in_lab(Lab.from_dir(dir_), host, capture, Rate(pps, mbps, topspeed), loops=loops)
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        click.echo(r.describe(f"into {host}"))

@@ -284,7 +284,4 @@ def trace_replay(
     if as_json:
         click.echo(json.dumps(r.to_json()))
     else:
-        click.echo(
-            f"{r.packets:,} packets ({r.bytes:,} bytes) in {r.seconds:.3f} s: {r.pps:,.0f} packets/s, "
-            f"{r.mbps:,.1f} Mbit/s ({r.engine}){f'; {r.failed:,} not sent' if r.failed else ''}"
-        )
+        click.echo(r.describe(f"out of {interface}"))

@@ -48,6 +48,14 @@ class ReplayResult:
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "pps": round(self.pps), "mbps": round(self.mbps, 1)}
 
+    def describe(self, where: str) -> str:
+        """One line for a person: what was sent ``where``, how fast."""
+        failed = f"; {self.failed:,} not sent" if self.failed else ""
+        return (
+            f"{self.packets:,} packets ({self.bytes:,} bytes) {where} in {self.seconds:.3f} s: "
+            f"{self.pps:,.0f} packets/s, {self.mbps:,.1f} Mbit/s ({self.engine}){failed}"
+        )
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -199,3 +207,18 @@ def _wait(until: float) -> None:
     delay = until - time.perf_counter()
     if delay > 0.0005:
         time.sleep(delay)
+
+
+def replay_in_lab(
+    lab: Any, host: str, path: str | Path, rate: Rate = Rate(), *, loops: int = 1, engine: str = "auto"
+) -> ReplayResult:
+    """``path`` into middlebox ``host``'s ``eth0`` in ``lab`` (a :class:`cogs.lab.Lab`):
+    sent from the lab namespace out of the host's link, so the frames reach that host
+    alone, at the replay's rate, without crossing the lab's switch (whose delay and
+    rate are for the hosts' own traffic)."""
+    from cogs.lab.netns import call_in
+
+    h = lab.host(host)
+    if h.role != "middlebox":
+        raise ConfigError(f"{host} is a coordinator node: replay into a middlebox (mb1..)")
+    return call_in(lab.lab_netns, lambda: replay(path, h.link, rate, loops=loops, engine=engine))
