@@ -71,6 +71,8 @@ class StateSpec(BaseModel):
     checker: str | None = None
     params: dict[str, int | float | str] = Field(default_factory=dict)
     max_bytes: int = Field(1 << 20, ge=1, le=512 << 20)
+    #: a set member or a map field: far below a value (they come from packets: a hostile one must stay small)
+    max_member_bytes: int = Field(4096, ge=64, le=1 << 20)
     max_items: int | None = Field(None, ge=1)
     description: str = ""
 
@@ -86,6 +88,7 @@ class StateSpec(BaseModel):
             "checker": self.checker,
             "params": self.params,
             "max_bytes": self.max_bytes,
+            "max_member_bytes": self.max_member_bytes,
             "max_items": self.max_items,
         }
 

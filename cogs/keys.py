@@ -9,16 +9,20 @@ and the hosts a source probed) land on the same node and can be updated in one c
 from __future__ import annotations
 
 import functools
+import hashlib
 from binascii import crc_hqx
 
-PREFIX = "cogs:"
-SLOTS = 16384
-MAX_KEY_BYTES = 512
+from cogs.protocol import (
+    ALERTS_CHANNEL,
+    ALERTS_STREAM_PREFIX,
+    DISCARD_PREFIX,
+    HELD_PREFIX,
+    MAX_KEY_BYTES,
+    ONCE_PREFIX,
+    PREFIX,
+)
 
-#: Pub/sub channel every alert is published on (classic PUBLISH reaches every node).
-ALERTS_CHANNEL = "cogs:alerts"
-#: Prefix of the per-node alert streams (durable alerts).
-ALERTS_STREAM_PREFIX = "cogs:alerts:"
+SLOTS = 16384
 
 
 def escape(key: str) -> str:
@@ -81,8 +85,6 @@ def alert_stream(s: int) -> str:
     return f"{ALERTS_STREAM_PREFIX}{{{slot_tag(s)}}}"
 
 
-#: Discard-replica messages for one proxy (classic pub/sub: reaches every node).
-DISCARD_PREFIX = "cogs:discard:"
 #: Proxy registry / heartbeat keys: one per proxy, expiring unless refreshed.
 PROXY_PREFIX = "cogs:proxy:"
 
@@ -101,15 +103,68 @@ def proxy_key(proxy_id: str) -> str:
     return f"{PROXY_PREFIX}{{{proxy_id}}}"
 
 
-KEY_RULE = f"a key must be a non-empty str of at most {MAX_KEY_BYTES} bytes (escaped)"
+KEY_RULE = f"a key must be a non-empty str of at most {MAX_KEY_BYTES} bytes (escaped, UTF-8)"
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` cannot be an NF key (None: it can): a non-empty str that encodes to
+    UTF-8 in at most MAX_KEY_BYTES bytes once escaped."""
+    if type(key) is not str:
+        return f"a key must be a str, not {type(key).__name__}"
+    if not key:
+        return "a key must not be empty"
+    try:
+        n = len(escape(key).encode())
+    except UnicodeEncodeError:
+        return "a key must be valid Unicode (it holds a lone surrogate: decode packet bytes with errors='replace')"
+    if n > MAX_KEY_BYTES:
+        return f"a key is at most {MAX_KEY_BYTES} bytes (escaped, UTF-8), this one has {n}"
+    return None
 
 
 def bad_key(key: object) -> bool:
-    """True unless ``key`` is a usable NF key: a non-empty str of at most MAX_KEY_BYTES."""
-    return type(key) is not str or not key or len(escape(key).encode()) > MAX_KEY_BYTES
+    """True unless ``key`` is a usable NF key (see :func:`key_problem`)."""
+    return key_problem(key) is not None
 
 
-def once_keys(tag: str, proxy_id: str) -> tuple[str, str]:
-    """The exactly-once records of a proxy on the node whose alert stream has ``tag``
-    (lua/once.lua writes them): highest batch number + stored replies, and their list."""
-    return f"cogs:seq:{{{tag}}}:{proxy_id}", f"cogs:seql:{{{tag}}}:{proxy_id}"
+def stream_tag(stream: str) -> str:
+    """The hash tag of an alert stream ``cogs:alerts:{tag}``: it names the node serving it."""
+    return stream[len(ALERTS_STREAM_PREFIX) + 1 : -1]
+
+
+def once_key(stream: str, session: str) -> str:
+    """The exactly-once record of a proxy session's channel to the node serving ``stream``
+    (lua/once.lua): named by the session's SHA-1, so the name never reveals the secret."""
+    return f"{ONCE_PREFIX}{{{stream_tag(stream)}}}:{hashlib.sha1(session.encode()).hexdigest()}"
+
+
+def held_key(stream: str, proxy_id: str) -> str:
+    """The keys ``proxy_id`` holds replicas of, on the node serving ``stream`` (lua/replica.lua)."""
+    return f"{HELD_PREFIX}{{{stream_tag(stream)}}}:{proxy_id}"
+
+
+__all__ = [
+    "ALERTS_CHANNEL",
+    "ALERTS_STREAM_PREFIX",
+    "DISCARD_PREFIX",
+    "KEY_RULE",
+    "MAX_KEY_BYTES",
+    "PREFIX",
+    "PROXY_INDEX",
+    "PROXY_PREFIX",
+    "SLOTS",
+    "alert_marker",
+    "alert_stream",
+    "bad_key",
+    "discard_channel",
+    "escape",
+    "held_key",
+    "key_problem",
+    "once_key",
+    "proxy_key",
+    "slot",
+    "slot_tag",
+    "state_key",
+    "stream_tag",
+    "unescape",
+]

@@ -47,6 +47,9 @@ class CogsSettings(BaseSettings):
     #: acknowledged update survives the loss of its primary. Needs replicas.
     durable: bool = False
     durable_timeout_s: float = Field(1.0, gt=0)
+    #: Proxies: an op not confirmed within this fails its waiters (and flush()) with
+    #: DeliveryTimeout; it stays queued and applies exactly once when the node answers.
+    delivery_timeout_s: float = Field(30.0, gt=0)
     #: Proxies: how long an op may keep coming back MOVED/ASK (its slot being moved)
     #: before it fails with a Moved error instead of waiting for the move to complete.
     reroute_timeout_s: float = Field(30.0, gt=0)

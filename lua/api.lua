@@ -1,38 +1,47 @@
 -- cogs API: the functions proxies call. Paper operations: Update, Retrieve, Check,
--- applied many at a time by one FCALL per cluster node.
+-- applied many at a time by one FCALL per cluster node. Constants in capitals (MODE,
+-- MAX_KEY, the key prefixes) come from cogs/protocol.py, generated into the header.
 --
--- FCALL cogs_batch 0 <token> <alert_stream> <ops_json> [<proxy_id> [<batch number>]]
+-- FCALL cogs_batch 0 <token> <alert_stream> <ops_json> [<proxy_id> [<session> <seq> <ack> [R]]]
 --   token        "<LIB_VERSION>:<CATALOG_DIGEST>" the caller was built for; a mismatch
 --                rejects the whole batch (OUTDATED) before anything is touched.
 --   alert_stream a key "cogs:alerts:{tag}" whose slot this node serves (the caller
---                picks it from the slot map), where alerts raised here are kept.
+--                picks it from the slot map), where alerts raised here are kept; its
+--                tag names the caller's ordered channel to this node.
 --   ops_json     flat JSON array of runs of ops sharing mode, state and op:
 --                  mode, state index (1-based, catalog order), op name, n,
 --                  then n pairs: key, argument (null when none)
 --                ops are numbered 0.. in frame order for errors and results.
---                mode 0 Update (no reply; trigger path)   1 Update returning the state
---                     2 Retrieve   3 Check   4 Retrieve leaving a replica at proxy_id
---   proxy_id     the caller's id; needed by mode 4 (replica reference table).
---   batch number makes the batch exactly-once (once.lua): a re-sent batch is not
---                applied again; its first reply comes back instead.
+--                modes (MODE): UPDATE (no reply; trigger path), UPDATE_GET (the new
+--                state), RETRIEVE, CHECK, RETRIEVE_REPLICA (leaves a replica at
+--                proxy_id), LOCATE/CLAIM/OWNER/FORGET (indirect.lua), RELEASE (the
+--                caller no longer holds a replica of the key).
+--   proxy_id     the caller's id: replica and state reference tables name it.
+--   session, seq, ack [R]: a numbered batch of the session's channel to this node,
+--                applied exactly once and in order (once.lua); without them the
+--                batch must be one that may be applied twice (reads, locator ops).
 --   Keys are undeclared (0 numkeys): with allow-cross-slot-keys a function may touch
 --   keys of many slots as long as this node serves them. A key of another node fails
 --   that op alone with MOVED; the caller re-routes it.
 -- Returns {applied, errors, results}: applied = number of ops that took effect;
 --   errors = flat {op index (0-based), "CODE state=.. key=.. op=..: message", ...};
---   results = flat {op index, value, ...} for modes 1-4 (nil values come back as nil).
---   On a replica-mode state, mode 1 returns {value, version} and mode 4 returns
---   {value, version, pttl}. Updates of replica-mode states publish discards (replica.lua).
+--   results = flat {op index, value, ...} for every mode but UPDATE (nil values come back as nil).
+--   On a replica-mode state, UPDATE_GET returns {value, version} and RETRIEVE_REPLICA
+--   returns {value, version, pttl}. Updates of replica-mode states publish discards (replica.lua).
+-- A whole-call error reply changes nothing: OUTDATED, BAD_FRAME (a malformed frame;
+--   numbered: recorded as the batch's outcome), UNAVAILABLE (cluster down, loading:
+--   retry), GAP / LOST / DUP_UNKNOWN (the channel's order, once.lua).
 --
+-- FCALL cogs_release 0 <alert_stream> <proxy_id>  -> holder entries dropped on this node
+--   (a proxy that closed or died no longer holds replicas: replica.lua's index).
 -- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers}
 do
     local R, decode, encode, null, byte, sub, gsub, find, pcall_, classify, replica
     local STATES, TOKEN
-    local MAX_KEY = 512
+    local UPDATE, UPDATE_GET, RETRIEVE, CHECK, RETRIEVE_REPLICA, RELEASE =
+        MODE.UPDATE, MODE.UPDATE_GET, MODE.RETRIEVE, MODE.CHECK, MODE.RETRIEVE_REPLICA, MODE.RELEASE
     -- a leading '}' would make the hash tag empty and split the entry's keys
     local KEY_RULE = 'key must be a non-empty escaped string of at most ' .. MAX_KEY .. ' bytes, not starting with }'
-    local ALERTS_CHANNEL = 'cogs:alerts'
-    local ALERTS_MAXLEN = 100000
 
     local function bind_states()
         local cat = decode(CATALOG_JSON)
@@ -43,12 +52,13 @@ do
                 name = s.name,
                 class = s.class,
                 T = T,
-                prefix = 'cogs:' .. s.name .. ':{',
+                prefix = PREFIX .. s.name .. ':{',
                 window = s.window_ms ~= null and s.window_ms or nil,
                 -- as redis.call's argument: a number would be formatted (%.14g) per call
                 window_arg = s.window_ms ~= null and cogs.num2s(s.window_ms) or nil,
                 ttl = s.ttl_ms ~= null and s.ttl_ms or nil,
                 max_bytes = s.max_bytes,
+                max_member = s.max_member_bytes,
                 max_items = s.max_items ~= null and s.max_items or nil,
                 replica = s.class == 'direct' and s.mode == 'replica',
                 -- a type with its own apply (multi-key ops) takes no fast path
@@ -214,7 +224,7 @@ do
         if changed and st.post then
             version = after_update(st, sidx, key, rk, hint, created, ctx)
         end
-        if mode == 0 then
+        if mode == UPDATE then
             return nil
         end
         local value = T.retrieve[T.whole](rk, null, st)
@@ -225,6 +235,9 @@ do
     end
 
     local function apply(mode, st, sidx, op, key, rk, arg, ctx)
+        if mode == RELEASE then -- any state a proxy can hold replicas of (direct, indirect, portmap)
+            return replica.release(rk, ctx)
+        end
         if st.indirect then
             return cogs.indirect.apply(mode, st, sidx, key, rk, arg, ctx)
         end
@@ -232,21 +245,21 @@ do
         if T.apply then
             return T.apply(mode, st, sidx, op, key, rk, arg, ctx)
         end
-        if mode == 0 or mode == 1 then
+        if mode == UPDATE or mode == UPDATE_GET then
             return update(mode, st, sidx, op, key, rk, arg, ctx)
-        elseif mode == 2 or mode == 4 then
+        elseif mode == RETRIEVE or mode == RETRIEVE_REPLICA then
             local fn = T.retrieve[op]
             if not fn then
-                if op == 'exists' and mode == 2 then
+                if op == 'exists' and mode == RETRIEVE then
                     return R('EXISTS', rk)
-                elseif op == 'ttl' and mode == 2 then
+                elseif op == 'ttl' and mode == RETRIEVE then
                     return R('PTTL', rk)
                 end
                 cogs.fail('UNKNOWN_OP', 'type ' .. T.name .. ' has no retrieve op ' .. cogs.show(op))
             end
             if st.ttl then R('PEXPIRE', rk, st.ttl) end
             local value = fn(rk, arg, st)
-            if mode == 2 then
+            if mode == RETRIEVE then
                 return value
             end
             if not st.replica then
@@ -254,9 +267,9 @@ do
             elseif not ctx.pid then
                 cogs.fail('BAD_FRAME', 'a replica retrieve needs the proxy id argument')
             end
-            local version = replica.register(st, rk, ctx.pid)
+            local version = replica.register(st, rk, ctx)
             return { value == nil and false or value, version, R('PTTL', rk) }
-        elseif mode == 3 then
+        elseif mode == CHECK then
             if op == 'checker' then
                 if not st.checker then
                     cogs.fail('UNKNOWN_OP', 'state has no checker to run')
@@ -280,16 +293,21 @@ do
     local function header(args)
         if args[1] ~= TOKEN then
             return 'OUTDATED the coordinator runs cogs library ' .. TOKEN
-                .. ' but the caller expects ' .. tostring(args[1])
+                .. ' but the caller expects ' .. cogs.show(args[1])
                 .. ': reload the library (cogs catalog load) or restart the proxy with the stored catalog'
         end
         local stream = args[2]
-        if type(stream) ~= 'string' or sub(stream, 1, 12) ~= 'cogs:alerts:' then
-            return 'BAD_FRAME alert stream must be a cogs:alerts:{...} key'
+        if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX + 1) ~= ALERTS_STREAM_PREFIX .. '{'
+            or sub(stream, -1) ~= '}' or #stream > 64 then
+            return 'BAD_FRAME alert stream must be a ' .. ALERTS_STREAM_PREFIX .. '{...} key'
         end
         local pid = args[4]
-        if pid ~= nil and (#pid > 64 or not find(pid, '^[%w_.:-]+$')) then
-            return 'BAD_FRAME proxy id must be 1-64 characters of [A-Za-z0-9_.:-]'
+        if pid ~= nil and (#pid > MAX_PROXY_ID or not find(pid, '^[%w_.:-]+$')) then
+            return 'BAD_FRAME proxy id must be 1-' .. MAX_PROXY_ID .. ' characters of [A-Za-z0-9_.:-]'
+        end
+        if args[5] ~= nil and (pid == nil or args[7] == nil or not cogs.once.valid(args[5], args[6], args[7], args[8])) then
+            return 'BAD_FRAME a numbered batch needs the proxy id, a session of 32 hex digits, '
+                .. 'a batch number > 0 and an ack below it (decimal), and at most the flag R'
         end
         return nil
     end
@@ -323,20 +341,29 @@ do
         if bad then
             return redis.error_reply(bad)
         end
+        local session, seq, rec = args[5], args[6], nil
+        if session then
+            local early
+            rec, early = cogs.once.begin(args[2], session, seq, args[7], args[8])
+            if early then
+                return early -- a re-send's stored reply, or the channel's refusal
+            end
+        else
+            -- a cluster that is down or loading fails this first call, before any op
+            local ok, e = pcall_(R, 'EXISTS', args[2])
+            if not ok then
+                local _, msg = classify(e)
+                return redis.error_reply('UNAVAILABLE ' .. msg)
+            end
+        end
         local ok, ops = pcall_(decode, args[3])
         local total = ok and type(ops) == 'table' and #ops or -1
         if total < 0 or byte(args[3]) ~= 91 or not frame_ok(ops, total) then
-            return redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
-        end
-        local seq = args[5]
-        if seq ~= nil then
-            if args[4] == nil or not find(seq, '^%d+$') or #seq > 15 then
-                return redis.error_reply('BAD_FRAME a batch number needs the proxy id and must be a decimal integer')
+            local bad = redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
+            if rec then
+                cogs.once.record(rec, seq, bad) -- the batch's outcome: its number is spent
             end
-            local reply = cogs.once.seen(args[2], args[4], seq)
-            if reply then
-                return reply
-            end
+            return bad
         end
         local ctx = { stream = args[2], pid = args[4], discards = {} }
         local errs, res, failed = {}, {}, 0
@@ -352,7 +379,7 @@ do
             local mode, sidx, op, n = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
             local st = STATES[sidx]
             local usable = st ~= nil and not st.broken
-            local fn = usable and mode == 0 and st.update and st.update[op]
+            local fn = usable and mode == UPDATE and st.update and st.update[op]
             local first, last = i + 4, i + 2 + 2 * n
             if fn then
                 local j = first
@@ -375,7 +402,7 @@ do
                             local code, msg = classify(value)
                             if code == 'ALERT' then failed = failed - 1 end
                             refuse(idx, st, key, op, code, msg)
-                        elseif mode ~= 0 then
+                        elseif mode ~= UPDATE then
                             res[#res + 1] = idx
                             if value == nil then value = false end
                             res[#res + 1] = value
@@ -388,8 +415,8 @@ do
         end
         replica.publish(ctx, encode)
         local reply = { base - failed, errs, res }
-        if seq ~= nil then
-            cogs.once.record(args[2], args[4], seq, reply)
+        if rec then
+            cogs.once.record(rec, seq, reply)
         end
         return reply
     end
@@ -418,5 +445,16 @@ do
     end
 
     redis.register_function({ function_name = 'cogs_batch', callback = batch, flags = { 'allow-cross-slot-keys' } })
+    local function release(_, args)
+        bind()
+        local stream, pid = args[1], args[2]
+        if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX) ~= ALERTS_STREAM_PREFIX
+            or type(pid) ~= 'string' or #pid > MAX_PROXY_ID or not find(pid, '^[%w_.:-]+$') then
+            return redis.error_reply('BAD_FRAME usage: cogs_release 0 <alert stream> <proxy id>')
+        end
+        return replica.release_all(stream, pid)
+    end
+
+    redis.register_function({ function_name = 'cogs_release', callback = release, flags = { 'allow-cross-slot-keys' } })
     redis.register_function({ function_name = 'cogs_info', callback = info, flags = { 'no-writes' } })
 end

@@ -75,7 +75,9 @@ function cogs.number(v, what)
     return n
 end
 
--- A string value/member/field, bounded by the state's max_bytes.
+-- A string value, bounded by the state's max_bytes; a member or field (of a set, a
+-- map) by its max_member_bytes.
+local SMALL = { member = true, field = true }
 function cogs.str(v, st, what)
     local t = typ(v)
     if t == 'number' then
@@ -83,8 +85,9 @@ function cogs.str(v, st, what)
     elseif t ~= 'string' then
         cogs.fail('BAD_DELTA', (what or 'value') .. ' must be a string, got ' .. cogs.show(v))
     end
-    if #v > st.max_bytes then
-        cogs.fail('OVERSIZE', (what or 'value') .. ' is ' .. #v .. ' bytes, limit ' .. st.max_bytes)
+    local limit = SMALL[what] and st.max_member or st.max_bytes
+    if #v > limit then
+        cogs.fail('OVERSIZE', (what or 'value') .. ' is ' .. #v .. ' bytes, limit ' .. limit)
     end
     return v
 end

@@ -5,18 +5,18 @@
 -- A proxy restarting with the same id has a new incarnation, so locators it held
 -- before are recognisably dead and never come back to life.
 --
--- Modes of cogs_batch for indirect states (op names in brackets):
---   5 [locate]  -> {owner, inc, version, pttl}, or nil when nobody owns the key;
+-- Modes of cogs_batch for indirect states (MODE.*, op names in brackets):
+--   LOCATE [locate]  -> {owner, inc, version, pttl}, or nil when nobody owns the key;
 --                  in replica mode the caller is recorded as a holder (it will cache)
---   6 [claim]   arg {inc = "...", dead = "owner:inc"?}: become the owner when nobody
+--   CLAIM [claim]   arg {inc = "...", dead = "owner:inc"?}: become the owner when nobody
 --                  is, or when the named dead owner still is -> {1, version, pttl}
 --                  (also when the caller already is: a claim may be repeated);
 --                  otherwise -> {0, owner, inc, version, pttl} (use the owner's value;
 --                  with arg.read = 1 in replica mode the caller is recorded as a holder:
 --                  one call both finds a key and, when nobody has it, takes it to load)
---   7 [owner]   arg {inc = "...", op = "set"|"delete"}: only the owner, after it
+--   OWNER [owner]   arg {inc = "...", op = "set"|"delete"}: only the owner, after it
 --                  changed its value: new version, discards to the holders -> version
---   8 [forget]  arg "owner:inc": drop that locator if it is still there (its owner
+--   FORGET [forget]  arg "owner:inc": drop that locator if it is still there (its owner
 --                  is gone) -> 1, else 0
 do
     local R, typ
@@ -45,14 +45,14 @@ do
             cogs.fail('BAD_FRAME', 'indirect states need the proxy id argument')
         end
         local replica = cogs.replica
-        if mode == 5 then
+        if mode == MODE.LOCATE then
             local owner, inc = locator(rk)
             if not owner then
                 return nil
             end
-            local version = st.replica and replica.register(st, rk, ctx.pid) or replica.version(rk)
+            local version = st.replica and replica.register(st, rk, ctx) or replica.version(rk)
             return { owner, inc, version, R('PTTL', rk) }
-        elseif mode == 6 then
+        elseif mode == MODE.CLAIM then
             local inc = inc_of(arg)
             local owner, oinc = locator(rk)
             if owner == ctx.pid and oinc == inc then -- a repeated claim (a re-sent batch): still ours
@@ -60,7 +60,7 @@ do
             end
             if owner and not (typ(arg.dead) == 'string' and arg.dead == owner .. ':' .. oinc) then
                 -- a reader's claim (read = 1) that lost reads the owner's value: a holder, as locate
-                local version = (arg.read == 1 and st.replica) and replica.register(st, rk, ctx.pid)
+                local version = (arg.read == 1 and st.replica) and replica.register(st, rk, ctx)
                     or replica.version(rk)
                 return { 0, owner, oinc, version, R('PTTL', rk) }
             end
@@ -68,7 +68,7 @@ do
             if st.ttl then R('PEXPIRE', rk, st.ttl) end
             -- a new owner's value: whatever a dead owner's readers cached is stale
             return { 1, replica.bump(st, sidx, key, rk, ctx), R('PTTL', rk) }
-        elseif mode == 7 then
+        elseif mode == MODE.OWNER then
             local inc = inc_of(arg)
             local owner, oinc = locator(rk)
             if owner ~= ctx.pid or oinc ~= inc then
@@ -82,7 +82,7 @@ do
                 R('PEXPIRE', rk, st.ttl)
             end
             return version
-        elseif mode == 8 then
+        elseif mode == MODE.FORGET then
             local owner, oinc = locator(rk)
             if owner and arg == owner .. ':' .. oinc then
                 R('DEL', rk)
@@ -91,7 +91,7 @@ do
             end
             return 0
         end
-        cogs.fail('BAD_FRAME', 'indirect states take modes 5-8 (locate, claim, owner, forget), not '
+        cogs.fail('BAD_FRAME', 'indirect states take the locator modes (locate, claim, owner, forget), not '
             .. cogs.show(mode))
     end
 end

@@ -1,12 +1,15 @@
--- Replica mode of direct-retrieval states: versions and the replica reference table.
+-- Replica mode: versions, the replica reference table, and who holds what.
 --
 -- Keys, sharing the state's hash tag:  <rk>:v  version of the state
 --                                       <rk>:r  set of proxy ids holding a replica
+-- and per node and proxy: HELD_PREFIX{tag}:<proxy id>  the <rk>s it is registered
+-- at (tag: the node's alert stream tag), so the entries of a proxy that closed or
+-- died can be dropped without scanning (cogs_release).
 -- A version only grows: max(previous + 1, now in microseconds), so even a state whose
 -- keys expired and came back never repeats an older version a proxy may still cache.
 -- An update bumps the version, takes the holder set (the table entry is cleared) and
 -- queues one discard per holder; cogs_batch publishes them when the batch is done,
--- one message per holder:  PUBLISH cogs:discard:<proxy id>  [sidx, key, "version", ...]
+-- one message per holder:  PUBLISH DISCARD_PREFIX<proxy id>  [sidx, key, "version", ...]
 -- Classic PUBLISH reaches subscribers on every node of a cluster, so a proxy listens
 -- on any one node and still hears discards for keys of every node, across resharding.
 -- A proxy drops a cached value older than the version a discard carries.
@@ -24,8 +27,19 @@ do
         return ctx.now
     end
 
+    local function held(stream, pid)
+        return HELD_PREFIX .. stream:sub(#ALERTS_STREAM_PREFIX + 1) .. ':' .. pid
+    end
+
     function replica.version(rk)
         return tonumber(R('GET', rk .. ':v') or 0) or 0
+    end
+
+    -- Record the caller as a holder of <rk> (it will cache what it reads).
+    function replica.hold(rk, ctx)
+        if R('SADD', rk .. ':r', ctx.pid) == 1 then
+            R('SADD', held(ctx.stream, ctx.pid), rk)
+        end
     end
 
     -- After a change: new version; discards for every holder queued in ctx.discards.
@@ -42,6 +56,9 @@ do
         local holders = R('SMEMBERS', rt)
         if #holders > 0 then
             R('DEL', rt)
+            for i = 1, #holders do
+                R('SREM', held(ctx.stream, holders[i]), rk)
+            end
             replica.queue(ctx, holders, sidx, key, v)
         end
         return v
@@ -63,20 +80,42 @@ do
         end
     end
 
-    -- A retrieve that leaves a replica at `pid`: record the holder, return the version.
-    function replica.register(st, rk, pid)
-        local rt = rk .. ':r'
-        R('SADD', rt, pid)
+    -- A retrieve that leaves a replica at the caller: record the holder, return the version.
+    function replica.register(st, rk, ctx)
+        replica.hold(rk, ctx)
         if st.ttl then
-            R('PEXPIRE', rt, st.ttl)
+            R('PEXPIRE', rk .. ':r', st.ttl)
             R('PEXPIRE', rk .. ':v', st.ttl)
         end
         return replica.version(rk)
     end
 
+    -- The caller no longer holds a replica of <rk> (mode RELEASE): 1 if it did.
+    function replica.release(rk, ctx)
+        if R('SREM', rk .. ':r', ctx.pid) == 1 then
+            R('SREM', held(ctx.stream, ctx.pid), rk)
+            return 1
+        end
+        return 0
+    end
+
+    -- Every holder entry of `pid` on this node (it closed, or its heartbeat died):
+    -- the number dropped. A key whose slot moved away meanwhile is skipped (its
+    -- entry goes with that key's next update).
+    function replica.release_all(stream, pid)
+        local index = held(stream, pid)
+        local n = 0
+        for _, rk in ipairs(R('SMEMBERS', index)) do
+            local ok, removed = pcall(R, 'SREM', rk .. ':r', pid)
+            if ok then n = n + removed end
+        end
+        R('DEL', index)
+        return n
+    end
+
     function replica.publish(ctx, encode)
         for holder, l in pairs(ctx.discards) do
-            R('PUBLISH', 'cogs:discard:' .. holder, encode(l))
+            R('PUBLISH', DISCARD_PREFIX .. holder, encode(l))
         end
     end
 end

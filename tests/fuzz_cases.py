@@ -3,8 +3,6 @@ longer fuzz run (tests/fuzz_long.py). Each returns how many inputs it tried."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import socket
 import string
@@ -261,6 +259,7 @@ def peer_frames(examples: int) -> int:
     from anyio.from_thread import start_blocking_portal
 
     from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
+    from cogs.proxy.peer.wire import mac as peer_mac
 
     secret, limit = b"fuzz-secret", 1024
     store: dict[str, bytes] = {"k": b"v0"}
@@ -282,7 +281,7 @@ def peer_frames(examples: int) -> int:
 
     tried = 0
     with start_blocking_portal() as portal:
-        server = PeerServer("owner", secret, handler, max_value=lambda _s: limit)
+        server = PeerServer("owner", secret, handler, max_value=lambda _s: limit, inc="i1")
         host, _, port = portal.call(server.start).rpartition(":")
         portal.start_task_soon(server.serve)
         friend = PeerClient("friend", secret, timeout=5)
@@ -297,9 +296,10 @@ def peer_frames(examples: int) -> int:
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 hello = _read_replies_one(s)
                 if authed:
-                    mac = hmac.new(secret, f"cogs-peer-v1|{hello['nonce']}|fuzzer|owner".encode(), hashlib.sha256)
-                    s.sendall(_frame(b"J", json.dumps({"t": "auth", "id": "fuzzer", "mac": mac.hexdigest()}).encode()))
-                    assert _read_replies_one(s) == {"t": "ok"}
+                    args = (hello["nonce"], "c" * 32, "fuzzer", "owner", hello["inc"])
+                    auth = {"t": "auth", "id": "fuzzer", "nonce": "c" * 32, "mac": peer_mac(secret, "client", *args)}
+                    s.sendall(_frame(b"J", json.dumps(auth).encode()))
+                    assert _read_replies_one(s) == {"t": "ok", "mac": peer_mac(secret, "server", *args)}
                 s.sendall(b"".join(frames))
                 s.shutdown(socket.SHUT_WR)
                 replies = _read_replies(s)

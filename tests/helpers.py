@@ -11,12 +11,15 @@ import fakeredis
 
 from cogs.catalog import Catalog
 from cogs.coordinator.client import BatchReply, parse_reply
+from cogs.coordinator.frames import runs
 from cogs.coordinator.library import Library, assemble, library_spec
 from cogs.coordinator.ops import wire_arg
-from cogs.coordinator.wire import runs
 from cogs.errors import UnknownState, refuse
 from cogs.keys import escape
-from cogs.proxy.batcher import Batcher, Lane, coalesce_kinds
+from cogs.proxy.batcher import Batcher
+from cogs.proxy.cache import ReplicaCache
+from cogs.proxy.lanes import Lane, coalesce_kinds
+from cogs.proxy.requests import RequestTable
 
 TEST_CATALOG = """
 [states.cnt]
@@ -40,7 +43,7 @@ params = { threshold = 3 }
 class = "trigger"
 type = "set"
 max_items = 4
-max_bytes = 16
+max_member_bytes = 64
 
 [states.note]
 class = "trigger"
@@ -140,8 +143,19 @@ class LuaHarness:
         spec = self.catalog.get(state) if state in self.catalog else self.catalog.states[0]
         return [mode, sidx, op, escape(key), wire_arg(arg, spec, op)]
 
-    def raw(self, payload: str, token: str | None = None, stream: str = ALERT_STREAM, pid: str | None = None) -> Any:
-        extra = [pid] if pid is not None else []
+    def raw(
+        self,
+        payload: str,
+        token: str | None = None,
+        stream: str = ALERT_STREAM,
+        pid: str | None = None,
+        numbered: tuple[str, int, int] | None = None,
+        resync: bool = False,
+    ) -> Any:
+        """One cogs_batch call; ``numbered`` = (session, seq, ack) makes it a numbered batch."""
+        extra: list[Any] = [pid] if pid is not None else []
+        if numbered is not None:
+            extra += [numbered[0], str(numbered[1]), str(numbered[2])] + (["R"] if resync else [])
         return self.r.fcall("cogs_batch", 0, token or self.lib.token, stream, payload, *extra)
 
     def batch(self, *ops: list[Any], pid: str | None = None) -> BatchReply:
@@ -189,8 +203,9 @@ def make_batcher(owner: array[int] | None = None) -> Batcher:
 
     cat = make_catalog()
     coord = Coord(owner if owner is not None else array("H", [s % 3 for s in range(16384)]))
-    b = Batcher(coord, "t", "p", batch_max_ops=10**6, delay=1, max_pending=10**6,  # type: ignore[arg-type]
-                on_error=print, on_result=print, on_failed=print)  # fmt: skip
+    requests = RequestTable(ReplicaCache(), {}, print)
+    b = Batcher(coord, "t", "p", requests, batch_max_ops=10**6, delay=1, max_pending=10**6,  # type: ignore[arg-type]
+                on_error=print)  # fmt: skip
 
     def lane(name: str) -> Lane:
         if name not in cat:

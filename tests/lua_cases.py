@@ -123,7 +123,7 @@ def test_set_max_items_is_all_or_nothing(h: LuaHarness) -> None:
 
 
 def test_set_oversize_member_in_list_adds_nothing(h: LuaHarness) -> None:
-    err = h.error(U, "tags", "s", "add", ["ok", "x" * 17])
+    err = h.error(U, "tags", "s", "add", ["ok", "x" * 65])
     assert err.startswith("OVERSIZE")
     assert h.one(R, "tags", "s", "card") == 0
 
@@ -487,43 +487,96 @@ def test_replica_retrieve_needs_pid_and_replica_state(h: LuaHarness) -> None:
     assert "replica-mode" in reply.errors[0]
     with pytest.raises(Exception, match="BAD_FRAME proxy id"):
         h.raw("[]", pid="bad id!")
+    with pytest.raises(Exception, match="BAD_FRAME proxy id"):
+        h.raw("[]", pid="p" * 65)
 
 
 # -- exactly-once batches (once.lua) ---------------------------------------------------
 
 
-def test_a_resent_batch_is_applied_once(h: LuaHarness) -> None:
-    sidx = h.catalog.index("cnt")
-    frame = json.dumps([0, sidx, "add", 1, "once", "5"])
-    first = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "7")
-    again = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "7")
+S1, S2 = "a" * 32, "b" * 32  # two proxy sessions
+
+
+def _add(h: LuaHarness, key: str, n: int) -> str:
+    return json.dumps([0, h.catalog.index("cnt"), "add", 1, key, str(n)])
+
+
+def test_numbered_batches_apply_in_order_exactly_once(h: LuaHarness) -> None:
+    frame = _add(h, "once", 5)
+    first = h.raw(frame, pid="p1", numbered=(S1, 1, 0))
+    again = h.raw(frame, pid="p1", numbered=(S1, 1, 0))
     assert first[0] == 1
-    assert again[0] == -1  # a duplicate: applied before
+    assert again == first  # a re-send gets the first reply, and nothing applies twice
     assert h.one(R, "cnt", "once", "get") == b"5"
-    # an older number is a duplicate too; a newer one applies
-    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "3")
-    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "8")
+    h.raw(frame, pid="p1", numbered=(S1, 2, 1))
     assert h.one(R, "cnt", "once", "get") == b"10"
-    # another proxy has its own numbering
-    h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p2", "1")
+    # another session (a restart with the same proxy id) has its own numbering
+    h.raw(frame, pid="p1", numbered=(S2, 1, 0))
     assert h.one(R, "cnt", "once", "get") == b"15"
 
 
-def test_a_resent_batch_gets_its_first_reply(h: LuaHarness) -> None:
+def test_a_batch_past_a_missing_one_is_refused_and_changes_nothing(h: LuaHarness) -> None:
+    h.raw(_add(h, "gap", 1), pid="p1", numbered=(S1, 1, 0))
+    with pytest.raises(Exception, match=r"^GAP 2"):  # 2 never arrived: 3 must wait for it
+        h.raw(_add(h, "gap", 100), pid="p1", numbered=(S1, 3, 1))
+    assert h.one(R, "cnt", "gap", "get") == b"1"
+    h.raw(_add(h, "gap", 10), pid="p1", numbered=(S1, 2, 1))
+    h.raw(_add(h, "gap", 100), pid="p1", numbered=(S1, 3, 1))
+    assert h.one(R, "cnt", "gap", "get") == b"111"
+
+
+def test_an_unseen_session_never_counts_as_applied(h: LuaHarness) -> None:
+    # the node lost this session's record (a failover before replication): batch 5
+    # with ack 4 must not be taken for applied, nor applied over a hole
+    with pytest.raises(Exception, match=r"^LOST 0"):
+        h.raw(_add(h, "lost", 1), pid="p1", numbered=(S1, 5, 4))
+    assert h.one(R, "cnt", "lost", "get") is None
+    h.raw(_add(h, "lost", 1), pid="p1", numbered=(S1, 5, 4), resync=True)  # the proxy reported the loss
+    assert h.one(R, "cnt", "lost", "get") == b"1"
+    again = h.raw(_add(h, "lost", 1), pid="p1", numbered=(S1, 5, 4))
+    assert again[0] == 1
+    assert h.one(R, "cnt", "lost", "get") == b"1"
+
+
+def test_a_resent_batch_gets_its_first_reply_until_acked(h: LuaHarness) -> None:
     sidx = h.catalog.index("cnt")
     frame = json.dumps([1, sidx, "add", 1, "r", "2", 0, sidx, "add", 1, "r", "zz"])
-    first = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "1")
-    again = h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", frame, "p1", "1")
-    assert first == again
+    first = h.raw(frame, pid="p1", numbered=(S1, 1, 0))
+    assert h.raw(frame, pid="p1", numbered=(S1, 1, 0)) == first
     assert first[2] == [0, b"2"]
     assert first[1][0] == 1
     assert h.one(R, "cnt", "r", "get") == b"2"
+    h.raw("[]", pid="p1", numbered=(S1, 2, 1))  # acks 1: its reply is dropped
+    with pytest.raises(Exception, match=r"^DUP_UNKNOWN"):
+        h.raw(frame, pid="p1", numbered=(S1, 1, 0))
+    assert h.one(R, "cnt", "r", "get") == b"2"
 
 
-@pytest.mark.parametrize("seq", ["x", "-1", "1.5", "1" * 16])
-def test_bad_batch_numbers(h: LuaHarness, seq: str) -> None:
-    with pytest.raises(Exception, match="BAD_FRAME a batch number"):
-        h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", "[]", "p1", seq)
+def test_a_malformed_numbered_batch_spends_its_number(h: LuaHarness) -> None:
+    with pytest.raises(Exception, match="BAD_FRAME ops"):
+        h.raw("[1, 2", pid="p1", numbered=(S1, 1, 0))
+    h.raw(_add(h, "next", 1), pid="p1", numbered=(S1, 2, 0))  # no GAP: batch 1 has its outcome
+    assert h.one(R, "cnt", "next", "get") == b"1"
+
+
+@pytest.mark.parametrize(
+    ("session", "seq", "ack"),
+    [("x" * 32, "1", "0"), ("a" * 31, "1", "0"), (S1, "x", "0"), (S1, "1.5", "0"), (S1, "1" * 16, "0"),
+     (S1, "0", "0"), (S1, "3", "3"), (S1, "3", "-1")],
+)  # fmt: skip
+def test_bad_batch_numbers(h: LuaHarness, session: str, seq: str, ack: str) -> None:
+    with pytest.raises(Exception, match="BAD_FRAME a numbered batch"):
+        h.r.fcall("cogs_batch", 0, h.lib.token, "cogs:alerts:{0}", "[]", "p1", session, seq, ack)
+
+
+def test_release_drops_a_proxys_holder_entries(h: LuaHarness) -> None:
+    h.one(4, "nat", "k1", "get", pid="p1")
+    h.one(4, "nat", "k2", "get", pid="p1")
+    h.one(4, "nat", "k1", "get", pid="p2")
+    assert h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1") == 2
+    assert h.r.smembers("cogs:nat:{k1}:r") == {b"p2"}
+    assert not h.r.exists("cogs:nat:{k2}:r")
+    assert h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1") == 0
 
 
 # -- indirect states: the state reference table (indirect.lua) -------------------------

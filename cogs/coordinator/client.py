@@ -19,11 +19,13 @@ from cogs.catalog import LOAD_HINT, Catalog, catalog_diff
 from cogs.coordinator.library import Library, LibrarySpec, assemble, library_spec
 from cogs.coordinator.topology import Topology
 from cogs.errors import (
-    BadFrame,
+    CALL_ERRORS,
+    NETWORK_ERRORS,
     CatalogMismatch,
     CogsError,
     CoordinatorUnavailable,
     LibraryOutdated,
+    from_redis,
 )
 from cogs.keys import alert_stream
 from cogs.settings import CogsSettings, load_settings
@@ -124,7 +126,7 @@ class Coordinator:
         for host, port in dict.fromkeys(candidates):
             try:
                 topo = await self._discover(self._client(host, port), host, port)
-            except (rexc.ConnectionError, rexc.TimeoutError, OSError, CoordinatorUnavailable) as e:
+            except (*NETWORK_ERRORS, CoordinatorUnavailable) as e:
                 last = e
                 continue
             self.topology = topo
@@ -165,10 +167,8 @@ class Coordinator:
         n = self._topo.nodes[node]
         try:
             raw = await self._client(n.host, n.port).execute_command("FCALL", _BATCH, 0, token, stream, payload)
-        except rexc.ResponseError as e:
-            raise translate_error(e, n.addr) from e
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
-            raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
+        except CALL_ERRORS as e:
+            raise from_redis(e, n.addr) from e
         return parse_reply(raw)
 
     async def load_library(self, catalog: Catalog) -> Library:
@@ -181,7 +181,7 @@ class Coordinator:
                 await self.node_client(i).function_load(lib.source, replace=True)
             except rexc.ResponseError as e:
                 raise LibraryOutdated(f"node {n.addr} refused the library: {e}") from e
-            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+            except NETWORK_ERRORS as e:
                 raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
 
         async with anyio.create_task_group() as tg:
@@ -194,10 +194,8 @@ class Coordinator:
         n = self._topo.nodes[i]
         try:
             raw = await self.node_client(i).execute_command("FCALL_RO", _INFO, 0)
-        except rexc.ResponseError as e:
-            raise translate_error(e, n.addr) from e
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
-            raise CoordinatorUnavailable(f"coordinator node {n.addr}: {e}") from e
+        except CALL_ERRORS as e:
+            raise from_redis(e, n.addr) from e
         info: dict[str, Any] = json.loads(raw)
         return info
 
@@ -249,31 +247,3 @@ class Coordinator:
     @property
     def nodes(self) -> Sequence[str]:
         return [n.addr for n in self._topo.nodes]
-
-
-#: replies of a node that is loading, demoted, or in a cluster that is re-forming: try again
-_TRANSIENT = (
-    rexc.BusyLoadingError,
-    rexc.ReadOnlyError,
-    rexc.TryAgainError,
-    rexc.ClusterDownError,
-    rexc.MasterDownError,
-)
-
-
-def translate_error(e: Exception, addr: str) -> CogsError:
-    """A Redis error reply (or any failure) of a call to node ``addr`` as a cogs error."""
-    if isinstance(e, CogsError):
-        return e
-    if isinstance(e, _TRANSIENT):  # redis-py strips the code (READONLY, LOADING, ...) from the text
-        return CoordinatorUnavailable(f"node {addr}: {getattr(e, 'status_code', None) or type(e).__name__} {e}")
-    msg = str(e)
-    if msg.startswith("OUTDATED"):
-        return LibraryOutdated(f"node {addr}: {msg[9:]}")
-    if "Function not found" in msg or "Library not found" in msg:
-        return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run {LOAD_HINT}")
-    if msg.startswith("BAD_FRAME"):
-        return BadFrame(f"node {addr}: {msg}")
-    if msg.startswith(("CLUSTERDOWN", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN")):
-        return CoordinatorUnavailable(f"node {addr}: {msg}")
-    return CogsError(f"node {addr}: {msg}")

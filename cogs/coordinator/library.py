@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from cogs.errors import ConfigError
+from cogs.protocol import lua_constants
 
 LIBRARY_NAME = "cogs"
 _HEADER_LINE = re.compile(r"^--\s?(?:(?P<key>[a-z_-]+):(?P<value>.*)|(?P<cont>\s+.*))$")
@@ -205,7 +206,7 @@ def library_spec(extra_dirs: Sequence[Path] | None = None) -> LibrarySpec:
             raise ConfigError(f"{p}: checker {c.name!r} is defined twice")
         cspecs[c.name] = c
     files = (core, *types, *checkers, api)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(lua_constants().encode() + b"\0")  # the protocol's numbers are part of it
     for p in files:
         digest.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return LibrarySpec(tspecs, cspecs, files, digest.hexdigest()[:16])
@@ -228,6 +229,8 @@ def assemble(spec: LibrarySpec, catalog_json: str, catalog_digest: str) -> Libra
         f"local LIB_VERSION = '{spec.version}'",
         f"local CATALOG_DIGEST = '{catalog_digest}'",
         f"local CATALOG_JSON = {_long_string(catalog_json)}",
+        "-- the wire protocol (cogs/protocol.py)",
+        lua_constants(),
         f"-- {core.name}",
         core.read_text(),
     ]

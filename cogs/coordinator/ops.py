@@ -19,8 +19,8 @@ import anyio
 
 from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
+from cogs.coordinator.frames import runs
 from cogs.coordinator.library import TypeSpec
-from cogs.coordinator.wire import runs
 from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse
 from cogs.keys import KEY_RULE, bad_key, escape, slot
 from cogs.values import Decoder, check_decoder, retrieve_decoder

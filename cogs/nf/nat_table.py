@@ -107,7 +107,7 @@ class NatTable:
         flow = flow_id(proto, ip, port)
         block = self.block_of_flow(flow)
         try:
-            ext = await self.proxy.syn_entry(self.state, block, "map", flow, "o|" + flow, share=self.merge)
+            ext = await self.proxy.entries.syn(self.state, block, "map", flow, "o|" + flow, share=self.merge)
         except Exhausted as e:
             self._exhausted(e, flow)
             return None
@@ -119,7 +119,7 @@ class NatTable:
         block = self.pool.block_of_port(ip, port)
         if block is None:
             return None
-        flow = await self.proxy.syn_entry(self.state, block, "in", port, f"i|{ip}|{port}", share=self.merge)
+        flow = await self.proxy.entries.syn(self.state, block, "in", port, f"i|{ip}|{port}", share=self.merge)
         return _internal(flow, proto)
 
     async def release(self, proto: int, ip: str, port: int) -> bool:
@@ -154,7 +154,7 @@ class NatTable:
     def asyn_outbound(self, proto: int, ip: str, port: int, callback: NatCallback, packet: Any = None) -> None:
         """``callback(mapping or None, packet)``: at once on a cached mapping."""
         flow, block, ext_ip = self._flow(proto, ip, port)
-        self.proxy.asyn_entry(
+        self.proxy.entries.asyn(
             self.state, block, "map", flow, "o|" + flow, self._out_done, (callback, ext_ip, flow, packet),
             share=self.merge, on_fail=self._out_failed,
         )  # fmt: skip
@@ -178,7 +178,7 @@ class NatTable:
             callback(None, packet)
             return
         entry = f"i|{ip}|{port}"
-        self.proxy.asyn_entry(
+        self.proxy.entries.asyn(
             self.state, block, "in", port, entry, self._in_done, (callback, proto, packet),
             share=self.merge, on_fail=self._in_failed,
         )  # fmt: skip

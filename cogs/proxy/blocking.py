@@ -22,8 +22,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from cogs import runtime
 from cogs.errors import BadDelta, CogsError, UnknownOp, refuse
-from cogs.proxy.batcher import SUM, Backpressure
-from cogs.proxy.proxy import Callback, StateProxy
+from cogs.proxy.batcher import Backpressure
+from cogs.proxy.lanes import SUM
+from cogs.proxy.proxy import StateProxy
+from cogs.proxy.requests import Callback
 from cogs.proxy.stats import ProxyStatistics
 
 _UPDATE, _ASYN_UP, _ASYN_RETRIEVE = 0, 1, 2
@@ -82,8 +84,7 @@ class BlockingStateProxy:
         return kinds
 
     async def _make_lane(self, state: str) -> dict[str, int]:
-        lane = self._proxy._batcher.lanes.get(state) or self._proxy._new_lane(state)
-        return lane.kinds
+        return self._proxy.update_ops(state)
 
     def update(self, state: str, key: str, op: str, delta: Any = 1) -> None:
         """Update(key, op, delta): returns at once; blocks only while the queue is full."""
@@ -126,10 +127,10 @@ class BlockingStateProxy:
                 else:
                     p.asyn_retrieve(*args)
             except Backpressure:
-                await p._batcher.wait_room()
+                await p.wait_room()
                 continue
             except CogsError as e:
-                p._on_error(e, args[-1] if kind != _UPDATE else None)
+                p.report_error(e, args[-1] if kind != _UPDATE else None)
             q.popleft()
         if not self._scheduled:
             self._drained.set()

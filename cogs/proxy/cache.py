@@ -12,6 +12,7 @@ back (an epoch guards replies of retrieves sent before the drop).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Final
 
 
@@ -23,6 +24,18 @@ class _Miss:
 
 
 MISS: Final = _Miss()
+_NEWEST = 1 << 62  # a tombstone no version reaches: the fetches under way are not cached
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    cache_hits: int
+    cache_misses: int
+    cached_entries: int
+    #: discard-replica entries received (or own updates that made a replica stale)
+    discards: int
+    #: whole-cache drops (the discard link was lost)
+    cache_drops: int
 
 
 class ReplicaCache:
@@ -37,6 +50,9 @@ class ReplicaCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def statistics(self) -> CacheStatistics:
+        return CacheStatistics(self.hits, self.misses, len(self._entries), self.discards, self.drops)
 
     def get(self, k: tuple[int, str]) -> Any:
         e = self._entries.get(k)
@@ -87,6 +103,14 @@ class ReplicaCache:
             del self._entries[k]
         if k in self._inflight and self._tombs.get(k, 0) < version:
             self._tombs[k] = version
+
+    def written(self, k: tuple[int, str]) -> None:
+        """This proxy queued an update of ``k``: its replica is stale from now on, and a
+        fetch already under way may return the state before the update (not cached)."""
+        if self._entries.pop(k, None) is not None:
+            self.discards += 1
+        if k in self._inflight:
+            self._tombs[k] = _NEWEST
 
     def drop_all(self) -> None:
         """The discard link is down: nothing cached can be trusted any more."""

@@ -19,6 +19,18 @@ same discard path and race rules as direct states). An owner that died is found
 out through the proxy registry (its heartbeat key is gone, or carries another
 incarnation): readers drop its locators and fall back (None: fetch from the origin
 and create anew) instead of hanging.
+
+Ownership is a **lease**. Others may take a key over only once the owner's heartbeat
+key is gone, which happens no sooner than the heartbeat TTL after its last beat; the
+owner counts its lease from the moment it *sent* that beat (a shorter window), so
+it stops trusting its ownership before anyone else can claim it. Past its lease (a
+frozen event loop, a lost coordinator), or after a beat that came too late (the
+heartbeat key may have lapsed meanwhile), an owner serves nothing, to its NF or to
+peers, before the coordinator confirms the locator still names it; one that lost a
+key drops it. The locator's incarnation is the fencing token: readers accept an
+answer only from the incarnation it names (the peer handshake proves it). An owner
+stores a new value before announcing its version, and serves peers under the key's
+lock, so a reader never gets an old value under a new version.
 """
 
 from __future__ import annotations
@@ -30,23 +42,34 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, NotOwner, Oversize, PeerError, UnknownOp, refuse
+from cogs.catalog import Catalog
+from cogs.coordinator.client import Coordinator
+from cogs.errors import (
+    CALL_ERRORS,
+    CogsError,
+    ConfigError,
+    NotOwner,
+    Oversize,
+    PeerError,
+    UnknownOp,
+    from_redis,
+    refuse,
+)
 from cogs.keys import proxy_key, slot
 from cogs.logs import fields
-from cogs.proxy.batcher import Req
-from cogs.proxy.cache import MISS
+from cogs.protocol import Mode
+from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.owned import Entry, OwnedValues
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
-
-if TYPE_CHECKING:
-    from cogs.proxy.proxy import StateProxy
+from cogs.proxy.stats import IndirectStatistics
+from cogs.proxy.submit import Submitter
 
 log = logging.getLogger("cogs.proxy")
-LOCATE, CLAIM, OWNER, FORGET = 5, 6, 7, 8
+LOCATE, CLAIM, OWNER, FORGET = Mode.LOCATE, Mode.CLAIM, Mode.OWNER, Mode.FORGET
 OPS = ("get", "set", "create", "delete")
 
 
@@ -66,30 +89,83 @@ class IndirectStats:
     evicted: int = 0
     #: read-throughs that found the owner without the value and took the key over
     stale_locators: int = 0
+    #: owned values re-checked after the lease lapsed, and those found taken over
+    lease_checks: int = 0
+    lease_lost: int = 0
 
 
 class Indirect:
     def __init__(
-        self, proxy: StateProxy, secret: str | None, host: str, port: int, timeout: float, max_bytes: int
+        self,
+        proxy_id: str,
+        catalog: Catalog,
+        coord: Coordinator,
+        cache: ReplicaCache,
+        submit: Submitter,
+        *,
+        secret: str | None,
+        host: str,
+        port: int,
+        timeout: float,
+        max_bytes: int,
+        lease_s: float,
     ) -> None:
-        self.proxy = proxy
+        self.id, self.catalog, self.coord, self.cache, self.submit = proxy_id, catalog, coord, cache, submit
         self.inc = uuid.uuid4().hex[:12]  # this start of the proxy: locators of earlier ones are dead
         self.owned = OwnedValues(max_bytes)
         self.stats = IndirectStats()
         self._secret = secret.encode() if secret else None
         self._peers: dict[str, tuple[str, str]] = {}  # proxy id -> (incarnation, address)
         self._locks: dict[tuple[int, str], anyio.Lock] = {}
+        self.lease_s = lease_s
+        self.lease_until = 0.0  # monotonic: until then nobody can have taken our keys over
         self.server: PeerServer | None = None
         self.client: PeerClient | None = None
         #: how long a reader waits here for a value being loaded; under the peers' timeout
         self.load_wait = timeout * 0.8
         if self._secret:
-            self.server = PeerServer(proxy.id, self._secret, self._serve, self._max_value, host, port)
-            self.client = PeerClient(proxy.id, self._secret, timeout)
+            self.server = PeerServer(proxy_id, self._secret, self._serve, self._max_value, host, port, inc=self.inc)
+            self.client = PeerClient(proxy_id, self._secret, timeout)
 
     @property
     def address(self) -> str:
         return self.server.address if self.server else ""
+
+    def statistics(self) -> IndirectStatistics:
+        st = self.stats
+        return IndirectStatistics(
+            owned=len(self.owned), owned_bytes=self.owned.bytes, evicted=st.evicted, stale_locators=st.stale_locators,
+            indirect_local_hits=st.local_hits, remote_ops=st.remote_fetches, locator_lookups=st.coordinator_lookups,
+            peer_served=st.served, collapsed_reads=st.collapsed, lease_checks=st.lease_checks,
+            lease_lost=st.lease_lost,
+        )  # fmt: skip
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    def renew(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` (monotonic) was stored. If it came after the
+        lease ran out, the heartbeat key may have lapsed and others taken keys over:
+        every owned value is re-checked before it is served again."""
+        if self.lease_until and sent_at > self.lease_until:
+            for _, e in self.owned.items():
+                e.confirmed = False
+        self.lease_until = max(self.lease_until, sent_at + self.lease_s)
+
+    async def _current(self, k: tuple[int, str], state: str, key: str, e: Entry) -> bool:
+        """May this proxy serve ``e`` as the key's value now? Within the lease, yes
+        (unless it lapsed since the value was confirmed); else the coordinator decides."""
+        if e.confirmed and time.monotonic() < self.lease_until:
+            return True
+        self.stats.lease_checks += 1
+        loc = await self._coordinator(LOCATE, state, key, "locate")
+        if loc and _s(loc[0]) == self.id and _s(loc[1]) == self.inc:
+            e.confirmed = True
+            return True
+        self.stats.lease_lost += 1
+        if self.owned.get(k) is e:
+            del self.owned[k]
+        log.warning("%s[%s]: this proxy lost the key while its lease had lapsed; dropped its value", state, key)
+        return False
 
     def _need_peers(self, state: str) -> None:
         if self.client is None:
@@ -99,7 +175,7 @@ class Indirect:
             )
 
     def _max_value(self, state: str) -> int:
-        return int(self.proxy.catalog.get(state).max_bytes) if state in self.proxy.catalog else 0
+        return int(self.catalog.get(state).max_bytes) if state in self.catalog else 0
 
     def _lock(self, k: tuple[int, str]) -> anyio.Lock:
         lock = self._locks.get(k)
@@ -122,8 +198,9 @@ class Indirect:
         self.stats.owned = len(self.owned)
 
     async def _coordinator(self, mode: int, state: str, key: str, op: str, arg: Any = None) -> Any:
+        """A locator op at the coordinator (the state reference table)."""
         self.stats.coordinator_lookups += 1
-        return await self.proxy._indirect_op(mode, state, key, op, arg)
+        return await self.submit.wait(self.submit.locator(mode, state, self.catalog.index(state), key, op, arg))
 
     # -- the owner's side ----------------------------------------------------------------
 
@@ -132,19 +209,28 @@ class Indirect:
         return int(await self._coordinator(OWNER, state, key, "owner", {"inc": self.inc, "op": op}))
 
     async def _own_update(self, k: tuple[int, str], state: str, key: str, op: str, value: bytes | None) -> Entry | None:
+        """set / create / delete of a value this proxy owns (the caller holds the key's lock)."""
         e = self._local(k)
-        if e is None:
-            raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} does not own {state}[{key}]")
+        if e is None or not await self._current(k, state, key, e):
+            raise PeerRefusal("NOT_OWNER", f"{self.id} does not own {state}[{key}]")
         if e.value is None and op != "delete":  # the first value of a key claimed to load it
             self._loaded(k, state, e, value)
             return e
         if op == "create":
             return e
+        old = e.value
+        if op != "delete":
+            assert value is not None
+            self.owned.set_value(k, e, value)  # stored before announced: no stall leaves a new version unserved
         try:
             version = await self._publish(state, key, "delete" if op == "delete" else "set")
         except NotOwner:
             self.owned.pop(k, None)  # declared dead and replaced meanwhile: not ours any more
-            raise PeerRefusal("NOT_OWNER", f"{self.proxy.id} no longer owns {state}[{key}]") from None
+            raise PeerRefusal("NOT_OWNER", f"{self.id} no longer owns {state}[{key}]") from None
+        except BaseException:
+            if old is not None and self.owned.get(k) is e:
+                self.owned.set_value(k, e, old)  # not announced: the old value stands
+            raise
         if op == "delete":
             del self.owned[k]
             if e.loaded is not None:
@@ -157,7 +243,7 @@ class Indirect:
 
     def _loaded(self, k: tuple[int, str], state: str, e: Entry, value: bytes | None) -> None:
         assert value is not None
-        ttl = self.proxy.catalog.get(state).ttl
+        ttl = self.catalog.get(state).ttl
         self.owned.set_value(k, e, value)
         e.expires = time.monotonic() + ttl / 1000 if ttl else 0.0
         if e.loaded is not None:
@@ -170,29 +256,35 @@ class Indirect:
         The forget is queued at once, so a later claim of the key here goes after it."""
         for (sidx, key), _ in self.owned.over_budget():
             self.stats.evicted += 1
-            state = self.proxy.catalog.states[sidx - 1].name
-            me = f"{self.proxy.id}:{self.inc}"
-            self.proxy._queue(Req(FORGET, state, sidx, key, "forget", me, None)).add_done_callback(_forgotten)
+            state = self.catalog.states[sidx - 1].name
+            req = self.submit.locator(FORGET, state, sidx, key, "forget", f"{self.id}:{self.inc}")
+            self.submit.queue(req).add_done_callback(_forgotten)
         self.stats.owned = len(self.owned)
 
     async def _serve(self, op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
-        """A peer's request for a value this proxy owns."""
-        if state not in self.proxy.catalog or self.proxy.catalog.get(state).state_class != "indirect":
-            raise PeerRefusal("UNKNOWN_STATE", f"{state!r} is not an indirect state here")
-        k = (self.proxy.catalog.index(state), key)
+        """A peer's request for a value this proxy owns: answered under the key's lock,
+        and only while this proxy's ownership is current."""
+        if state not in self.catalog or self.catalog.get(state).state_class != "indirect":
+            raise PeerRefusal("UNKNOWN_STATE", f"{state[:64]!r} is not an indirect state here")
+        k = (self.catalog.index(state), key)
         self.stats.served += 1
-        if op in ("get", "has"):
-            e = self._local(k)
-            if e is not None and e.value is None:  # being loaded: the reader waits for it
-                self.stats.collapsed += 1
-                await e.wait(self.load_wait)
-            if e is None or e.value is None:
-                raise PeerRefusal("NOT_FOUND", f"{self.proxy.id} has no {state}[{key}]")
-            self.owned.touch(k)
-            return e.version, e.value if op == "get" else None
-        async with self._lock(k):
-            e = await self._own_update(k, state, key, op, value)
-        return (e.version, e.value) if e else (0, None)
+        try:
+            if op in ("get", "has"):
+                e = self._local(k)
+                if e is not None and e.value is None:  # being loaded: the reader waits for it
+                    self.stats.collapsed += 1
+                    await e.wait(self.load_wait)
+                async with self._lock(k):
+                    e = self._local(k)
+                    if e is None or e.value is None or not await self._current(k, state, key, e):
+                        raise PeerRefusal("NOT_FOUND", f"{self.id} has no {state}[{key[:64]}]")
+                    self.owned.touch(k)
+                    return e.version, e.value if op == "get" else None
+            async with self._lock(k):
+                got = await self._own_update(k, state, key, op, value)
+            return (got.version, got.value) if got else (0, None)
+        except CogsError as err:  # the coordinator could not confirm: the reader tries again later
+            raise PeerRefusal("UNAVAILABLE", str(err)[:200]) from None
 
     # -- the reader's side ---------------------------------------------------------------
 
@@ -201,12 +293,13 @@ class Indirect:
         known = self._peers.get(owner)
         if known and known[0] == inc:
             return known[1]
-        topo = self.proxy.coord.topology
+        topo = self.coord.topology
         assert topo is not None
+        node = topo.node_of(slot(owner))
         try:
-            raw = await self.proxy.coord.node_client(topo.node_of(slot(owner))).get(proxy_key(owner))
-        except (OSError, ConnectionError) as e:
-            raise CoordinatorUnavailable(f"proxy registry: {e}") from e
+            raw = await self.coord.node_client(node).get(proxy_key(owner))
+        except CALL_ERRORS as e:
+            raise from_redis(e, topo.nodes[node].addr) from e
         info = json.loads(raw) if raw else {}
         if info.get("inc") != inc or not info.get("peer"):
             self._peers.pop(owner, None)
@@ -225,14 +318,21 @@ class Indirect:
         the same coordinator call that looks it up, runs ``load`` and keeps what it
         returns (None: nothing to keep, the claim is given up). Readers of the key on
         any proxy wait for that value meanwhile instead of loading it too."""
-        sidx = self.proxy.catalog.index(state)
+        sidx = self.catalog.index(state)
         k = (sidx, key)
         e = self._local(k)
-        if e is not None:
-            if e.value is not None:
+        if e is not None and e.value is not None:
+            lock = self._lock(k)
+            if lock.locked():  # a set of it under way here: its outcome first
+                async with lock:
+                    pass
+                e = self._local(k)
+            if e is not None and e.value is not None and await self._current(k, state, key, e):
                 self.stats.local_hits += 1
                 self.owned.touch(k)
                 return e.value
+            e = self._local(k)
+        if e is not None:
             self.stats.collapsed += 1  # another request here claimed it to load it: wait
             got = await e.wait(self.load_wait)
             if got is not None:
@@ -240,13 +340,13 @@ class Indirect:
             if not e.lost:  # given up, or slow: nothing to wait for
                 return None if load is None else await load()
             # (the claim was lost: look again, as a reader of the winner)
-        replica = self.proxy.catalog.get(state).mode == "replica"
+        replica = self.catalog.get(state).mode == "replica"
         if replica:
-            v = self.proxy.cache.get(k)
+            v = self.cache.get(k)
             if v is not MISS:
                 return v  # type: ignore[no-any-return]
         self._need_peers(state)
-        epoch = self.proxy.cache.begin_fetch(k) if replica else -1
+        epoch = self.cache.begin_fetch(k) if replica else -1
         ended = False
         try:
             dead: str | None = None
@@ -261,12 +361,14 @@ class Indirect:
                     if won:
                         return await self._load(k, state, key, pending, load)
                 owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
-                addr = None if owner == self.proxy.id else await self._peer(owner, inc)
+                addr = None if owner == self.id else await self._peer(owner, inc)
                 if addr is not None:
                     assert self.client is not None
                     try:
-                        version, value = await self.client.request(addr, "get", state, key)
+                        version, value = await self.client.request(addr, "get", state, key, owner=(owner, inc))
                     except PeerRefusal as r:  # the owner has no value (dropped since, or never had it)
+                        if r.code == "UNAVAILABLE":  # it could not confirm it still owns the key
+                            raise PeerError(f"owner of {state}[{key[:64]}] could not serve it now: {r}") from None
                         if load is None or r.code != "NOT_FOUND":
                             return None if load is None else await load()  # load, keep nothing: it is owned
                         # a locator pointing at nothing (say a give-up that never reached the
@@ -281,7 +383,7 @@ class Indirect:
                     else:
                         self.stats.remote_fetches += 1
                         if replica and value is not None:
-                            self.proxy.cache.end_fetch(k, epoch, value, version, pttl)
+                            self.cache.end_fetch(k, epoch, value, version, pttl)
                             ended = True
                         return value
                 # an earlier me, or a proxy that died: say so, then fall back
@@ -293,7 +395,7 @@ class Indirect:
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
         finally:
             if replica and not ended:
-                self.proxy.cache.abort_fetch(k)
+                self.cache.abort_fetch(k)
 
     async def _load(self, k: tuple[int, str], state: str, key: str, e: Entry, load: Loader) -> bytes | None:
         """Run ``load`` for a key this proxy claimed; keep its value, or give the key up."""
@@ -336,11 +438,17 @@ class Indirect:
             if len(value) > limit:
                 raise refuse(Oversize, f"value is {len(value)} bytes, limit {limit}", state=state, key=key, op=op)
         self._need_peers(state)
-        k = (self.proxy.catalog.index(state), key)
+        k = (self.catalog.index(state), key)
         async with self._lock(k):
             if self._local(k) is not None:
-                e = await self._own_update(k, state, key, op, value)
-                return e.value if e else None
+                try:
+                    e = await self._own_update(k, state, key, op, value)
+                    return e.value if e else None
+                except PeerRefusal as r:
+                    if r.code != "NOT_OWNER":
+                        raise PeerError(f"{state}[{key[:64]}]: {r}") from None
+                    # lost it while the lease had lapsed: the new owner executes it (below)
+            self.cache.written(k)  # read-your-writes: no replica here older than this update
             loc: Any = None
             if op == "create":  # mostly of absent keys: claiming first takes one call, not two
                 won, loc = await self._claim(k, state, key, Entry(bytes(value or b""), 0, 0.0), None)
@@ -353,10 +461,10 @@ class Indirect:
                 if loc:
                     owner, inc = _s(loc[0]), _s(loc[1])
                     loc = None
-                    addr = None if owner == self.proxy.id else await self._peer(owner, inc)
+                    addr = None if owner == self.id else await self._peer(owner, inc)
                     if addr is not None:
                         try:
-                            return await self._remote(addr, op, state, key, value)
+                            return await self._remote(addr, (owner, inc), op, state, key, value)
                         except PeerRefusal as r:
                             if r.code not in {"NOT_OWNER", "NOT_FOUND"}:
                                 raise PeerError(f"owner of {state}[{key}] refused: {r}") from r
@@ -377,10 +485,12 @@ class Indirect:
                     return value
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
 
-    async def _remote(self, addr: str, op: str, state: str, key: str, value: bytes | None) -> bytes | None:
+    async def _remote(
+        self, addr: str, owner: tuple[str, str], op: str, state: str, key: str, value: bytes | None
+    ) -> bytes | None:
         assert self.client is not None
         self.stats.remote_fetches += 1
-        _, got = await self.client.request(addr, op, state, key, value)
+        _, got = await self.client.request(addr, op, state, key, value, owner=owner)
         return got
 
     async def _claim(

@@ -16,6 +16,7 @@ again per call (timeout context, stream reader, one task switch more).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -24,7 +25,7 @@ import hiredis
 from redis import exceptions as rexc
 from redis.asyncio.connection import AbstractConnection
 
-from cogs.errors import CoordinatorUnavailable
+from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
 
 
 class _Replies(asyncio.Protocol):
@@ -64,7 +65,12 @@ class NodeLink:
 
     def __init__(self, addr: str, connection_class: type[AbstractConnection], kwargs: dict[str, Any]) -> None:
         self.addr = addr
-        self._kwargs = {**kwargs, "socket_timeout": None}  # deadlines are per call, here
+        # deadlines are per call, here; the handshake of a node that accepts but never
+        # answers (frozen) is bounded by the connect timeout plus the command timeout
+        self._handshake_s = float(kwargs.get("socket_connect_timeout") or 2.0) + float(
+            kwargs.get("socket_timeout") or 5.0
+        )
+        self._kwargs = {**kwargs, "socket_timeout": None}
         self._cls = connection_class
         self._conn: AbstractConnection | None = None  # kept for its socket's lifetime
         self._wire: _Replies | None = None
@@ -84,8 +90,15 @@ class NodeLink:
                 raise CoordinatorUnavailable(f"link to {self.addr} is closed")
             conn = self._cls(**self._kwargs)
             try:
-                await conn.connect()
-            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+                with anyio.fail_after(self._handshake_s):
+                    await conn.connect()
+            except NETWORK_ERRORS as e:  # TimeoutError included
+                with contextlib.suppress(*NETWORK_ERRORS, rexc.RedisError):
+                    await conn.disconnect(nowait=True)
+                raise CoordinatorUnavailable(f"coordinator node {self.addr}: {type(e).__name__} {e}") from e
+            except rexc.RedisError as e:  # refused the handshake (credentials, LOADING): try again later
+                with contextlib.suppress(*NETWORK_ERRORS, rexc.RedisError):
+                    await conn.disconnect()
                 raise CoordinatorUnavailable(f"coordinator node {self.addr}: {e}") from e
             writer = getattr(conn, "_writer", None)  # redis-py's stream, after its handshake
             if writer is None:
@@ -95,6 +108,16 @@ class NodeLink:
             transport.set_protocol(wire)  # nothing is in flight: no reply is left behind
             self._conn, self._wire = conn, wire
             return wire
+
+    async def open(self) -> None:
+        """Connect, unless connected."""
+        if self._wire is None:
+            await self._connect()
+
+    def drop(self, cause: BaseException) -> None:
+        """Drop the connection now: every request in flight on it fails."""
+        if self._wire is not None:
+            self._fail(self._wire, cause)
 
     @property
     def ready(self) -> bool:

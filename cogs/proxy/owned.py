@@ -23,6 +23,8 @@ class Entry:
     loaded: anyio.Event | None = None
     #: the claim to load it was lost: another proxy owns the key
     lost: bool = False
+    #: ownership known current (False after the proxy's lease lapsed: re-checked before serving)
+    confirmed: bool = True
 
     async def wait(self, patience: float) -> bytes | None:
         """The value, once loaded (None if it was given up or took over ``patience`` s)."""

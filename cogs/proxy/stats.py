@@ -1,13 +1,23 @@
-"""What a state proxy reports about itself (read by the monitor and the benches)."""
+"""What a state proxy reports about itself (read by the monitor, the exporter, benches).
+
+Each component keeps its own typed statistics (the batcher, delivery, the replica
+cache, the request table, indirect states); :class:`ProxyStatistics` is their
+fields side by side, composed by name: a field renamed in a component and not here
+fails loudly (``compose`` passes every field by keyword), never reads 0.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cogs.proxy.cache import CacheStatistics
+from cogs.proxy.delivery import DeliveryStatistics
+from cogs.proxy.requests import RequestStatistics
 
 
 @dataclass(frozen=True)
-class ProxyStatistics:
-    proxy_id: str
+class BatchStatistics:
     #: update() calls by the NF (trigger path)
     updates: int
     #: updates merged into an op already pending for the same key
@@ -16,45 +26,101 @@ class ProxyStatistics:
     ops_sent: int
     ops_applied: int
     batches: int
-    sync_ops: int
-    async_ops: int
-    cache_hits: int
-    cache_misses: int
-    cached_entries: int
-    #: discard-replica entries received, and whole-cache drops (discard link lost)
-    discards: int
-    cache_drops: int
-    #: ops buffered (not yet sent) and in flight (sent, no reply yet)
+    #: ops buffered (not yet sent) and unconfirmed (sent, no reply yet)
     pending_ops: int
     inflight_ops: int
-    #: packets waiting in the packet buffer table for their state
-    pending_packets: int
     #: ops the coordinator refused (each also went to on_error and the log)
     errors: int
     #: update() calls refused because the buffer was full
     backpressure: int
-    #: ops re-sent after a topology change (MOVED); batches re-sent after a lost
-    #: connection (exactly once: the coordinator drops duplicates)
+    #: ops re-routed after a topology change (MOVED / ASK)
     rerouted: int
-    retried_batches: int
-    #: coordinator outages this proxy rode out (failovers), and the longest pause
-    outages: int = 0
-    longest_pause_s: float = 0.0
-    #: indirect states: values this proxy owns; reads served without network; values
-    #: fetched from (or ops run at) owner peers; locator lookups at the coordinator;
-    #: requests this proxy served to peers; reads (here or by peers) that waited for a
-    #: value this proxy was loading (read-through) instead of loading it too
-    owned: int = 0
-    #: bytes of the values owned, and values dropped to stay within COGS_MAX_OWNED_BYTES
-    owned_bytes: int = 0
-    evicted: int = 0
+
+
+@dataclass(frozen=True)
+class IndirectStatistics:
+    #: values this proxy owns, their bytes, and values dropped to stay within COGS_MAX_OWNED_BYTES
+    owned: int
+    owned_bytes: int
+    evicted: int
     #: read-throughs that found their owner without the value and took the key over
-    stale_locators: int = 0
-    indirect_local_hits: int = 0
-    remote_ops: int = 0
-    locator_lookups: int = 0
-    peer_served: int = 0
-    collapsed_reads: int = 0
+    stale_locators: int
+    #: reads served without network; values fetched from (or ops run at) owner peers;
+    #: locator lookups at the coordinator; requests served to peers; reads (here or by
+    #: peers) that waited for a value this proxy was loading instead of loading it too
+    indirect_local_hits: int
+    remote_ops: int
+    locator_lookups: int
+    peer_served: int
+    collapsed_reads: int
+    #: owned values re-checked at the coordinator after this proxy's lease lapsed
+    #: (a frozen loop, a lost heartbeat), and those found taken over meanwhile
+    lease_checks: int
+    lease_lost: int
+
+
+NO_INDIRECT = IndirectStatistics(*([0] * len(fields(IndirectStatistics))))
+
+
+@dataclass(frozen=True)
+class ProxyStatistics:
+    proxy_id: str
+    sync_ops: int
+    async_ops: int
+    # -- batching (BatchStatistics)
+    updates: int
+    coalesced: int
+    ops_sent: int
+    ops_applied: int
+    batches: int
+    pending_ops: int
+    inflight_ops: int
+    errors: int
+    backpressure: int
+    rerouted: int
+    # -- delivery (DeliveryStatistics)
+    resent_batches: int
+    outages: int
+    longest_pause_s: float
+    gaps: int
+    lost_batches: int
+    lost_ops: int
+    overdue_batches: int
+    unconfirmed_batches: int
+    # -- replica cache (CacheStatistics)
+    cache_hits: int
+    cache_misses: int
+    cached_entries: int
+    discards: int
+    cache_drops: int
+    # -- request table (RequestStatistics)
+    pending_packets: int
+    callback_errors: int
+    # -- indirect states (IndirectStatistics)
+    owned: int
+    owned_bytes: int
+    evicted: int
+    stale_locators: int
+    indirect_local_hits: int
+    remote_ops: int
+    locator_lookups: int
+    peer_served: int
+    collapsed_reads: int
+    lease_checks: int
+    lease_lost: int
+
+    @classmethod
+    def compose(
+        cls,
+        proxy_id: str,
+        sync_ops: int,
+        async_ops: int,
+        *parts: BatchStatistics | DeliveryStatistics | CacheStatistics | RequestStatistics | IndirectStatistics,
+    ) -> ProxyStatistics:
+        merged: dict[str, Any] = {}
+        for p in parts:
+            merged.update(asdict(p))
+        return cls(proxy_id=proxy_id, sync_ops=sync_ops, async_ops=async_ops, **merged)
 
     @property
     def coalescing_ratio(self) -> float:

@@ -65,7 +65,7 @@ local function flow_arg(arg, st)
 end
 
 local function holders(st, rk, ctx)
-    if st.replica and ctx.pid then R('SADD', rk .. ':r', ctx.pid) end
+    if st.replica and ctx.pid then cogs.replica.hold(rk, ctx) end
 end
 
 -- Drop one mapping (both directions), free its port, tell the holders.
@@ -175,8 +175,13 @@ local ops = {
     end,
 }
 
-local MODES = { map = { [0] = true, [1] = true }, release = { [0] = true, [1] = true },
-    out = { [2] = true, [4] = true }, ['in'] = { [2] = true, [4] = true }, size = { [2] = true } }
+local MODES = {
+    map = { [MODE.UPDATE] = true, [MODE.UPDATE_GET] = true },
+    release = { [MODE.UPDATE] = true, [MODE.UPDATE_GET] = true },
+    out = { [MODE.RETRIEVE] = true, [MODE.RETRIEVE_REPLICA] = true },
+    ['in'] = { [MODE.RETRIEVE] = true, [MODE.RETRIEVE_REPLICA] = true },
+    size = { [MODE.RETRIEVE] = true },
+}
 
 cogs.register_type('portmap', {
     -- the whole type runs here: its ops touch several keys of the block's hash tag

@@ -16,7 +16,7 @@ cogs.register_type('set', {
     update = {
         add = function(rk, d, st)
             local added
-            if type(d) == 'string' and #d <= st.max_bytes and not st.max_items then
+            if type(d) == 'string' and #d <= st.max_member and not st.max_items then
                 added = R('SADD', rk, d) -- one member: no list to build (the trigger hot path)
             else
                 local ms = strlist(d, st, 'member')

@@ -12,8 +12,8 @@ import redis
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
+from cogs.coordinator.frames import runs
 from cogs.coordinator.ops import Mode, Op, StateTable
-from cogs.coordinator.wire import runs
 from cogs.errors import BadDelta, Moved, UnknownOp, UnknownState
 from cogs.keys import escape, slot, state_key
 

@@ -55,7 +55,7 @@ async def _load(url: str, prefix: str, durable: bool, q: Any) -> dict[str, Any]:
         await p.flush()
         s = p.statistics()
     return {"issued": issued, "errors": s.errors, "outages": s.outages, "pause": s.longest_pause_s,
-            "retried": s.retried_batches, "applied": s.ops_applied, "sent": s.ops_sent}  # fmt: skip
+            "retried": s.resent_batches, "applied": s.ops_applied, "sent": s.ops_sent}  # fmt: skip
 
 
 def _proc(url: str, prefix: str, durable: bool, q: Any) -> None:

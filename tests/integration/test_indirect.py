@@ -26,7 +26,10 @@ SECRET = "cluster-shared-secret"
 
 
 def _proxy(url: str, **kw: Any) -> StateProxy:
-    return StateProxy(url, peer_secret=SECRET, **kw)
+    """A proxy with the peer secret; a short heartbeat needs a shorter peer timeout
+    (an owner's lease is the heartbeat TTL less the peer timeout)."""
+    ttl = kw.get("heartbeat_ttl_s", 10.0)
+    return StateProxy(settings=load_settings(url=url, peer_timeout_s=min(5.0, ttl / 3)), peer_secret=SECRET, **kw)
 
 
 # -- helpers running proxies in other processes -------------------------------------------

@@ -58,7 +58,12 @@ def test_monitor_shows_nodes_states_proxies_and_alerts(cluster: LocalCluster) ->
     snaps: list[tuple[Snapshot, list[Alert]]] = []
 
     async def go() -> None:
-        async with StateProxy(url, peer_secret=SECRET, heartbeat_ttl_s=1.5) as a, StateProxy(url) as b:
+        async with (
+            StateProxy(
+                settings=load_settings(url=url, peer_timeout_s=0.5), peer_secret=SECRET, heartbeat_ttl_s=1.5
+            ) as a,
+            StateProxy(url) as b,
+        ):
             for i in range(40):
                 a.update("cnt", f"mon-{i}", "add", 1)
             for port in range(5):  # over the cardinality threshold of 3: one alert

@@ -161,7 +161,7 @@ async def test_idle_mappings_expire_busy_ones_stay(cluster: LocalCluster) -> Non
         assert await other.inbound(17, *m_busy) == (busy[1], busy[2])
         await eventually(lambda: p.cached("pmap", "o|" + flow_id(*idle)) is MISS)
         for blk in {nat.block_of_flow(flow_id(*idle))}:
-            await p.syn_entry("pmap", blk, "out", flow_id(*idle), "probe", share=False)  # reaps if due
+            await p.entries.syn("pmap", blk, "out", flow_id(*idle), "probe", share=False)  # reaps if due
         assert await other.inbound(17, *m_idle) is None
         await nat.release(*busy)
 

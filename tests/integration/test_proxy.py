@@ -27,7 +27,7 @@ from cogs.errors import (
     UnknownOp,
     UnknownState,
 )
-from cogs.keys import escape, proxy_key, slot
+from cogs.keys import escape, once_key, proxy_key, slot
 from cogs.proxy import MISS, Backpressure, StateProxy
 from cogs.proxy.blocking import BlockingStateProxy
 from cogs.settings import load_settings
@@ -123,7 +123,9 @@ async def test_bad_input_refused_at_the_call(proxy: StateProxy) -> None:
 async def test_coordinator_errors_reach_on_error(cluster: LocalCluster) -> None:
     seen: list[tuple[OpError, Any]] = []
     async with StateProxy(cluster.url, on_error=lambda e, p: seen.append((e, p))) as p:  # type: ignore[arg-type]
-        p.update("tags", "big", "add", "x" * 100)  # over the state's max_bytes (16)
+        with pytest.raises(Oversize, match="max_member_bytes"):  # what cannot be applied is refused here
+            p.update("tags", "big", "add", "x" * 100)
+        p.update("tags", "big", "add", ["a", "b", "c", "d", "e"])  # over max_items (4): only the coordinator knows
         p.update("cnt", "fine", "add", 1)
         p.asyn_up("note", "n", "set", "y" * 50, lambda s, pkt: None, "pkt-1")
         await p.flush()
@@ -340,24 +342,29 @@ async def test_map_incr_coalesces_field_by_field(proxy: StateProxy) -> None:
 
 
 async def test_closing_proxy_removes_its_exactly_once_records(cluster: LocalCluster) -> None:
+    before = _once_records(cluster)  # (of proxies other tests killed: they expire)
     async with StateProxy(cluster.url) as p:
-        pid = p.id
+        session = p._batcher.delivery.session
         for i in range(30):
             await p.syn_retrieve("cnt", f"once{i}")
-        assert _once_records(cluster, pid) == 0  # reads only: nothing to apply exactly once
+        assert _once_records(cluster) == before  # reads only: nothing to apply exactly once
         for i in range(30):
             p.update("cnt", f"once{i}", "add", 1)  # an update and a read in one batch: recorded
             assert await p.syn_retrieve("cnt", f"once{i}") == 1
-        assert _once_records(cluster, pid) >= 2  # a hash and its list, on some node
-    assert _once_records(cluster, pid) == 0
+        records = _once_records(cluster) - before
+        assert records  # a record per channel that carried updates
+        streams = list(p._batcher.delivery.channels)
+        assert records <= {once_key(s, session).encode() for s in streams}
+        assert all(session.encode() not in r for r in records)  # named by a digest, never the secret
+    assert _once_records(cluster) - before == set()
 
 
-def _once_records(cluster: LocalCluster, pid: str) -> int:
-    n = 0
+def _once_records(cluster: LocalCluster) -> set[bytes]:
+    found: set[bytes] = set()
     for port in cluster.ports:
         with redis.Redis(port=port) as r:
-            n += len(r.keys(f"cogs:seq*:{pid}"))
-    return n
+            found |= set(r.keys("cogs:once:*"))
+    return found
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

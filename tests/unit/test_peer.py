@@ -4,8 +4,8 @@ handler's bug, a client's timeout."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -16,8 +16,9 @@ import anyio
 import pytest
 
 from cogs.errors import PeerError
-from cogs.proxy import peer
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
+from cogs.proxy.peer import server as peer_server
+from cogs.proxy.peer.wire import mac
 
 
 def test_concurrent_requests_on_several_connections() -> None:
@@ -66,21 +67,21 @@ def _read(s: socket.socket) -> dict[str, Any]:
     return out
 
 
-def _authed(addr: str, secret: bytes) -> socket.socket:
+def _authed(addr: str, secret: bytes, nonce: str = "c" * 32) -> socket.socket:
     host, _, port = addr.rpartition(":")
     s = socket.create_connection((host, int(port)), timeout=5)
     hello = _read(s)
-    mac = hmac.new(secret, f"cogs-peer-v1|{hello['nonce']}|raw|owner".encode(), hashlib.sha256).hexdigest()
-    s.sendall(_frame({"t": "auth", "id": "raw", "mac": mac}))
-    assert _read(s) == {"t": "ok"}
+    args = (hello["nonce"], nonce, "raw", hello["id"], hello["inc"])
+    s.sendall(_frame({"t": "auth", "id": "raw", "nonce": nonce, "mac": mac(secret, "client", *args)}))
+    assert _read(s) == {"t": "ok", "mac": mac(secret, "server", *args)}  # the server proved the secret too
     return s
 
 
 def test_server_cuts_stalled_frames_and_idle_peers_and_survives_handler_bugs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(peer, "FRAME_TIMEOUT", 0.3)
-    monkeypatch.setattr(peer, "IDLE_TIMEOUT", 0.6)
+    monkeypatch.setattr(peer_server, "FRAME_TIMEOUT", 0.3)
+    monkeypatch.setattr(peer_server, "IDLE_TIMEOUT", 0.6)
 
     async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
         if key == "bug":
@@ -145,5 +146,185 @@ def test_client_times_out_drops_the_connection_and_recovers() -> None:
                 await client.request("127.0.0.1:1", "get", "s", "k")
             await client.aclose()
             await server.aclose()
+
+    anyio.run(go)
+
+
+# -- hostile peers: impostors, replays, strangers that hold connections ---------------------
+
+
+class _Fake:
+    """A TCP server running ``script(reader, writer)`` for each connection (an impostor)."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.done = asyncio.Event()
+
+    async def _run(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await self.script(r, w)
+        finally:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+            self.done.set()
+
+    async def __aenter__(self) -> str:
+        self.srv = await asyncio.start_server(self._run, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.srv.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.wait_for(self.done.wait(), 5)
+        self.srv.close()
+        await self.srv.wait_closed()
+
+
+async def _read_async(r: asyncio.StreamReader) -> dict[str, Any]:
+    n, _ = struct.unpack(">IB", await r.readexactly(5))
+    out: dict[str, Any] = json.loads(await r.readexactly(n - 1))
+    return out
+
+
+def test_a_server_that_does_not_know_the_secret_is_refused() -> None:
+    """A process without the secret that took a dead owner's port: it answers the
+    handshake with anything it likes, and the reader never sends it a request."""
+    asked: list[dict[str, Any]] = []
+
+    async def impostor(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(_frame({"t": "hello", "v": 2, "id": "owner", "inc": "i1", "nonce": "n" * 32}))
+        await _read_async(r)  # the auth
+        w.write(_frame({"t": "ok", "mac": "0" * 64}))
+        with contextlib.suppress(Exception):
+            asked.append(await _read_async(r))
+
+    async def go() -> None:
+        async with _Fake(impostor) as addr:
+            client = PeerClient("reader", b"k", timeout=2)
+            with pytest.raises(PeerError, match="impostor"):
+                await client.request(addr, "get", "s", "key", owner=("owner", "i1"))
+            await client.aclose()
+        assert not asked  # no request ever went to it
+
+    anyio.run(go)
+
+
+def test_a_replayed_server_proof_is_refused() -> None:
+    """An attacker who recorded a real server's hello and proof replays them: the
+    proof covers the client's fresh nonce, so it no longer fits."""
+
+    async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        return 1, b"real"
+
+    async def go() -> None:
+        real = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="i1")
+        real_addr = await real.start()
+        # replay a real proof: the server's ok to the overheard nonce "d"*32
+        host, _, port = real_addr.rpartition(":")
+        r, w = await asyncio.open_connection(host, int(port))
+        hello = await _read_async(r)
+        args = (hello["nonce"], "d" * 32, "raw", "owner", "i1")
+        w.write(_frame({"t": "auth", "id": "raw", "nonce": "d" * 32, "mac": mac(b"k", "client", *args)}))
+        ok = await _read_async(r)
+        w.close()
+        await w.wait_closed()
+
+        async def replayer(rr: asyncio.StreamReader, ww: asyncio.StreamWriter) -> None:
+            ww.write(_frame(hello))  # the real server's hello, nonce and all
+            await _read_async(rr)
+            ww.write(_frame(ok))  # and its real proof, made for another client nonce
+            await rr.read()  # until the client hangs up
+
+        async with _Fake(replayer) as addr:
+            client = PeerClient("reader", b"k", timeout=2)
+            with pytest.raises(PeerError, match="impostor"):
+                await client.request(addr, "get", "s", "key", owner=("owner", "i1"))
+            await client.aclose()
+        await real.aclose()
+
+    anyio.run(go)
+
+
+def test_an_answer_from_another_incarnation_is_refused() -> None:
+    """The owner restarted (same id, new incarnation) on the same port: a reader
+    holding the old locator must not take the new process's value for the old one's."""
+
+    async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        return 2**60, b"not yours"
+
+    async def go() -> None:
+        server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="new")
+        addr = await server.start()
+        client = PeerClient("reader", b"k", timeout=2)
+        with pytest.raises(PeerError, match="not the owner"):
+            await client.request(addr, "get", "s", "key", owner=("owner", "old"))
+        assert await client.request(addr, "get", "s", "key", owner=("owner", "new")) == (2**60, b"not yours")
+        await client.aclose()
+        await server.aclose()
+
+    anyio.run(go)
+
+
+def test_idle_strangers_never_starve_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 idle unauthenticated connections (a Slowloris) from one address: each new
+    one evicts the oldest pending one, a real peer is still served at once, and a
+    stranger that never authenticates is cut after the handshake deadline."""
+    monkeypatch.setattr(peer_server, "HANDSHAKE_TIMEOUT", 0.5)
+
+    async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        return 1, b"ok"
+
+    async def go() -> None:
+        server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="i1")
+        addr = await server.start()
+        host, _, port = addr.rpartition(":")
+        idle = [await anyio.connect_tcp(host, int(port)) for _ in range(300)]
+        await anyio.sleep(0.2)
+        client = PeerClient("reader", b"k", timeout=2)
+        assert await client.request(addr, "get", "s", "k", owner=("owner", "i1")) == (1, b"ok")
+        assert server.evicted >= 300 - server.max_pending
+        assert len(server._pending) <= server.max_pending
+        t = time.monotonic()
+        with anyio.fail_after(3):  # the hello, then the cut at the handshake deadline
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await idle[-1].receive()
+        assert time.monotonic() - t < 3
+        for s in idle:
+            await s.aclose()
+        await client.aclose()
+        await server.aclose()
+
+    anyio.run(go)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 3000 + b"]" * 3000, b'{"t": "auth", "pad": "' + b"x" * 5000 + b'"}'],
+    ids=["deeply nested", "oversize header"],
+)
+def test_hostile_headers_get_an_error_frame(payload: bytes) -> None:
+    async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
+        return 1, b"ok"
+
+    async def go() -> None:
+        server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="i1")
+        addr = await server.start()
+
+        def attack() -> None:
+            host, _, port = addr.rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                _read(s)
+                s.sendall(struct.pack(">I", len(payload) + 1) + b"J" + payload)
+                err = _read(s)
+                assert err["t"] == "error"
+                assert err["code"] == "BAD_FRAME"
+                assert len(err["msg"]) < 300
+                assert s.recv(1) == b""
+
+        await anyio.to_thread.run_sync(attack)
+        client = PeerClient("reader", b"k", timeout=2)
+        assert await client.request(addr, "get", "s", "k") == (1, b"ok")
+        await client.aclose()
+        await server.aclose()
 
     anyio.run(go)

@@ -10,10 +10,11 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cogs.coordinator.wire import expand, runs
+from cogs.coordinator.frames import expand, jstr, route, runs
 from cogs.keys import escape, slot, unescape
-from cogs.proxy.batcher import SUM, UNION, Lane, Req, _jstr, encode, route
 from cogs.proxy.cache import MISS, ReplicaCache
+from cogs.proxy.lanes import SUM, UNION, Lane, encode
+from cogs.proxy.requests import Req
 from tests.helpers import make_batcher
 
 K = (1, "k")
@@ -86,7 +87,7 @@ def _route(key: str) -> tuple[str, int]:
 @given(st.text(max_size=40))
 def test_route_is_json_dumps_of_the_escaped_key(key: str) -> None:
     assert route(key) == _route(key)
-    assert _jstr(key) == json.dumps(key)
+    assert jstr(key) == json.dumps(key)
 
 
 OWNER = array("H", [s % 3 for s in range(16384)])

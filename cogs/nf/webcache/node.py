@@ -140,8 +140,7 @@ class CacheNode:
     def peer_address(self) -> str:
         if self.peer_server is not None:
             return self.peer_server.address
-        ind = self.proxy._indirect if self.proxy is not None else None
-        return ind.address if ind is not None else ""
+        return self.proxy.peer_address if self.proxy is not None else ""
 
     async def aclose(self) -> None:
         await self.origin_client.aclose()

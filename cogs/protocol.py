@@ -1,0 +1,94 @@
+"""The wire protocol between proxies and the Lua library, defined once.
+
+Op modes, key prefixes, limits and reply codes live here; the library assembler
+writes them into the Lua library's header (``lua_constants``), so both sides read
+the same numbers and names. Frame building is in cogs/coordinator/frames.py.
+
+A batch is one call::
+
+    FCALL cogs_batch 0 <token> <alert stream> <ops> <proxy id> [<session> <seq> <ack> [R]]
+
+``ops`` is a flat JSON array of runs (mode, state index, op, n, n x (key, arg)).
+A batch carrying a session is numbered on its channel (lua/once.lua): applied
+exactly once, in order, or refused whole with one of the ``CHANNEL_*`` codes.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Mode(IntEnum):
+    """What an op asks of the coordinator (the paper's operations, and the tables)."""
+
+    UPDATE = 0  # Update: trigger path, no reply
+    UPDATE_GET = 1  # SynUp / AsynUp: the new state
+    RETRIEVE = 2  # Retrieve
+    CHECK = 3  # Check
+    RETRIEVE_REPLICA = 4  # Retrieve that leaves a replica at the caller (replica reference table)
+    LOCATE = 5  # indirect: the owner's locator (state reference table)
+    CLAIM = 6  # indirect: become the owner when nobody (or a dead owner) is
+    OWNER = 7  # indirect: the owner changed its value (new version, discards)
+    FORGET = 8  # indirect: drop a dead owner's locator
+    RELEASE = 9  # a replica holder lets go of a key (it no longer caches it)
+
+
+#: modes whose ops may be applied twice with the same effect; a batch of only these
+#: needs no number (claim is repeatable by its claimer, forget and release by anyone)
+IDEMPOTENT = frozenset(
+    {Mode.RETRIEVE, Mode.CHECK, Mode.RETRIEVE_REPLICA, Mode.LOCATE, Mode.CLAIM, Mode.FORGET, Mode.RELEASE}
+)
+#: modes whose reply the caller reads (an update of the trigger path has none)
+ANSWERED = frozenset(set(Mode) - {Mode.UPDATE})
+
+PREFIX = "cogs:"
+MAX_KEY_BYTES = 512
+MAX_PROXY_ID = 64
+#: Pub/sub channel every alert is published on (classic PUBLISH reaches every node).
+ALERTS_CHANNEL = "cogs:alerts"
+#: Prefix of the per-node alert streams (durable alerts); the stream's tag names the node.
+ALERTS_STREAM_PREFIX = "cogs:alerts:"
+ALERTS_MAXLEN = 100_000
+#: Discard-replica messages for one proxy (classic pub/sub: reaches every node).
+DISCARD_PREFIX = "cogs:discard:"
+#: Exactly-once channel records (lua/once.lua): ``cogs:once:{tag}:<sha1(session)>``.
+ONCE_PREFIX = "cogs:once:"
+#: How long a channel record outlives its last batch; live proxies keep theirs fresh.
+ONCE_TTL_MS = 86_400_000
+#: Per node, the keys a proxy holds replicas of: ``cogs:held:{tag}:<proxy id>``.
+HELD_PREFIX = "cogs:held:"
+
+#: Whole-batch refusals of a numbered batch (nothing applied), by the first word:
+CHANNEL_GAP = "GAP"  # an older batch of the channel is missing: re-send in order
+CHANNEL_LOST = "LOST"  # acknowledged batches are gone (failover before replication)
+CHANNEL_DUP_UNKNOWN = "DUP_UNKNOWN"  # a re-sent batch whose reply was dropped: a proxy bug
+UNAVAILABLE = "UNAVAILABLE"  # the node could not run it now (cluster down, loading, OOM)
+
+#: Error replies (first word) that mean "not now": the call changed nothing and is
+#: re-sent with backoff. Redis's own, and the library's UNAVAILABLE and GAP.
+TRANSIENT = frozenset(
+    {
+        "CLUSTERDOWN", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOREPLICAS", "BUSY", "OOM",
+        UNAVAILABLE, CHANNEL_GAP,
+    }
+)  # fmt: skip
+
+
+def lua_constants() -> str:
+    """The Lua header lines the library is assembled with."""
+    consts: dict[str, str | int] = {
+        "PREFIX": PREFIX,
+        "MAX_KEY": MAX_KEY_BYTES,
+        "MAX_PROXY_ID": MAX_PROXY_ID,
+        "ALERTS_CHANNEL": ALERTS_CHANNEL,
+        "ALERTS_STREAM_PREFIX": ALERTS_STREAM_PREFIX,
+        "ALERTS_MAXLEN": ALERTS_MAXLEN,
+        "DISCARD_PREFIX": DISCARD_PREFIX,
+        "ONCE_PREFIX": ONCE_PREFIX,
+        "ONCE_TTL_MS": ONCE_TTL_MS,
+        "HELD_PREFIX": HELD_PREFIX,
+    }
+    lines = [f"local {k} = {v!r}" if isinstance(v, str) else f"local {k} = {v}" for k, v in consts.items()]
+    modes = ", ".join(f"{m.name} = {m.value}" for m in Mode)
+    lines.append(f"local MODE = {{ {modes} }}")
+    return "\n".join(lines)

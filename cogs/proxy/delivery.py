@@ -1,0 +1,405 @@
+"""Delivery: one ordered channel per coordinator node, exactly once across faults.
+
+A proxy reaches each node through a :class:`Channel`, named by the node's alert
+stream (its tag is a slot the node serves; after a failover the promoted replica
+serves it, and the channel follows). A channel is one pipelined connection and a
+queue of the batches sent on it whose replies have not come back:
+
+* **Numbers.** Each proxy start draws a random session secret; on each channel the
+  batches with updates are numbered 1, 2, 3, ... with no gaps, and each carries the
+  highest number whose reply came back ("ack"). The node's record
+  (lua/once.lua) applies number last + 1, answers a re-send with its stored reply,
+  and refuses a number past last + 1 (``GAP``): "not seen" is never taken for
+  "applied". Batches of reads and locator ops only (which may be applied twice) go
+  without a number, on the same channel, in the same order.
+* **Order.** Batches are written in queue order; replies come back in that order. A
+  failed or timed-out call, a transient refusal (cluster down, loading, failing over:
+  nothing applied) or a ``GAP`` drops the connection and every reply still due on it;
+  the channel reconnects (re-reading the slot map, with backoff) and writes the
+  whole queue again, oldest first, before anything new. So no newer batch ever
+  overtakes an unresolved older one, and re-sends are answered by the record.
+* **Durable mode.** A numbered batch counts as done only once ``WAIT 1`` says a
+  replica has it; otherwise it is re-sent (the record answers it, and refreshes
+  itself: a write, so the next ``WAIT`` covers the original).
+* **Loss is reported, never hidden.** When a failover lost batches the node had
+  acknowledged (default mode's window), the node says ``LOST`` (acknowledged up to
+  the ack, it has fewer): the proxy reports :class:`AckedLost` with their ops, then
+  resynchronises the record and goes on.
+* **Bounded waits.** A batch not confirmed within ``delivery_timeout`` fails its
+  waiters with :class:`DeliveryTimeout` (outcome unknown); it stays queued and is
+  applied exactly once when the node answers again, unless the proxy closes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from cogs.coordinator.client import Coordinator
+from cogs.errors import AckedLost, ChannelError, CogsError, CoordinatorUnavailable, DeliveryTimeout, from_redis
+from cogs.keys import slot, stream_tag
+from cogs.logs import fields
+from cogs.protocol import CHANNEL_GAP, CHANNEL_LOST, ONCE_TTL_MS
+from cogs.proxy.link import NodeLink
+from cogs.proxy.requests import Req
+
+log = logging.getLogger("cogs.proxy")
+#: an idle channel sends an empty batch this often, so its record never expires while the proxy lives
+KEEPALIVE_S = ONCE_TTL_MS / 4000
+RECENT = 4096  # acknowledged batches remembered per channel (to count the ops of a loss)
+_NUMBER = re.compile(r"^\S+ (\d+)")
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """One frame for one node: its payload, its ops, who waits for which op."""
+
+    payload: str
+    nops: int
+    reqs: dict[int, Req]
+    #: carries a number (it has ops that must not apply twice)
+    numbered: bool
+    born: float
+    seq: int = 0
+    #: not confirmed within the delivery bound: its waiters were told so; still queued
+    overdue: bool = False
+    #: writes so far (1: never re-sent)
+    sends: int = 0
+
+
+@dataclass(frozen=True)
+class DeliveryStatistics:
+    #: batches written more than once (after a lost connection or a transient refusal)
+    resent_batches: int
+    #: channel outages (connection lost or node unable) ridden out, and the longest pause
+    outages: int
+    longest_pause_s: float
+    #: batches refused GAP (an older one was missing on arrival) and re-sent in order
+    gaps: int
+    #: acknowledged batches a failover lost (reported as AckedLost), and their ops
+    lost_batches: int
+    lost_ops: int
+    #: batches not confirmed within the delivery bound (waiters told DeliveryTimeout)
+    overdue_batches: int
+    #: batches queued on a channel, not confirmed yet
+    unconfirmed_batches: int
+
+
+class Delivery:
+    """The channels of one proxy session; the batcher sends its frames here."""
+
+    def __init__(
+        self,
+        coord: Coordinator,
+        token: str,
+        proxy_id: str,
+        *,
+        durable: bool,
+        durable_timeout: float,
+        command_timeout: float,
+        delivery_timeout: float,
+        on_reply: Callable[[Batch, Any], None],
+        on_failed: Callable[[Batch, CogsError], None],
+        on_settled: Callable[[Batch], None],
+        on_overdue: Callable[[Batch, DeliveryTimeout], None],
+        on_error: Callable[[CogsError, Any], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+    ) -> None:
+        self.coord, self.token, self.pid = coord, token, proxy_id
+        #: the session secret: batches numbered under it are this process's alone
+        self.session = secrets.token_hex(16)
+        self.durable, self.durable_timeout = durable, durable_timeout
+        self.command_timeout, self.delivery_timeout = command_timeout, delivery_timeout
+        self.on_reply, self.on_failed, self.on_settled = on_reply, on_failed, on_settled
+        self.on_overdue, self.on_error, self.spawn = on_overdue, on_error, spawn
+        self.channels: dict[str, Channel] = {}
+        self.space = asyncio.Event()  # set whenever a batch leaves a channel
+        self.resent = self.outages = self.gaps = self.lost_batches = self.lost_ops = self.overdue = 0
+        self.pauses: list[float] = []
+
+    def send(self, stream: str, b: Batch) -> None:
+        ch = self.channels.get(stream)
+        if ch is None:
+            ch = self.channels[stream] = Channel(self, stream)
+        ch.send(b)
+
+    def room(self, max_inflight: int) -> bool:
+        """May a batch go out now? Not while a channel recovers (its queue goes first),
+        nor past ``max_inflight`` batches on a channel."""
+        return all(ch.task is None and len(ch.queue) < max_inflight for ch in self.channels.values())
+
+    @property
+    def unconfirmed(self) -> int:
+        return sum(len(ch.queue) for ch in self.channels.values())
+
+    def statistics(self) -> DeliveryStatistics:
+        return DeliveryStatistics(
+            resent_batches=self.resent,
+            outages=self.outages,
+            longest_pause_s=max(self.pauses, default=0.0),
+            gaps=self.gaps,
+            lost_batches=self.lost_batches,
+            lost_ops=self.lost_ops,
+            overdue_batches=self.overdue,
+            unconfirmed_batches=self.unconfirmed,
+        )
+
+    async def watch(self) -> None:
+        """Deadlines and keepalives, until cancelled."""
+        while True:
+            await anyio.sleep(min(0.5, self.delivery_timeout / 4))
+            now = time.monotonic()
+            for stream, ch in list(self.channels.items()):
+                ch.check_deadlines(now)
+                if not ch.queue and ch.seq and now - ch.last_sent > KEEPALIVE_S:
+                    ch.send(Batch("[]", 0, {}, True, now))
+                elif not ch.queue and not ch.seq and ch.task is None and now - ch.last_sent > 60:
+                    del self.channels[stream]  # a channel of an old topology that never numbered anything
+                    await ch.aclose()
+
+    async def aclose(self) -> int:
+        """Close every channel; the number of batches left unconfirmed (reported)."""
+        left = 0
+        for ch in self.channels.values():
+            left += len(ch.queue)
+            await ch.aclose()
+        return left
+
+
+class Channel:
+    def __init__(self, d: Delivery, stream: str) -> None:
+        self.d, self.stream = d, stream
+        self.slot = slot(stream_tag(stream))
+        self.link: NodeLink | None = None
+        self.gen = 0  # connection generation: replies due on an older one are void
+        self.seq = 0  # the last number given
+        self.acked = 0  # every batch up to this number has its reply
+        self.resync = False  # a loss was reported: the next batches reset the record
+        self.queue: deque[Batch] = deque()  # sent (or to be sent), reply not in yet
+        self.task: asyncio.Task[None] | None = None  # (re)connecting
+        self.trouble_since = 0.0
+        self.last_sent = time.monotonic()
+        self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)  # (number, ops) acknowledged
+
+    @property
+    def addr(self) -> str:
+        return self.link.addr if self.link is not None else "?"
+
+    def send(self, b: Batch) -> None:
+        if b.numbered:
+            self.seq += 1
+            b.seq = self.seq
+        self.queue.append(b)
+        self.last_sent = b.born
+        if self.task is None and self.link is not None and self.link.ready:
+            self._write(b)
+        elif self.link is None:
+            self._trouble(None)  # the first connection
+        else:  # the connection dropped (its failed replies are on their way): write them all again
+            self._trouble(CoordinatorUnavailable(f"coordinator node {self.link.addr}: connection lost"))
+
+    def _args(self, b: Batch) -> tuple[Any, ...]:
+        d = self.d
+        args: tuple[Any, ...] = ("FCALL", "cogs_batch", 0, d.token, self.stream, b.payload, d.pid)
+        if b.numbered:
+            args += (d.session, str(b.seq), str(self.acked))
+            if self.resync:
+                args += ("R",)
+        return args
+
+    def _write(self, b: Batch) -> None:
+        link = self.link
+        assert link is not None
+        b.sends += 1
+        if b.sends > 1:
+            self.d.resent += 1
+        fut = link.send(self._args(b), self.d.command_timeout)
+        if self.d.durable and b.numbered:
+            ms = int(self.d.durable_timeout * 1000)
+            wait = link.send(("WAIT", 1, ms), self.d.command_timeout + self.d.durable_timeout)
+            wait.add_done_callback(functools.partial(self._replied, b, self.gen, fut))
+        else:
+            fut.add_done_callback(functools.partial(self._replied, b, self.gen, None))
+
+    def _replied(self, b: Batch, gen: int, first: asyncio.Future[Any] | None, fut: asyncio.Future[Any]) -> None:
+        if gen != self.gen:
+            return  # due on a dropped connection: the batch was (or will be) written again
+        if not self.queue or self.queue[0] is not b:  # replies come in write order: never
+            self._trouble(CoordinatorUnavailable(f"node {self.addr}: a reply out of order (batch {b.seq})"))
+            return
+        call = first if first is not None else fut
+        exc = None if not call.cancelled() and call.exception() is None else call
+        if exc is not None:
+            err = from_redis(_exception(exc), self.addr)
+            if isinstance(err, CoordinatorUnavailable):  # nothing applied, or not known: the queue goes again
+                if str(err).split(": ", 1)[-1].startswith(CHANNEL_GAP):
+                    self._gap(err)
+                self._trouble(err)
+            elif isinstance(err, ChannelError) and err.code == CHANNEL_LOST:
+                self._lost(err)
+            else:  # refused for good (library outdated, bad frame): this batch fails, the rest go on
+                self.queue.popleft()
+                self.d.on_failed(b, err)
+                self._settled(b)
+            return
+        if first is not None:  # durable: the WAIT reply
+            replicas = None if fut.cancelled() or fut.exception() is not None else fut.result()
+            if not isinstance(replicas, int) or replicas < 1:
+                self._trouble(
+                    CoordinatorUnavailable(
+                        f"node {self.addr}: no replica acknowledged batch {b.seq} within "
+                        f"{self.d.durable_timeout:g} s (durable mode waits for one)"
+                    )
+                )
+                return
+        self.queue.popleft()
+        if b.numbered:
+            self.acked = b.seq
+            self.resync = False
+            self.recent.append((b.seq, b.nops))
+        if b.overdue:
+            log.warning(
+                "node %s: batch %d confirmed %.1f s after it was sent", self.addr, b.seq, time.monotonic() - b.born,
+                extra=fields(proxy=self.d.pid, node=self.addr),
+            )  # fmt: skip
+        self.d.on_reply(b, call.result())  # first: ops it re-queues (MOVED) are pending before it counts as done
+        self._settled(b)
+
+    def _settled(self, b: Batch) -> None:
+        self.d.on_settled(b)
+        self.d.space.set()
+
+    def _gap(self, err: CogsError) -> None:
+        """The node expects an older number than the oldest queued: batches in between
+        failed for good before its record saw them. Empty batches take their numbers,
+        so a stale copy of one of them can never be applied later."""
+        self.d.gaps += 1
+        m = _NUMBER.match(str(err).split(": ", 1)[-1])
+        numbered = [b for b in self.queue if b.numbered]
+        if m is None or not numbered:
+            return
+        expected, head = int(m[1]), numbered[0].seq
+        now = time.monotonic()
+        fences = [Batch("[]", 0, {}, True, now, seq=n) for n in range(expected, head)]
+        self.queue.extendleft(reversed(fences))
+
+    def _lost(self, err: ChannelError) -> None:
+        m = _NUMBER.match(str(err).split(": ", 1)[-1])
+        last = int(m[1]) if m else 0
+        gone = [(n, ops) for n, ops in self.recent if n > last]
+        known = sum(ops for _, ops in gone)
+        batches = self.acked - last
+        self.d.lost_batches += batches
+        self.d.lost_ops += known
+        ops = known if len(gone) == batches else None
+        count = str(ops) if ops is not None else "an unknown number of"
+        self.d.on_error(
+            AckedLost(
+                f"node {self.addr}: {batches} acknowledged batch(es) ({count} ops) were lost: the node now has "
+                f"this session's batches up to {last} of {self.acked} (a failover "
+                "before its replica had them; durable mode closes this window)",
+                node=self.addr, batches=batches, ops=ops,
+            ),
+            None,
+        )  # fmt: skip
+        self.resync = True
+        self._trouble(err)
+
+    def _trouble(self, err: CogsError | None) -> None:
+        """Drop the connection (replies still due on it are void) and write the queue
+        again on a new one; ``err`` None: the first connection."""
+        if self.task is not None:
+            return
+        self.gen += 1
+        if err is not None:
+            if not self.trouble_since:
+                self.trouble_since = time.monotonic()
+                self.d.outages += 1
+                log.warning(
+                    "%s: re-sending %d unconfirmed batch(es) in order", err, len(self.queue),
+                    extra=fields(proxy=self.d.pid, node=self.addr),
+                )  # fmt: skip
+            if self.link is not None:
+                self.link.drop(err)
+        self.task = self.d.spawn(self._recover(err is not None))
+
+    async def _recover(self, backoff: bool) -> None:
+        attempt = 0
+        try:
+            while True:
+                if backoff or attempt:
+                    await anyio.sleep(min(0.01 * 2 ** min(attempt, 6), 0.5))
+                    with contextlib.suppress(CoordinatorUnavailable):
+                        await self.d.coord.refresh()
+                attempt += 1
+                try:
+                    await self._connect()
+                except CoordinatorUnavailable as e:
+                    if attempt == 1 or attempt % 20 == 0:
+                        log.warning("%s (attempt %d)", e, attempt, extra=fields(proxy=self.d.pid))
+                    continue
+                break
+        finally:
+            self.task = None
+        if self.trouble_since:
+            self.d.pauses.append(time.monotonic() - self.trouble_since)
+            self.trouble_since = 0.0
+        for b in list(self.queue):  # oldest first, in one step: nothing overtakes them
+            self._write(b)
+
+    async def _connect(self) -> None:
+        topo = self.d.coord.topology
+        if topo is None:
+            raise CoordinatorUnavailable("no slot map yet")
+        node = topo.nodes[topo.owner[self.slot]]
+        link = self.link
+        if link is None or link.addr != node.addr:
+            if link is not None:
+                await link.aclose()
+            client = self.d.coord.node_client(topo.owner[self.slot])
+            pool = client.connection_pool
+            link = self.link = NodeLink(node.addr, pool.connection_class, pool.connection_kwargs)
+        await link.open()
+
+    def check_deadlines(self, now: float) -> None:
+        for b in self.queue:
+            if now - b.born <= self.d.delivery_timeout:
+                break  # the rest are younger
+            if not b.overdue:
+                b.overdue = True
+                self.d.overdue += 1
+                self.d.on_overdue(
+                    b,
+                    DeliveryTimeout(
+                        f"node {self.addr}: not confirmed within {self.d.delivery_timeout:g} s"
+                        f"{'' if self.task is None else ' (the node does not answer)'}; it stays queued and "
+                        "applies exactly once when the node answers, unless this proxy closes first"
+                    ),
+                )
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.link is not None:
+            await self.link.aclose()
+
+
+def _exception(fut: asyncio.Future[Any]) -> BaseException:
+    if fut.cancelled():
+        return CoordinatorUnavailable("the call was cancelled")
+    exc = fut.exception()
+    assert exc is not None
+    return exc

@@ -1,0 +1,309 @@
+"""The peer server: a proxy serves the indirect states it owns to other proxies.
+
+A stranger never holds what peers need: a connection must finish the handshake
+within HANDSHAKE_TIMEOUT, and connections still in the handshake have a small pool
+of their own (per source address too). When it is full, a new connection evicts the
+oldest pending one: a real peer authenticates in one round trip, so a flood of idle
+strangers (Slowloris) can never starve it. Authenticated connections have their own
+cap. A bad frame or bad auth is answered with an error and cut; a client that
+stalls mid-frame or idles is cut silently; the other connections never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from cogs.errors import PeerError
+from cogs.proxy.peer.wire import OPS, VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
+
+log = logging.getLogger("cogs.peer")
+FRAME_TIMEOUT = 10.0  # a frame, once started, must arrive whole within this
+IDLE_TIMEOUT = 120.0
+HANDSHAKE_TIMEOUT = 3.0  # from connect to a proven secret
+
+#: (op, state, key, value) -> (version, value or None); raises PeerRefusal
+Handler = Callable[[str, str, str, bytes | None], Awaitable[tuple[int, bytes | None]]]
+SizeLimit = Callable[[str], int]
+
+
+class _Session(asyncio.Protocol):
+    """One peer's connection: hello, auth, then requests one at a time (frames a
+    client sends ahead wait in the buffer). Cut, with an error frame, on a bad frame
+    or bad auth; cut silently when a started frame stalls or the peer idles."""
+
+    def __init__(self, server: PeerServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.frames = Frames()
+        self.transport: asyncio.Transport | None = None
+        self.nonce = secrets.token_hex(16)
+        self.authed = self.busy = self.closed = False
+        #: a set/create waiting for its value: (n, op, state, key), and its chunks so far
+        self.pending: tuple[int, str, str, str] | None = None
+        self.chunks = Chunks(0)
+        self.task: asyncio.Task[None] | None = None
+        now = self.loop.time()
+        self.started = now
+        self.source = "?"
+        self.since = now  # the last whole frame (or the start)
+        self.frame_started = 0.0  # when the first byte of an incomplete frame came
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if self.server.closing:  # accepted while the server shuts down
+            self.closed = True
+            transport.close()
+            return
+        self.server._admit(self)
+        self.transport.write(
+            message(
+                {"t": "hello", "v": VERSION, "id": self.server.proxy_id, "inc": self.server.inc, "nonce": self.nonce}
+            )
+        )
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.frames.buf:
+            self.frame_started = self.loop.time()
+        self.frames.buf += data
+        self._drain()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._gone(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _drain(self) -> None:
+        try:
+            while not self.busy and not self.closed:
+                frame = self.frames.next()
+                if frame is None:
+                    break
+                self.since = self.frame_started = self.loop.time()
+                self._frame(*frame)
+        except PeerRefusal as e:
+            self._refuse(e)
+            return
+        self._arm()
+
+    def _frame(self, kind: int, payload: bytes) -> None:
+        if not self.authed:
+            self._auth(header(kind, payload))
+        elif self.pending is not None:  # a chunk of a value being sent
+            value = self.chunks.add(kind, payload)
+            if value is not None:
+                (n, op, state, key), self.pending = self.pending, None
+                self._run(n, op, state, key, value)
+        else:
+            self._request(header(kind, payload))
+
+    def _auth(self, auth: dict[str, object]) -> None:
+        srv = self.server
+        client, nonce, proof = auth.get("id"), auth.get("nonce"), auth.get("mac")
+        if auth.get("t") != "auth" or not isinstance(client, str) or not isinstance(nonce, str) or len(nonce) > 64:
+            raise PeerRefusal("AUTH", "expected an auth frame with id, nonce and mac")
+        args = (self.nonce, nonce, client, srv.proxy_id, srv.inc)
+        if not same(proof, mac(srv.secret, "client", *args)):
+            raise PeerRefusal("AUTH", f"peer {client[:64]!r} does not know the cluster's secret")
+        if len(srv.sessions) >= srv.max_connections:
+            raise PeerRefusal("BUSY", f"{srv.max_connections} peer connections open")
+        srv._authed(self)
+        self.authed = True
+        self._write(message({"t": "ok", "mac": mac(srv.secret, "server", *args)}))
+
+    def _request(self, req: dict[str, Any]) -> None:
+        n, op, state, key, size = req.get("n"), req.get("op"), req.get("state"), req.get("key"), req.get("size", 0)
+        if req.get("t") != "req" or not isinstance(n, int) or op not in OPS:
+            raise PeerRefusal("BAD_FRAME", f"a request needs t=req, an int n and op {'|'.join(OPS)}")
+        if not isinstance(state, str) or not isinstance(key, str) or not isinstance(size, int) or size < 0:
+            raise PeerRefusal("BAD_FRAME", "a request needs a state name, a key and a size >= 0")
+        limit = self.server.max_value(state)
+        if size > limit:
+            raise PeerRefusal("OVERSIZE", f"value of {size} bytes over the {limit} bytes of state {state}")
+        if op in ("set", "create"):
+            if size:
+                self.pending, self.chunks = (n, op, state, key), Chunks(size)
+                return
+            self._run(n, op, state, key, b"")
+        else:
+            self._run(n, op, state, key, None)
+
+    def _run(self, n: int, op: str, state: str, key: str, value: bytes | None) -> None:
+        self.busy = True
+        self.task = self.loop.create_task(self._handle(n, op, state, key, value))
+        self.server.tasks.add(self.task)
+        self.task.add_done_callback(self.server.tasks.discard)
+
+    async def _handle(self, n: int, op: str, state: str, key: str, value: bytes | None) -> None:
+        srv = self.server
+        try:
+            version, out = await srv.handler(op, state, key, value)
+        except PeerRefusal as e:
+            self._write(message({"t": "res", "n": n, "ok": False, "code": e.code, "msg": e.msg}))
+        except Exception:  # a bug in the handler costs this connection, not the server
+            log.exception("peer request %s %s[%s] failed", op, state, key)
+            self._close()
+            return
+        else:
+            srv.served += 1
+            size = -1 if out is None else len(out)
+            self._write(message({"t": "res", "n": n, "ok": True, "version": version, "size": size}, out))
+        finally:
+            self.busy, self.task = False, None
+        if not self.closed:
+            self._drain()  # requests the client sent ahead
+
+    def _write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _refuse(self, e: PeerRefusal) -> None:
+        self.server.refused += 1
+        log.warning("peer connection refused: %s", e)
+        self._write(message({"t": "error", "code": e.code, "msg": e.msg}))
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            assert self.transport is not None
+            self.transport.close()  # after what was written
+
+    # One timer per connection, moved only when the deadline comes nearer (most
+    # transitions push it later: the timer then re-arms itself when it fires).
+    def _deadline(self) -> float:
+        if self.busy:
+            return self.since + IDLE_TIMEOUT
+        if not self.authed:
+            return self.started + HANDSHAKE_TIMEOUT
+        if self.frames.buf:
+            return self.frame_started + FRAME_TIMEOUT
+        if self.pending is not None:
+            return self.since + FRAME_TIMEOUT
+        return self.since + IDLE_TIMEOUT
+
+    def _arm(self) -> None:
+        if self.closed:
+            return
+        at = self._deadline()
+        if self.timer is None or at < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(at, self._expire), at
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        if self.loop.time() >= self._deadline():
+            self._close()  # stalled or idle: dropped, nothing said
+            if self.task is not None:
+                self.task.cancel()
+        else:
+            self._arm()
+
+
+@dataclass
+class PeerServer:
+    proxy_id: str
+    secret: bytes
+    handler: Handler
+    max_value: SizeLimit
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: this start of the proxy: readers check it against the state reference table
+    inc: str = ""
+    max_connections: int = 256  # authenticated
+    max_pending: int = 32  # connections in the handshake, all sources
+    max_pending_per_source: int = 8
+    address: str = field(default="", init=False)
+    refused: int = field(default=0, init=False)  # connections cut for bad auth or bad frames
+    evicted: int = field(default=0, init=False)  # pending connections pushed out by newer ones
+    served: int = field(default=0, init=False)
+    sessions: set[_Session] = field(default_factory=set, init=False, repr=False)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._server: asyncio.AbstractServer | None = None
+        self._stopped: asyncio.Event | None = None
+        #: connections still in the handshake, oldest first
+        self._pending: OrderedDict[_Session, None] = OrderedDict()
+        self._open: set[_Session] = set()  # every connection until its transport is gone
+        self.closing = False
+
+    def _admit(self, s: _Session) -> None:
+        """A new connection: make room in the handshake pool by evicting the oldest
+        pending one (of its source first), never by refusing the newcomer."""
+        mine = [p for p in self._pending if p.source == s.source]
+        if len(mine) >= self.max_pending_per_source:
+            self._evict(mine[0])
+        if len(self._pending) >= self.max_pending:
+            self._evict(next(iter(self._pending)))
+        self._pending[s] = None
+        self._open.add(s)
+
+    def _evict(self, s: _Session) -> None:
+        self.evicted += 1
+        self._pending.pop(s, None)
+        s._close()
+
+    def _authed(self, s: _Session) -> None:
+        self._pending.pop(s, None)
+        self.sessions.add(s)
+
+    def _gone(self, s: _Session) -> None:
+        self._open.discard(s)
+        self._pending.pop(s, None)
+        self.sessions.discard(s)
+
+    async def start(self) -> str:
+        """Listen (peers are served from now on); the address peers connect to."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(lambda: _Session(self), self.host, self.port)
+        except OSError as e:
+            raise PeerError(f"cannot listen for peers on {self.host}:{self.port}: {e}") from e
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"{self.host}:{port}"
+        self._stopped = asyncio.Event()
+        return self.address
+
+    async def serve(self) -> None:
+        """Serve until cancelled or closed, then stop listening and drop the connections."""
+        assert self._stopped is not None, "start() first"
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self.closing = True
+        if self._stopped is not None:
+            self._stopped.set()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for s in list(self._open):
+            s._close()
+        for t in list(self.tasks):
+            t.cancel()
+        for _ in range(100):  # let the transports finish closing (their sockets released)
+            if not self._open:
+                break
+            await asyncio.sleep(0.01)
