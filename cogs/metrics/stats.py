@@ -23,15 +23,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 #: fields that go up and down (levels, sizes); read as a gauge
 GAUGES = frozenset(
-    {"cached_entries", "pending_ops", "inflight_ops", "pending_packets", "longest_pause_s", "owned", "owned_bytes"}
-)
+    {
+        "cached_entries", "pending_ops", "inflight_ops", "pending_packets", "longest_pause_s", "owned", "owned_bytes",
+        "unconfirmed_batches",
+    }
+)  # fmt: skip
 #: fields that only grow while the proxy lives (events); read as a counter
 COUNTERS = frozenset(
     {
         "updates", "coalesced", "ops_sent", "ops_applied", "batches", "sync_ops", "async_ops", "cache_hits",
-        "cache_misses", "discards", "cache_drops", "errors", "backpressure", "rerouted", "retried_batches",
+        "cache_misses", "discards", "cache_drops", "errors", "backpressure", "rerouted", "resent_batches",
         "outages", "evicted", "stale_locators", "indirect_local_hits", "remote_ops", "locator_lookups",
-        "peer_served", "collapsed_reads",
+        "peer_served", "collapsed_reads", "gaps", "lost_batches", "lost_ops", "overdue_batches", "callback_errors",
+        "lease_checks", "lease_lost",
     }
 )  # fmt: skip
 _FIELD = re.compile(r"^\s*(\w+)\s*:")
@@ -40,7 +44,15 @@ _FIELD = re.compile(r"^\s*(\w+)\s*:")
 @functools.cache
 def field_docs(cls: type[Any]) -> dict[str, str]:
     """The ``#:`` comment lines just above each field of dataclass ``cls`` (Sphinx's
-    convention), joined; a field without one is absent."""
+    convention), joined; a field without one is absent. A class composed of parts
+    (``PARTS``, as ProxyStatistics) takes its parts' docs too."""
+    merged: dict[str, str] = {}
+    for part in getattr(cls, "PARTS", ()):
+        merged.update(field_docs(part))
+    return merged | _own_docs(cls)
+
+
+def _own_docs(cls: type[Any]) -> dict[str, str]:
     try:
         lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
     except (OSError, TypeError):  # no source (a frozen app): HELP falls back to the name

@@ -64,7 +64,7 @@ class Req:
 class RequestStatistics:
     #: packets waiting in the packet buffer table for their state
     pending_packets: int
-    #: state callbacks that raised (logged; the other packets went on)
+    #: state callbacks that raised (logged, rate-limited; the other packets went on)
     callback_errors: int
 
 

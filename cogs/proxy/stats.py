@@ -9,7 +9,7 @@ fails loudly (``compose`` passes every field by keyword), never reads 0.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from cogs.proxy.cache import CacheStatistics
 from cogs.proxy.delivery import DeliveryStatistics
@@ -64,7 +64,13 @@ NO_INDIRECT = IndirectStatistics(*([0] * len(fields(IndirectStatistics))))
 
 @dataclass(frozen=True)
 class ProxyStatistics:
+    #: the components whose fields these are (and whose ``#:`` docs describe them)
+    PARTS: ClassVar[tuple[type, ...]] = (
+        BatchStatistics, DeliveryStatistics, CacheStatistics, RequestStatistics, IndirectStatistics,
+    )  # fmt: skip
+
     proxy_id: str
+    #: sync ops (syn_up, syn_retrieve, syn_check) and async ops (asyn_up, asyn_retrieve, entry ops) issued
     sync_ops: int
     async_ops: int
     # -- batching (BatchStatistics)
