@@ -20,21 +20,41 @@ import redis
 
 from cogs.errors import ConfigError, CoordinatorUnavailable
 
-#: what every cogs connection needs to find its way around the cluster
-_DISCOVERY = ["+@connection", "+info", "+cluster|slots", "+cluster|info", "+cluster|myid", "+ping"]
-
-PROXY_RULES = [
-    "resetkeys", "~cogs:*", "resetchannels", "&cogs:*",
-    "-@all", "+@read", "+@write", "+@keyspace", "+@scripting", "+@pubsub", "+time", *_DISCOVERY,
-    # never: other keys (above), destructive or admin commands, loading code
-    "-@dangerous", "-@admin", "+info",
-    "-function|load", "-function|delete", "-function|flush", "-function|restore", "-function|kill",
-    "-eval", "-evalsha", "-eval_ro", "-evalsha_ro", "-script",
+#: what every cogs connection needs to find its way around the cluster (and no more:
+#: no CLIENT LIST/KILL/TRACKING, which would show or cut other clients, or name the
+#: keys they change)
+_DISCOVERY = [
+    "+auth", "+hello", "+ping", "+echo", "+quit", "+reset", "+readonly", "+readwrite",
+    "+client|setname", "+client|getname", "+client|id", "+client|info",  # (CLIENT SETINFO: Redis 7.2+)
+    "+info", "+cluster|slots", "+cluster|shards", "+cluster|info", "+cluster|myid", "+cluster|nodes",
+]  # fmt: skip
+#: Redis ACL key patterns do not filter commands that list the keyspace (redis#8152):
+#: no cogs user may run them, or it could list every key name of the node
+_NO_ENUMERATION = [
+    "-scan", "-keys", "-randomkey", "-pubsub", "-psubscribe", "-punsubscribe", "-ssubscribe", "-sunsubscribe",
+    "-spublish", "-cluster|getkeysinslot", "-cluster|countkeysinslot", "-object", "-memory", "-lcs", "-sort",
+    "-sort_ro", "-migrate", "-dump", "-restore", "-debug", "-monitor", "-slowlog", "-latency", "-acl",
 ]  # fmt: skip
 
-MONITOR_RULES = [
+#: the data path: the commands its Lua library runs (Redis checks them against the
+#: caller), on cogs:* keys and channels only
+PROXY_RULES = [
     "resetkeys", "~cogs:*", "resetchannels", "&cogs:*",
-    "-@all", "+@read", "+fcall_ro", "+function|list", "+subscribe", "+unsubscribe", "+cluster|nodes", *_DISCOVERY,
+    "-@all", "+@read", "+@write", "+@scripting", "+subscribe", "+unsubscribe", "+publish", "+time", "+wait",
+    *_DISCOVERY,
+    # never: destructive or admin commands, loading or reading code, listing the keyspace
+    "-@dangerous", "-@admin", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info", "+cluster|myid",
+    "+cluster|nodes", "-function", "+fcall", "+fcall_ro", "-eval", "-evalsha", "-eval_ro", "-evalsha_ro", "-script",
+    *_NO_ENUMERATION,
+]  # fmt: skip
+
+#: read only: the catalog, the registry, alerts, node health; no keyspace listing
+#: (the monitor's state counts need a user allowed to SCAN: see the README)
+MONITOR_RULES = [
+    "resetkeys", "%R~cogs:*", "resetchannels", "&cogs:alerts",
+    "-@all", "+@read", "+fcall_ro", "+subscribe", "+unsubscribe", *_DISCOVERY,
+    "-@dangerous", "-@admin", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info", "+cluster|myid",
+    "+cluster|nodes", *_NO_ENUMERATION,
 ]  # fmt: skip
 
 

@@ -230,10 +230,9 @@ def from_redis(e: BaseException, addr: str) -> CogsError:
     if code == "OUTDATED":
         return LibraryOutdated(f"node {addr}: {msg[9:]}")
     if "Function not found" in msg or "Library not found" in msg:
-        return LibraryOutdated(
-            f"the cogs library is not loaded on node {addr}: run `cogs catalog load PATH` (your catalog, or the "
-            "bundled one)"
-        )
+        from cogs.catalog import LOAD_HINT  # (the catalog module builds on this one)
+
+        return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run {LOAD_HINT}")
     if code == "BAD_FRAME":
         return BadFrame(f"node {addr}: {msg}")
     if code in (CHANNEL_LOST, CHANNEL_DUP_UNKNOWN):

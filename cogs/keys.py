@@ -96,6 +96,8 @@ def discard_channel(proxy_id: str) -> str:
 #: Sorted set of proxy ids by last heartbeat (ms), so the monitor lists proxies
 #: without scanning the keyspace; the heartbeat keys stay the liveness truth.
 PROXY_INDEX = "cogs:proxies"
+#: The janitor's lock (registry.py), in the index's slot (its hash tag is the index's name).
+JANITOR_LOCK = "cogs:janitor:{cogs:proxies}"
 
 
 def proxy_key(proxy_id: str) -> str:
@@ -147,6 +149,7 @@ __all__ = [
     "ALERTS_CHANNEL",
     "ALERTS_STREAM_PREFIX",
     "DISCARD_PREFIX",
+    "JANITOR_LOCK",
     "KEY_RULE",
     "MAX_KEY_BYTES",
     "PREFIX",

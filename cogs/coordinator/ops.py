@@ -21,7 +21,7 @@ from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import runs
 from cogs.coordinator.library import TypeSpec
-from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse
+from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse, show
 from cogs.keys import KEY_RULE, bad_key, escape, slot
 from cogs.values import Decoder, check_decoder, retrieve_decoder
 
@@ -59,7 +59,11 @@ _KIND_NAMES = {0: "update", 1: "update", 2: "retrieve", 3: "check", 4: "retrieve
 
 def wire_arg(arg: Any, spec: StateSpec, op: str) -> Any:
     """Validate what JSON can carry and give ints as strings (Lua passes them on as is)."""
-    if arg is None or isinstance(arg, str):
+    if arg is None:
+        return arg
+    if isinstance(arg, str):
+        if not arg.isascii():
+            _text(arg, spec, op)
         return arg
     if isinstance(arg, bool):
         raise refuse(BadDelta, "a boolean is not a valid argument", state=spec.name, op=op)
@@ -71,11 +75,20 @@ def wire_arg(arg: Any, spec: StateSpec, op: str) -> Any:
             raise refuse(BadDelta, f"{arg} is not a finite number", state=spec.name, op=op)
         return arg
     if isinstance(arg, list | tuple | set | frozenset):
-        return [wire_arg(x, spec, op) if not isinstance(x, str) else x for x in arg]
+        return [wire_arg(x, spec, op) for x in arg]
     if isinstance(arg, dict):
-        return {str(k): (v if isinstance(v, str) else wire_arg(v, spec, op)) for k, v in arg.items()}
+        return {wire_arg(str(k), spec, op): wire_arg(v, spec, op) for k, v in arg.items()}
     msg = f"cannot send a {type(arg).__name__} (use str, int, float, or a list/dict of them)"
     raise refuse(BadDelta, msg, state=spec.name, op=op)
+
+
+def _text(s: str, spec: StateSpec, op: str) -> None:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        raise refuse(
+            BadDelta, f"text must be valid Unicode (it holds a lone surrogate): {show(s)}", state=spec.name, op=op
+        ) from None
 
 
 class Schema:

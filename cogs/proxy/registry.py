@@ -23,13 +23,12 @@ from typing import Any
 
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CALL_ERRORS, CogsError, from_redis
-from cogs.keys import PROXY_INDEX, alert_stream, once_key, proxy_key, slot, stream_tag
+from cogs.keys import JANITOR_LOCK, PROXY_INDEX, alert_stream, once_key, proxy_key, slot, stream_tag
 from cogs.logs import fields
 
 log = logging.getLogger("cogs.proxy")
 JANITOR_EVERY_S = 60.0
 DEAD_AFTER_S = 120.0  # a listed proxy this long without a beat, and without a heartbeat key
-JANITOR_LOCK = "cogs:janitor"
 
 
 class Registry:

@@ -3,6 +3,7 @@ need; the monitor user only reads; TLS URLs work end to end on a local cluster."
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,14 +61,57 @@ def test_proxy_user_runs_a_proxy(acl_cluster: LocalCluster) -> None:
     anyio.run(go)
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    [("FLUSHALL",), ("GET", "not-cogs"), ("SET", "other", "1"), ("KEYS", "*"), ("CONFIG", "GET", "*"),
-     ("FUNCTION", "DELETE", "cogs"), ("FUNCTION", "FLUSH"), ("EVAL", "return 1", "0"), ("SHUTDOWN",)],
-)  # fmt: skip
-def test_proxy_user_cannot(acl_cluster: LocalCluster, cmd: tuple[str, ...]) -> None:
-    with _as(acl_cluster, "cogs-proxy", PROXY_PW) as r, pytest.raises(redis.exceptions.NoPermissionError):
+#: what no cogs user may do: change or read outside cogs:*, run admin commands, load or
+#: read code, or list the keyspace / channels / clients (key patterns do not filter
+#: SCAN and friends, so these are refused as commands)
+DENIED_TO_BOTH = [
+    ("FLUSHALL",), ("GET", "not-cogs"), ("SET", "other", "1"), ("CONFIG", "GET", "*"), ("SHUTDOWN",),
+    ("FUNCTION", "DELETE", "cogs"), ("FUNCTION", "FLUSH"), ("FUNCTION", "DUMP"), ("EVAL", "return 1", "0"),
+    ("SCRIPT", "FLUSH"), ("KEYS", "*"), ("SCAN", "0"), ("SCAN", "0", "MATCH", "cogs:*"), ("RANDOMKEY",),
+    ("PUBSUB", "CHANNELS"), ("PUBSUB", "NUMSUB", "cogs:alerts"), ("PUBSUB", "SHARDCHANNELS"), ("PSUBSCRIBE", "cogs:*"),
+    ("CLIENT", "LIST"), ("CLIENT", "KILL", "TYPE", "normal"), ("CLIENT", "TRACKING", "ON", "BCAST"),
+    ("SLOWLOG", "GET"), ("MONITOR",), ("LATENCY", "LATEST"), ("ACL", "LIST"),
+    ("CLUSTER", "GETKEYSINSLOT", "0", "10"), ("CLUSTER", "COUNTKEYSINSLOT", "0"), ("OBJECT", "ENCODING", "cogs:x"),
+    ("MEMORY", "USAGE", "cogs:x"), ("DUMP", "cogs:x"), ("SUBSCRIBE", "not-cogs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cmd", DENIED_TO_BOTH, ids=" ".join)
+@pytest.mark.parametrize("user", ["cogs-proxy", "cogs-monitor"])
+def test_cogs_users_cannot(acl_cluster: LocalCluster, user: str, cmd: tuple[str, ...]) -> None:
+    pw = PROXY_PW if user == "cogs-proxy" else MONITOR_PW
+    with _as(acl_cluster, user, pw) as r, pytest.raises(redis.exceptions.NoPermissionError):
         r.execute_command(*cmd)
+
+
+@pytest.mark.parametrize(
+    ("user", "cmd"),
+    [
+        ("cogs-proxy", ("PING",)), ("cogs-proxy", ("INFO", "cluster")), ("cogs-proxy", ("CLUSTER", "SLOTS")),
+        ("cogs-proxy", ("SET", "cogs:proxy:{me}", "x", "PX", "1000")), ("cogs-proxy", ("GET", "cogs:proxy:{me}")),
+        ("cogs-proxy", ("ZADD", "cogs:proxies", "1", "me")), ("cogs-proxy", ("FCALL_RO", "cogs_info", "0")),
+        ("cogs-proxy", ("WAIT", "0", "1")), ("cogs-proxy", ("TIME",)),
+        ("cogs-monitor", ("PING",)), ("cogs-monitor", ("INFO",)), ("cogs-monitor", ("CLUSTER", "NODES")),
+        ("cogs-monitor", ("FCALL_RO", "cogs_info", "0")), ("cogs-monitor", ("ZRANGE", "cogs:proxies", "0", "-1")),
+        ("cogs-monitor", ("GET", "cogs:proxy:{me}")), ("cogs-monitor", ("XREVRANGE", "cogs:alerts:{0}", "+", "-")),
+    ],
+)  # fmt: skip
+def test_cogs_users_can(acl_cluster: LocalCluster, user: str, cmd: tuple[str, ...]) -> None:
+    pw = PROXY_PW if user == "cogs-proxy" else MONITOR_PW
+    with _as(acl_cluster, user, pw) as r, contextlib.suppress(redis.exceptions.MovedError):
+        r.execute_command(*cmd)  # (MOVED: allowed, and served by another node)
+
+
+def test_monitor_user_writes_nothing(acl_cluster: LocalCluster) -> None:
+    with _as(acl_cluster, "cogs-monitor", MONITOR_PW) as r:
+        for cmd in (
+            ("SET", "cogs:x", "1"),
+            ("DEL", "cogs:x"),
+            ("FCALL", "cogs_batch", "0"),
+            ("PUBLISH", "cogs:alerts", "x"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                r.execute_command(*cmd)
 
 
 def test_proxy_user_keys_and_channels_are_cogs_only(acl_cluster: LocalCluster) -> None:
