@@ -39,7 +39,7 @@ from cogs.benchmarks.harness import BenchError, Calibration, environment, repeat
 from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Mode, Op, StateTable
-from cogs.coordinator.wire import runs
+from cogs.coordinator.frames import runs
 from cogs.keys import escape, slot
 from cogs.settings import load_settings
 
@@ -77,10 +77,10 @@ async def _keys(co: Coordinator, prefix: str, nkeys: int) -> tuple[list[str], li
 
 
 class _Encoder:
-    """Run frames (cogs/coordinator/wire.py) built from JSON strings made once per key,
+    """Run frames (cogs/coordinator/frames.py) built from JSON strings made once per key,
     so the simulated proxies spend their CPU on sending, not on encoding (a real proxy
     encodes its own way: the design bench measures that). Checked against
-    ``wire.runs`` before use."""
+    ``frames.runs`` before use."""
 
     def __init__(self, names: list[str], si: int, ss: int) -> None:
         self.keys = [json.dumps(k) for k in names]
@@ -98,7 +98,7 @@ class _Encoder:
         ops = [(0, si, "add", names[0], "1"), (0, ss, "add", names[1], "7"), (2, si, "get", names[0], None)]
         mine = self.frame([self.keys[0] + ',"1"'], [self.keys[1] + _MEMBERS[7]], [self.keys[0] + ",null"])
         if json.loads(mine) != runs(ops):
-            raise BenchError("the coordinator bench's frame encoder no longer matches cogs/coordinator/wire.py")
+            raise BenchError("the coordinator bench's frame encoder no longer matches cogs/coordinator/frames.py")
 
 
 async def cogs_job(
