@@ -9,8 +9,9 @@ from cogs.alerts import Alert, follow_alerts, read_alerts
 from cogs.catalog import Catalog, StateSpec
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
 from cogs.errors import (
+    AckedLost,
     AlertNotRecorded,
     BadDelta,
     BadFrame,
@@ -21,21 +22,28 @@ from cogs.errors import (
     CogsError,
     ConfigError,
     CoordinatorUnavailable,
+    DeliveryTimeout,
+    Exhausted,
     LibraryOutdated,
     Moved,
+    NotOwner,
     OpError,
     Overflow,
     Oversize,
+    PeerError,
     UnknownOp,
     UnknownState,
     WrongType,
 )
+from cogs.protocol import Mode
 from cogs.proxy import MISS, Backpressure, ProxyStatistics, StateProxy
 from cogs.proxy.blocking import BlockingStateProxy
 from cogs.settings import CogsSettings, load_settings
+from cogs.values import TypeAdapter, register_type_adapter
 
 __all__ = [
     "MISS",
+    "AckedLost",
     "Alert",
     "AlertNotRecorded",
     "Backpressure",
@@ -52,22 +60,28 @@ __all__ = [
     "ConfigError",
     "Coordinator",
     "CoordinatorUnavailable",
+    "DeliveryTimeout",
+    "Exhausted",
     "LibraryOutdated",
     "LocalCluster",
     "Mode",
     "Moved",
+    "NotOwner",
     "Op",
     "OpError",
     "Overflow",
     "Oversize",
+    "PeerError",
     "ProxyStatistics",
     "StateProxy",
     "StateSpec",
     "StateTable",
+    "TypeAdapter",
     "UnknownOp",
     "UnknownState",
     "WrongType",
     "follow_alerts",
     "load_settings",
     "read_alerts",
+    "register_type_adapter",
 ]

@@ -19,19 +19,14 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from cogs.coordinator.library import LibrarySpec, ParamSpec, canonical_json, library_spec
 from cogs.errors import CatalogError
+from cogs.library import LibrarySpec, ParamSpec, canonical_json, library_spec
 
-#: the bundled catalog: the states of the paper's NFs (cogs/catalogs/default.toml)
-DEFAULT_CATALOG = Path(str(resources.files("cogs") / "catalogs" / "default.toml"))
-#: what to run when the coordinator lacks the library or runs another one
-LOAD_HINT = f"`cogs catalog load PATH` (PATH: your catalog, or the bundled one: {DEFAULT_CATALOG})"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

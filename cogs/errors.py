@@ -14,6 +14,7 @@ import hashlib
 
 from redis import exceptions as rexc
 
+from cogs.paths import LOAD_HINT
 from cogs.protocol import CHANNEL_DUP_UNKNOWN, CHANNEL_LOST, TRANSIENT
 
 #: what a lost or refused connection raises (redis-py's, the socket's, asyncio's)
@@ -230,8 +231,6 @@ def from_redis(e: BaseException, addr: str) -> CogsError:
     if code == "OUTDATED":
         return LibraryOutdated(f"node {addr}: {msg[9:]}")
     if "Function not found" in msg or "Library not found" in msg:
-        from cogs.catalog import LOAD_HINT  # (the catalog module builds on this one)
-
         return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run {LOAD_HINT}")
     if code == "BAD_FRAME":
         return BadFrame(f"node {addr}: {msg}")

@@ -1,6 +1,6 @@
 -- cogs core: the registries and helpers that types, checkers and the API share.
 --
--- The assembler (cogs/coordinator/library.py) builds ONE Redis Functions library:
+-- The assembler (cogs/library.py) builds ONE Redis Functions library:
 --   #!lua name=cogs
 --   generated header: LIB_VERSION, CATALOG_DIGEST, CATALOG_JSON (the state catalog)
 --   lua/core.lua, lua/types/*.lua, checkers/*.lua, lua/api.lua

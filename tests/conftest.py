@@ -114,7 +114,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]
 
 def load_default_catalog(url: str) -> None:
     """Load the bundled catalog (the NF states) on the coordinator at ``url``."""
-    from cogs.catalog import DEFAULT_CATALOG
+    from cogs.paths import DEFAULT_CATALOG
 
     async def load() -> None:
         async with Coordinator(url=url) as co:

@@ -12,10 +12,10 @@ import fakeredis
 from cogs.catalog import Catalog
 from cogs.coordinator.client import BatchReply, parse_reply
 from cogs.coordinator.frames import runs
-from cogs.coordinator.library import Library, assemble, library_spec
 from cogs.coordinator.ops import wire_arg
 from cogs.errors import UnknownState, refuse
 from cogs.keys import escape
+from cogs.library import Library, assemble, library_spec
 from cogs.proxy.batcher import Batcher
 from cogs.proxy.cache import ReplicaCache
 from cogs.proxy.lanes import Lane, coalesce_kinds

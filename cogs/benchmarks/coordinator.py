@@ -38,9 +38,10 @@ from cogs.benchmarks.cpu import CpuMeter, local_addr, redis_pids
 from cogs.benchmarks.harness import BenchError, Calibration, environment, repeats, stat
 from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
 from cogs.coordinator.frames import runs
+from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import escape, slot
+from cogs.protocol import Mode
 from cogs.settings import load_settings
 
 BATCH = 2000

@@ -48,7 +48,8 @@ from cogs.benchmarks.design_report import markdown, plot
 from cogs.benchmarks.harness import Calibration, environment, pct, repeats, stat
 from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
+from cogs.protocol import Mode
 from cogs.proxy import StateProxy
 
 KEYS = 100_000

@@ -36,7 +36,6 @@ from cogs.benchmarks.cpu import CpuMeter, affinity_cores, idle_rate, local_addr,
 from cogs.benchmarks.harness import BenchError, Calibration, environment, repeats, stat
 from cogs.benchmarks.scaling_report import markdown, model, plot
 from cogs.benchmarks.workers import Gate, Workers, account
-from cogs.catalog import DEFAULT_CATALOG
 from cogs.coordinator.client import Coordinator
 from cogs.nf.detectors import DETECTORS
 from cogs.nf.feed import Feeder
@@ -45,6 +44,7 @@ from cogs.nf.nat_table import NatTable
 from cogs.nf.packets import TraceStats, parse_frame
 from cogs.nf.splitter import middlebox_of
 from cogs.nf.synth import Synth
+from cogs.paths import DEFAULT_CATALOG
 from cogs.proxy import StateProxy
 
 NFS = ("portscan", "dnstunnel", "sidejack", "nat")

@@ -24,7 +24,8 @@ from cogs.alerts import read_alerts
 from cogs.benchmarks.common import Progress, bench_cluster, fmt_rate, md_table, noop, write_results
 from cogs.benchmarks.harness import environment
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
+from cogs.protocol import Mode
 from cogs.proxy import StateProxy
 
 THRESHOLD = 5000

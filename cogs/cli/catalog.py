@@ -79,6 +79,6 @@ def catalog_show(url: str | None, as_json: bool) -> None:
 @catalog.command("types")
 def catalog_types() -> None:
     """List the state types and checkers the library offers (read from the Lua headers)."""
-    from cogs.coordinator.library import describe, library_spec
+    from cogs.library import describe, library_spec
 
     click.echo(json.dumps(describe(library_spec()), indent=2))

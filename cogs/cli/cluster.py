@@ -10,9 +10,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cogs.catalog import DEFAULT_CATALOG, Catalog
+from cogs.catalog import Catalog
 from cogs.cli.base import _progress, main, out_console, run
 from cogs.errors import ConfigError
+from cogs.paths import DEFAULT_CATALOG
 from cogs.settings import DEFAULT_PORT
 
 

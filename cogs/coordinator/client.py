@@ -15,8 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from cogs.catalog import LOAD_HINT, Catalog, catalog_diff
-from cogs.coordinator.library import Library, LibrarySpec, assemble, library_spec
+from cogs.catalog import Catalog, catalog_diff
 from cogs.coordinator.topology import Topology
 from cogs.errors import (
     CALL_ERRORS,
@@ -28,6 +27,8 @@ from cogs.errors import (
     from_redis,
 )
 from cogs.keys import alert_stream
+from cogs.library import Library, LibrarySpec, assemble, library_spec
+from cogs.paths import LOAD_HINT
 from cogs.settings import CogsSettings, load_settings
 
 _BATCH = "cogs_batch"

@@ -1,36 +1,33 @@
 """State operations against the coordinator: validate, route per node, batch, decode.
 
 :class:`StateTable` is the paper's state table seen from one process, without any
-proxy-side batching or caching: every call is one round trip per node involved. The
-state proxy builds its batching and caches on the same pieces (``prepare``,
-``Coordinator.call_batch``, ``decode``).
+proxy-side batching or caching: every call is one round trip per node involved. It
+shares the proxy's pieces: the request checks (:class:`Schema`, ``wire_arg``), the
+one frame encoder (frames.py), the one error boundary (``errors.from_redis``) and
+the one re-route policy (reroute.py). Its batches are not numbered: an update whose
+connection dropped is reported as failed (its outcome unknown), never re-sent; the
+proxy is the exactly-once path.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import anyio
 
 from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.frames import runs
-from cogs.coordinator.library import TypeSpec
+from cogs.coordinator.frames import Frames
+from cogs.coordinator.reroute import Reroute
 from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse, show
-from cogs.keys import KEY_RULE, bad_key, escape, slot
+from cogs.keys import escape, key_problem, slot
+from cogs.library import TypeSpec
+from cogs.protocol import Mode
 from cogs.values import Decoder, check_decoder, retrieve_decoder
-
-
-class Mode(IntEnum):
-    UPDATE = 0  # trigger path: no result
-    UPDATE_GET = 1  # direct path: returns the new state
-    RETRIEVE = 2
-    CHECK = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +44,16 @@ class Op:
 @dataclass(frozen=True, slots=True)
 class Prepared:
     node: int
-    wire: tuple[int, int, str, str, Any]
+    wire: tuple[int, int, str, str, Any]  # mode, state index, op, key (as given), argument
     decode: Decoder | None
 
 
-MAX_REROUTES = 5
 _GENERIC_UPDATE = ("clear",)
 _GENERIC_RETRIEVE = ("exists", "ttl")
-_KIND_NAMES = {0: "update", 1: "update", 2: "retrieve", 3: "check", 4: "retrieve"}
+_KIND_NAMES = {
+    Mode.UPDATE: "update", Mode.UPDATE_GET: "update", Mode.RETRIEVE: "retrieve", Mode.CHECK: "check",
+    Mode.RETRIEVE_REPLICA: "retrieve",
+}  # fmt: skip
 
 
 def wire_arg(arg: Any, spec: StateSpec, op: str) -> Any:
@@ -130,7 +129,7 @@ class Schema:
             op = op or ts.whole
             known, decode = (*ts.retrieve, *_GENERIC_RETRIEVE), retrieve_decoder(ts.name, op)
         if op not in known:
-            kind = _KIND_NAMES.get(mode, "update")
+            kind = _KIND_NAMES.get(Mode(mode), "update")
             raise refuse(
                 UnknownOp, f"type {ts.name} has no {kind} op {op!r} (has: {', '.join(known)})", state=name, op=op
             )
@@ -145,6 +144,7 @@ class StateTable:
         self.catalog = catalog
         self.token = token
         self.schema = Schema(catalog)
+        self.reroute = Reroute(coord.settings.reroute_timeout_s)
 
     @classmethod
     async def open(cls, coord: Coordinator, expected: Catalog | None = None) -> StateTable:
@@ -155,11 +155,11 @@ class StateTable:
 
     def prepare(self, op: Op) -> Prepared:
         st, sidx, name, decode = self.schema.request(op.state, op.mode, op.op)
-        if bad_key(op.key):
-            raise refuse(BadKey, KEY_RULE, state=op.state, key=op.key)
-        key = escape(op.key)
-        node = self.coord.topology.node_of(slot(key)) if self.coord.topology else 0
-        wire = (int(op.mode), sidx, name, key, wire_arg(op.arg, st, name))
+        problem = key_problem(op.key)
+        if problem is not None:
+            raise refuse(BadKey, problem, state=op.state, key=op.key, op=op.op)
+        node = self.coord.topology.node_of(slot(escape(op.key))) if self.coord.topology else 0
+        wire = (int(op.mode), sidx, name, op.key, wire_arg(op.arg, st, name))
         return Prepared(node, wire, None if op.mode == Mode.UPDATE else decode)
 
     # -- executing ---------------------------------------------------------------------
@@ -171,7 +171,8 @@ class StateTable:
         failed the op's whole node batch (node unreachable, library outdated).
 
         Ops on the same key keep their order (same node, one call, applied in order).
-        Ops whose slot moved are re-routed after re-reading the slot map.
+        Ops whose slot moved are re-routed after re-reading the slot map, as the
+        proxy does (reroute.py).
         """
         results: list[Any] = [None] * len(ops)
         pending: list[tuple[int, Prepared]] = []
@@ -180,19 +181,19 @@ class StateTable:
                 pending.append((i, self.prepare(op)))
             except OpError as e:
                 results[i] = e
-        for attempt in range(MAX_REROUTES + 1):
+        first = 0.0
+        while pending:
             moved = await self._send(ops, pending, results)
             if not moved:
                 break
-            if attempt == MAX_REROUTES:
+            now = time.monotonic()
+            if self.reroute.expired(first, now):
                 for i, _ in moved:
-                    results[i] = Moved(
-                        f"MOVED: gave up after {MAX_REROUTES} re-routes",
-                        state=ops[i].state,
-                        key=ops[i].key,
-                    )
+                    err = results[i]
+                    results[i] = self.reroute.gave_up(err, state=ops[i].state, key=ops[i].key, op=str(ops[i].op))
                 break
-            await anyio.sleep(0.05 * attempt)
+            first = first or now
+            await anyio.sleep(self.reroute.delay)
             await self.coord.refresh()
             pending = [(i, self.prepare(ops[i])) for i, _ in moved]
         if raise_errors:
@@ -210,7 +211,10 @@ class StateTable:
         moved: list[tuple[int, Prepared]] = []
 
         async def one(node: int, items: list[tuple[int, Prepared]]) -> None:
-            payload = json.dumps(runs(p.wire for _, p in items), separators=(",", ":"))
+            frames = Frames(len(items))
+            for _, p in items:
+                frames.op(*p.wire)
+            ((payload, _, _),) = frames.frames()
             try:
                 reply = await self.coord.call_batch(node, self.token, self.coord.alert_stream(node), payload)
             except CogsError as failed:  # the whole node batch failed: every op in it reports why

@@ -374,6 +374,15 @@ class Lab:
             f"rate {lk['rate_bps'] or 'unlimited'} (userspace switch, pid {self._switch({'op': 'stats'})['pid']})"
         )
 
+    @property
+    def state(self) -> dict[str, Any]:
+        """What ``up`` recorded (tag, links, partitions, ...), as kept in the lab dir."""
+        return self._state
+
+    def switch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One request to the lab's link switch (its reply)."""
+        return self._switch(req)
+
     def _switch(self, req: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
         try:
             reply = request(self.dir / "switch.sock", req)

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import redis
 
+from cogs.deployment import Deployment
 from cogs.lab import netns
 from cogs.lab.netns import LabError
 
-if TYPE_CHECKING:
-    from cogs.lab.lab import Lab
+T = TypeVar("T")
+
+
+class Lab(Protocol):
+    """What the status reads of a lab (cogs.lab.lab.Lab), without importing it."""
+
+    dir: Path
+    deployment: Deployment
+
+    @property
+    def lab_netns(self) -> str: ...
+    @property
+    def hosts(self) -> Mapping[str, Any]: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def state(self) -> dict[str, Any]: ...
+    def switch(self, req: dict[str, Any]) -> dict[str, Any]: ...
+    def node_pid(self, node: str) -> int | None: ...
+    def call(self, host: str, fn: Callable[[], T]) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -47,14 +68,14 @@ class LabStatus:
 def lab_status(lab: Lab) -> LabStatus:
     present = set(netns.namespaces(lab.lab_netns[: -len("lab")]))
     try:
-        sw = lab._switch({"op": "stats"})
+        sw = lab.switch({"op": "stats"})
         ports = {p["name"]: p for p in sw.pop("ports")}
         sw.pop("ok", None)
     except LabError:
         sw, ports = {}, {}
     hosts = []
     for h in lab.hosts.values():
-        params = lab._state["links"].get(h.name, {})
+        params = lab.state["links"].get(h.name, {})
         link = {**params, **{k: v for k, v in ports.get(h.name, {}).items() if k not in ("name", "ifname", "mac")}}
         extra: dict[str, Any] = {}
         if h.role == "node" and h.netns in present:
@@ -67,7 +88,7 @@ def lab_status(lab: Lab) -> LabStatus:
                 h.netns,
                 h.netns in present,
                 link,
-                blocked=tuple(lab._state["blocked"].get(h.name, ())),
+                blocked=tuple(lab.state["blocked"].get(h.name, ())),
                 **extra,
             )
         )
@@ -84,7 +105,7 @@ def lab_status(lab: Lab) -> LabStatus:
     if not any(s.cluster_state == "ok" for s in nodes):
         cluster["state"] = "down"
     up = bool(sw) and lab.lab_netns in present and all(s.up for s in hosts)
-    return LabStatus(str(lab.dir), lab._state["tag"], up, bool(lab._state.get("ready")), lab.url, hosts, sw, cluster)
+    return LabStatus(str(lab.dir), lab.state["tag"], up, bool(lab.state.get("ready")), lab.url, hosts, sw, cluster)
 
 
 def _node(lab: Lab, name: str) -> dict[str, Any]:

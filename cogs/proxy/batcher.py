@@ -29,6 +29,7 @@ from typing import Any
 from cogs.coordinator.client import Coordinator, parse_reply
 from cogs.coordinator.frames import expand
 from cogs.coordinator.ops import wire_arg
+from cogs.coordinator.reroute import Reroute
 from cogs.errors import (
     BadDelta,
     BadKey,
@@ -103,7 +104,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.max_inflight = max_inflight
-        self.reroute_timeout = reroute_timeout  # how long an op may keep coming back MOVED/ASK
+        self.reroute = Reroute(reroute_timeout)  # how long an op may keep coming back MOVED/ASK
         self.delivery_timeout = delivery_timeout
         self.delivery = Delivery(
             coord, token, proxy_id, durable=durable, durable_timeout=durable_timeout,
@@ -479,11 +480,11 @@ class Batcher:
             if req is None:
                 mode, sidx, op, ek, arg = flat[i]
                 req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
-            if not req.moved_at:
-                req.moved_at = now
-            elif now - req.moved_at > self.reroute_timeout:
-                self._give_up_moved(req, err)
+            if self.reroute.expired(req.moved_at, now):
+                self.errors += 1
+                self.requests.fail(req, self.reroute.gave_up(err, state=req.state, key=req.key, op=req.op))
                 continue
+            req.moved_at = req.moved_at or now
             back.append(req)
         self.queue[:0] = back
         self._settle()
@@ -492,16 +493,7 @@ class Batcher:
         if back:
             self._idle.clear()
         if self._loop is not None and self._timer is None:
-            self._timer = self._loop.call_later(max(self.delay, 0.01), self._kick.set)
-
-    def _give_up_moved(self, req: Req, err: Moved) -> None:
-        self.errors += 1
-        gone = Moved(
-            f"its slot's node kept refusing it for {self.reroute_timeout:g} s (a slot migration that does not "
-            f"complete?): {err}",
-            state=req.state, key=req.key, op=req.op,
-        )  # fmt: skip
-        self.requests.fail(req, gone)  # its waiters, else on_error
+            self._timer = self._loop.call_later(max(self.delay, self.reroute.delay), self._kick.set)
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():

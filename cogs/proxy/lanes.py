@@ -11,6 +11,7 @@ is the hot op: keys with nothing else pending keep just its sum or members.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from cogs.coordinator.frames import Frame, Frames, arg_json, jstr, members, route
@@ -123,6 +124,6 @@ def _hot_fragments(lane: Lane, owner: Any) -> dict[int, list[str]]:
     return per
 
 
-def coalesce_kinds(declared: dict[str, str], update_ops: tuple[str, ...]) -> dict[str, int]:
+def coalesce_kinds(declared: Mapping[str, str], update_ops: tuple[str, ...]) -> dict[str, int]:
     """Op -> SUM / UNION / NONE, from a type's ``-- coalesce:`` header."""
     return {op: _KINDS.get(declared.get(op, ""), NONE) for op in (*update_ops, "clear")}

@@ -55,6 +55,7 @@ from cogs.proxy.requests import Callback, ErrorCallback, RequestTable
 from cogs.proxy.stats import NO_INDIRECT, ProxyStatistics
 from cogs.proxy.submit import Submitter
 from cogs.settings import CogsSettings, load_settings
+from cogs.values import type_adapter
 
 if TYPE_CHECKING:
     from cogs.metrics.server import MetricsServer
@@ -145,7 +146,8 @@ class StateProxy:
         self._indirect_states = frozenset(st.name for st in self.catalog if st.state_class == "indirect")
         replicated = [st for st in self.catalog if st.state_class == "direct" and st.mode == "replica"]
         kinds = {st.name: self.catalog.spec.types[st.type] for st in replicated}
-        replica_whole = {name: t.whole for name, t in kinds.items() if t.replicas == "whole"}
+        holds = {name: type_adapter(t.name).replicas or t.replicas for name, t in kinds.items()}
+        replica_whole = {name: t.whole for name, t in kinds.items() if holds[name] == "whole"}
         self._requests = RequestTable(self.cache, replica_whole, self._on_error)
         bmax, delay, maxp = self._opts
         b = self._batcher = Batcher(
@@ -156,9 +158,7 @@ class StateProxy:
         b.lane_factory = self._new_lane
         self.update = b.update
         self._submit = Submitter(b, self._requests, self._schema)
-        self.entries = EntryOps(
-            self._submit, self._schema, frozenset(n for n, t in kinds.items() if t.replicas == "entries")
-        )
+        self.entries = EntryOps(self._submit, self._schema, frozenset(n for n, h in holds.items() if h == "entries"))
         b._loop = asyncio.get_running_loop()
         self._discard = DiscardLink(self.coord, self.id, self.cache)
         ready = asyncio.Event()
@@ -271,7 +271,7 @@ class StateProxy:
 
     def _new_lane(self, state: str) -> Lane:
         st, ts, sidx = self._schema.state(state)
-        kinds = coalesce_kinds(ts.coalesce, ts.update)
+        kinds = coalesce_kinds(type_adapter(ts.name).coalesce or ts.coalesce, ts.update)
         if st.state_class != "trigger":  # no merging: reads must see each update in order
             kinds = dict.fromkeys(kinds, 0)
         replica = st.state_class == "direct" and st.mode == "replica"

@@ -17,8 +17,9 @@ from cogs.alerts import Alert, follow_alerts, read_alerts
 from cogs.cli import main
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import alert_stream, escape, slot
+from cogs.protocol import Mode
 
 pytestmark = pytest.mark.anyio
 

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from cogs.cli import main
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
 from cogs.deployment import CONFIG_PATH
 from cogs.errors import ClusterError
 from cogs.keys import escape, slot
+from cogs.protocol import Mode
 from tests.conftest import Standalone
 
 
@@ -165,7 +166,7 @@ def test_standalone_redis_works_as_coordinator(standalone: Standalone) -> None:
 
 
 def test_a_coordinator_without_the_library_says_how_to_load_it(tmp_path: Path) -> None:
-    from cogs.catalog import DEFAULT_CATALOG
+    from cogs.paths import DEFAULT_CATALOG
 
     fresh = Standalone(free_port_base(1), tmp_path)
     try:

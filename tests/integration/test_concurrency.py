@@ -11,8 +11,9 @@ import pytest
 
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import escape, slot
+from cogs.protocol import Mode
 
 PROCS, OPS_PER_PROC, KEYS = 4, 6000, 24
 

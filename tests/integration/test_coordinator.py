@@ -13,9 +13,10 @@ from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import runs
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
 from cogs.errors import BadDelta, Moved, UnknownOp, UnknownState
 from cogs.keys import escape, slot, state_key
+from cogs.protocol import Mode
 
 pytestmark = pytest.mark.anyio
 

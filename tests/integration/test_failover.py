@@ -23,7 +23,8 @@ import redis
 
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.ops import Mode, Op, StateTable
+from cogs.coordinator.ops import Op, StateTable
+from cogs.protocol import Mode
 from cogs.proxy import StateProxy
 from tests.conftest import load_default_catalog
 

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
-from cogs.coordinator.library import library_spec
 from cogs.coordinator.ops import StateTable
 from cogs.errors import ConfigError
 from cogs.keys import proxy_key, slot
+from cogs.library import library_spec
 from cogs.proxy import StateProxy
 
 pytestmark = pytest.mark.anyio

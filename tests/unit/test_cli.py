@@ -156,3 +156,20 @@ def test_shell_completion_as_the_readme_documents_it() -> None:
     assert {line.split(",")[1] for line in r.output.splitlines()} == {"text", "json", "zeek"}
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert 'eval "$(_COGS_COMPLETE=bash_source cogs)"' in readme
+
+
+def test_every_public_error_is_exported() -> None:
+    """An error a caller may catch is part of the surface: a new one not re-exported
+    by ``cogs`` fails here."""
+    import inspect
+
+    import cogs
+    from cogs import errors
+
+    raised = {
+        name for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, errors.CogsError) and obj.__module__ == errors.__name__
+    }  # fmt: skip
+    internal = {"ChannelError"}  # the delivery layer's own (a channel's refusal), never reaches a caller
+    assert raised - internal <= set(cogs.__all__), sorted(raised - internal - set(cogs.__all__))
+    assert "Backpressure" in cogs.__all__

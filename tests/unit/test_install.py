@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from cogs.catalog import Catalog
 from cogs.cli import main
 from cogs.cli.nf import DETECTOR_NAMES
-from cogs.coordinator.library import library_spec
 from cogs.errors import CatalogError, ConfigError
 from cogs.extras import extras_providing, missing_extra_message
+from cogs.library import library_spec
 from cogs.settings import load_settings
 from tests.integration.test_wheel import FMAX
 

@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 
 from cogs.catalog import Catalog
-from cogs.coordinator.library import assemble, library_spec, parse_header
 from cogs.errors import ConfigError
+from cogs.library import assemble, library_spec, parse_header
 from tests.helpers import LuaHarness, fake_harness
 
 
