@@ -423,7 +423,7 @@ class Indirect:
         try:
             await self._publish(state, key, "delete")
         except (NotOwner, CogsError) as err:  # readers sent here find nothing and load for themselves
-            where = fields(proxy=self.proxy.id, state=state, key=key)
+            where = fields(proxy=self.id, state=state, key=key)
             log.warning("could not give up %s[%s] (claimed to load it): %s", state, key, err, extra=where)
 
     async def update(self, state: str, key: str, op: str, value: bytes | None) -> bytes | None:
