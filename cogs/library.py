@@ -90,7 +90,7 @@ def source_dirs() -> tuple[Path, Path]:
     lua, chk = pkg / "_lua", pkg / "_checkers"
     if lua.is_dir() and chk.is_dir():
         return Path(str(lua)), Path(str(chk))
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     lua_dir, chk_dir = root / "lua", root / "checkers"
     if not lua_dir.is_dir():
         raise ConfigError(f"cogs Lua sources not found (looked in {pkg}/_lua and {lua_dir})")

@@ -294,7 +294,7 @@ do
         if args[1] ~= TOKEN then
             return 'OUTDATED the coordinator runs cogs library ' .. TOKEN
                 .. ' but the caller expects ' .. cogs.show(args[1])
-                .. ': reload the library (cogs catalog load) or restart the proxy with the stored catalog'
+                .. ': reload the library (cogs catalog load PATH) or restart the proxy with the stored catalog'
         end
         local stream = args[2]
         if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX + 1) ~= ALERTS_STREAM_PREFIX .. '{'

@@ -94,6 +94,8 @@ class Snapshot:
     problem: str = ""  # the coordinator as a whole is unreachable or not cogs
     #: stored alerts could not be read (a node down); set by the reader of alerts
     alerts_problem: str = ""
+    #: why the states are not counted ("": they are)
+    counts_note: str = ""
 
 
 def _ranges(slots: list[list[str]]) -> str:
@@ -137,6 +139,9 @@ class StateCounter:
         self.done: dict[str, Counter[tuple[str, str]]] = {}
         self.seen: dict[str, int] = {}
         self.total: dict[str, int] = {}
+        #: why states are not counted: the user may not SCAN (cogs-monitor may not: it
+        #: would list every key name of the node, as Redis ACLs do not filter SCAN)
+        self.denied = ""
 
     def _tally(self, counts: Counter[tuple[str, str]], key: bytes) -> str | None:
         """Count ``key``; its state's name if it is a replica reference table entry."""
@@ -154,12 +159,18 @@ class StateCounter:
 
     async def step(self, addr: str, client: Any, dbsize: int) -> None:
         """Scan up to ``budget`` more keys of the primary at ``addr``."""
+        if self.denied:
+            return
         cursor = self.cursors.get(addr, 0)
         counts = self.partial.setdefault(addr, Counter())
         self.total[addr] = dbsize
         scanned = 0
         while scanned < self.budget:
-            cursor, keys = await client.scan(cursor, match=f"{PREFIX}*", count=2000)
+            try:
+                cursor, keys = await client.scan(cursor, match=f"{PREFIX}*", count=2000)
+            except rexc.NoPermissionError:
+                self.denied = "not counted: this user may not SCAN (run the monitor as an admin for counts)"
+                return
             scanned += 2000
             self.seen[addr] = self.seen.get(addr, 0) + len(keys)
             tables = [(k, name) for k in keys if (name := self._tally(counts, k)) is not None]
@@ -184,6 +195,8 @@ class StateCounter:
         """Counts of the last complete pass of every primary, and how far the first
         pass is where none is complete yet."""
         out: Counter[tuple[str, str]] = Counter()
+        if self.denied:
+            return out, 1.0
         for c in self.done.values():
             out.update(c)
         pending = [a for a in self.total if a not in self.done]
@@ -205,7 +218,8 @@ class Collector:
     async def snapshot(self) -> Snapshot:
         nodes = await self._nodes()
         states, done = self._states()
-        return Snapshot(self.url, time.time(), nodes, states, done, await self._proxies())
+        proxies = await self._proxies()
+        return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied)
 
     # -- nodes ---------------------------------------------------------------------------
 

@@ -88,6 +88,8 @@ def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.
     down = sum(n.role == "down" or bool(n.problem) for n in snap.nodes)
     cluster_title = f"cluster: {len(snap.nodes)} nodes" + (f", [red]{down} unhealthy[/]" if down else "")
     counted = "counts complete" if snap.scan_done >= 1.0 else f"counting keys {snap.scan_done:.0%}"
+    if snap.counts_note:
+        counted = snap.counts_note
     alive = sum(p.alive for p in snap.proxies)
     return Group(
         head,

@@ -119,6 +119,14 @@ def test_connection_kills_under_load_lose_and_double_nothing(ha: LocalCluster, d
     assert kills >= 24
     assert stats["outages"] >= 5, stats  # the kills did cut the proxy's connections
     final = anyio.run(_read_counts, ha.url, trigger_keys + sync_keys)
+    n_issued, n_applied = sum(issued.values()), sum(final[k] for k in trigger_keys)
+    n_sync = sum(len(a) for a in answers.values())
+    print(
+        f"\n[{'durable' if durable else 'default'}] {kills} connections killed in 24 rounds; updates issued "
+        f"{n_issued} applied {n_applied} (lost {max(0, n_issued - n_applied)}, doubled {max(0, n_applied - n_issued)}); "
+        f"syn_up answered {n_sync}, all previous+1: {all(a == list(range(1, len(a) + 1)) for a in answers.values())}; "
+        f"outages {stats['outages']}, batches re-sent {stats['resent']}"
+    )
     assert {k: final[k] for k in trigger_keys} == issued  # exactly once: no loss, no double
     for k in sync_keys:
         got = answers[k]
@@ -212,6 +220,7 @@ def test_whole_cluster_restart_under_load(tmp_path: Path) -> None:
         final = anyio.run(_read_counts, lc.url, [f"restart{i}" for i in range(20)])
     finally:
         lc.down(purge=True)
+    print(f"\n[whole restart] issued {issued} applied {sum(final.values())}, errors {len(errors)}")
     assert not errors, errors[:3]
     assert sum(final.values()) == issued
 

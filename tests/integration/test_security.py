@@ -223,3 +223,17 @@ def test_tls_cluster_end_to_end(tls_cluster: LocalCluster, tmp_path: Path, monke
     r = CliRunner().invoke(main, ["alerts", "--url", tls_cluster.url, "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.splitlines()[0])["state"] == "scan_ports"
+
+
+def test_the_monitor_runs_as_the_monitor_user(acl_cluster: LocalCluster) -> None:
+    """Least privilege costs the monitor its state counts (SCAN would list every key
+    name), not its view: nodes healthy, the catalog, proxies and alerts shown."""
+    url = acl_cluster.url.replace("redis://", f"redis://cogs-monitor:{MONITOR_PW}@")
+    r = CliRunner().invoke(main, ["monitor", "--once", "--json", "--url", url])
+    assert r.exit_code == 0, r.output
+    snap = json.loads(r.output)
+    assert snap["problem"] == ""
+    assert {n["role"] for n in snap["nodes"]} == {"primary"}
+    assert not any(n["problem"] for n in snap["nodes"])
+    assert "may not SCAN" in snap["counts_note"]
+    assert {s["name"] for s in snap["states"]} >= {"cnt", "nat"}

@@ -175,7 +175,9 @@ class _Session(asyncio.Protocol):
 
     def _refuse(self, e: PeerRefusal) -> None:
         self.server.refused += 1
-        log.warning("peer connection refused: %s", e)
+        n = self.server.refused
+        if n <= 10 or n % 1000 == 0:  # a hostile scanner must not flood the log
+            log.warning("peer connection from %s refused: %s (%d so far)", self.source, str(e)[:200], n)
         self._write(message({"t": "error", "code": e.code, "msg": e.msg}))
         self._close()
 
