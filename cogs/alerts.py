@@ -25,10 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from redis import exceptions as rexc
 
 from cogs.coordinator.client import Coordinator
-from cogs.errors import CoordinatorUnavailable
+from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
 from cogs.keys import ALERTS_CHANNEL, alert_stream
 
 #: how far back a re-subscribed follower re-reads the streams (node clocks may differ)
@@ -190,7 +189,7 @@ async def read_alerts(
                     a = Alert.from_stream(entry_id, fields, name)
                     if state is None or a.state == state:
                         out.append(a)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as e:
+        except NETWORK_ERRORS as e:
             if unreachable is None:
                 raise CoordinatorUnavailable(f"coordinator node {node.addr}: {e}") from e
             unreachable.append(f"{node.addr}: {e}")
@@ -254,7 +253,7 @@ async def follow_alerts(
                     if (state is not None and a.state != state) or not seen.add(a):
                         continue
                     yield a
-            except (rexc.ConnectionError, rexc.TimeoutError, OSError, CoordinatorUnavailable) as e:
+            except (*NETWORK_ERRORS, CoordinatorUnavailable) as e:
                 if first and isinstance(e, CoordinatorUnavailable):
                     raise  # the history cannot be read at all: say so rather than wait
                 await anyio.sleep(0.5)

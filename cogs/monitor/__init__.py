@@ -15,17 +15,16 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import anyio
-from redis import exceptions as rexc
 
 from cogs.alerts import Alert, follow_alerts, read_alerts
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
-from cogs.errors import CogsError, CoordinatorUnavailable
+from cogs.errors import CALL_ERRORS, CogsError, CoordinatorUnavailable
 from cogs.monitor.collect import Collector, Snapshot
 from cogs.settings import CogsSettings
 
 __all__ = ["Collector", "Snapshot", "snapshot_once", "watch"]
-_NET = (rexc.RedisError, OSError, TimeoutError)
+_NET = CALL_ERRORS
 
 OnAlert = Callable[[Alert], None]
 

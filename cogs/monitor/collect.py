@@ -26,12 +26,12 @@ from redis import exceptions as rexc
 
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
-from cogs.errors import CogsError
+from cogs.errors import NETWORK_ERRORS, CogsError
 from cogs.keys import PREFIX, PROXY_INDEX, proxy_key, slot
 
 NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
 SCAN_BUDGET = 20_000  # keys per primary per refresh
-_NET = (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError)
+_NET = NETWORK_ERRORS
 
 
 @dataclass(frozen=True)

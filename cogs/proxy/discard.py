@@ -22,10 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from redis import exceptions as rexc
 
 from cogs.coordinator.client import Coordinator
-from cogs.errors import CoordinatorUnavailable
+from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
 from cogs.keys import discard_channel, unescape
 from cogs.logs import fields
 from cogs.proxy.cache import ReplicaCache
@@ -35,7 +34,7 @@ DiscardHook = Callable[[int, str, int], None]
 PING_EVERY = 1.0
 DEAD_AFTER = 3.0
 SEEN_MAX = 200_000
-_LINK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, CoordinatorUnavailable)
+_LINK_ERRORS = (*NETWORK_ERRORS, CoordinatorUnavailable)
 
 
 class DiscardLink:

@@ -430,8 +430,10 @@ class StateProxy:
     def _log_error(self, err: CogsError, packet: Any) -> None:
         self._logged_errors += 1
         n = self._logged_errors
-        if n <= 10 or n % 1000 == 0:
-            log.warning("proxy %s: %s (%d errors so far)", self.id, err, n, extra=fields(proxy=self.id))
+        if n <= 10 or n % 1000 == 0:  # never a line per packet: the first ten, then one in a thousand
+            where = fields(proxy=self.id, state=getattr(err, "state", None), key=getattr(err, "key", None),
+                           op=getattr(err, "op", None), count=n)  # fmt: skip
+            log.warning("proxy %s: %s (%d errors so far)", self.id, err, n, extra=where)
 
     def statistics(self) -> ProxyStatistics:
         if not hasattr(self, "_batcher"):
