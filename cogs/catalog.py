@@ -7,7 +7,7 @@
     checker = "cardinality"       # run at the coordinator after every update
     params = { threshold = 15 }
 
-The catalog is compiled into the Lua library (see coordinator/library.py), so what
+The catalog is compiled into the Lua library (see cogs/library.py), so what
 the coordinator stores is exactly what every proxy and every script agree on; its
 digest travels with every batch.
 """
