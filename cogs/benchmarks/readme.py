@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cogs.benchmarks.common import RESULTS_DIR, fmt_rate, md_table
+from cogs.benchmarks.live_report import readme_block as live_block
 from cogs.errors import ConfigError
 
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
@@ -153,7 +154,7 @@ def _us(x: float) -> str:
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "design": design, "coordinator": coordinator, "scaling": scaling, "webcache": webcache, "indirect": indirect,
-    "soak": soak,
+    "soak": soak, "live": live_block,
 }  # fmt: skip
 
 

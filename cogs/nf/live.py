@@ -74,6 +74,7 @@ class WorkerStats:
     state_seconds: float = 0.0  # the NF on the packets: detector, proxy updates or NAT lookups
     updates: int = 0
     ops_sent: int = 0
+    reported: float = 0.0  # when (time.time()) these counts were taken
     skipped: dict[str, int] = field(default_factory=dict)  # frames the decoder could not use
     counters: dict[str, int] = field(default_factory=dict)  # the NF's
 
@@ -175,6 +176,7 @@ async def _work(cfg: LiveConfig, worker: int, conn: Any, stop: _Flag) -> WorkerS
                 s = proxy.statistics()
                 st.kernel_received, st.kernel_dropped, st.cut = k.received, k.dropped, cap.cut
                 st.seconds, st.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+                st.reported = time.time()
                 st.updates, st.ops_sent = s.updates, s.ops_sent
                 st.skipped, st.counters = dict(h.skipped), dict(h.counters)
                 st.parse_seconds, st.state_seconds = h.parse_s, h.state_s
@@ -324,6 +326,10 @@ class LiveRun:
             self._reap(kill=True)
             raise
         self.started = time.perf_counter()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values() if p.pid is not None]
 
     @property
     def running(self) -> int:

@@ -99,9 +99,16 @@ def _for_tcpreplay(path: Path, tmp: Path) -> tuple[Path, int] | None:
 
 
 def replay(
-    path: str | Path, interface: str, rate: Rate = Rate(), *, loops: int = 1, engine: str = "auto"
+    path: str | Path,
+    interface: str,
+    rate: Rate = Rate(),
+    *,
+    loops: int = 1,
+    engine: str = "auto",
+    preload: bool = False,
 ) -> ReplayResult:
-    """Send the frames of ``path`` out of ``interface``, ``loops`` times."""
+    """Send the frames of ``path`` out of ``interface``, ``loops`` times (``preload``:
+    tcpreplay reads the whole file into memory first, so the disk never paces it)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such capture file")
@@ -124,7 +131,7 @@ def replay(
             if engine == "tcpreplay":
                 raise ConfigError(f"{p}: tcpreplay sends Ethernet captures; use --engine python for this one")
             return _python(p, interface, rate, loops)
-        result = _tcpreplay(usable[0], interface, rate, loops)
+        result = _tcpreplay(usable[0], interface, rate, loops, preload)
         result.failed += usable[1] * loops
         return result
 
@@ -133,8 +140,8 @@ _ACTUAL = re.compile(r"Actual: (\d+) packets \((\d+) bytes\) sent in ([\d.]+) se
 _FAILED = re.compile(r"Failed packets:\s+(\d+)")
 
 
-def _tcpreplay(path: Path, interface: str, rate: Rate, loops: int) -> ReplayResult:
-    argv = ["tcpreplay", "--intf1", interface, "--loop", str(loops)]
+def _tcpreplay(path: Path, interface: str, rate: Rate, loops: int, preload: bool = False) -> ReplayResult:
+    argv = ["tcpreplay", "--intf1", interface, "--loop", str(loops), *(["--preload-pcap"] if preload else [])]
     if rate.topspeed:
         argv.append("--topspeed")
     elif rate.pps is not None:
@@ -210,7 +217,14 @@ def _wait(until: float) -> None:
 
 
 def replay_in_lab(
-    lab: Any, host: str, path: str | Path, rate: Rate = Rate(), *, loops: int = 1, engine: str = "auto"
+    lab: Any,
+    host: str,
+    path: str | Path,
+    rate: Rate = Rate(),
+    *,
+    loops: int = 1,
+    engine: str = "auto",
+    preload: bool = False,
 ) -> ReplayResult:
     """``path`` into middlebox ``host``'s ``eth0`` in ``lab`` (a :class:`cogs.lab.Lab`):
     sent from the lab namespace out of the host's link, so the frames reach that host
@@ -221,4 +235,4 @@ def replay_in_lab(
     h = lab.host(host)
     if h.role != "middlebox":
         raise ConfigError(f"{host} is a coordinator node: replay into a middlebox (mb1..)")
-    return call_in(lab.lab_netns, lambda: replay(path, h.link, rate, loops=loops, engine=engine))
+    return call_in(lab.lab_netns, lambda: replay(path, h.link, rate, loops=loops, engine=engine, preload=preload))

@@ -138,3 +138,34 @@ def test_lab_replay_cli_feeds_one_host(lab: Lab, capture: tuple[Path, list[Path]
     bad = CliRunner().invoke(main, ["lab", "replay", str(capture[1][0]), "--dir", str(lab.dir), "--to", "node1"])
     assert bad.exit_code == 2
     assert "node1 is a coordinator node" in bad.output
+
+
+@pytest.mark.slow
+def test_bench_live_smoke(tmp_path: Path) -> None:
+    """One round of the live bench (port scan, 1 worker): a lab of its own, the packet
+    mix at the replayer's top speed, the figures a results file carries."""
+    from cogs.benchmarks.live import main as live_main
+    from cogs.nf.frames import RST, SYN, TCP
+    from cogs.nf.mix import Mix
+
+    out = tmp_path / "live.json"
+    data = live_main(quick=True, out=out, rounds=1, nfs=("portscan",), workers=(1,))
+    s = data["summary"]
+    assert 585 <= s["mix_mean_bytes"] <= 597
+    assert s["redis_incr_p64_per_s"] > 0
+    assert len(data["environment"]["commit"]) >= 7
+    e = s["portscan"]["1"]
+    assert e["rounds"] == 1
+    assert e["rounds_with_a_zero_drop_rate"] in (0, 1)  # a busy machine may drop at every step: reported as such
+    run = data["runs"][0]
+    top = run["steps"][0]
+    assert top["asked"] == "topspeed"
+    assert top["sent"] > 0
+    assert top["workers_cpu"]["cpu_s"] <= top["workers_cpu"]["cores"] * top["workers_cpu"]["wall_s"]
+    # the kernel filter passed the SYNs and RSTs of what was sent (counted here from the mix itself),
+    # and a few of the host's own: SYN-ACKs of its proxy's connections to the coordinator
+    frames = Mix(seed=1).build(100_000).frames
+    syn_rst = sum(1 for f in frames if f[23] == TCP and f[47] & (SYN | RST))
+    if top["dropped"] == 0 and top["not_sent"] == 0:
+        assert 0 <= top["captured"] - top["sent"] // len(frames) * syn_rst < 100
+    assert out.with_suffix(".md").read_text().startswith("# Live capture")
