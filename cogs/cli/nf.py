@@ -109,12 +109,18 @@ def nf_run(
     if interface is not None:
         if trace is not None or local_only or out is not None:
             raise click.UsageError("--interface captures live: --trace, --local-only and --out are for captures")
+        if middleboxes != 1:
+            raise click.UsageError("--interface runs --workers capture processes on this host, not --middleboxes")
+        if out_interface is not None and name != "nat":
+            raise click.UsageError("--out-interface is where nat sends what it translated; the detectors send nothing")
         from cogs.cli.live import run_live_cli
         from cogs.nf.live import LiveConfig
 
         cfg = LiveConfig(name, interface, url, namespace, None, out_interface, nat_state, mode, internal)
         run_live_cli(cfg, workers, duration, as_json)
         return
+    if workers != 1 or namespace or out_interface or duration:
+        raise click.UsageError("--workers, --namespace, --out-interface and --duration are for --interface")
     if trace is None:
         raise click.UsageError(f"{name} reads a capture or an interface: give --trace FILE or --interface IF")
     if name == "nat":

@@ -75,7 +75,7 @@ class Capture:
     ) -> None:
         self.interface = interface
         # protocol 0: nothing is queued before the filter is attached and bind() names ETH_P_ALL
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock = packet_socket()
         self._ring: Ring | None = None
         try:
             self._setup(sock, insns, rcvbuf, ring)
@@ -229,11 +229,22 @@ _BLOCK = struct.Struct("III")  # block_status, num_pkts, offset_to_first_pkt
 _HDR = struct.Struct("IIIIIxxxxH")  # next offset, sec, nsec, snaplen, len, (status), mac
 
 
+def packet_socket() -> socket.socket:
+    """An AF_PACKET socket bound to nothing yet, or a clear error without the privilege."""
+    try:
+        return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except PermissionError:
+        raise ConfigError(
+            "capturing or sending raw frames needs root (CAP_NET_RAW; CAP_NET_ADMIN for the fanout group "
+            "and promiscuous mode)"
+        ) from None
+
+
 class Emitter:
     """Frames sent out of ``interface`` as they are (the NAT's translated packets)."""
 
     def __init__(self, interface: str) -> None:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock = packet_socket()
         try:
             sock.bind((interface, 0))
         except OSError as e:

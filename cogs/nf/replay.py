@@ -177,9 +177,10 @@ def _ethernet(link: int, buf: bytes) -> bytes | None:
 
 
 def _python(path: Path, interface: str, rate: Rate, loops: int) -> ReplayResult:
+    from cogs.nf.capture import packet_socket
     from cogs.nf.packets import TraceStats, read_frames
 
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock = packet_socket()
     sent = nbytes = failed = 0
     try:
         sock.bind((interface, 0))

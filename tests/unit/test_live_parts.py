@@ -134,3 +134,26 @@ def test_replay_helpers() -> None:
     with pytest.raises(ConfigError, match="positive"):
         Rate(mbps=0)
     assert TCP == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--interface", "eth0", "--trace", "x.pcap"], "--trace, --local-only and --out are for captures"),
+        (["--interface", "eth0", "-n", "3"], "not --middleboxes"),
+        (["--interface", "eth0", "--out-interface", "eth1"], "the detectors send nothing"),
+        (["--trace", "x.pcap", "--workers", "2"], "are for --interface"),
+        (["--trace", "x.pcap", "--namespace", "a|"], "are for --interface"),
+        ([], "give --trace FILE or --interface IF"),
+    ],
+)
+def test_live_options_are_checked_before_anything_runs(tmp_path: Path, args: list[str], says: str) -> None:
+    from click.testing import CliRunner
+
+    from cogs.cli import main
+
+    (tmp_path / "x.pcap").write_bytes(b"")
+    args = [str(tmp_path / a) if a == "x.pcap" else a for a in args]
+    r = CliRunner().invoke(main, ["nf", "run", "portscan", *args], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert says in r.output
