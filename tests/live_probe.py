@@ -16,7 +16,7 @@ from cogs.nf.capture import Capture, Emitter
 from cogs.nf.frames import decode
 
 
-def _frame(src: str, sport: int, dst: str, dport: int, proto: int) -> bytes:
+def _frame(src: str, sport: int, dst: str, dport: int, proto: int, vlan: bool = False) -> bytes:
     l4 = (
         sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + b"\x00" * 8 + b"\x50\x02\xff\xff" + b"\x00" * 4
         if proto == 6
@@ -26,7 +26,8 @@ def _frame(src: str, sport: int, dst: str, dport: int, proto: int) -> bytes:
         b"\x45\x00" + (20 + len(l4)).to_bytes(2, "big") + b"\x00\x00\x00\x00\x40" + bytes([proto]) + b"\x00\x00"
         + socket.inet_aton(src) + socket.inet_aton(dst)
     )  # fmt: skip
-    return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + l4
+    tag = b"\x81\x00\x00\x2a" if vlan else b""  # 802.1Q, VLAN 42: the kernel moves the tag aside
+    return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01" + tag + b"\x08\x00" + ip + l4
 
 
 def main(capture_if: str, send_if: str, sockets: int, flows: int, mode: str) -> None:
@@ -44,16 +45,16 @@ def main(capture_if: str, send_if: str, sockets: int, flows: int, mode: str) -> 
         )
         pa, pb, proto = rng.randrange(1024, 65535), rng.choice((80, 53, 443)), 6 if i % 2 else 17
         sent.append(((a, pa), (b, pb), proto))
-        tx.send(_frame(a, pa, b, pb, proto))  # one direction, then the other
-        tx.send(_frame(b, pb, a, pa, proto))
+        tx.send(_frame(a, pa, b, pb, proto, vlan=i % 3 == 0))  # one direction, then the other
+        tx.send(_frame(b, pb, a, pa, proto, vlan=i % 3 == 0))
     time.sleep(0.5)
     where: dict[str, list[int]] = {}
     for i, cap in enumerate(caps):
         while frames := cap.read(1024):
             for ts, frame in frames:
                 p = decode(frame, ts)
-                if isinstance(p, str):
-                    continue
+                if isinstance(p, str) or not p.src.startswith("198.1"):
+                    continue  # not ours: the link's own IPv6 chatter
                 key = "|".join(map(str, sorted([(p.src, p.sport), (p.dst, p.dport)]))) + f"|{p.proto}"
                 where.setdefault(key, []).append(i)
     stats = [c.poll_stats() for c in caps]

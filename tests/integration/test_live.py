@@ -145,7 +145,7 @@ def test_live_raises_the_alerts_of_the_capture_mode(
 @pytest.mark.parametrize("mode", ["ring", "recv"])
 def test_fanout_keeps_both_directions_of_a_flow_on_one_worker(lan: Lan, mode: str) -> None:
     """4 sockets in one group (read through a TPACKET_V3 ring, or one recv per frame);
-    300 flows sent both ways (TCP and UDP)."""
+    300 flows sent both ways (TCP and UDP, a third of them VLAN-tagged)."""
     probe = [str(BIN / "python"), "-m", "tests.live_probe", lan.rx, lan.tx, "4", "300", mode]
     r = lan.ns.run(probe, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
