@@ -110,7 +110,7 @@ class Batcher:
             coord, token, proxy_id, durable=durable, durable_timeout=durable_timeout,
             command_timeout=command_timeout, delivery_timeout=delivery_timeout,
             on_reply=self._dispatch, on_failed=self._batch_failed, on_settled=self._settled,
-            on_overdue=self._overdue, on_error=on_error, spawn=self.spawn,
+            on_overdue=self._overdue, on_error=on_error, spawn=self.spawn, tick=self._check_queue,
         )  # fmt: skip
         self._refreshing: asyncio.Task[Any] | None = None
         self._per_node: tuple[Any, list[str]] = (None, [])
@@ -515,6 +515,21 @@ class Batcher:
                 self.requests.fail(req, err)
         if len(b.reqs) < b.nops:
             self.on_error(err, None)
+
+    def _check_queue(self, now: float) -> None:
+        """Requests not even sent within the delivery bound (no channel has room: a node
+        does not answer): their waiters learn it now; the requests stay queued."""
+        limit = now - self.delivery_timeout
+        for req in self.queue:
+            if req.born < limit and not req.done and req.waiters:
+                self.requests.fail(
+                    req,
+                    DeliveryTimeout(
+                        f"{req.state}[{show(req.key)}] {req.op}: not sent within {self.delivery_timeout:g} s (the "
+                        "coordinator does not answer); it stays queued and applies exactly once when it does, "
+                        "unless this proxy closes first"
+                    ),
+                )
 
     def _overdue(self, b: Batch, err: DeliveryTimeout) -> None:
         """Not confirmed in time: waiters learn it now; the batch stays queued."""

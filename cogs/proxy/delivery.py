@@ -115,6 +115,7 @@ class Delivery:
         on_overdue: Callable[[Batch, DeliveryTimeout], None],
         on_error: Callable[[CogsError, Any], None],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        tick: Callable[[float], None] | None = None,
     ) -> None:
         self.coord, self.token, self.pid = coord, token, proxy_id
         #: the session secret: batches numbered under it are this process's alone
@@ -123,6 +124,7 @@ class Delivery:
         self.command_timeout, self.delivery_timeout = command_timeout, delivery_timeout
         self.on_reply, self.on_failed, self.on_settled = on_reply, on_failed, on_settled
         self.on_overdue, self.on_error, self.spawn = on_overdue, on_error, spawn
+        self.tick = tick  # called with the time at every watch step (ops not sent yet have deadlines too)
         self.channels: dict[str, Channel] = {}
         self.space = asyncio.Event()  # set whenever a batch leaves a channel
         self.resent = self.outages = self.gaps = self.lost_batches = self.lost_ops = self.overdue = 0
@@ -160,6 +162,8 @@ class Delivery:
         while True:
             await anyio.sleep(min(0.5, self.delivery_timeout / 4))
             now = time.monotonic()
+            if self.tick is not None:
+                self.tick(now)
             for stream, ch in list(self.channels.items()):
                 ch.check_deadlines(now)
                 if not ch.queue and ch.seq and now - ch.last_sent > KEEPALIVE_S:
@@ -290,8 +294,8 @@ class Channel:
         if m is None or not numbered:
             return
         expected, head = int(m[1]), numbered[0].seq
-        now = time.monotonic()
-        fences = [Batch("[]", 0, {}, True, now, seq=n) for n in range(expected, head)]
+        born = self.queue[0].born  # as old as the queue's head: deadlines stay in queue order
+        fences = [Batch("[]", 0, {}, True, born, seq=n) for n in range(expected, head)]
         self.queue.extendleft(reversed(fences))
 
     def _lost(self, err: ChannelError) -> None:

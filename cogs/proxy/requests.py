@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,8 @@ class Req:
     """One op that someone waits for (or a re-routed one nobody waits for)."""
 
     __slots__ = (
-        "arg", "cache_key", "decode", "done", "ekey", "epoch", "key", "mode", "moved_at", "op", "sidx", "state",
-        "waiters",
+        "arg", "born", "cache_key", "decode", "done", "ekey", "epoch", "key", "mode", "moved_at", "op", "sidx",
+        "state", "waiters",
     )  # fmt: skip
 
     def __init__(
@@ -58,6 +59,8 @@ class Req:
         self.moved_at = 0.0
         #: answered (resolved or failed): a late reply of a re-sent batch finds nothing to do
         self.done = False
+        #: when it was issued (monotonic s): its waiters are answered within the delivery bound
+        self.born = time.monotonic()
 
 
 @dataclass(frozen=True)

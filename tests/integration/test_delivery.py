@@ -15,6 +15,7 @@ twice, every waiter answered (the README's "Delivery guarantees").
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import random
@@ -29,8 +30,9 @@ import pytest
 import redis
 
 from cogs.cluster import LocalCluster, free_port_base
-from cogs.errors import BadDelta, BadKey, CogsError, Oversize
+from cogs.errors import BadDelta, BadKey, CogsError, DeliveryTimeout, Oversize
 from cogs.proxy import StateProxy
+from cogs.settings import load_settings
 from tests.conftest import _load
 from tests.helpers import make_catalog
 
@@ -276,3 +278,60 @@ async def test_read_your_writes_in_replica_mode(ha: LocalCluster) -> None:
             await p.flush()
             assert await p.syn_retrieve("nat", key) == v + 1
         assert p.statistics().cache_hits > 0  # replicas were cached (and still never stale)
+
+
+def test_every_waiter_is_answered_while_the_coordinator_is_frozen(tmp_path: Path) -> None:
+    """Every node stopped (SIGSTOP): sync ops, async ops and flush() end with
+    DeliveryTimeout within the bound, whether their batch was sent or still waits for
+    room; resumed, every op they carried applies exactly once (outcome unknown, never
+    lost, never doubled)."""
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
+    lc.up()
+    pids = [int((lc.node_dir(p) / "redis.pid").read_text()) for p in lc.ports]
+    try:
+        anyio.run(_load, lc.url, make_catalog())
+        settings = load_settings(url=lc.url, delivery_timeout_s=1.5)
+        failed: list[CogsError] = []
+
+        async def go() -> tuple[list[str], float]:
+            async with StateProxy(settings=settings, on_error=lambda e, _p: failed.append(e)) as p:
+                await p.syn_up("cnt", "frozen-sync", "add", 1)  # connected, warm
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                t0 = time.monotonic()
+                outcomes: list[str] = []
+
+                async def sync(i: int) -> None:
+                    try:
+                        await p.syn_up("cnt", "frozen-sync", "add", 1)
+                        outcomes.append("ok")
+                    except DeliveryTimeout:
+                        outcomes.append("timeout")
+
+                with anyio.fail_after(20):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(5):
+                            tg.start_soon(sync, i)
+                        for _ in range(100):
+                            p.update("cnt", "frozen-trigger", "add", 1)
+                        p.asyn_up("cnt", "frozen-async", "add", 1, lambda v, pkt: outcomes.append("async ok"), "pkt")
+                    with pytest.raises(DeliveryTimeout):
+                        await p.flush()
+                took = time.monotonic() - t0
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+                with anyio.fail_after(60):
+                    await p.flush()  # back: everything queued goes out, once
+                    got = [await p.syn_retrieve("cnt", k) for k in ("frozen-sync", "frozen-trigger", "frozen-async")]
+                assert got == [6, 100, 1]
+                return outcomes, took
+
+        outcomes, took = anyio.run(go)
+        assert outcomes.count("timeout") == 5
+        assert took < 15  # bounded: the waiters did not wait for the coordinator
+        assert any(isinstance(e, DeliveryTimeout) for e in failed)  # the async op and the updates were told
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        lc.down(purge=True)
