@@ -32,10 +32,10 @@ import anyio
 import redis.asyncio as aioredis
 
 from cogs import runtime
-from cogs.benchmarks.common import Progress, bench_cluster, coordinator_nodes, fmt_rate, noop, write_results
+from cogs.benchmarks.common import Progress, fmt_rate, noop, write_results
 from cogs.benchmarks.coordinator_report import markdown, plot
-from cogs.benchmarks.cpu import CpuMeter, local_addr, redis_pids
 from cogs.benchmarks.harness import BenchError, Calibration, environment, repeats, stat
+from cogs.benchmarks.site import Site, bench_site
 from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import runs
@@ -263,15 +263,13 @@ async def _read_back(url: str, prefix: str, nkeys: int, ints: array[int], sets: 
 
 
 class _Bench:
-    def __init__(self, url: str, quick: bool, progress: Progress, rounds: int | None) -> None:
-        self.url, self.quick, self.progress = url, quick, progress
+    def __init__(self, site: Site, quick: bool, progress: Progress, rounds: int | None) -> None:
+        self.url, self.quick, self.progress = site.url, quick, progress
         self.seconds = 1.0 if quick else 2.0
         self.reps = repeats(quick, rounds)
-        coord = redis_pids(coordinator_nodes(url))
-        self.coord_pids = list(coord.values())
-        primaries = coordinator_nodes(url, replicas=False)
-        self.meter = CpuMeter(self.coord_pids, remote=[a for a in primaries if not local_addr(a)])
-        self.cal = Calibration(url, quick=quick, progress=progress)
+        self.coord_pids = site.coord_pids
+        self.meter = site.meter()
+        self.cal = Calibration(site.url, quick=quick, progress=progress, run=site.calibration_runner())
         self.rows: list[dict[str, Any]] = []
         self.checks: list[dict[str, Any]] = []
 
@@ -341,28 +339,36 @@ def main(
     out: Path | None = None,
     progress: Progress = noop,
     rounds: int | None = None,
+    lab_rtt: str | None = None,
 ) -> dict[str, Any]:
-    with bench_cluster(url, progress) as seed:
-        b = _Bench(seed, quick, progress, rounds)
-        env = environment(seed, "shared", batch_ops=BATCH, inflight_per_node=INFLIGHT, seconds_per_run=b.seconds)
-        procs_list = [1, 2] if quick else [1, 2, 4]
-        with Workers(max(procs_list)) as w:
-            b.meter.add(w.pids)
-            b.block(w, 1_000, [("mix", HEADLINE[1])])
-            b.block(w, 100_000, [("mix", p) for p in procs_list])
-            b.block(w, 100_000, [(m, HEADLINE[1]) for m in ("int_add", "set_add", "get")])
-            if not quick:
-                b.block(w, 1_000_000, [("mix", HEADLINE[1])])
-            progress("baselines (same processes, connections, keys and mix)")
-            b.baselines(w, HEADLINE[0], HEADLINE[1])
-        b.cal.sample()
-        data = _results(b, env)
-    path = write_results("coordinator", data, markdown(data), out)
+    """Run the bench on ``url`` (default: a cluster of its own) or, with ``lab_rtt``, in a
+    lab: each simulated proxy on a host of its own (paper Fig. 12b; needs root)."""
+    procs_list = [1, 2] if quick else [1, 2, 4]
+    with bench_site(url, progress, lab_rtt=lab_rtt, middleboxes=max(procs_list)) as site:
+        data = site.call(lambda: _run(site, quick, rounds, procs_list, progress))
+    path = write_results("coordinator" + site.name, data, markdown(data), out)
     plot(path, data)
     s = data["summary"]
     progress(f"applied (median): {fmt_rate(s['applied_ops_per_s']['median'])} ops/s = {s['applied_vs_redis_incr']} x "
              f"redis-benchmark INCR; wrote {path} and {path.with_suffix('.md')}")  # fmt: skip
     return data
+
+
+def _run(site: Site, quick: bool, rounds: int | None, procs_list: list[int], progress: Progress) -> dict[str, Any]:
+    b = _Bench(site, quick, progress, rounds)
+    env = environment(site.url, site.info, batch_ops=BATCH, inflight_per_node=INFLIGHT, seconds_per_run=b.seconds)
+    with Workers(max(procs_list), start=site.starter()) as w:
+        b.meter.add(w.pids)
+        env["proxy_processes_net_namespaces"] = w.net_namespaces()
+        b.block(w, 1_000, [("mix", HEADLINE[1])])
+        b.block(w, 100_000, [("mix", p) for p in procs_list])
+        b.block(w, 100_000, [(m, HEADLINE[1]) for m in ("int_add", "set_add", "get")])
+        if not quick:
+            b.block(w, 1_000_000, [("mix", HEADLINE[1])])
+        progress("baselines (same processes, connections, keys and mix)")
+        b.baselines(w, HEADLINE[0], HEADLINE[1])
+    b.cal.sample()
+    return _results(b, env)
 
 
 def _results(b: _Bench, env: dict[str, Any]) -> dict[str, Any]:

@@ -34,18 +34,11 @@ import redis
 
 from cogs import runtime
 from cogs.benchmarks import design_nat as dn
-from cogs.benchmarks.common import (
-    Progress,
-    bench_cluster,
-    coordinator_nodes,
-    fmt_rate,
-    noop,
-    write_results,
-    zipf_keys,
-)
-from cogs.benchmarks.cpu import CpuMeter, check_physical, local_addr, redis_pids
+from cogs.benchmarks.common import Progress, coordinator_nodes, fmt_rate, noop, write_results, zipf_keys
+from cogs.benchmarks.cpu import CpuMeter, check_physical
 from cogs.benchmarks.design_report import markdown, plot
 from cogs.benchmarks.harness import Calibration, environment, pct, repeats, stat
+from cogs.benchmarks.site import Site, bench_site
 from cogs.benchmarks.workers import Gate, Workers, account
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Op, StateTable
@@ -191,59 +184,67 @@ def main(
     out: Path | None = None,
     progress: Progress = noop,
     rounds: int | None = None,
+    lab_rtt: str | None = None,
 ) -> dict[str, Any]:
-    n = 400_000 if quick else 1_600_000
-    secs = 1.0 if quick else 2.0
-    reps = repeats(quick, rounds)
-    configs = [c for c in TRIGGER if c[3] or url is None]  # AOF is never switched on a given cluster
-    with bench_cluster(url, progress) as seed:
-        primaries = coordinator_nodes(seed, replicas=False)
-        coord = redis_pids(coordinator_nodes(seed))
-        meter = CpuMeter(coord.values(), remote=[a for a in primaries if not local_addr(a)])
-        env = environment(seed, "shared", nf_processes=[1, 2], trigger_updates_per_run=n)
-        cal = Calibration(seed, quick=quick, progress=progress)
-        wl = dn.nat_workload()
-        trig: list[dict[str, Any]] = []
-        nats: list[dict[str, Any]] = []
-        rtt: list[float] = []
-        hits: list[dict[str, float]] = []
-        fan: dict[int, dict[str, list[float]]] = {h: {"update_s": [], "discard_s": []} for h in (1, 4, 16)}
-        with Workers(2) as w:
-            meter.add(w.pids)
-            for rep in range(reps):
-                progress(f"round {rep + 1} of {reps}")
-                cal.sample()
-                for cfg in configs:
-                    with _appendonly(primaries, cfg[3]):
-                        r = trigger_run(w, meter, list(coord.values()), seed, cfg, n)
-                    trig.append({**r, "round": rep})
-                    progress(
-                        f"  trigger {cfg[0]}: {fmt_rate(r['updates_per_s'])} updates/s, "
-                        f"{r['ops_per_update']:.3f} ops/update, exact={r['final_state_exact']}; CPU/update "
-                        f"{r['cpu_us_per_item']['workers']:.2f} us NF + {r['cpu_us_per_item']['coordinator']:.2f} us "
-                        f"coordinator, {r['cores_busy']:.2f} cores busy"
-                    )
-                for kind in NAT_STATES:
-                    for mode in dn.NAT_MODES:
-                        r = nat_run(meter, seed, kind, mode, secs, wl)
-                        nats.append({**r, "round": rep})
-                        progress(f"  NAT {mode} {kind}: {fmt_rate(r['packets_per_s'])} packets/s, RTT p50 "
-                                 f"{r['rtt_p50_us']:.0f} us, {r['lookups_per_packet']:.3f} lookups/packet")  # fmt: skip
-                rtt += runtime.run(dn.sync_retrieve_rtt, seed, 1000 if quick else 2000)
-                hits.append(runtime.run(dn.replica_hit, seed, 20_000))
-                for h, got in fan.items():
-                    f = runtime.run(dn.discard_fanout, seed, h, 10 if quick else 20)
-                    got["update_s"] += f["update_s"]
-                    got["discard_s"] += f["discard_s"]
-        cal.sample()  # and once after the last round
-        data = _results(quick, env, cal, trig, nats, rtt, hits, fan)
-    path = write_results("design", data, markdown(data), out)
+    """Run the bench on ``url`` (default: a cluster of its own) or, with ``lab_rtt``, in a
+    lab whose middlebox <-> node round trip is ``lab_rtt`` (needs root)."""
+    with bench_site(url, progress, lab_rtt=lab_rtt, middleboxes=2) as site:
+        data = site.call(lambda: _run(site, url is None, quick, rounds, progress))
+    path = write_results("design" + site.name, data, markdown(data), out)
     plot(path, data)
     s = data["summary"]
     rate = fmt_rate(s["trigger_updates_per_s"]["median"])
-    progress(f"trigger path (median of {reps}): {rate} updates/s = {s['trigger_vs_redis_incr']} x redis-benchmark "
-             f"INCR; wrote {path} and {path.with_suffix('.md')}")  # fmt: skip
+    progress(f"trigger path (median of {s['trigger_updates_per_s']['n']}): {rate} updates/s = "
+             f"{s['trigger_vs_redis_incr']} x redis-benchmark INCR; wrote {path}")  # fmt: skip
     return data
+
+
+def _run(site: Site, own: bool, quick: bool, rounds: int | None, progress: Progress) -> dict[str, Any]:
+    n = 400_000 if quick else 1_600_000
+    secs = 1.0 if quick else 2.0
+    reps = repeats(quick, rounds)
+    configs = [c for c in TRIGGER if c[3] or own]  # AOF is never switched on a given cluster
+    seed = site.url
+    primaries = coordinator_nodes(seed, replicas=False)
+    meter = site.meter()
+    env = environment(seed, site.info, nf_processes=[1, 2], trigger_updates_per_run=n)
+    cal = Calibration(seed, quick=quick, progress=progress, run=site.calibration_runner())
+    wl = dn.nat_workload()
+    trig: list[dict[str, Any]] = []
+    nats: list[dict[str, Any]] = []
+    rtt: list[float] = []
+    hits: list[dict[str, float]] = []
+    fan: dict[int, dict[str, list[float]]] = {h: {"update_s": [], "discard_s": []} for h in (1, 4, 16)}
+    with Workers(2, start=site.starter()) as w:
+        meter.add(w.pids)
+        env["nf_processes_net_namespaces"] = w.net_namespaces()
+        for rep in range(reps):
+            progress(f"round {rep + 1} of {reps}")
+            cal.sample()
+            for cfg in configs:
+                with _appendonly(primaries, cfg[3]):
+                    r = trigger_run(w, meter, site.coord_pids, seed, cfg, n)
+                trig.append({**r, "round": rep})
+                progress(
+                    f"  trigger {cfg[0]}: {fmt_rate(r['updates_per_s'])} updates/s, "
+                    f"{r['ops_per_update']:.3f} ops/update, exact={r['final_state_exact']}; CPU/update "
+                    f"{r['cpu_us_per_item']['workers']:.2f} us NF + {r['cpu_us_per_item']['coordinator']:.2f} us "
+                    f"coordinator, {r['cores_busy']:.2f} cores busy"
+                )
+            for kind in NAT_STATES:
+                for mode in dn.NAT_MODES:
+                    r = nat_run(meter, seed, kind, mode, secs, wl)
+                    nats.append({**r, "round": rep})
+                    progress(f"  NAT {mode} {kind}: {fmt_rate(r['packets_per_s'])} packets/s, RTT p50 "
+                             f"{r['rtt_p50_us']:.0f} us, {r['lookups_per_packet']:.3f} lookups/packet")  # fmt: skip
+            rtt += runtime.run(dn.sync_retrieve_rtt, seed, 1000 if quick else 2000)
+            hits.append(runtime.run(dn.replica_hit, seed, 20_000))
+            for h, got in fan.items():
+                f = runtime.run(dn.discard_fanout, seed, h, 10 if quick else 20)
+                got["update_s"] += f["update_s"]
+                got["discard_s"] += f["discard_s"]
+    cal.sample()  # and once after the last round
+    return _results(quick, env, cal, trig, nats, rtt, hits, fan)
 
 
 def _results(quick: bool, env: dict[str, Any], cal: Calibration, trig: list[dict[str, Any]],

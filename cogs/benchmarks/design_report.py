@@ -17,13 +17,24 @@ def fmt_stat(s: dict[str, Any], fmt: Any = fmt_rate) -> str:
 def calibration_line(data: dict[str, Any]) -> str:
     c, e = data["calibration"], data["environment"]
     dirty = " (uncommitted changes)" if e.get("dirty") else ""
+    where = lab_line(e)
     return (
         f"Commit `{str(e['commit'])[:12]}`{dirty}, {e['when']}, {e['cpu_model']} x {e['cores']}, Python "
         f"{e['python']}, Redis {e['redis']}, {e['event_loop']}, {e['primaries']} primaries x "
-        f"{e['replicas_per_primary']} replicas, AOF {e['aof']}{', QUICK run' if data['quick'] else ''}. "
+        f"{e['replicas_per_primary']} replicas, AOF {e['aof']}{', QUICK run' if data['quick'] else ''}{where}. "
         f"Calibration, same run: `redis-benchmark -t incr -P 64` {fmt_stat(c['redis_incr_p64_per_s'])}/s; "
         f"PING from Python p50 {c['ping_us']['p50']:.0f} us, p99 {c['ping_us']['p99']:.0f} us.\n"
     )
+
+
+def lab_line(env: dict[str, Any]) -> str:
+    """``, in the lab (...)`` for a lab run, else nothing."""
+    p = env.get("placement")
+    if not isinstance(p, dict) or p.get("kind") != "lab":
+        return ""
+    ping = p["ping_mb1_node1_us"]
+    return (f", in the lab: --rtt {p['rtt']}, ping middlebox -> node median {ping['median']} us (min {ping['min']}), "
+            f"{p['middleboxes']} middlebox hosts")  # fmt: skip
 
 
 def markdown(data: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -157,8 +157,11 @@ class Calibration:
     """``redis-benchmark -t incr -P 64`` on one coordinator node and PINGs from Python,
     sampled several times over a bench run: ``incr_per_s`` is their median."""
 
-    def __init__(self, url: str, *, quick: bool, progress: Progress = noop) -> None:
+    def __init__(self, url: str, *, quick: bool, progress: Progress = noop, run: Runner | None = None) -> None:
+        """``run(addr, argv)`` runs redis-benchmark for the node at ``addr`` (the lab runs
+        it on the node's own host, as loopback does; default: a subprocess here)."""
         self.settings = load_settings(url=url)
+        self._run = run or _subprocess
         self.progress = progress
         self.requests = 300_000 if quick else 1_000_000
         self.pings = 1000 if quick else 2000
@@ -170,7 +173,7 @@ class Calibration:
     def sample(self) -> float:
         """One redis-benchmark run and a round of PINGs; the run's INCR/s."""
         try:
-            out = subprocess.run(self.argv, capture_output=True, text=True, timeout=300, check=False)
+            out = self._run(f"{self.host}:{self.port}", self.argv)
         except FileNotFoundError:
             raise BenchError(
                 "redis-benchmark is not installed (Debian/Ubuntu: apt install redis-tools): "
@@ -213,6 +216,13 @@ class Calibration:
             "ping_p50_us": round(pct(self.ping_s, 50) * 1e6, 1),
             "ping_p99_us": round(pct(self.ping_s, 99) * 1e6, 1),
         }
+
+
+Runner = Callable[[str, list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _subprocess(addr: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
 
 
 async def _node_of_key(settings: CogsSettings, key: str) -> tuple[str, int]:

@@ -144,6 +144,80 @@ def soak(data: dict[str, Any]) -> str:
     )
 
 
+def variants(name: str, results: Path = RESULTS_DIR) -> list[Path]:
+    """``name``'s results on loopback and in the lab (each: the full run's file, else
+    the quick one's), loopback first, then by round trip."""
+    found: dict[str, Path] = {}
+    for d in (results / "quick", results):  # a full run's file replaces a quick one
+        for p in d.glob(f"{name}*.json"):
+            if p.stem == name or p.stem.startswith(f"{name}-lab-"):
+                found[p.stem] = p
+    return [found[k] for k in sorted(found, key=lambda k: (k != name, _us_of(k)))]
+
+
+def _us_of(stem: str) -> float:
+    m = re.search(r"-lab-([\d.]+)(us|ms)$", stem)
+    return float(m[1]) * (1000 if m[2] == "ms" else 1) if m else 0.0
+
+
+def _where(data: dict[str, Any]) -> str:
+    p = data["environment"].get("placement")
+    q = " (quick)" if data.get("quick") else ""
+    if isinstance(p, dict) and p.get("kind") == "lab":
+        return f"lab, --rtt {p['rtt']} (ping {p['ping_mb1_node1_us']['median']} us){q}"
+    return f"loopback{q}"
+
+
+def lab(results: Path, root: Path | None) -> str:
+    """Loopback and lab runs side by side: what a LAN round trip changes."""
+    out = ""
+    for name, heads, row in (("design", _DESIGN_HEADS, _design_row), ("coordinator", _COORD_HEADS, _coord_row),
+                             ("webcache", _WEB_HEADS, _web_row)):  # fmt: skip
+        rows = []
+        for path in variants(name, results):
+            data = json.loads(path.read_text())
+            shown = path.relative_to(root) if root and path.is_relative_to(root) else path
+            rows.append([_where(data), *row(data), f"`{shown.as_posix()}`"])
+        if rows:
+            out += f"\n`cogs bench {name}`:\n\n" + md_table(["where", *heads, "results"], rows)
+    return out.lstrip("\n") or "No results yet: run `cogs bench design --lab --rtt 500us` (root).\n"
+
+
+_DESIGN_HEADS = ["trigger updates/s", "NAT sync, singleton (packets/s)", "NAT async, no merging", "async / sync",
+                 "sync retrieve p50"]  # fmt: skip
+
+
+def _design_row(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    nat = s["nat_packets_per_s"]
+    return [fmt_rate(s["trigger_updates_per_s"]["median"]), fmt_rate(nat["sync_singleton"]["median"]),
+            fmt_rate(nat["async_unmerged_singleton"]["median"]), f"{s['async_vs_sync_ratio']}x",
+            f"{s['sync_retrieve_p50_us']:.0f} us"]  # fmt: skip
+
+
+_COORD_HEADS = ["applied ops/s", "1k / 100k states", "redis-py pipelined", "cogs / pipelined"]
+
+
+def _coord_row(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    by = s["applied_ops_per_s_by_states"]
+    return [fmt_rate(s["applied_ops_per_s"]["median"]), f"{fmt_rate(by['1000']['median'])} / "
+            f"{fmt_rate(by['100000']['median'])}", fmt_rate(s["redis_py_pipelined_ops_per_s"]["median"]),
+            f"{s['applied_vs_pipelined']}x"]  # fmt: skip
+
+
+_WEB_HEADS = ["caches", "cogs / ICP requests/s", "cogs / ICP", "lookup p50: cogs / ICP"]
+
+
+def _web_row(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    top = max(s["ratio_vs_icp"], key=int)
+    q = s["query_cost"][top]
+    rps = s["requests_per_s"]
+    return [top, f"{rps['cogs'][top]['median']:,.0f} / {rps['icp'][top]['median']:,.0f}", f"{s['ratio_vs_icp'][top]}x",
+            f"{q['cogs']['p50_us']['median']:,.0f} / {q['icp']['p50_us']['median']:,.0f} us"]  # fmt: skip
+
+
 def _n(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -160,8 +234,10 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
 
 def render(name: str, results: Path = RESULTS_DIR, root: Path | None = None) -> str:
     """A block's body from its results file (``root``: what paths are shown relative to)."""
+    if name == "lab":
+        return lab(results, root)
     if name not in RENDER:
-        raise ConfigError(f"README block bench:{name}: no such bench (have: {', '.join(RENDER)})")
+        raise ConfigError(f"README block bench:{name}: no such bench (have: {', '.join(RENDER)}, lab)")
     path = source(name, results)
     if path is None:
         return f"No results yet: run `cogs bench {name}`.\n"

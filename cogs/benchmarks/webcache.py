@@ -32,9 +32,9 @@ import anyio
 import httpx
 
 from cogs import runtime
-from cogs.benchmarks.common import Placement, Progress, bench_cluster, coordinator_nodes, fmt_rate, noop, write_results
-from cogs.benchmarks.cpu import CpuMeter, local_addr, redis_pids
-from cogs.benchmarks.harness import Calibration, environment, pct, repeats
+from cogs.benchmarks.common import Placement, Progress, fmt_rate, noop, write_results
+from cogs.benchmarks.harness import BenchError, Calibration, environment, pct, repeats
+from cogs.benchmarks.site import Site, bench_site
 from cogs.benchmarks.webcache_query import query_cost
 from cogs.benchmarks.webcache_report import markdown, plot, summarize
 from cogs.benchmarks.workers import Gate, Workers, account
@@ -135,23 +135,29 @@ def node_stats(nodes: list[str]) -> dict[str, int]:
 
 
 class _Bench:
-    def __init__(self, url: str, quick: bool, place: Placement, progress: Progress, rounds: int | None) -> None:
-        self.url, self.place, self.progress = url, place, progress
+    def __init__(self, site: Site, quick: bool, place: Placement, progress: Progress, rounds: int | None) -> None:
+        self.site, self.url, self.place, self.progress = site, site.url, place, progress
         self.warm, self.measure = (1.0, 2.0) if quick else (1.5, 3.0)
         self.reps = repeats(quick, rounds)
-        coord = redis_pids(coordinator_nodes(url))
-        self.coord_pids = list(coord.values())
-        primaries = coordinator_nodes(url, replicas=False)
-        self.meter = CpuMeter(self.coord_pids, remote=[a for a in primaries if not local_addr(a)])
-        self.cal = Calibration(url, quick=quick, progress=progress)
+        self.coord_pids = site.coord_pids
+        self.meter = site.meter()
+        self.cal = Calibration(site.url, quick=quick, progress=progress, run=site.calibration_runner())
         self.runs: list[dict[str, Any]] = []
         self.queries: list[dict[str, Any]] = []
 
     def size(self, w: Workers, n: int) -> None:
-        """n caches in each mode, up together, measured in alternation."""
+        """n caches in each mode, up together, measured in alternation. In the lab: the
+        origin (and the load) on mb1, cogs' caches on mb2.., ICP's on the hosts after."""
+        site = self.site
+        lab: dict[str, dict[str, Any]] = {"cogs": {}, "icp": {}}
+        if site.lab is not None:
+            for mode, first in (("cogs", 2), ("icp", 2 + n)):
+                hosts = {f"cache-{i}": f"mb{first + i}" for i in range(n)} | {"origin": "mb1"}
+                lab[mode] = {"host": site.addr("mb1"), "hosts": [site.addr(hosts[f"cache-{i}"]) for i in range(n)],
+                             "start": site.starter(hosts)}  # fmt: skip
         with (
-            web_cache(n, "cogs", self.url, origin_delay_s=ORIGIN_DELAY_S, state=STATE) as cogs,
-            web_cache(n, "icp", None) as icp,
+            web_cache(n, "cogs", self.url, origin_delay_s=ORIGIN_DELAY_S, state=STATE, **lab["cogs"]) as cogs,
+            web_cache(n, "icp", None, **lab["icp"]) as icp,
         ):
             assert cogs.origin is not None
             icp.origin = cogs.origin  # one origin serves both
@@ -215,6 +221,20 @@ class _Bench:
         return row
 
 
+def _run(b: _Bench, sizes: list[int]) -> None:
+    place = b.place
+    try:
+        for pid in b.coord_pids:
+            place.pin(pid, "tested")  # with the caches: its CPU comes out of their share, as ICP's does
+        with place.spawning_rest(), Workers(LOAD_PROCS, start=b.site.starter(["mb1"] * LOAD_PROCS)) as w:
+            b.meter.add(w.pids)
+            for n in sizes:
+                b.size(w, n)
+    finally:
+        place.restore()
+    b.cal.sample()
+
+
 def main(
     url: str | None = None,
     quick: bool = False,
@@ -222,31 +242,29 @@ def main(
     progress: Progress = noop,
     placement: str = "shared",
     rounds: int | None = None,
+    lab_rtt: str | None = None,
 ) -> dict[str, Any]:
+    """Run the bench on ``url`` (default: a cluster of its own) or, with ``lab_rtt``, in a
+    lab: every cache on a host of its own, load and origin on another (needs root)."""
     sizes = [1, 3] if quick else [1, 3, 5, 7, 9]
     place = Placement(placement)
+    if lab_rtt is not None and place.mode == "split":
+        raise BenchError("--placement split pins processes of this machine's hosts: not with --lab")
     if place.note:
         progress(f"placement: shared ({place.note})")
     elif place.mode == "split":
         progress(f"placement: caches and coordinator on CPUs {sorted(place.tested)}; load generators and origin on "
                  f"CPUs {sorted(place.rest)}")  # fmt: skip
-    with bench_cluster(url, progress) as seed:
-        b = _Bench(seed, quick, place, progress, rounds)
-        env = environment(seed, place.describe(), warm_s=b.warm, measure_s=b.measure, load_processes=LOAD_PROCS)
-        try:
-            for pid in b.coord_pids:
-                place.pin(pid, "tested")  # with the caches: its CPU comes out of their share, as ICP's does
-            with place.spawning_rest(), Workers(LOAD_PROCS) as w:
-                b.meter.add(w.pids)
-                for n in sizes:
-                    b.size(w, n)
-        finally:
-            place.restore()
-        b.cal.sample()
+    with bench_site(url, progress, lab_rtt=lab_rtt, middleboxes=1 + 2 * max(sizes)) as site:
+        # everything that talks to the coordinator runs where the driver runs (mb1 in the lab)
+        b = site.call(lambda: _Bench(site, quick, place, progress, rounds))
+        env = site.call(lambda: environment(site.url, site.info if site.lab else place.describe(), warm_s=b.warm,
+                                            measure_s=b.measure, load_processes=LOAD_PROCS))  # fmt: skip
+        site.call(lambda: _run(b, sizes))
     load = {"working_set": OBJECTS, "zipf_s": ZIPF_S, "recurrence": RECURRENCE, "load_processes": LOAD_PROCS,
             "robots_per_instance": ROBOTS_PER_NODE, "origin_delay_ms": ORIGIN_DELAY_S * 1e3}  # fmt: skip
     data = summarize(b, env, sizes, quick, load)
-    path = write_results("webcache", data, markdown(data), out)
+    path = write_results("webcache" + site.name, data, markdown(data), out)
     plot(path, data)
     progress(f"wrote {path} and {path.with_suffix('.md')}")
     return data

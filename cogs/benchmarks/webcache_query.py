@@ -31,7 +31,7 @@ async def query_job(mode: str, url: str, siblings: list[str], state: str, n: int
     it = iter(urls)
     sibs = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in siblings)]
     async with StateProxy(url, peer_secret=secrets.token_hex(8)) if mode == "cogs" else _Null() as proxy:
-        agent = IcpAgent(lambda _u: False)
+        agent = IcpAgent(lambda _u: False, "0.0.0.0")  # siblings may be on other (lab) hosts
         if mode == "icp":
             await agent.start()
         found = 0

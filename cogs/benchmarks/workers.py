@@ -17,6 +17,7 @@ a worker that dies fails the round at once, naming its exit code.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -128,7 +129,9 @@ def account(what: str, rnd: Round, meter: CpuMeter, items: int, coordinator: Ite
 class Workers:
     """``n`` spawned worker processes; ``run`` gives each (the first ``len(args)``) a job."""
 
-    def __init__(self, n: int, timeout: float = 600.0) -> None:
+    def __init__(self, n: int, timeout: float = 600.0, start: Callable[[Any, Any], None] | None = None) -> None:
+        """``start(i, process)`` starts worker ``i`` (e.g. inside a lab host, where it and
+        its sockets then live); default: here."""
         ctx = mp.get_context("spawn")
         self.go = ctx.Event()
         self.out = ctx.Queue()
@@ -136,12 +139,25 @@ class Workers:
         self._jobs = [ctx.Queue() for _ in range(n)]
         self.procs = [ctx.Process(target=_worker, args=(i, q, self.out, self.go), daemon=True)
                       for i, q in enumerate(self._jobs)]  # fmt: skip
-        for p in self.procs:
-            p.start()
+        for i, p in enumerate(self.procs):
+            if start is None:
+                p.start()
+            else:
+                start(i, p)
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
+
+    def net_namespaces(self) -> int:
+        """How many network namespaces (lab hosts) the workers run in."""
+        seen = set()
+        for pid in self.pids:
+            try:
+                seen.add(os.readlink(f"/proc/{pid}/ns/net"))
+            except OSError:
+                continue
+        return len(seen)
 
     def __enter__(self) -> Self:
         return self

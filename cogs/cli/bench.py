@@ -36,9 +36,18 @@ BENCHES = {
 }
 
 
+LAB_OPTIONS = [
+    click.option("--lab", is_flag=True, help="Run in a fresh lab (cogs lab; root): the coordinator's 3+3 nodes and "
+                 "the bench's processes on separate hosts of an emulated LAN."),
+    click.option("--rtt", help="With --lab: the middlebox <-> node round trip (default 500us; e.g. 100us)."),
+]  # fmt: skip
+
 #: options only some benches take (passed to their main() as keywords)
 BENCH_OPTIONS: dict[str, list[Any]] = {
+    "design": LAB_OPTIONS,
+    "coordinator": LAB_OPTIONS,
     "webcache": [
+        *LAB_OPTIONS,
         click.option(
             "--placement",
             type=click.Choice(["shared", "split"]),
@@ -46,7 +55,7 @@ BENCH_OPTIONS: dict[str, list[Any]] = {
             show_default=True,
             help="shared: every process on every CPU; split: caches and coordinator on half the CPUs, load "
             "generators and origin on the other half. Both modes get the same placement either way.",
-        )
+        ),
     ],
 }
 
@@ -59,6 +68,13 @@ def _bench_command(name: str, doc: str) -> None:
         import importlib
 
         mod = importlib.import_module(f"cogs.benchmarks.{name}")
+        if "lab" in extra:
+            lab, rtt = extra.pop("lab"), extra.pop("rtt")
+            if rtt and not lab:
+                raise click.UsageError("--rtt is the lab's round trip: give --lab too")
+            if lab and url:
+                raise click.UsageError("--lab makes its own cluster in the lab: give either --lab or --url")
+            extra["lab_rtt"] = (rtt or "500us") if lab else None
         mod.main(url=url, quick=quick, out=out, progress=_progress, **extra)
 
     for opt in BENCH_OPTIONS.get(name, []):

@@ -7,7 +7,7 @@ import contextlib
 import multiprocessing as mp
 import secrets
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,33 +93,48 @@ def web_cache(
     port: int = 0,
     origin_delay_s: float | None = None,
     peer_secret: str | None = None,
+    hosts: Sequence[str] | None = None,
+    start: Callable[[str, Any], None] | None = None,
     **node_opts: Any,
 ) -> Iterator[WebCacheCluster]:
     """``instances`` caching proxies on ``port``.. (0: free ports) and, when
-    ``origin_delay_s`` is given, an origin server; all stopped on exit."""
+    ``origin_delay_s`` is given, an origin server; all stopped on exit.
+
+    ``hosts[i]``: the address cache ``i`` listens on (default ``host`` for all);
+    ``start(name, process)`` starts each process ("origin", "cache-0", ...) instead of
+    ``process.start()``, e.g. inside a lab host (the bench's lab runs)."""
+    if hosts is not None and len(hosts) != instances:
+        raise CogsError(f"{len(hosts)} host addresses for {instances} web cache instances")
     if instances < 1:
         raise CogsError("need at least one web cache instance")
     secret = peer_secret or secrets.token_hex(16)
     base = port or free_port_base(instances, 21000, 26000, bus=False)
     peer_base = free_port_base(instances, 26000, 31000, bus=False)
-    peers = [f"{host}:{peer_base + i}" for i in range(instances)]
+    addrs = list(hosts) if hosts is not None else [host] * instances
+    peers = [f"{addrs[i]}:{peer_base + i}" for i in range(instances)]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs: list[Any] = []
+    names: list[str] = []
     cluster = WebCacheCluster(mode, [], procs=procs, peers=peers)
     try:
         if origin_delay_s is not None:
             op = free_port_base(1, 31000, 32000, bus=False)
             procs.append(ctx.Process(target=_origin_proc, args=(host, op, origin_delay_s, q)))
+            names.append("origin")
         for i in range(instances):
             cfg = NodeConfig(
-                name=f"cache-{i}", mode=mode, coordinator=coordinator, host=host, port=base + i,
+                name=f"cache-{i}", mode=mode, coordinator=coordinator, host=addrs[i], port=base + i,
                 peer_secret=secret, peer_port=peer_base + i, peers=tuple(p for j, p in enumerate(peers) if j != i),
                 **node_opts,
             )  # fmt: skip
             procs.append(ctx.Process(target=_node_proc, args=(cfg, q)))
-        for p in procs:
-            p.start()
+            names.append(cfg.name)
+        for name, p in zip(names, procs, strict=True):
+            if start is None:
+                p.start()
+            else:
+                start(name, p)
         ready: dict[str, str] = {}
         while len(ready) < len(procs):
             kind, name, payload = q.get(timeout=60)
