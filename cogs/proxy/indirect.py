@@ -63,6 +63,7 @@ from cogs.keys import proxy_key, slot
 from cogs.logs import fields
 from cogs.protocol import Mode
 from cogs.proxy.cache import MISS, ReplicaCache
+from cogs.proxy.keylocks import KeyLocks
 from cogs.proxy.owned import Entry, OwnedValues
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 from cogs.proxy.stats import IndirectStatistics
@@ -116,7 +117,7 @@ class Indirect:
         self.stats = IndirectStats()
         self._secret = secret.encode() if secret else None
         self._peers: dict[str, tuple[str, str]] = {}  # proxy id -> (incarnation, address)
-        self._locks: dict[tuple[int, str], anyio.Lock] = {}
+        self._locks = KeyLocks()
         self.lease_s = lease_s
         self.lease_until = 0.0  # monotonic: until then nobody can have taken our keys over
         self.server: PeerServer | None = None
@@ -176,12 +177,6 @@ class Indirect:
 
     def _max_value(self, state: str) -> int:
         return int(self.catalog.get(state).max_bytes) if state in self.catalog else 0
-
-    def _lock(self, k: tuple[int, str]) -> anyio.Lock:
-        lock = self._locks.get(k)
-        if lock is None:
-            lock = self._locks[k] = anyio.Lock()
-        return lock
 
     def _local(self, k: tuple[int, str]) -> Entry | None:
         e = self.owned.get(k)
@@ -274,13 +269,13 @@ class Indirect:
                 if e is not None and e.value is None:  # being loaded: the reader waits for it
                     self.stats.collapsed += 1
                     await e.wait(self.load_wait)
-                async with self._lock(k):
+                async with self._locks.hold(k):
                     e = self._local(k)
                     if e is None or e.value is None or not await self._current(k, state, key, e):
                         raise PeerRefusal("NOT_FOUND", f"{self.id} has no {state}[{key[:64]}]")
                     self.owned.touch(k)
                     return e.version, e.value if op == "get" else None
-            async with self._lock(k):
+            async with self._locks.hold(k):
                 got = await self._own_update(k, state, key, op, value)
             return (got.version, got.value) if got else (0, None)
         except CogsError as err:  # the coordinator could not confirm: the reader tries again later
@@ -322,9 +317,8 @@ class Indirect:
         k = (sidx, key)
         e = self._local(k)
         if e is not None and e.value is not None:
-            lock = self._lock(k)
-            if lock.locked():  # a set of it under way here: its outcome first
-                async with lock:
+            if self._locks.busy(k):  # a set of it under way here: its outcome first
+                async with self._locks.hold(k):
                     pass
                 e = self._local(k)
             if e is not None and e.value is not None and await self._current(k, state, key, e):
@@ -439,7 +433,7 @@ class Indirect:
                 raise refuse(Oversize, f"value is {len(value)} bytes, limit {limit}", state=state, key=key, op=op)
         self._need_peers(state)
         k = (self.catalog.index(state), key)
-        async with self._lock(k):
+        async with self._locks.hold(k):
             if self._local(k) is not None:
                 try:
                     e = await self._own_update(k, state, key, op, value)

@@ -49,6 +49,7 @@ from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.discard import DiscardHook, DiscardLink
 from cogs.proxy.entries import EntryOps
 from cogs.proxy.indirect import Indirect, Loader
+from cogs.proxy.keylocks import KeyLocks
 from cogs.proxy.lanes import Lane, coalesce_kinds
 from cogs.proxy.registry import Registry
 from cogs.proxy.requests import Callback, ErrorCallback, RequestTable
@@ -119,7 +120,7 @@ class StateProxy:
         self._schema: Schema
         self._indirect: Indirect | None = None
         self._indirect_states: frozenset[str] = frozenset()
-        self._async_locks: dict[tuple[int, str], anyio.Lock] = {}
+        self._async_locks = KeyLocks()  # async indirect ops of one key: callbacks in arrival order
         self._async_ops = 0
         self._async_indirect = 0  # indirect async ops running
         self._open = False
@@ -398,11 +399,10 @@ class StateProxy:
         """Run an indirect op in the background; callbacks of one key in arrival order."""
         self._async_ops += 1
         k = (self._schema.index[state], key)
-        lock = self._async_locks.setdefault(k, anyio.Lock())
         self._async_indirect += 1
 
         async def run() -> None:
-            async with lock:
+            async with self._async_locks.hold(k):
                 try:
                     value = await op
                 except CogsError as e:

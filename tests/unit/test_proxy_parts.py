@@ -207,3 +207,30 @@ def test_hot_path_allocates_no_container_per_op() -> None:
     assert made < 50, f"{made} tracked objects for 4,000 hot-path updates"
     assert b.lanes["cnt"].hot["k7"] == 3
     assert b.lanes["ports"].hot["k7"] == "22"
+
+
+def test_key_locks_keep_order_and_do_not_grow() -> None:
+    import anyio
+
+    from cogs.proxy.keylocks import KeyLocks
+
+    locks = KeyLocks()
+    order: list[int] = []
+
+    async def go() -> None:
+        async def one(i: int) -> None:
+            async with locks.hold("k"):
+                order.append(i)
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(one, i)
+                await anyio.sleep(0)
+        for i in range(1000):
+            async with locks.hold(f"url{i}"):
+                pass
+
+    anyio.run(go)
+    assert order == [0, 1, 2, 3, 4]  # arrival order
+    assert len(locks) == 0  # nothing kept for keys nobody holds
