@@ -12,12 +12,22 @@ parameters, the window, the figures that crossed the threshold and a one-line
 ``msg`` saying so. An alert is identified by its stream *and* entry id: two nodes
 (or two streams of one node) can give the same entry id to alerts raised in the
 same millisecond.
+
+The streams and the channel are written by every client the ACL lets write there, so
+readers trust nothing in them: an entry or message that is not an alert (fields
+missing, not UTF-8, not JSON, a time that is no time, too large) is skipped and
+counted in an :class:`Unreadable`, the first few logged with bounded lines, and the
+reader goes on. Time windows are read from the alerts' own ``time`` field, which the
+library writes: an entry id from the future (``XADD`` with an explicit id) moves the
+ids of every later alert of its stream past it, so ids alone cannot bound a window.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -25,13 +35,59 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from redis import exceptions as rexc
 
 from cogs.coordinator.client import Coordinator
-from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
+from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable, show
 from cogs.keys import ALERTS_CHANNEL, alert_stream
+
+log = logging.getLogger("cogs.alerts")
 
 #: how far back a re-subscribed follower re-reads the streams (node clocks may differ)
 RESUME_MARGIN_MS = 5_000
+#: an entry or message larger than this is not an alert (the library's are < 2 KiB)
+MAX_ALERT_BYTES = 64 * 1024
+#: the latest time an alert may claim: datetime (and so every output format) ends in 9999
+MAX_TIME_MS = 253_402_300_799_999
+_REQUIRED = ("state", "key", "value", "checker", "time")
+#: unreadable entries logged one by one per reader; then one line in a thousand
+LOGGED_UNREADABLE = 10
+
+
+class NotAnAlert(ValueError):
+    """A stream entry or pub/sub message that cannot be read as an alert; the message
+    says why, quoting at most a bounded prefix of what was there."""
+
+
+@dataclass
+class Unreadable:
+    """What readers skipped because it is not an alert: one hostile ``XADD`` or
+    ``PUBLISH`` costs a counted, logged skip, never the reader."""
+
+    count: int = 0
+    #: where and why the first one was skipped (bounded)
+    first: str = ""
+
+    def note(self, where: str, why: str) -> None:
+        self.count += 1
+        if not self.first:
+            self.first = f"{where}: {why}"
+        n = self.count
+        if n <= LOGGED_UNREADABLE or n % 1000 == 0:
+            tail = (
+                " (further ones: one line in 1000)" if n == LOGGED_UNREADABLE else f" ({n} so far)" if n > 1000 else ""
+            )
+            log.warning("skipped %s: not an alert: %s%s", where, why, tail)
+
+    def summary(self) -> str:
+        """One line for a reader's user ("" when nothing was skipped)."""
+        if not self.count:
+            return ""
+        return f"skipped {self.count} stream entries or messages that are not alerts (first: {self.first})"
+
+
+#: where readers count what they skip unless given their own
+UNREADABLE = Unreadable()
 
 
 @dataclass(frozen=True)
@@ -102,32 +158,96 @@ class Alert:
         return out
 
     @classmethod
-    def from_stream(cls, entry_id: bytes | str, fields: dict[bytes, bytes], stream: str = "") -> Alert:
-        f = {k.decode(): v.decode() for k, v in fields.items()}
-        return cls._make(f, entry_id.decode() if isinstance(entry_id, bytes) else entry_id, stream)
+    def from_stream(cls, entry_id: bytes | str, fields: Any, stream: str = "") -> Alert:
+        """The alert stored as stream entry ``entry_id``; NotAnAlert if it is none."""
+        if not isinstance(fields, dict):
+            raise NotAnAlert("no fields")
+        size = sum(
+            len(k) + len(v) for k, v in fields.items() if isinstance(k, bytes | str) and isinstance(v, bytes | str)
+        )
+        if size > MAX_ALERT_BYTES:
+            raise NotAnAlert(f"{size} bytes of fields, over {MAX_ALERT_BYTES}")
+        try:
+            f = {_text(k): _text(v) for k, v in fields.items()}
+            eid = _text(entry_id)
+        except (UnicodeDecodeError, TypeError) as e:
+            raise NotAnAlert(f"a field that is not UTF-8 text ({type(e).__name__})") from None
+        return cls._make(f, eid, stream)
 
     @classmethod
     def from_message(cls, data: bytes | str) -> Alert:
-        m = json.loads(data)
-        return cls._make(m, str(m["id"]), str(m.get("stream", "")))
+        """The alert published as ``data`` on the alerts channel; NotAnAlert if it is none."""
+        if len(data) > MAX_ALERT_BYTES:
+            raise NotAnAlert(f"{len(data)} bytes, over {MAX_ALERT_BYTES}")
+        try:
+            m = json.loads(data)
+        except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested beyond reason
+            raise NotAnAlert(f"not JSON: {show(data)}") from None
+        if not isinstance(m, dict):
+            raise NotAnAlert(f"not a JSON object: {show(data)}")
+        if not isinstance(m.get("id"), str):
+            raise NotAnAlert("no id")
+        stream = m.get("stream", "")
+        return cls._make(m, m["id"], stream if isinstance(stream, str) else "")
 
     @classmethod
     def _make(cls, f: dict[str, Any], entry_id: str, stream: str) -> Alert:
+        missing = [k for k in _REQUIRED if f.get(k) is None]
+        if missing:
+            raise NotAnAlert(f"no {', '.join(missing)} field")
+        time_ms = _int(f, "time")
+        if not 0 < time_ms <= MAX_TIME_MS:
+            raise NotAnAlert(f"time {show(f['time'])} is no time")
         return cls(
             id=entry_id,
-            state=str(f["state"]),
-            key=str(f["key"]),
-            value=str(f["value"]),
-            checker=str(f["checker"]),
+            state=_field(f, "state"),
+            key=_field(f, "key"),
+            value=_field(f, "value"),
+            checker=_field(f, "checker"),
             params=_obj(f.get("params")),
-            time_ms=int(f["time"]),
-            window_ms=int(f.get("window") or 0),
+            time_ms=time_ms,
+            window_ms=_int(f, "window"),
             stream=stream,
-            msg=str(f.get("msg") or ""),
+            msg=_field(f, "msg") if f.get("msg") else "",
             figures=_obj(f.get("figures")),
             n=_num(f.get("n")),
-            opened_ms=int(f.get("opened") or 0),
+            opened_ms=_int(f, "opened"),
         )
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, str):
+        return v
+    raise TypeError(type(v).__name__)
+
+
+def _field(f: dict[str, Any], name: str) -> str:
+    """A text field: a string (or, in a message, a number, as cjson writes values)."""
+    v = f[name]
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return str(v)
+    raise NotAnAlert(f"{name} is not text")
+
+
+def _int(f: dict[str, Any], name: str) -> int:
+    """An integer field (0 when absent or empty): digits, or an integral number."""
+    v = f.get(name)
+    if v is None or v == "":
+        return 0
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str) and len(v) <= 20:
+        try:
+            return int(v)
+        except ValueError:
+            pass
+    raise NotAnAlert(f"{name} {show(v)} is not an integer")
 
 
 def _obj(v: Any) -> dict[str, Any]:
@@ -135,16 +255,17 @@ def _obj(v: Any) -> dict[str, Any]:
     if isinstance(v, str) and v:
         try:
             v = json.loads(v)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
     return v if isinstance(v, dict) else {}
 
 
 def _num(v: Any) -> float | None:
     try:
-        return float(v) if v is not None and v != "" else None
-    except (TypeError, ValueError):
+        x = float(v) if v is not None and v != "" else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return x if x is not None and math.isfinite(x) else None
 
 
 _SEPARATORS = re.compile(r"[>|=,;/\s]+")
@@ -166,14 +287,21 @@ async def read_alerts(
     *,
     state: str | None = None,
     since_ms: int = 0,
+    until_ms: int | None = None,
     limit: int | None = None,
     unreachable: list[str] | None = None,
+    unreadable: Unreadable | None = None,
 ) -> list[Alert]:
-    """Every stored alert (oldest first), optionally of one state / after a time;
-    with ``limit``, only the latest ``limit`` of them. A node that does not answer
-    raises CoordinatorUnavailable, or with ``unreachable`` is listed there and skipped."""
+    """Every stored alert (oldest first), optionally of one state / raised from
+    ``since_ms`` until ``until_ms`` (their ``time``); with ``limit``, only the latest
+    ``limit`` of them. A node that does not answer raises CoordinatorUnavailable, or
+    with ``unreachable`` is listed there and skipped. What is not an alert is skipped
+    and counted in ``unreadable`` (default: :data:`UNREADABLE`)."""
     assert coord.topology is not None
+    bad = UNREADABLE if unreadable is None else unreadable
     out: list[Alert] = []
+    # ids are never below the time of their alert (XADD's "*" is max(now, last + 1)):
+    # from since_ms by id reaches every alert of the window, however far ids ran ahead
     start = f"{since_ms}-0" if since_ms else "-"
     for i, node in enumerate(coord.topology.nodes):
         client = coord.node_client(i)
@@ -184,9 +312,20 @@ async def read_alerts(
                     pipe.exists(name)
                 present = [n for n, e in zip(names, await pipe.execute(), strict=True) if e]
             for name in present:
-                entries = await client.execute_command("XRANGE", name, start, "+")
+                try:
+                    entries = await client.execute_command("XRANGE", name, start, "+")
+                except rexc.ResponseError as e:  # WRONGTYPE: a key of another type in its place
+                    bad.note(name, f"not a stream ({str(e)[:60]})")
+                    continue
                 for entry_id, fields in entries:
-                    a = Alert.from_stream(entry_id, fields, name)
+                    try:
+                        a = Alert.from_stream(entry_id, fields, name)
+                    except NotAnAlert as e:
+                        eid = entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else entry_id
+                        bad.note(f"{name} entry {show(eid)}", str(e))
+                        continue
+                    if a.time_ms < since_ms or (until_ms is not None and a.time_ms > until_ms):
+                        continue
                     if state is None or a.state == state:
                         out.append(a)
         except NETWORK_ERRORS as e:
@@ -217,7 +356,7 @@ class _Seen:
 
 
 async def follow_alerts(
-    coord: Coordinator, *, state: str | None = None, limit: int | None = None
+    coord: Coordinator, *, state: str | None = None, limit: int | None = None, unreadable: Unreadable | None = None
 ) -> AsyncIterator[Alert]:
     """Live alerts: the stored ones first (the latest ``limit`` of them), then each new
     one as it is raised.
@@ -226,8 +365,10 @@ async def follow_alerts(
     missed (duplicates are dropped by stream and id). Re-subscribes on another node
     if the one it listens to fails, and then re-reads the streams from shortly before
     the newest alert it had seen: pub/sub is fire-and-forget, the streams are not.
+    A message or entry that is not an alert is skipped and counted in ``unreadable``.
     """
     assert coord.topology is not None
+    bad = UNREADABLE if unreadable is None else unreadable
     seen = _Seen()
     first = True
     while True:
@@ -237,10 +378,10 @@ async def follow_alerts(
             try:
                 await pubsub.subscribe(ALERTS_CHANNEL)
                 if first:
-                    history = await read_alerts(coord, state=state, limit=limit)
+                    history = await read_alerts(coord, state=state, limit=limit, unreadable=bad)
                 else:  # what was raised while no subscription held
                     since = max(0, seen.newest - RESUME_MARGIN_MS)
-                    history = await read_alerts(coord, state=state, since_ms=since)
+                    history = await read_alerts(coord, state=state, since_ms=since, unreadable=bad)
                 for a in history:
                     if seen.add(a):
                         yield a
@@ -249,7 +390,11 @@ async def follow_alerts(
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None or msg.get("type") != "message":
                         continue
-                    a = Alert.from_message(msg["data"])
+                    try:
+                        a = Alert.from_message(msg["data"])
+                    except NotAnAlert as e:
+                        bad.note(f"a message on {ALERTS_CHANNEL}", str(e))
+                        continue
                     if (state is not None and a.state != state) or not seen.add(a):
                         continue
                     yield a

@@ -37,7 +37,7 @@ def alerts_cmd(url: str | None, follow: bool, fmt: str, as_json: bool, state: st
     over how long of which window, e.g. `dns_qtypes[10.0.0.5]: odd/all = 81/81 = 100%
     >= 50% (all >= 50) in 4.2s of a 10m window`.
     """
-    from cogs.alerts import Alert, follow_alerts, read_alerts
+    from cogs.alerts import Alert, Unreadable, follow_alerts, read_alerts
     from cogs.coordinator.client import Coordinator
 
     fmt = "json" if as_json else fmt
@@ -52,13 +52,17 @@ def alerts_cmd(url: str | None, follow: bool, fmt: str, as_json: bool, state: st
             click.echo(f"{a.time:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {a.explanation}  ({a.checker} {params})")
         sys.stdout.flush()
 
+    skipped = Unreadable()  # what is not an alert: logged as met (bounded), summed up at the end
+
     async def go() -> None:
         async with Coordinator(load_settings(url=url)) as co:
             if follow:
-                async for a in follow_alerts(co, state=state, limit=limit):
+                async for a in follow_alerts(co, state=state, limit=limit, unreadable=skipped):
                     show(a)
             else:
-                for a in await read_alerts(co, state=state, limit=limit):
+                for a in await read_alerts(co, state=state, limit=limit, unreadable=skipped):
                     show(a)
+                if skipped.count:
+                    click.echo(f"cogs alerts: {skipped.summary()}", err=True)
 
     run(go)

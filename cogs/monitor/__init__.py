@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import anyio
 
-from cogs.alerts import Alert, follow_alerts, read_alerts
+from cogs.alerts import Alert, Unreadable, follow_alerts, read_alerts
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CALL_ERRORS, CogsError, CoordinatorUnavailable
@@ -143,9 +143,13 @@ async def snapshot_once(
         while (snap := await collector.snapshot()).scan_done < 1.0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await anyio.sleep(step)
         down: list[str] = []
-        alerts = await read_alerts(coord, limit=n_alerts, unreachable=down)
-        if down:
-            snap = replace(snap, alerts_problem="alerts of unreachable nodes missing: " + "; ".join(down))
+        skipped = Unreadable()
+        alerts = await read_alerts(coord, limit=n_alerts, unreachable=down, unreadable=skipped)
+        problems = ["alerts of unreachable nodes missing: " + "; ".join(down)] if down else []
+        if skipped.count:
+            problems.append(skipped.summary())
+        if problems:
+            snap = replace(snap, alerts_problem="; ".join(problems))
         return snap, alerts
     except (CogsError, *_NET) as e:
         return Snapshot(settings.url, time.time(), problem=str(e)), []

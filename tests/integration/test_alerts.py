@@ -8,17 +8,18 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
 from click.testing import CliRunner
 
-from cogs.alerts import Alert, follow_alerts, read_alerts
+from cogs.alerts import Alert, Unreadable, follow_alerts, read_alerts
 from cogs.cli import main
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Op, StateTable
-from cogs.keys import alert_stream, escape, slot
+from cogs.keys import ALERTS_CHANNEL, alert_stream, escape, slot
 from cogs.protocol import Mode
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +173,125 @@ async def test_alerts_with_one_entry_id_on_two_streams_are_both_kept(cluster: Lo
                     if len(got) == 2:
                         break
         assert sorted(a.key for a in got) == ["twin-0", "twin-1"]
+
+
+# -- hostile entries and messages (attacks 12 and 13 of issue 16's follow-up) ------------
+
+#: stream entries that are not alerts: what any client allowed to XADD can store
+HOSTILE_ENTRIES: list[dict[bytes, bytes]] = [
+    {b"state": b"x", b"note": b"no key, no time"},
+    {b"state": b"hits", b"key": b"\xff\xfe", b"value": b"1", b"checker": b"t", b"time": b"1"},  # not UTF-8
+    {b"state": b"hits", b"key": b"k", b"value": b"1", b"checker": b"t", b"time": b"soon"},
+    {b"state": b"hits", b"key": b"k", b"value": b"1", b"checker": b"t", b"time": b"99999999999999999"},
+    {b"state": b"hits", b"key": b"k", b"value": b"1", b"checker": b"t", b"time": b"5", b"window": b"1e3"},
+    {b"state": b"hits", b"key": b"k" * 70_000, b"value": b"1", b"checker": b"t", b"time": b"5"},
+]
+
+
+def _hostile_alert(t: int) -> list[str]:
+    """A readable alert with hostile extras: NaN count, nested params (kept, made harmless)."""
+    fields = ["state", "hits", "key", "odd-extras", "value", "12", "checker", "threshold", "time", str(t)]
+    return [*fields, "n", "nan", "params", "[" * 5000 + "]" * 5000, "figures", "not json"]
+
+
+def test_readers_skip_and_count_entries_that_are_not_alerts(cluster: LocalCluster) -> None:
+    """`cogs alerts` and `cogs monitor --once` exited 1 on one entry without a key."""
+    t = int(time.time() * 1000)
+    planted: dict[str, Any] = {}
+
+    async def setup() -> None:
+        async with Coordinator(url=cluster.url) as co:
+            assert co.topology is not None
+            node = co.topology.node_of(slot(escape("hostile-real")))
+            other = (node + 1) % len(co.topology.nodes)
+            stream, client = co.alert_stream(node), co.node_client(node)
+            squatted = alert_stream(co.topology.nodes[other].owned_slots()[5])  # a string, not a stream
+            ids = [await client.xadd(stream, e) for e in HOSTILE_ENTRIES]  # type: ignore[arg-type]
+            ids.append(await client.execute_command("XADD", stream, "*", *_hostile_alert(t)))
+            await co.node_client(other).set(squatted, "not a stream")
+            planted.update(node=node, other=other, stream=stream, ids=ids, squatted=squatted)
+
+    async def clean() -> None:
+        async with Coordinator(url=cluster.url) as co:
+            await co.node_client(planted["node"]).xdel(planted["stream"], *planted["ids"])
+            await co.node_client(planted["other"]).delete(planted["squatted"])
+
+    async def read() -> tuple[dict[str, Alert], Unreadable]:
+        async with Coordinator(url=cluster.url) as co:
+            skipped = Unreadable()
+            got = {a.key: a for a in await read_alerts(co, since_ms=t - 1000, unreadable=skipped)}
+            return got, skipped
+
+    anyio.run(setup)
+    try:
+        _raise_alerts(cluster.url, ("hits", "hostile-real", "add", 11))
+        got, skipped = anyio.run(read)
+        assert got["hostile-real"].value == "11"
+        odd = got["odd-extras"]
+        assert (odd.n, odd.params, odd.figures) == (None, {}, {})
+        json.dumps(odd.to_notice(), allow_nan=False)  # every output format still valid
+        assert skipped.count == len(HOSTILE_ENTRIES) + 1  # + the squatted key
+        assert len(skipped.first) < 300
+        r = CliRunner().invoke(main, ["alerts", "--url", cluster.url, "--json", "--state", "hits"])
+        assert r.exit_code == 0, r.output
+        assert "hostile-real" in {json.loads(x)["key"] for x in r.stdout.splitlines()}
+        assert "skipped 7 stream entries or messages that are not alerts" in r.stderr
+        assert max(map(len, r.stderr.splitlines())) < 400  # the 70 kB key is not quoted
+        r = CliRunner().invoke(main, ["monitor", "--once", "--json", "--url", cluster.url, "--alerts", "100"])
+        assert r.exit_code == 0, r.output
+        snap = json.loads(r.stdout)
+        assert "hostile-real" in {a["key"] for a in snap["alerts"]}
+        assert "skipped 7 stream entries" in snap["alerts_problem"]
+    finally:
+        anyio.run(clean)
+
+
+async def test_follow_skips_messages_that_are_not_alerts(cluster: LocalCluster) -> None:
+    hostile = [b"not json", b"[1, 2]", b'{"id": 5}', b"\xff\xfe{}", b"[" * 100_000, b'{"id": "1-1", "state": "hits"}']
+    hostile.append(
+        json.dumps({"id": "1-2", "state": "hits", "key": "k", "value": "1", "checker": "t", "time": -5}).encode()
+    )
+    async with Coordinator(url=cluster.url) as co:
+        table = await StateTable.open(co)
+        skipped = Unreadable()
+        got: list[Alert] = []
+
+        async def listen() -> None:
+            async for a in follow_alerts(co, state="hits", limit=1, unreadable=skipped):
+                if a.key == "live-after-junk":
+                    got.append(a)
+                    return
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listen)
+                await anyio.sleep(0.5)  # subscribed, history read
+                for m in hostile:
+                    await co.node_client(0).publish(ALERTS_CHANNEL, m)
+                await table.update("hits", "live-after-junk", "add", 10)
+        assert got[0].value == "10"
+        assert skipped.count == len(hostile)
+
+
+async def test_an_entry_id_from_the_future_hides_no_later_alert(cluster: LocalCluster) -> None:
+    """XADD with the id 9999999999999-0 moves the ids of every later alert of that
+    stream past it: readers bound windows by the alerts' own time, and still see them."""
+    async with Coordinator(url=cluster.url) as co:
+        assert co.topology is not None
+        table = await StateTable.open(co)
+        node = co.topology.node_of(slot(escape("after-future")))
+        stream, client = co.alert_stream(node), co.node_client(node)
+        before = await client.execute_command("XRANGE", stream, "-", "+")  # restored after the test
+        await client.execute_command("XADD", stream, "9999999999999-0", "junk", "1")
+        try:
+            t = int(time.time() * 1000)
+            await table.update("hits", "after-future", "add", 10)
+            now = int(time.time() * 1000)
+            [a] = [a for a in await read_alerts(co, since_ms=t - 1000, until_ms=now + 1000) if a.key == "after-future"]
+            assert a.id.startswith("9999999999999-")  # where the library's XADD had to put it
+            assert t - 1000 <= a.time_ms <= now + 1000
+            assert not [a for a in await read_alerts(co, since_ms=now + 2000) if a.key == "after-future"]
+        finally:  # ids from the future would outlive the test (an XADD with an id of now fails)
+            await client.delete(stream)
+            for entry_id, fields in before:
+                await client.execute_command("XADD", stream, entry_id, *[x for kv in fields.items() for x in kv])
