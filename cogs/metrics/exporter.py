@@ -125,9 +125,11 @@ def _states(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _proxies(snap: Snapshot) -> Iterator[Metric]:
-    alive = _g("cogs_proxies", "proxies registered in the last minute, alive or lost (heartbeat expired)", ["status"])
+    alive = _g("cogs_proxies", "proxies registered in the last minute, alive, lost (heartbeat expired) or "
+               "unreadable (a heartbeat or id no proxy writes)", ["status"])  # fmt: skip
     alive.add_metric(["alive"], float(sum(p.alive for p in snap.proxies)))
-    alive.add_metric(["lost"], float(sum(not p.alive for p in snap.proxies)))
+    alive.add_metric(["lost"], float(sum(not p.alive and not p.problem for p in snap.proxies)))
+    alive.add_metric(["unreadable"], float(sum(bool(p.problem) for p in snap.proxies) + snap.proxies_unreadable))
     age = _g("cogs_proxy_heartbeat_age_seconds", "time since a live proxy's last heartbeat", ["proxy", "host"])
     rate = _g("cogs_proxy_heartbeat_ops_per_second", "ops a proxy sent per second, between its last two heartbeats",
               ["proxy"])  # fmt: skip

@@ -6,7 +6,9 @@ enough to run every second against a busy cluster:
 * nodes: ``CLUSTER NODES`` from any reachable node, then ``INFO`` on each node with
   a short timeout, so a node that is down shows as down instead of stalling the rest;
 * proxies: the ``cogs:proxies`` index, then each proxy's heartbeat key (the
-  statistics it publishes about itself, with its ops/s since the last beat);
+  statistics it publishes about itself, with its ops/s since the last beat); any
+  client the ACL lets register can write there, so a heartbeat that cannot be read
+  is shown as such (``problem``) and an id that is not UTF-8 is left out, counted;
 * states: counted by an incremental ``SCAN`` on each primary, a bounded number of
   keys per refresh; counts are those of the last complete pass (a first pass shows
   its progress), never a blocking ``KEYS``;
@@ -16,6 +18,7 @@ enough to run every second against a busy cluster:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +34,10 @@ from cogs.keys import PREFIX, PROXY_INDEX, proxy_key, slot
 
 NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
 SCAN_BUDGET = 20_000  # keys per primary per refresh
+#: a heartbeat larger than this is not one (a proxy's statistics take a few KiB)
+MAX_HEARTBEAT_BYTES = 256 * 1024
+#: characters of a proxy's id, host or address shown (they are the proxy's to choose)
+SHOW_CHARS = 100
 _NET = NETWORK_ERRORS
 
 
@@ -80,6 +87,8 @@ class ProxyView:
     errors: int
     #: where Prometheus scrapes it (host:port), if it serves metrics
     metrics: str = ""
+    #: why its heartbeat cannot be read ("": it can); such a proxy is not ``alive``
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ class Snapshot:
     alerts_problem: str = ""
     #: why the states are not counted ("": they are)
     counts_note: str = ""
+    #: entries of the proxy index left out: their id is not UTF-8
+    proxies_unreadable: int = 0
 
 
 def _ranges(slots: list[list[str]]) -> str:
@@ -126,6 +137,16 @@ def _int(v: Any) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _count(v: Any) -> int:
+    """A figure of a heartbeat: a finite number, else 0 (a heartbeat is the proxy's word)."""
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 2**63 else 0
+
+
+def _cut(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}... ({len(text)} chars)"
 
 
 class StateCounter:
@@ -218,8 +239,9 @@ class Collector:
     async def snapshot(self) -> Snapshot:
         nodes = await self._nodes()
         states, done = self._states()
-        proxies = await self._proxies()
-        return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied)
+        proxies, unreadable = await self._proxies()
+        return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied,
+                        proxies_unreadable=unreadable)  # fmt: skip
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -302,7 +324,9 @@ class Collector:
 
     # -- proxies -------------------------------------------------------------------------
 
-    async def _proxies(self, linger_s: float = 60.0) -> list[ProxyView]:
+    async def _proxies(self, linger_s: float = 60.0) -> tuple[list[ProxyView], int]:
+        """The proxies registered in the last ``linger_s``, and how many index entries
+        were left out (an id that is not UTF-8: no proxy has one)."""
         topo = self.coord.topology
         assert topo is not None
         now = time.time()
@@ -311,38 +335,61 @@ class Collector:
                 index = self.coord.node_client(topo.node_of(slot(PROXY_INDEX)))
                 since = int((now - linger_s) * 1000)
                 got = await index.zrangebyscore(PROXY_INDEX, since, "+inf", withscores=True)
-        except _NET:
-            return []  # its node is down: the nodes table says so
+        except (*_NET, rexc.ResponseError):
+            return [], 0  # its node is down (the nodes table says so), or the index is not a sorted set
         listed = cast(list[tuple[bytes, float]], got)
-        views = []
+        views, unreadable = [], 0
         for pid_b, score in listed:
-            pid = pid_b.decode()
+            try:
+                pid = pid_b.decode()
+            except UnicodeDecodeError:
+                unreadable += 1
+                continue
+            last = min(score / 1000, now)  # a score from the future is no younger than now
             try:
                 with anyio.fail_after(NODE_TIMEOUT):
                     raw = cast(bytes | None, await self.coord.node_client(topo.node_of(slot(pid))).get(proxy_key(pid)))
             except _NET:
                 raw = None
-            views.append(self._proxy_view(pid, raw, score / 1000, now))
-        return views
+            except rexc.ResponseError as e:  # not a string (WRONGTYPE), or not where its id says (MOVED)
+                views.append(self._unreadable(pid, last, now, (str(e).split() or ["error"])[0][:20]))
+                continue
+            views.append(self._proxy_view(pid, raw, last, now))
+        return views, unreadable
 
-    def _proxy_view(self, pid: str, raw: bytes | None, last_ms: float, now: float) -> ProxyView:
+    def _unreadable(self, pid: str, last: float, now: float, why: str) -> ProxyView:
+        return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "", f"unreadable: {why}")
+
+    def _proxy_view(self, pid: str, raw: bytes | None, last: float, now: float) -> ProxyView:
         if raw is None:  # listed but its heartbeat key expired: it died or was cut off
-            return ProxyView(pid, "-", "-", now - last_ms, False, None, 0.0, 0.0, 0, 0, 0, "")
-        info = json.loads(raw)
-        s = _flat(info.get("stats", {}))
-        t, sent, rate = float(info.get("time", now)), int(s.get("ops_sent", 0)), info.get("ops_per_s")
-        batches, hits, misses = int(s.get("batches", 0)), int(s.get("cache_hits", 0)), int(s.get("cache_misses", 0))
+            return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "")
+        if len(raw) > MAX_HEARTBEAT_BYTES:
+            return self._unreadable(pid, last, now, f"{len(raw) >> 10} KiB")
+        try:
+            info = json.loads(raw)
+            s = _flat(info.get("stats")) if isinstance(info, dict) else None
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested beyond reason
+            return self._unreadable(pid, last, now, "not JSON")
+        if not isinstance(info, dict) or s is None:
+            return self._unreadable(pid, last, now, "not a JSON object")
+        t, rate = info.get("time"), info.get("ops_per_s")
+        rate = float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None
+        t = float(t) if isinstance(t, int | float) and not isinstance(t, bool) and abs(t) < 1e12 else now
+        sent, batches = _count(s.get("ops_sent")), _count(s.get("batches"))
+        hits, misses = _count(s.get("cache_hits")), _count(s.get("cache_misses"))
         return ProxyView(
-            pid,
-            str(info.get("host", "-")),
-            str(info.get("peer") or "-"),
+            _cut(pid),
+            _cut(info.get("host", "-")),
+            _cut(info.get("peer") or "-"),
             max(0.0, now - t),
             True,
-            float(rate) if isinstance(rate, int | float) else None,
+            float(rate)
+            if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate)
+            else None,
             sent / batches if batches else 0.0,
-            hits / (hits + misses) if hits + misses else 0.0,
-            int(s.get("pending_packets", 0)),
-            int(s.get("pending_ops", 0)) + int(s.get("inflight_ops", 0)),
-            int(s.get("errors", 0)),
-            str(info.get("metrics") or ""),
+            hits / (hits + misses) if hits + misses > 0 else 0.0,
+            _count(s.get("pending_packets")),
+            _count(s.get("pending_ops")) + _count(s.get("inflight_ops")),
+            _count(s.get("errors")),
+            _cut(info.get("metrics") or ""),
         )

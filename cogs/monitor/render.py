@@ -58,14 +58,19 @@ def proxies_table(proxies: Sequence[ProxyView]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
     for col in ("proxy", "host", "peer", "heartbeat", "ops/s", "batch", "hit rate", "pkts waiting", "ops pending",
                 "errors"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("proxy", "host", "peer", "heartbeat") else "right", no_wrap=True)
+        named = col in ("proxy", "host", "peer")  # the proxy's own words: none may take the table
+        t.add_column(col, justify="left" if named or col == "heartbeat" else "right", no_wrap=True,
+                     max_width=(32 if col == "proxy" else 24) if named else None)  # fmt: skip
     for p in proxies:
-        if not p.alive:
-            t.add_row(p.id, p.host, p.peer, Text(f"lost {_age(p.age_s)} ago", style="red"), *["-"] * 6)
-            continue
-        t.add_row(p.id, p.host, p.peer, f"{_age(p.age_s)} ago", _n(p.ops_per_sec), f"{p.batch_size:.1f}",
-                  f"{p.cache_hit_rate:.0%}", f"{p.pending_packets:,}", f"{p.pending_ops:,}",
-                  Text(str(p.errors), style="red" if p.errors else ""))  # fmt: skip
+        who = (Text(p.id), Text(p.host), Text(p.peer))  # Text: the proxy chose them; "[/x]" is no markup
+        if p.problem:
+            t.add_row(*who, Text(p.problem, style="red"), *["-"] * 6)
+        elif not p.alive:
+            t.add_row(*who, Text(f"lost {_age(p.age_s)} ago", style="red"), *["-"] * 6)
+        else:
+            t.add_row(*who, f"{_age(p.age_s)} ago", _n(p.ops_per_sec), f"{p.batch_size:.1f}",
+                      f"{p.cache_hit_rate:.0%}", f"{p.pending_packets:,}", f"{p.pending_ops:,}",
+                      Text(str(p.errors), style="red" if p.errors else ""))  # fmt: skip
     return t
 
 

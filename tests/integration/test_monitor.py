@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from click.testing import CliRunner
@@ -22,6 +24,7 @@ from cogs.cli import main
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
+from cogs.keys import PROXY_INDEX, proxy_key, slot
 from cogs.monitor import Snapshot, watch
 from cogs.monitor.render import render
 from cogs.proxy import StateProxy
@@ -195,3 +198,82 @@ def test_monitor_in_tmux(cluster: LocalCluster) -> None:
         assert not alive, "monitor did not quit on Ctrl-C"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+#: heartbeats no proxy writes, as any client allowed to register can (attack 14): id -> value
+HOSTILE_HEARTBEATS: dict[str, bytes | dict[str, str]] = {
+    "evil-not-json": b"not json",
+    "evil-list": b"[1, 2]",
+    "evil-nested": b'{"stats": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+    "evil-types": json.dumps(
+        {
+            "time": "soon",
+            "ops_per_s": "fast",
+            "host": "h" * 5000,
+            "stats": {"ops_sent": "many", "batches": 1e308, "errors": [1]},
+        }
+    ).encode(),
+    "[/x] evil-markup": b"{}",
+    "evil-hash": {"not": "a string"},
+}
+
+
+def test_monitor_and_exporter_survive_hostile_registry_entries(cluster: LocalCluster) -> None:
+    """One heartbeat that is not JSON, a JSON list or a non-UTF-8 id in cogs:proxies made
+    `cogs monitor --once` and `cogs exporter` exit 1."""
+    from tests.integration.test_metrics import _scrape_until, _value
+
+    ids: list[str | bytes] = [*HOSTILE_HEARTBEATS, b"\xff\xfe"]
+
+    async def plant(co: Coordinator) -> None:
+        assert co.topology is not None
+        now = int(time.time() * 1000)
+        for pid, beat in HOSTILE_HEARTBEATS.items():
+            node = co.node_client(co.topology.node_of(slot(pid)))
+            if isinstance(beat, dict):
+                await node.hset(proxy_key(pid), mapping=beat)  # type: ignore[arg-type]
+            else:
+                await node.set(proxy_key(pid), beat, px=60_000)
+        index = co.node_client(co.topology.node_of(slot(PROXY_INDEX)))
+        await index.zadd(PROXY_INDEX, dict.fromkeys(ids, now))  # type: ignore[type-var]
+
+    async def clean(co: Coordinator) -> None:
+        assert co.topology is not None
+        for pid in HOSTILE_HEARTBEATS:
+            await co.node_client(co.topology.node_of(slot(pid))).delete(proxy_key(pid))
+        await co.node_client(co.topology.node_of(slot(PROXY_INDEX))).zrem(PROXY_INDEX, *ids)
+
+    async def with_coordinator(fn: Callable[[Coordinator], Any]) -> None:
+        async with Coordinator(url=cluster.url) as co:
+            await fn(co)
+
+    anyio.run(with_coordinator, plant)
+    port = free_port_base(1)
+    cmd = [sys.executable, "-m", "cogs.cli", "exporter", "--url", cluster.url, "--port", str(port), "--interval", "0.3"]
+    exporter = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        r = CliRunner().invoke(main, ["monitor", "--once", "--json", "--url", cluster.url])
+        assert r.exit_code == 0, r.output
+        snap = json.loads(r.stdout)
+        shown = {p["id"]: p for p in snap["proxies"]}
+        assert shown["evil-not-json"]["problem"] == "unreadable: not JSON"
+        assert shown["evil-list"]["problem"] == "unreadable: not a JSON object"
+        assert shown["evil-nested"]["problem"] == "unreadable: not JSON"
+        assert shown["evil-hash"]["problem"] == "unreadable: WRONGTYPE"
+        typed = shown["evil-types"]  # readable: each figure that is no number shown as none
+        assert (typed["alive"], typed["problem"], typed["ops_per_sec"], typed["errors"]) == (True, "", None, 0)
+        assert len(typed["host"]) < 200
+        assert shown["[/x] evil-markup"]["alive"]
+        assert snap["proxies_unreadable"] == 1  # the id that is not UTF-8: left out, counted
+        r = CliRunner().invoke(main, ["monitor", "--once", "--url", cluster.url], env={"COLUMNS": "200"})  # rich
+        assert r.exit_code == 0, r.output
+        assert "[/x] evil-markup" in r.output  # as written, not taken for markup
+        assert "unreadable: not JSON" in r.output
+        fams = _scrape_until(f"http://127.0.0.1:{port}/metrics", lambda f: "cogs_proxies" in f, timeout=30)
+        assert _value(fams, "cogs_up") == 1
+        assert _value(fams, "cogs_proxies", status="unreadable") == 5  # 4 heartbeats + the id
+        assert exporter.poll() is None  # still serving
+    finally:
+        exporter.send_signal(signal.SIGTERM)
+        exporter.wait(20)
+        anyio.run(with_coordinator, clean)
