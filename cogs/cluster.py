@@ -21,17 +21,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cogs.deployment import CONFIG_PATH, Deployment
+from cogs.deployment import BUS_OFFSET, CONFIG_PATH, Deployment
 from cogs.errors import ClusterError, ConfigError
 from cogs.keys import SLOTS
 from cogs.settings import DEFAULT_PORT
 from cogs.tls import TlsFiles, self_signed
+
+if TYPE_CHECKING:
+    from cogs.scale import ScaleReport
 
 PERSISTENCE = ("aof", "none")
 ACL_FILE = "users.acl"  # the shared config's aclfile, in each node's --dir
@@ -259,7 +262,7 @@ class LocalCluster:
             return False
         (d / ACL_FILE).touch()  # the config's aclfile: must exist (empty: no users yet)
         files = self.tls_files
-        node = self.deployment.node(port)
+        node = self.deployment.node_at(port - self.port)
         cmd = [
             redis_server(), str(CONFIG_PATH),
             *Deployment.node_args(node, announce_ip=self.host, bind=self.host, data_dir=str(d), tls=files is not None),
@@ -284,19 +287,7 @@ class LocalCluster:
         busy = [p for p in self.ports if not self._pid(p) and _port_busy(self.host, p)]
         if busy:
             raise ClusterError(f"port(s) {busy} already in use by another process; pick another --port")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "cluster.json").write_text(
-            json.dumps(
-                {
-                    "port": self.port,
-                    "masters": self.masters,
-                    "replicas": self.replicas,
-                    "host": self.host,
-                    "tls": self.tls,
-                    "persistence": self.persistence,
-                }
-            )
-        )
+        self._save_meta(self.deployment)
         started = sum(self.start_node(p) for p in self.ports)
         running = f" ({self.size - started} already running)" if started < self.size else ""
         progress(f"started {started} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}{running}")
@@ -305,6 +296,43 @@ class LocalCluster:
             client_kw=self.client_kwargs(),
         )  # fmt: skip
         return self.url
+
+    def _save_meta(self, d: Deployment) -> None:
+        assert self.dir is not None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "port": self.port, "masters": d.masters, "replicas": d.replicas, "host": self.host, "tls": self.tls,
+            "persistence": self.persistence,
+        }  # fmt: skip
+        (self.dir / "cluster.json").write_text(json.dumps(meta))
+
+    def scale(
+        self, masters: int, replicas: int | None = None, *, progress: Progress = _quiet, timeout: float = 60.0,
+        client_kw: dict[str, Any] | None = None,
+    ) -> ScaleReport:  # fmt: skip
+        """Grow or shrink the running cluster to ``masters`` primaries with ``replicas``
+        replicas each (default: as now), moving slots while clients keep working
+        (cogs/scale.py). ``client_kw``: credentials, if the default user has a password."""
+        from cogs.reshard import Admin
+        from cogs.scale import Scaler
+
+        try:
+            target = Deployment(masters, self.replicas if replicas is None else replicas, self.port)
+        except ConfigError as e:
+            raise ClusterError(str(e)) from e
+        if not self._pid(self.port):
+            raise ClusterError(f"no node runs on port {self.port}: start the cluster first (`cogs cluster up`)")
+        before = self.deployment
+        if target.size > before.size:  # what `down` stops covers the new nodes from the start
+            self._save_meta(target)
+        admin = Admin({**self.client_kwargs(), **(client_kw or {})})
+        try:
+            report = Scaler(_LocalHosts(self), admin, progress=progress, timeout=timeout).scale(target)
+        finally:
+            admin.close()
+        self.masters, self.replicas, self.deployment = target.masters, target.replicas, target
+        self._save_meta(target)
+        return report
 
     def stop_node(self, port: int, *, hard: bool = False) -> None:
         """Stop one node: SHUTDOWN (AOF flushed), or SIGKILL with ``hard`` (a crash)."""
@@ -372,6 +400,29 @@ class LocalCluster:
             tls=m.get("tls", False),
             persistence=m.get("persistence", "aof"),
         )
+
+
+class _LocalHosts:
+    """Where cogs/scale.py finds, starts and removes a local cluster's nodes."""
+
+    def __init__(self, lc: LocalCluster) -> None:
+        self.lc = lc
+
+    def addr(self, i: int) -> tuple[str, int]:
+        return (self.lc.host, self.lc.port + i)
+
+    def start(self, i: int) -> None:
+        port = self.lc.port + i
+        self.lc.stop_node(port)  # one started by a run cut off before it joined
+        shutil.rmtree(self.lc.node_dir(port), ignore_errors=True)
+        if _port_busy(self.lc.host, port) or _port_busy(self.lc.host, port + BUS_OFFSET):
+            raise ClusterError(f"port {port} (or its bus port) is taken by another process: cannot add node{i + 1}")
+        self.lc.start_node(port)
+
+    def remove(self, i: int) -> None:
+        port = self.lc.port + i
+        self.lc.stop_node(port)
+        shutil.rmtree(self.lc.node_dir(port), ignore_errors=True)
 
 
 def _my_slots(c: redis.Redis) -> list[tuple[int, int]]:

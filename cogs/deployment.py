@@ -72,6 +72,11 @@ class Deployment:
     def nodes(self) -> list[Node]:
         return [Node(f"node{i + 1}", self.port + i, i < self.masters) for i in range(self.size)]
 
+    def node_at(self, i: int) -> Node:
+        """Node ``i`` (0-based) of this deployment's numbering, also past its size: a node
+        being added or removed by ``cogs cluster scale`` (cogs/scale.py)."""
+        return Node(f"node{i + 1}", self.port + i, i < self.masters)
+
     def node(self, name_or_port: str | int) -> Node:
         for n in self.nodes:
             if name_or_port in (n.name, n.port):

@@ -101,6 +101,35 @@ def cluster_create(nodes: tuple[str, ...], replicas: int, catalog_path: Path | N
     click.echo(url)
 
 
+@cluster.command("scale")
+@_cluster_options
+@click.option("--masters", required=True, type=click.IntRange(1, 100), help="Primaries to have.")
+@click.option("--replicas", type=click.IntRange(0, 10), help="Replicas per primary (default: as now).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the cluster at each step.")
+def cluster_scale(port: int, dir_: Path | None, masters: int, replicas: int | None, timeout: float) -> None:
+    """Grow or shrink the running local cluster to M primaries (R replicas each),
+    moving slots while proxies keep working.
+
+    New nodes get the ACL users and the function libraries before any slot; nodes
+    leaving give their slots away, are forgotten by the others and stopped. Run it
+    again to finish a scale that was cut off."""
+    from cogs.cluster import LocalCluster
+    from cogs.settings import load_settings
+
+    lc = LocalCluster.from_dir(port, dir_)
+    s = load_settings()
+    creds = {k: v for k, v in s.connection_kwargs().items() if k in ("username", "password")}
+    r = lc.scale(masters, replicas, progress=_progress, timeout=timeout, client_kw=creds)
+    moved = f"{r.slots_moved} slots and {r.keys_moved:,} keys moved"
+    _progress(
+        f"scaled from {r.before[0]} primaries / {r.before[1]} nodes to {r.after[0]} / {r.after[1]} in "
+        f"{r.seconds:.1f} s: {moved}"
+        + (f"; added {', '.join(r.added)}" if r.added else "")
+        + (f"; removed {', '.join(r.removed)}" if r.removed else "")
+    )
+    click.echo(lc.url)
+
+
 @cluster.command("down")
 @_cluster_options
 @click.option("--purge", is_flag=True, help="Also delete the data directory.")
