@@ -140,6 +140,25 @@ def lab_netem(dir_: Path, host: str, delay: str | None, jitter: str | None, loss
     click.echo(json.dumps({host: link}))
 
 
+@lab.command("scale")
+@_dir_option
+@click.option("--masters", required=True, type=click.IntRange(1, 100), help="Primaries to have.")
+@click.option("--replicas", type=click.IntRange(0, 10), help="Replicas per primary (default: as now).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the cluster at each step.")
+def lab_scale(dir_: Path, masters: int, replicas: int | None, timeout: float) -> None:
+    """Grow or shrink the lab's cluster to M primaries (R replicas each) while it serves:
+    node hosts join (own namespace, link, address) or leave, slots move."""
+    from cogs.lab import Lab
+
+    r = Lab.from_dir(dir_).scale(masters, replicas, progress=_progress, timeout=timeout)
+    _progress(
+        f"scaled from {r.before[0]} primaries / {r.before[1]} nodes to {r.after[0]} / {r.after[1]} in "
+        f"{r.seconds:.1f} s: {r.slots_moved} slots and {r.keys_moved:,} keys moved"
+        + (f"; added {', '.join(r.added)}" if r.added else "")
+        + (f"; removed {', '.join(r.removed)}" if r.removed else "")
+    )
+
+
 @lab.command("down")
 @_dir_option
 @click.option("--purge", is_flag=True, help="Also delete the lab's directory (node data, logs).")

@@ -23,7 +23,9 @@ timer slack; on a busy machine frames leave late by the scheduler's wake-up late
 
 Control: a UNIX socket (``sock`` in the config), one JSON request per connection:
 ``{"op": "stats"}``, ``{"op": "set", "port": NAME, "delay_us": .., "jitter_us": ..,
-"loss": .., "rate_bps": ..}`` (any subset), ``{"op": "stop"}``.
+"loss": .., "rate_bps": ..}`` (any subset), ``{"op": "add", "port": {name, ifname,
+mac, delay_us, ...}}`` and ``{"op": "remove", "port": NAME}`` (a host joining or
+leaving the lab: ``cogs lab scale``), ``{"op": "stop"}``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Port:
     tx_bytes: int = 0
     lost: int = 0
     dropped: int = 0  # send buffer full: the far end does not keep up
+    removed: bool = False  # its host left the lab (its index stays: queued frames name it)
     up: Direction = field(default_factory=Direction)
     down: Direction = field(default_factory=Direction)
 
@@ -91,7 +94,7 @@ class Port:
         return t
 
     def public(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("up", "down")}
+        return {k: v for k, v in asdict(self).items() if k not in ("up", "down", "removed")}
 
 
 class Switch:
@@ -109,17 +112,11 @@ class Switch:
         self.running = True
         self.ctl_path = Path(config["sock"])
         self.ctl: socket.socket  # made by open()
+        self.changed = True  # ports came or went: the serve loop re-reads them
 
     def open(self) -> None:
         for p in self.ports:
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            s.bind((p.ifname, ETH_P_ALL))
-            s.setblocking(False)
-            self.socks.append(s)
+            self.socks.append(_port_socket(p.ifname))
         with contextlib.suppress(FileNotFoundError):
             self.ctl_path.unlink()
         self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -127,18 +124,25 @@ class Switch:
         self.ctl.listen(16)
 
     def serve(self) -> None:
-        index = {s.fileno(): i for i, s in enumerate(self.socks)}
-        rlist = [*self.socks, self.ctl]
+        index: dict[int, int] = {}
+        rlist: list[socket.socket] = []
         buf = bytearray(BUF)
         view = memoryview(buf)
         while self.running:
+            if self.changed:
+                live = [i for i, p in enumerate(self.ports) if not p.removed]
+                index = {self.socks[i].fileno(): i for i in live}
+                rlist = [*(self.socks[i] for i in live), self.ctl]
+                self.changed = False
             timeout = max(0.0, self.heap[0][0] - time.monotonic()) if self.heap else 1.0
             ready, _, _ = select.select(rlist, [], [], timeout)
             for s in ready:
                 if s is self.ctl:
                     self._control()
                     continue
-                i = index[s.fileno()]
+                i = index.get(s.fileno(), -1)
+                if i < 0 or self.ports[i].removed:
+                    continue
                 for _ in range(64):  # drain a burst, bounded: the others get their turn
                     try:
                         n = s.recv_into(buf)
@@ -153,7 +157,7 @@ class Switch:
         src.rx_bytes += size
         dst = frame[VNET_HDR : VNET_HDR + 6]
         if dst[0] & 1:  # broadcast / multicast: every other port
-            outs = [j for j in range(len(self.ports)) if j != i]
+            outs = [j for j, p in enumerate(self.ports) if j != i and not p.removed]
         elif (j := self.by_mac.get(dst)) is not None and j != i:
             outs = [j]
         else:
@@ -175,6 +179,8 @@ class Switch:
             due, _, j, frame = heapq.heappop(self.heap)
             self.max_late_us = max(self.max_late_us, (now - due) * 1e6)
             out = self.ports[j]
+            if out.removed:
+                continue
             try:
                 self.socks[j].send(frame)
             except (BlockingIOError, OSError):
@@ -207,7 +213,7 @@ class Switch:
             return {
                 "ok": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                 "queued": len(self.heap), "unknown_dst": self.unknown, "max_late_us": round(self.max_late_us, 1),
-                "ports": [p.public() for p in self.ports],
+                "ports": [p.public() for p in self.ports if not p.removed],
             }  # fmt: skip
         if op == "set":
             p = self.ports[self.by_name[req["port"]]]
@@ -215,10 +221,41 @@ class Switch:
                 if k in req:
                     setattr(p, k, None if req[k] is None else float(req[k]))
             return {"ok": True, "port": p.public()}
+        if op == "add":
+            spec = req["port"]
+            if spec["name"] in self.by_name:
+                raise ValueError(f"port {spec['name']} exists")
+            p = Port(**{k: spec[k] for k in ("name", "ifname", "mac", *PARAMS) if k in spec})
+            self.socks.append(_port_socket(p.ifname))
+            self.ports.append(p)
+            i = len(self.ports) - 1
+            self.by_name[p.name] = i
+            self.by_mac[bytes.fromhex(p.mac.replace(":", ""))] = i
+            self.changed = True
+            return {"ok": True, "port": p.public()}
+        if op == "remove":
+            i = self.by_name.pop(req["port"])
+            p = self.ports[i]
+            p.removed = True
+            self.by_mac.pop(bytes.fromhex(p.mac.replace(":", "")), None)
+            self.socks[i].close()
+            self.changed = True
+            return {"ok": True}
         if op == "stop":
             self.running = False
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _port_socket(ifname: str) -> socket.socket:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+    s.bind((ifname, ETH_P_ALL))
+    s.setblocking(False)
+    return s
 
 
 def request(sock: Path, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
