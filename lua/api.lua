@@ -191,7 +191,7 @@ do
     -- protected call (a pcall per op costs as much as the update). `at.j` tracks the
     -- op being applied, so when one fails the caller records it and resumes after it.
     local function trigger_run(fn, st, sidx, ops, j, last, ctx, at)
-        local prefix, post = st.prefix, st.post
+        local prefix, post, guard = st.prefix, st.post, st.replica
         while j <= last do
             at.j = j
             local key = ops[j]
@@ -199,6 +199,7 @@ do
                 cogs.fail('BAD_KEY', KEY_RULE)
             end
             local rk = prefix .. key .. '}'
+            if guard then replica.guard(rk) end
             local changed, hint, created = fn(rk, ops[j + 1], st)
             if changed and post then
                 after_update(st, sidx, key, rk, hint, created, ctx)
@@ -212,6 +213,7 @@ do
         local T = st.T
         local fn = T.update[op]
         local changed, hint, created
+        if st.replica then replica.guard(rk) end
         if fn then
             changed, hint, created = fn(rk, arg, st)
         elseif op == 'clear' then

@@ -64,6 +64,7 @@ do
                     or replica.version(rk)
                 return { 0, owner, oinc, version, R('PTTL', rk) }
             end
+            replica.guard(rk) -- nothing written before it (replica.lua)
             R('HSET', rk, 'owner', ctx.pid, 'inc', inc)
             if st.ttl then R('PEXPIRE', rk, st.ttl) end
             -- a new owner's value: whatever a dead owner's readers cached is stale
@@ -75,6 +76,7 @@ do
                 cogs.fail('NOT_OWNER', 'only the owning proxy changes an indirect state (owner: '
                     .. tostring(owner) .. ')')
             end
+            replica.guard(rk)
             local version = replica.bump(st, sidx, key, rk, ctx)
             if arg.op == 'delete' then
                 R('DEL', rk)
@@ -85,6 +87,7 @@ do
         elseif mode == MODE.FORGET then
             local owner, oinc = locator(rk)
             if owner and arg == owner .. ':' .. oinc then
+                replica.guard(rk)
                 R('DEL', rk)
                 replica.bump(st, sidx, key, rk, ctx)
                 return 1

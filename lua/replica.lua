@@ -31,6 +31,15 @@ do
         return HELD_PREFIX .. stream:sub(#ALERTS_STREAM_PREFIX + 1) .. ':' .. pid
     end
 
+    -- Before an op writes anything: while the key's slot is being migrated, the node
+    -- refuses any command on a key of the slot it does not hold (ASK). An update whose
+    -- <rk>:v or <rk>:r does not exist would write <rk>, then fail in bump(): reported
+    -- MOVED, re-sent by its proxy, applied twice. Touching them first makes such an op
+    -- fail before it writes (elsewhere EXISTS changes nothing).
+    function replica.guard(rk)
+        R('EXISTS', rk .. ':v', rk .. ':r')
+    end
+
     function replica.version(rk)
         return tonumber(R('GET', rk .. ':v') or 0) or 0
     end
