@@ -218,6 +218,12 @@ def _web_row(d: dict[str, Any]) -> list[str]:
             f"{q['cogs']['p50_us']['median']:,.0f} / {q['icp']['p50_us']['median']:,.0f} us"]  # fmt: skip
 
 
+def scale(data: dict[str, Any]) -> str:
+    from cogs.benchmarks.scale import table
+
+    return table(data)
+
+
 def _n(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -229,6 +235,7 @@ def _us(x: float) -> str:
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "design": design, "coordinator": coordinator, "scaling": scaling, "webcache": webcache, "indirect": indirect,
     "soak": soak, "live": live_block,
+    "scale": scale,
 }  # fmt: skip
 
 

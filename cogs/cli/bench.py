@@ -31,6 +31,8 @@ BENCHES = {
     "indirect": "Indirect states: local vs remote retrieve latency (1 KB, 1 MB), coordinator lookups per op.",
     "live": "Live capture (issue 21): the highest rate of the packet mix (591 B mean) each detector sustains "
     "with zero kernel drops on a lab middlebox host, 1 and 2 workers; CPU and coordinator ops per packet (root).",
+    "scale": "Coordinator capacity at 3 vs 6 primaries, same run, in a lab (root) with every node on its own "
+    "host: `cogs lab scale` between the runs, every count read back; a labelled model beside it.",
     "webcache": "Cooperative web cache (paper Fig. 11c): cogs vs ICP, 1..9 caches, alternated, same CPUs; "
     "requests/s, per CPU-second, and the CPU of one lookup in each design.",
 }
@@ -46,6 +48,9 @@ LAB_OPTIONS = [
 BENCH_OPTIONS: dict[str, list[Any]] = {
     "design": LAB_OPTIONS,
     "coordinator": LAB_OPTIONS,
+    "scale": [
+        click.option("--rtt", default="200us", show_default=True, help="The lab's node <-> middlebox round trip.")
+    ],
     "webcache": [
         *LAB_OPTIONS,
         click.option(
