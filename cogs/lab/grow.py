@@ -50,6 +50,7 @@ class LabHosts:
             self.remove(i)
         h = _plan(lab, i)
         link = dict(lab.state["links"].get("node1") or next(iter(lab.state["links"].values())))
+        netns.ip(lab.lab_netns, "link", "del", h.link, what=f"stale link of {h.name}", check=False)
         netns.add_namespace(h.netns)
         lab.hosts[name] = h
         lab.state["hosts"][name] = asdict(h)
@@ -80,6 +81,9 @@ class LabHosts:
         except LabError as e:
             if "KeyError" not in str(e):  # not a port (a cut-off run): nothing to take off
                 raise
+        # deleting one end of a veth deletes both now; a namespace's own teardown (and
+        # with it its links) finishes later, in the kernel's time
+        netns.ip(lab.lab_netns, "link", "del", h.link, what=f"link of {h.name}", check=False)
         netns.delete_namespace(h.netns)
         del lab.hosts[name]
         for part in ("hosts", "links", "blocked"):
