@@ -11,7 +11,8 @@ Structured fields: pass ``extra=fields(proxy=..., node=..., state=...)``; the JS
 format writes them as keys, the text format as ``key=value`` after the message.
 Proxies never log one line per packet: repeated errors are rate-limited where they
 are raised (the first ten, then one in a thousand, with the count: see
-``StateProxy._log_error``).
+``StateProxy._log_error``); servers that log per request (the web cache) use
+:class:`Throttle`: a few lines per kind per minute, the rest counted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -33,6 +35,41 @@ _HANDLER_MARK = "_cogs_handler"
 def fields(**kw: Any) -> dict[str, Any]:
     """``extra=`` for a log call: the given structured fields that are not None."""
     return {k: v for k, v in kw.items() if v is not None}
+
+
+class Throttle:
+    """Repeated log lines, bounded: per kind (a fixed string of the caller's, never
+    input), at most ``burst`` lines per ``period_s``; the others are counted, and the
+    next line that passes says how many of its kind were left out."""
+
+    def __init__(self, burst: int = 5, period_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.period_s, self.clock = burst, period_s, clock
+        self._kinds: dict[str, list[float]] = {}  # kind -> [window start, lines in it, left out]
+        self.left_out = 0
+
+    def allow(self, kind: str) -> int | None:
+        """None: leave this line out (counted); else how many lines of ``kind`` were
+        left out since the last one shown (0: none)."""
+        now = self.clock()
+        k = self._kinds.setdefault(kind, [now, 0, 0])
+        if now - k[0] >= self.period_s:
+            k[0], k[1] = now, 0
+        if k[1] >= self.burst:
+            k[2] += 1
+            self.left_out += 1
+            return None
+        k[1] += 1
+        n, k[2] = int(k[2]), 0
+        return n
+
+    def log(self, logger: logging.Logger, level: int, kind: str, msg: str, *args: Any, **kw: Any) -> None:
+        """``logger.log(level, msg, *args)`` unless ``kind`` is over its budget."""
+        n = self.allow(kind)
+        if n is None or not logger.isEnabledFor(level):
+            return
+        if n:
+            msg, args = f"{msg} (%d similar lines left out)", (*args, n)
+        logger.log(level, msg, *args, **kw)
 
 
 class JsonFormatter(logging.Formatter):

@@ -189,3 +189,33 @@ def test_a_node_keeps_at_most_its_store_bytes(cluster: LocalCluster, mode: str) 
         r = _get(c, 1, f"/obj/{ids[0]}")  # the oldest went: from the origin
         assert r.headers["x-cache"] == "MISS from cache-1"
         assert r.content == object_body(ids[0], object_size(ids[0]))
+
+
+def test_long_and_malformed_urls_are_served_and_logged_bounded(
+    cluster: LocalCluster, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 7,000-character URL was logged whole on every request and never cached (over the
+    512-byte key limit); aiohttp logged a traceback per malformed request line."""
+    monkeypatch.setenv("COGS_LOG_LEVEL", "info")  # the nodes log all they have to say
+    with web_cache(2, "cogs", cluster.url, origin_delay_s=0.0, state="objects") as c:
+        assert c.origin is not None
+        path = "/obj/7?" + "q" * 7000
+        with httpx.Client(proxy=c.proxy_url(0), trust_env=False, timeout=10) as client:
+            got = [client.get(c.origin + path) for _ in range(20)]
+        assert [r.status_code for r in got] == [200] * 20
+        assert got[0].headers["x-cache"] == "MISS from cache-0"
+        assert {r.headers["x-cache"] for r in got[1:]} == {"HIT (local) from cache-0"}  # kept under a digest key
+        assert _get(c, 1, path).headers["x-cache"] == "HIT (peer) from cache-1"  # the same key on every node
+        assert got[-1].content == object_body(7, object_size(7))
+        host, _, port = c.nodes[0].rpartition(":")
+        for _ in range(30):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"GET " + c.origin.encode() + b"/obj/8?\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(200).split(b" ", 2)[1] == b"400"
+        assert _get(c, 0, "/obj/8").status_code == 200  # still serving
+    err = capfd.readouterr().err
+    assert "q" * 300 not in err
+    assert max(map(len, err.splitlines()), default=0) < 400
+    bad = [line for line in err.splitlines() if "Error handling request" in line]
+    assert 1 <= len(bad) <= 5  # a few a minute, one line each (no traceback)
+    assert "Traceback" not in err

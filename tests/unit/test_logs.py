@@ -96,3 +96,27 @@ def test_a_spawned_process_logs_as_its_parent_chose() -> None:
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
     [line] = [json.loads(x) for x in r.stderr.splitlines()]
     assert (line["msg"], line["box"], line["proxy"], line["level"]) == ("box started", 3, "mb-3", "info")
+
+
+def test_throttle_lets_a_few_lines_per_kind_through_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    t = logs.Throttle(burst=3, period_s=60.0, clock=lambda: now[0])
+    assert [t.allow("a") for _ in range(5)] == [0, 0, 0, None, None]
+    assert t.allow("b") == 0  # kinds apart
+    now[0] = 61.0
+    assert t.allow("a") == 2  # the next line says how many were left out
+    assert t.allow("a") == 0
+    assert t.left_out == 2
+    logger = logging.getLogger("cogs.test.throttle")
+    now[0] = 200.0
+    with caplog.at_level(logging.INFO, "cogs.test.throttle"):
+        for i in range(10):
+            t.log(logger, logging.WARNING, "c", "failed %d", i)
+        now[0] = 300.0
+        t.log(logger, logging.WARNING, "c", "failed %d", 10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed 0",
+        "failed 1",
+        "failed 2",
+        "failed 10 (7 similar lines left out)",
+    ]

@@ -18,7 +18,13 @@ import anyio
 from aiohttp import web
 from multidict import CIMultiDict
 
+from cogs.errors import show
+from cogs.logs import Throttle
+from cogs.nf.ident import bounded_message
+
 log = logging.getLogger("cogs.http")
+#: what aiohttp logs itself: a request it cannot parse, with a traceback quoting it
+server_log = logging.getLogger("cogs.http.server")
 
 MAX_BODY = 16 * 1024 * 1024  # a response we relay (and may cache)
 MAX_REQUEST_BODY = 1024 * 1024  # what a client may send us (aiohttp's default)
@@ -27,6 +33,30 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
      b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
 )  # fmt: skip
+
+
+class _OneLine(logging.Filter):
+    """aiohttp's own lines in one bounded line each (no traceback: the exception's text,
+    whitespace folded, cut), a few a minute: a client sending junk must not fill the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        n = self.throttle.allow("aiohttp")
+        if n is None:
+            return False
+        msg = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            e = record.exc_info[1]
+            msg += f": {type(e).__name__}: {bounded_message(' '.join(str(e).split()), 200)}"
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = msg + (f" ({n} similar lines left out)" if n else ""), ()
+        return True
+
+
+server_log.addFilter(_OneLine())
 
 
 def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -79,6 +109,7 @@ class HttpServer:
     def __post_init__(self) -> None:
         self.address = ""
         self._runner: web.ServerRunner | None = None
+        self._throttle = Throttle()
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -89,12 +120,16 @@ class HttpServer:
         try:
             resp = await self.handler(req)
         except Exception as e:  # one request fails, the server stays up
-            log.exception("handler failed on %s %s", req.method, req.target)
+            # a bounded line (a request's target is the client's), a few a minute
+            self._throttle.log(log, logging.ERROR, "handler", "handler failed on %s %s", show(req.method),
+                               show(req.target), exc_info=True)  # fmt: skip
             resp = error(500, f"internal error: {type(e).__name__}")
         return _web(resp)
 
     async def start(self) -> str:
-        self._runner = web.ServerRunner(web.Server(self._serve), handle_signals=False, access_log=None)
+        self._runner = web.ServerRunner(
+            web.Server(self._serve, logger=server_log), handle_signals=False, access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

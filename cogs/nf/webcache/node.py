@@ -31,7 +31,10 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from cogs.errors import CogsError, ConfigError, PeerError
+from cogs.errors import CogsError, ConfigError, PeerError, show
+from cogs.keys import key_problem
+from cogs.logs import Throttle
+from cogs.nf.ident import bounded_message, ident_str
 from cogs.nf.webcache.http import HttpRequest, HttpResponse, HttpServer, OriginClient, OriginError, error
 from cogs.nf.webcache.icp import IcpAgent
 from cogs.nf.webcache.objects import Cached, decode, encode, request_bypasses, storable
@@ -108,6 +111,7 @@ class CacheNode:
         self._siblings = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in cfg.peers)]
         self.http = HttpServer(self.handle, cfg.host, cfg.port)
         self.origin_client = OriginClient(cfg.origin_timeout)
+        self.throttle = Throttle()  # a line per failed request is a flood under load: a few a minute
 
     async def start(self, tg: anyio.abc.TaskGroup) -> str:
         """Connect, listen, serve (in ``tg``); the HTTP address."""
@@ -165,23 +169,24 @@ class CacheNode:
         if parts.scheme != "http" or not parts.netloc:
             return error(400, "use this node as an HTTP proxy: the request target must be an absolute http:// URL")
         url = req.target
+        key = cache_key(url)  # where the object is kept: the URL unless it cannot be a key
         why = request_bypasses(req)
         if why is not None:
             self.stats["bypassed"] += 1
             return self._tag(await self._origin(req, url), "MISS")
         if self.proxy is not None:
-            obj, where, resp = await self._read_through(req, url)
+            obj, where, resp = await self._read_through(req, url, key)
             if resp is not None:  # loaded from the origin by this request (and kept if it may be)
                 return self._tag(resp, "MISS")
         else:
-            obj, where = await self._lookup(url)
+            obj, where = await self._lookup(key)
         if obj is not None and obj.fresh():
             self.stats[f"{where} hits"] += 1
             return self._tag(obj.response(), f"HIT ({where})")
         resp = await self._origin(req, url)
         kept = self._storable(resp)
         if kept is not None:
-            await self._keep(url, kept, obj is not None)
+            await self._keep(key, kept, obj is not None)
         return self._tag(resp, "MISS")
 
     def _storable(self, resp: HttpResponse) -> Cached | None:
@@ -208,24 +213,26 @@ class CacheNode:
 
     # -- where objects are --------------------------------------------------------------
 
-    async def _lookup(self, url: str) -> tuple[Cached | None, str]:
-        blob = self.store.get(url)
+    async def _lookup(self, key: str) -> tuple[Cached | None, str]:
+        blob = self.store.get(key)
         if blob is not None:
             return _decode(blob), "local"
         if self.cfg.mode == "icp":
-            blob = await self._ask_siblings(url)
+            blob = await self._ask_siblings(key)
             if blob is not None:
-                self.store.put(url, blob)  # a sibling hit is kept here too
+                self.store.put(key, blob)  # a sibling hit is kept here too
                 return _decode(blob), "sibling"
         return None, ""
 
-    async def _read_through(self, req: HttpRequest, url: str) -> tuple[Cached | None, str, HttpResponse | None]:
+    async def _read_through(
+        self, req: HttpRequest, url: str, key: str
+    ) -> tuple[Cached | None, str, HttpResponse | None]:
         """cogs: the object from here or its owner; when nobody has it, this node takes
         it (one coordinator call for both) and loads it from the origin while requests
         for it on other nodes wait. (object, where, the origin's response if loaded here)"""
         assert self.proxy is not None
         st = self.cfg.state
-        where = "local" if self.proxy.cached(st, url) is not MISS else "peer"
+        where = "local" if self.proxy.cached(st, key) is not MISS else "peer"
         loaded: list[HttpResponse] = []
 
         async def load() -> bytes | None:
@@ -238,31 +245,37 @@ class CacheNode:
             return encode(kept)
 
         try:
-            blob = await self.proxy.syn_retrieve(st, url, load=load)
+            blob = await self.proxy.syn_retrieve(st, key, load=load)
         except PeerError as e:  # the owner is unreachable (dying?): the origin it is
             self.stats["peer errors"] += 1
-            log.info("%s: owner of %s unreachable: %s", self.cfg.name, url, e)
+            self._log(logging.INFO, "owner of %s unreachable: %s", url, e)
             blob = None
         except CogsError as e:
             self.stats["coordinator errors"] += 1
-            log.warning("%s: lookup of %s failed: %s", self.cfg.name, url, e)
+            self._log(logging.WARNING, "lookup of %s failed: %s", url, e)
             blob = None
         if loaded:
             return None, "", loaded[0]
         return (_decode(blob), where, None) if blob is not None else (None, "", None)
 
-    async def _keep(self, url: str, obj: Cached, replace: bool) -> None:
+    async def _keep(self, key: str, obj: Cached, replace: bool) -> None:
         blob = encode(obj)
         if self.proxy is None:
-            self.store.put(url, blob)
+            self.store.put(key, blob)
             self.stats["stored"] += 1
             return
         try:
-            await self.proxy.syn_up(self.cfg.state, url, "set" if replace else "create", blob)
+            await self.proxy.syn_up(self.cfg.state, key, "set" if replace else "create", blob)
             self.stats["stored"] += 1
         except CogsError as e:  # served anyway, just not cached
             self.stats["store errors"] += 1
-            log.info("%s: could not keep %s: %s", self.cfg.name, url, e)
+            self._log(logging.INFO, "could not keep %s: %s", key, e)
+
+    def _log(self, level: int, msg: str, url: str, e: Exception) -> None:
+        """One bounded line (a URL is the client's: a prefix, its length, a digest), a few
+        a minute per kind of line: a failing coordinator must not flood the log."""
+        why = bounded_message(str(e), 300)
+        self.throttle.log(log, level, msg, f"%s: {msg}", self.cfg.name, show(url), why)
 
     # -- icp ---------------------------------------------------------------------------
 
@@ -305,6 +318,16 @@ class CacheNode:
         if self.icp is not None:
             out.update({"icp queries answered": self.icp.answered, "icp datagrams lost": self.icp.lost})
         return json.dumps(out)
+
+
+def cache_key(url: str) -> str:
+    """Where ``url``'s object is kept: the URL itself when the proxy takes it as a key;
+    else (longer than a key may be, or bytes that are not UTF-8) a readable prefix, its
+    length and a digest (:func:`~cogs.nf.ident.ident_str`), the same on every node, so
+    such URLs are cached too instead of failing every lookup."""
+    if key_problem(url) is None:
+        return url
+    return ident_str(url)
 
 
 def _decode(blob: bytes) -> Cached | None:
