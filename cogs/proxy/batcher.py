@@ -517,8 +517,10 @@ class Batcher:
             self.on_error(err, None)
 
     def _check_queue(self, now: float) -> None:
-        """Requests not even sent within the delivery bound (no channel has room: a node
-        does not answer): their waiters learn it now; the requests stay queued."""
+        """Requests not answered within the delivery bound of when they were issued: not
+        even sent (no channel has room: a node does not answer), or sent in a batch
+        younger than they are (they waited for room first, so the batch's own deadline
+        comes too late). Their waiters learn it now; the requests stay queued."""
         limit = now - self.delivery_timeout
         for req in self.queue:
             if req.born < limit and not req.done and req.waiters:
@@ -530,6 +532,18 @@ class Batcher:
                         "unless this proxy closes first"
                     ),
                 )
+        for ch in self.delivery.channels.values():
+            for b in ch.queue:
+                for req in b.reqs.values():
+                    if req.born < limit and not req.done and req.waiters:
+                        self.requests.fail(
+                            req,
+                            DeliveryTimeout(
+                                f"{req.state}[{show(req.key)}] {req.op}: not confirmed within "
+                                f"{self.delivery_timeout:g} s of when it was issued (node {ch.addr}); it stays queued "
+                                "and applies exactly once when the node answers, unless this proxy closes first"
+                            ),
+                        )
 
     def _overdue(self, b: Batch, err: DeliveryTimeout) -> None:
         """Not confirmed in time: waiters learn it now; the batch stays queued."""
