@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cogs.benchmarks.common import RESULTS_DIR, fmt_rate, md_table
+from cogs.benchmarks.faults_report import readme_block as faults_block
 from cogs.benchmarks.live_report import readme_block as live_block
 from cogs.errors import ConfigError
 
@@ -234,7 +235,7 @@ def _us(x: float) -> str:
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "design": design, "coordinator": coordinator, "scaling": scaling, "webcache": webcache, "indirect": indirect,
-    "soak": soak, "live": live_block,
+    "soak": soak, "live": live_block, "faults": faults_block,
     "scale": scale,
 }  # fmt: skip
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cogs.cli.base import _progress, main, url_option
+from cogs.faults import SCENARIO_NAMES
 
 
 @main.group()
@@ -35,6 +36,9 @@ BENCHES = {
     "host: `cogs lab scale` between the runs, every count read back; a labelled model beside it.",
     "webcache": "Cooperative web cache (paper Fig. 11c): cogs vs ICP, 1..9 caches, alternated, same CPUs; "
     "requests/s, per CPU-second, and the CPU of one lookup in each design.",
+    "faults": "Network faults (issue 20): partitions, loss, freezes, kills and restarts in a lab of its own, "
+    "under load in default and durable mode; histories checked: acked updates lost, applied twice, stale reads, "
+    "calls unanswered, recovery (root).",
 }
 
 
@@ -50,6 +54,14 @@ BENCH_OPTIONS: dict[str, list[Any]] = {
     "coordinator": LAB_OPTIONS,
     "scale": [
         click.option("--rtt", default="200us", show_default=True, help="The lab's node <-> middlebox round trip.")
+    ],
+    "faults": [
+        click.option(
+            "--scenario",
+            multiple=True,
+            type=click.Choice(SCENARIO_NAMES),
+            help="Run only this scenario (repeatable; default: all of them).",
+        ),
     ],
     "webcache": [
         *LAB_OPTIONS,
