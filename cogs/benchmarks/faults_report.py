@@ -69,20 +69,23 @@ def verdict(data: dict[str, Any]) -> str:
     )
 
 
-def markdown(data: dict[str, Any]) -> str:
+def _about(data: dict[str, Any]) -> str:
     e = data["environment"]
-    kind = "a QUICK run (1 round, short faults)" if data["quick"] else "a full run"
+    kind = "a QUICK run (1 round, faults of 2-12 s)" if data["quick"] else "a full run"
     return (
-        f"# Network faults: what survives what\n\n{kind}: commit `{str(e['commit'])[:10]}`, {e['when'][:16]}, "
-        f"{e['cpu_model']} x {e['cores']} (load average {e['load_average'][0] if e.get('load_average') else '?'}), "
-        f"Redis {e['redis']}, {e['placement']}; {data['summary']['seconds']:.0f} s.\n\n"
-        + table(data) + "\n" + verdict(data)
-    )  # fmt: skip
+        f"{kind}: commit `{str(e['commit'])[:10]}`, {e['when'][:16]}, {e['cpu_model']} x {e['cores']} (load average "
+        f"{e['load_average'][0] if e.get('load_average') else '?'}), Redis {e['redis']}, {e['placement']}; "
+        f"{data['summary']['seconds']:.0f} s.\n\n"
+    )
+
+
+def markdown(data: dict[str, Any]) -> str:
+    return "# Network faults: what survives what\n\n" + _about(data) + table(data) + "\n" + verdict(data)
 
 
 def readme_block(data: dict[str, Any]) -> str:
     """The README's figure block (``<!-- bench:faults -->``)."""
-    return table(data) + "\n" + verdict(data)
+    return _about(data)[0].upper() + _about(data)[1:] + table(data) + "\n" + verdict(data)
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
