@@ -94,6 +94,8 @@ class Report:
     #: kind -> calls of that kind never answered or answered past their bound
     unanswered_by_kind: dict[str, int] = field(default_factory=dict)
     longest_call_s: dict[str, float] = field(default_factory=dict)
+    #: "proc kind" -> the longest call of that kind by that process
+    longest_by_proc: dict[str, float] = field(default_factory=dict)
     #: from the heal to every proxy's first good flush and every key's first good op
     recovery_s: float | None = None
     not_recovered: list[str] = field(default_factory=list)
@@ -306,6 +308,8 @@ def calls(history: History, bound: Mapping[str, float], r: Report) -> None:
             continue
         d = o.duration
         r.longest_call_s[o.kind] = round(max(r.longest_call_s.get(o.kind, 0.0), d), 3)
+        who = f"{o.proc} {o.kind}"
+        r.longest_by_proc[who] = round(max(r.longest_by_proc.get(who, 0.0), d), 3)
         if d > bound.get(o.kind, math.inf):
             r.calls_late += 1
             r.unanswered_by_kind[o.kind] = r.unanswered_by_kind.get(o.kind, 0) + 1

@@ -177,6 +177,7 @@ def test_calls_never_answered_or_late() -> None:
     assert (r.calls_late, r.calls_never_answered, r.calls_unanswered) == (1, 1, 2)
     assert r.unanswered_by_kind == {"inc": 1, "read": 1}
     assert r.longest_call_s["inc"] == 6.0
+    assert r.longest_by_proc == {"mb1 inc": 6.0}
 
 
 def test_recovery_is_the_last_first_success_after_the_heal() -> None:
