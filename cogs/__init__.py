@@ -29,12 +29,14 @@ from cogs.errors import (
     NotOwner,
     OpError,
     Overflow,
+    OverLimit,
     Oversize,
     PeerError,
     UnknownOp,
     UnknownState,
     WrongType,
 )
+from cogs.keys import Namespace, namespace
 from cogs.protocol import Mode
 from cogs.proxy import MISS, Backpressure, ProxyStatistics, StateProxy
 from cogs.proxy.blocking import BlockingStateProxy
@@ -66,9 +68,11 @@ __all__ = [
     "LocalCluster",
     "Mode",
     "Moved",
+    "Namespace",
     "NotOwner",
     "Op",
     "OpError",
+    "OverLimit",
     "Overflow",
     "Oversize",
     "PeerError",
@@ -82,6 +86,7 @@ __all__ = [
     "WrongType",
     "follow_alerts",
     "load_settings",
+    "namespace",
     "read_alerts",
     "register_type_adapter",
 ]

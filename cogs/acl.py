@@ -10,6 +10,13 @@ ACL SETUSER is per node: ``apply`` sets the users on every primary and replica, 
 ``ACL SAVE``s them into the node's ``aclfile`` (cogs/redis.conf names one), so a
 restarted node keeps them. A node run without an aclfile keeps them until it restarts:
 ``apply`` says which nodes those are.
+
+Several NFs on one cluster: each NF's users (``cogs-<nf>-proxy``, ``cogs-<nf>-monitor``)
+are confined to its namespace's keys and channels (``cogs@<nf>:*``). Redis checks the
+commands a function runs against the caller's user, so an IDS proxy that calls the
+NAT's library (function names are global, and FCALL cannot be limited to some) is
+still refused every NAT key. The default NF's monitor user reads every NF (it is the
+operator's view); an NF's own monitor user reads its NF only.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 import redis
 
 from cogs.errors import ConfigError, CoordinatorUnavailable
+from cogs.keys import DEFAULT, Namespace
 
 #: what every cogs connection needs to find its way around the cluster (and no more:
 #: no CLIENT LIST/KILL/TRACKING, which would show or cut other clients, or name the
@@ -37,9 +45,8 @@ _NO_ENUMERATION = [
 ]  # fmt: skip
 
 #: the data path: the commands its Lua library runs (Redis checks them against the
-#: caller), on cogs:* keys and channels only
-PROXY_RULES = [
-    "resetkeys", "~cogs:*", "resetchannels", "&cogs:*",
+#: caller), on its NF's keys and channels only (cogs:* for the default NF)
+_PROXY_COMMANDS = [
     "-@all", "+@read", "+@write", "+@scripting", "+subscribe", "+unsubscribe", "+publish", "+time", "+wait",
     *_DISCOVERY,
     # never: destructive or admin commands, loading or reading code, listing the keyspace
@@ -47,15 +54,31 @@ PROXY_RULES = [
     "+cluster|nodes", "-function", "+fcall", "+fcall_ro", "-eval", "-evalsha", "-eval_ro", "-evalsha_ro", "-script",
     *_NO_ENUMERATION,
 ]  # fmt: skip
-
-#: read only: the catalog, the registry, alerts, node health; no keyspace listing
-#: (the monitor's state counts need a user allowed to SCAN: see the README)
-MONITOR_RULES = [
-    "resetkeys", "%R~cogs:*", "resetchannels", "&cogs:alerts",
+_MONITOR_COMMANDS = [
     "-@all", "+@read", "+fcall_ro", "+subscribe", "+unsubscribe", *_DISCOVERY,
     "-@dangerous", "-@admin", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info", "+cluster|myid",
     "+cluster|nodes", *_NO_ENUMERATION,
 ]  # fmt: skip
+
+
+def proxy_rules(ns: Namespace = DEFAULT) -> list[str]:
+    """A proxy of NF ``ns``: its library's data commands on its keys and channels only."""
+    return ["resetkeys", f"~{ns.prefix}*", "resetchannels", f"&{ns.prefix}*", *_PROXY_COMMANDS]
+
+
+def monitor_rules(ns: Namespace = DEFAULT) -> list[str]:
+    """Read only: the catalog, the registry, alerts, node health; no keyspace listing
+    (the monitor's state counts need a user allowed to SCAN: see the README). The
+    default NF's monitor reads every NF (``cogs@*``); another NF's, its own."""
+    if ns.default:
+        keys, channels = ["%R~cogs:*", "%R~cogs@*"], ["&cogs:alerts", "&cogs@*:alerts"]
+    else:
+        keys, channels = [f"%R~{ns.prefix}*"], [f"&{ns.alerts_channel}"]
+    return ["resetkeys", *keys, "resetchannels", *channels, *_MONITOR_COMMANDS]
+
+
+PROXY_RULES = proxy_rules()
+MONITOR_RULES = monitor_rules()
 
 
 @dataclass(frozen=True)
@@ -70,10 +93,12 @@ class AclUser:
         return ["ACL", "SETUSER", self.name, "reset", "on", f">{self.password}", *self.rules]
 
 
-def users(proxy_password: str, monitor_password: str, prefix: str = "cogs") -> list[AclUser]:
+def users(proxy_password: str, monitor_password: str, ns: Namespace = DEFAULT) -> list[AclUser]:
+    """The proxy and monitor users of NF ``ns``: ``cogs-proxy``/``cogs-monitor`` for the
+    default NF, ``cogs-<nf>-proxy``/``cogs-<nf>-monitor`` for another."""
     return [
-        AclUser(f"{prefix}-proxy", proxy_password, PROXY_RULES),
-        AclUser(f"{prefix}-monitor", monitor_password, MONITOR_RULES),
+        AclUser(ns.acl_user("proxy"), proxy_password, proxy_rules(ns)),
+        AclUser(ns.acl_user("monitor"), monitor_password, monitor_rules(ns)),
     ]
 
 

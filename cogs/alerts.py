@@ -3,7 +3,9 @@
 A checker runs inside the update's FCALL on the node that owns the key, so the
 alert is stored in a stream *that node* serves (the caller names one per node, see
 ``Coordinator.alert_stream``) and published on ``cogs:alerts`` (classic PUBLISH
-reaches subscribers on every node). Reading all alerts therefore looks at the
+reaches subscribers on every node); an NF other than the default one has its own
+streams and channel (``cogs@<nf>:alerts``): readers read those of one NF (the
+Coordinator's, or the one named). Reading all alerts therefore looks at the
 stream of every slot a node serves: after resharding, older streams still live
 with their slot's current owner, so nothing is lost.
 
@@ -39,7 +41,7 @@ from redis import exceptions as rexc
 
 from cogs.coordinator.client import Coordinator
 from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable, show
-from cogs.keys import ALERTS_CHANNEL, alert_stream
+from cogs.keys import DEFAULT_NF, Namespace
 
 log = logging.getLogger("cogs.alerts")
 
@@ -124,6 +126,13 @@ class Alert:
         return (self.stream, self.id)
 
     @property
+    def nf(self) -> str:
+        """The NF that raised it (its stream is in that NF's namespace)."""
+        if self.stream.startswith("cogs@") and ":" in self.stream:
+            return self.stream[5 : self.stream.index(":")]
+        return DEFAULT_NF
+
+    @property
     def explanation(self) -> str:
         """``msg``, or for an alert stored by an older library what it recorded."""
         if self.msg:
@@ -134,6 +143,7 @@ class Alert:
         d = asdict(self)
         d["time"] = self.time.isoformat(timespec="milliseconds")
         d["msg"] = self.explanation
+        d["nf"] = self.nf
         return d
 
     def to_notice(self) -> dict[str, Any]:
@@ -141,7 +151,7 @@ class Alert:
         identifier and suppress_for (cogs raises one alert per key per window)."""
         out: dict[str, Any] = {
             "ts": self.time_ms / 1000,
-            "note": f"cogs::{self.state}",
+            "note": f"cogs::{self.state}" if self.nf == DEFAULT_NF else f"cogs_{self.nf}::{self.state}",
             "msg": self.explanation,
             "sub": f"{self.checker} " + " ".join(f"{k}={v}" for k, v in sorted(self.params.items())),
         }
@@ -291,13 +301,16 @@ async def read_alerts(
     limit: int | None = None,
     unreachable: list[str] | None = None,
     unreadable: Unreadable | None = None,
+    ns: Namespace | None = None,
 ) -> list[Alert]:
     """Every stored alert (oldest first), optionally of one state / raised from
     ``since_ms`` until ``until_ms`` (their ``time``); with ``limit``, only the latest
     ``limit`` of them. A node that does not answer raises CoordinatorUnavailable, or
     with ``unreachable`` is listed there and skipped. What is not an alert is skipped
-    and counted in ``unreadable`` (default: :data:`UNREADABLE`)."""
+    and counted in ``unreadable`` (default: :data:`UNREADABLE`). ``ns``: the NF whose
+    alerts to read (default: the Coordinator's)."""
     assert coord.topology is not None
+    ns = ns or coord.ns
     bad = UNREADABLE if unreadable is None else unreadable
     out: list[Alert] = []
     # ids are never below the time of their alert (XADD's "*" is max(now, last + 1)):
@@ -305,7 +318,7 @@ async def read_alerts(
     start = f"{since_ms}-0" if since_ms else "-"
     for i, node in enumerate(coord.topology.nodes):
         client = coord.node_client(i)
-        names = [alert_stream(s) for s in node.owned_slots()]
+        names = [ns.alert_stream(s) for s in node.owned_slots()]
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
@@ -356,7 +369,12 @@ class _Seen:
 
 
 async def follow_alerts(
-    coord: Coordinator, *, state: str | None = None, limit: int | None = None, unreadable: Unreadable | None = None
+    coord: Coordinator,
+    *,
+    state: str | None = None,
+    limit: int | None = None,
+    unreadable: Unreadable | None = None,
+    ns: Namespace | None = None,
 ) -> AsyncIterator[Alert]:
     """Live alerts: the stored ones first (the latest ``limit`` of them), then each new
     one as it is raised.
@@ -366,8 +384,10 @@ async def follow_alerts(
     if the one it listens to fails, and then re-reads the streams from shortly before
     the newest alert it had seen: pub/sub is fire-and-forget, the streams are not.
     A message or entry that is not an alert is skipped and counted in ``unreadable``.
+    ``ns``: the NF whose alerts to follow (default: the Coordinator's).
     """
     assert coord.topology is not None
+    ns = ns or coord.ns
     bad = UNREADABLE if unreadable is None else unreadable
     seen = _Seen()
     first = True
@@ -376,12 +396,12 @@ async def follow_alerts(
         for i in nodes:
             pubsub = coord.node_client(i).pubsub()
             try:
-                await pubsub.subscribe(ALERTS_CHANNEL)
+                await pubsub.subscribe(ns.alerts_channel)
                 if first:
-                    history = await read_alerts(coord, state=state, limit=limit, unreadable=bad)
+                    history = await read_alerts(coord, state=state, limit=limit, unreadable=bad, ns=ns)
                 else:  # what was raised while no subscription held
                     since = max(0, seen.newest - RESUME_MARGIN_MS)
-                    history = await read_alerts(coord, state=state, since_ms=since, unreadable=bad)
+                    history = await read_alerts(coord, state=state, since_ms=since, unreadable=bad, ns=ns)
                 for a in history:
                     if seen.add(a):
                         yield a
@@ -393,7 +413,7 @@ async def follow_alerts(
                     try:
                         a = Alert.from_message(msg["data"])
                     except NotAnAlert as e:
-                        bad.note(f"a message on {ALERTS_CHANNEL}", str(e))
+                        bad.note(f"a message on {ns.alerts_channel}", str(e))
                         continue
                     if (state is not None and a.state != state) or not seen.add(a):
                         continue

@@ -7,6 +7,9 @@
     checker = "cardinality"       # run at the coordinator after every update
     params = { threshold = 15 }
 
+    [limits]                      # optional: this NF's limits (several NFs share a cluster)
+    ops_per_s = 50000             # per primary: ops over it are refused (LIMIT)
+
 The catalog is compiled into the Lua library (see cogs/library.py), so what
 the coordinator stores is exactly what every proxy and every script agree on; its
 digest travels with every batch.
@@ -88,12 +91,33 @@ class StateSpec(BaseModel):
         }
 
 
+#: limits one could ask for that cogs does not enforce, and why (README, "Per-NF limits")
+NOT_ENFORCED = {
+    "max_keys": "a live-key count cannot be kept exactly and cheaply (Redis expires keys without telling the "
+    "library; an INCRBY does not say whether it created its key; a per-node count does not follow keys when "
+    "slots move): bound entries with each state's max_items and window/ttl",
+    "max_memory": "Redis cannot attribute memory to a key prefix (MEMORY USAGE is sampled and costs per key): "
+    "bound it with max_bytes/max_member_bytes/max_items per state and maxmemory per node",
+}
+
+
+class Limits(BaseModel):
+    """An NF's limits, enforced by its library on every primary. Not part of the
+    catalog's digest: changing them does not make running proxies outdated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: ops per second per primary (a token bucket in Lua on each node); None: no limit
+    ops_per_s: int | None = Field(default=None, ge=1, le=100_000_000)
+
+
 class Catalog:
     """A validated set of states; index order (by name) is the wire order."""
 
-    def __init__(self, states: list[StateSpec], spec: LibrarySpec) -> None:
+    def __init__(self, states: list[StateSpec], spec: LibrarySpec, limits: Limits | None = None) -> None:
         self.states: tuple[StateSpec, ...] = tuple(sorted(states, key=lambda s: s.name))
         self.spec = spec
+        self.limits = limits or Limits()
         self._index = {s.name: i + 1 for i, s in enumerate(self.states)}
 
     def __iter__(self) -> Iterator[StateSpec]:
@@ -126,9 +150,10 @@ class Catalog:
     def from_mapping(cls, data: Mapping[str, Any], spec: LibrarySpec | None = None, source: str = "catalog") -> Catalog:
         spec = spec or library_spec()
         problems: list[str] = []
-        unknown = sorted(set(data) - {"states", "description"})
+        unknown = sorted(set(data) - {"states", "description", "limits"})
         if unknown:
-            problems.append(f"unknown top-level key(s) {unknown}; expected [states.<name>] tables")
+            problems.append(f"unknown top-level key(s) {unknown}; expected [states.<name>] tables and [limits]")
+        limits = _limits(data.get("limits", {}), problems)
         raw = data.get("states", {})
         if not isinstance(raw, Mapping) or not raw:
             problems.append("no states: declare at least one [states.<name>] table")
@@ -151,7 +176,7 @@ class Catalog:
                 states.append(st.model_copy(update={"params": _with_defaults(st, spec)}))
         if problems:
             raise CatalogError(problems, source)
-        return cls(states, spec)
+        return cls(states, spec, limits)
 
     @classmethod
     def from_toml(cls, text: str, spec: LibrarySpec | None = None, source: str = "catalog") -> Catalog:
@@ -183,6 +208,22 @@ class Catalog:
                 entry.pop("params", None)
             states[s["name"]] = entry
         return cls.from_mapping({"states": states}, spec, "stored catalog")
+
+
+def _limits(raw: object, problems: list[str]) -> Limits:
+    if not isinstance(raw, Mapping):
+        problems.append(f"[limits] must be a table, got {type(raw).__name__}")
+        return Limits()
+    for k in sorted(set(raw) & set(NOT_ENFORCED)):
+        problems.append(f"limits.{k}: not enforced by cogs: {NOT_ENFORCED[k]}")
+    try:
+        return Limits.model_validate({k: v for k, v in raw.items() if k not in NOT_ENFORCED})
+    except ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            have = " (have: ops_per_s)" if err["type"] == "extra_forbidden" else ""
+            problems.append(f"limits.{loc}: {err['msg']}{have}")
+        return Limits()
 
 
 def catalog_diff(stored: Catalog, given: Catalog) -> str:

@@ -162,6 +162,13 @@ class AlertNotRecorded(OpError):
     code = "ALERT"
 
 
+class OverLimit(OpError):
+    """The NF is over its ops-rate limit on a primary (its catalog's ``[limits]``):
+    the batch was refused whole, nothing of it applied."""
+
+    code = "LIMIT"
+
+
 _BY_CODE: dict[str, type[OpError]] = {
     cls.code: cls
     for cls in (
@@ -177,6 +184,7 @@ _BY_CODE: dict[str, type[OpError]] = {
         Exhausted,
         NotOwner,
         AlertNotRecorded,
+        OverLimit,
     )
 }
 
@@ -234,6 +242,8 @@ def from_redis(e: BaseException, addr: str) -> CogsError:
         return LibraryOutdated(f"the cogs library is not loaded on node {addr}: run {LOAD_HINT}")
     if code == "BAD_FRAME":
         return BadFrame(f"node {addr}: {msg}")
+    if code == OverLimit.code:
+        return OverLimit(f"node {addr}: {msg}")
     if code in (CHANNEL_LOST, CHANNEL_DUP_UNKNOWN):
         return ChannelError(code, f"node {addr}: {msg}")
     return CogsError(f"node {addr}: {msg}")

@@ -8,6 +8,9 @@ A batch is one call::
 
     FCALL cogs_batch 0 <token> <alert stream> <ops> <proxy id> [<session> <seq> <ack> [R]]
 
+(``cogs_<nf>_batch`` for an NF other than the default one; every key name starts with
+its NF's prefix).
+
 ``ops`` is a flat JSON array of runs (mode, state index, op, n, n x (key, arg)).
 A batch carrying a session is numbered on its channel (lua/once.lua): applied
 exactly once, in order, or refused whole with one of the ``CHANNEL_*`` codes.
@@ -41,22 +44,44 @@ IDEMPOTENT = frozenset(
 #: modes whose reply the caller reads (an update of the trigger path has none)
 ANSWERED = frozenset(set(Mode) - {Mode.UPDATE})
 
+#: The default NF's key prefix and library name (single-NF use: what cogs always used).
+#: Another NF ``<nf>`` has the prefix ``cogs@<nf>:`` and the library ``cogs_<nf>``
+#: (cogs/keys.py, Namespace): every name below is made from its NF's prefix.
 PREFIX = "cogs:"
+LIBRARY = "cogs"
 MAX_KEY_BYTES = 512
 MAX_PROXY_ID = 64
-#: Pub/sub channel every alert is published on (classic PUBLISH reaches every node).
-ALERTS_CHANNEL = "cogs:alerts"
-#: Prefix of the per-node alert streams (durable alerts); the stream's tag names the node.
-ALERTS_STREAM_PREFIX = "cogs:alerts:"
 ALERTS_MAXLEN = 100_000
-#: Discard-replica messages for one proxy (classic pub/sub: reaches every node).
-DISCARD_PREFIX = "cogs:discard:"
-#: Exactly-once channel records (lua/once.lua): ``cogs:once:{tag}:<sha1(session)>``.
-ONCE_PREFIX = "cogs:once:"
 #: How long a channel record outlives its last batch; live proxies keep theirs fresh.
 ONCE_TTL_MS = 86_400_000
-#: Per node, the keys a proxy holds replicas of: ``cogs:held:{tag}:<proxy id>``.
-HELD_PREFIX = "cogs:held:"
+#: The library's functions are ``<library>_<name>`` (Redis function names are global).
+FUNCTIONS = ("batch", "info", "release")
+
+
+def names(prefix: str) -> dict[str, str]:
+    """The channel and key prefixes of the NF whose keys start with ``prefix``."""
+    return {
+        # pub/sub channel every alert is published on (classic PUBLISH reaches every node)
+        "ALERTS_CHANNEL": prefix + "alerts",
+        # per-node alert streams (durable alerts); the stream's tag names the node
+        "ALERTS_STREAM_PREFIX": prefix + "alerts:",
+        # discard-replica messages for one proxy (classic pub/sub: reaches every node)
+        "DISCARD_PREFIX": prefix + "discard:",
+        # exactly-once channel records (lua/once.lua): <prefix>once:{tag}:<sha1(session)>
+        "ONCE_PREFIX": prefix + "once:",
+        # per node, the keys a proxy holds replicas of: <prefix>held:{tag}:<proxy id>
+        "HELD_PREFIX": prefix + "held:",
+        # per node, the NF's ops-rate token bucket (lua/api.lua): <prefix>limit:{tag}
+        "LIMIT_PREFIX": prefix + "limit:",
+    }
+
+
+_DEFAULT = names(PREFIX)
+ALERTS_CHANNEL = _DEFAULT["ALERTS_CHANNEL"]
+ALERTS_STREAM_PREFIX = _DEFAULT["ALERTS_STREAM_PREFIX"]
+DISCARD_PREFIX = _DEFAULT["DISCARD_PREFIX"]
+ONCE_PREFIX = _DEFAULT["ONCE_PREFIX"]
+HELD_PREFIX = _DEFAULT["HELD_PREFIX"]
 
 #: Whole-batch refusals of a numbered batch (nothing applied), by the first word:
 CHANNEL_GAP = "GAP"  # an older batch of the channel is missing: re-send in order
@@ -74,19 +99,18 @@ TRANSIENT = frozenset(
 )  # fmt: skip
 
 
-def lua_constants() -> str:
-    """The Lua header lines the library is assembled with."""
+def lua_constants(prefix: str = PREFIX, library: str = LIBRARY, nf: str = "default") -> str:
+    """The Lua header lines the library of one NF is assembled with (its prefix, its
+    function names: what keeps NFs apart in one cluster)."""
     consts: dict[str, str | int] = {
-        "PREFIX": PREFIX,
+        "NF": nf,
+        "PREFIX": prefix,
         "MAX_KEY": MAX_KEY_BYTES,
         "MAX_PROXY_ID": MAX_PROXY_ID,
-        "ALERTS_CHANNEL": ALERTS_CHANNEL,
-        "ALERTS_STREAM_PREFIX": ALERTS_STREAM_PREFIX,
         "ALERTS_MAXLEN": ALERTS_MAXLEN,
-        "DISCARD_PREFIX": DISCARD_PREFIX,
-        "ONCE_PREFIX": ONCE_PREFIX,
         "ONCE_TTL_MS": ONCE_TTL_MS,
-        "HELD_PREFIX": HELD_PREFIX,
+        **names(prefix),
+        **{f"FN_{f.upper()}": f"{library}_{f}" for f in FUNCTIONS},
     }
     lines = [f"local {k} = {v!r}" if isinstance(v, str) else f"local {k} = {v}" for k, v in consts.items()]
     modes = ", ".join(f"{m.name} = {m.value}" for m in Mode)

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from cogs.errors import ConfigError
+from cogs.keys import DEFAULT_NF, nf_problem
 
 DEFAULT_PORT = 7000
 DEFAULT_URL = f"redis://127.0.0.1:{DEFAULT_PORT}"
@@ -28,6 +29,10 @@ class CogsSettings(BaseSettings):
     #: Any one coordinator node: ``redis://[user:pass@]host:port`` or ``rediss://`` for TLS.
     #: Cluster or standalone is detected.
     url: str = DEFAULT_URL
+    #: The NF this process works for: its own keys, channels, catalog and library on a
+    #: cluster several NFs share (cogs/keys.py, Namespace). "default": the names
+    #: single-NF use always had (cogs:*, library cogs).
+    nf: str = DEFAULT_NF
     #: Redis ACL user and password (override what the URL carries).
     username: str | None = None
     password: SecretStr | None = None
@@ -72,6 +77,13 @@ class CogsSettings(BaseSettings):
     def _url_scheme(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{v!r} is not a Redis URL (redis://host:port, rediss://..., unix://...)")
+        return v
+
+    @field_validator("nf")
+    @classmethod
+    def _nf_name(cls, v: str) -> str:
+        if problem := nf_problem(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("lua_paths", mode="before")

@@ -30,11 +30,14 @@
 --   returns {value, version, pttl}. Updates of replica-mode states publish discards (replica.lua).
 -- A whole-call error reply changes nothing: OUTDATED, BAD_FRAME (a malformed frame;
 --   numbered: recorded as the batch's outcome), UNAVAILABLE (cluster down, loading:
---   retry), GAP / LOST / DUP_UNKNOWN (the channel's order, once.lua).
+--   retry), GAP / LOST / DUP_UNKNOWN (the channel's order, once.lua), LIMIT (the NF is
+--   over its ops rate on this node, LIMIT_OPS_PER_S: a token bucket per node in
+--   <prefix>limit:{tag}; a batch is admitted while the bucket is positive and may take
+--   it into debt; numbered: recorded as the batch's outcome, so it never applies later).
 --
 -- FCALL cogs_release 0 <alert_stream> <proxy_id>  -> holder entries dropped on this node
 --   (a proxy that closed or died no longer holds replicas: replica.lua's index).
--- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers}
+-- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers, nf, limits}
 do
     local R, decode, encode, null, byte, sub, gsub, find, pcall_, classify, replica
     local STATES, TOKEN
@@ -296,7 +299,7 @@ do
         if args[1] ~= TOKEN then
             return 'OUTDATED the coordinator runs cogs library ' .. TOKEN
                 .. ' but the caller expects ' .. cogs.show(args[1])
-                .. ': reload the library (cogs catalog load PATH) or restart the proxy with the stored catalog'
+                .. ': reload the library (' .. LOAD_HINT .. ') or restart the proxy with the stored catalog'
         end
         local stream = args[2]
         if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX + 1) ~= ALERTS_STREAM_PREFIX .. '{'
@@ -316,16 +319,43 @@ do
 
     -- The frame is a flat array of runs: mode, state index, op, n, then n (key, arg)
     -- pairs. Checked whole before anything is applied, so a malformed frame changes nothing.
+    -- Returns the number of ops, or false.
     local function frame_ok(ops, total)
-        local i = 1
+        local i, count = 1, 0
         while i <= total do
             local n = ops[i + 3]
             if type(n) ~= 'number' or n < 0 or n ~= math.floor(n) then
                 return false
             end
+            count = count + n
             i = i + 4 + 2 * n
         end
-        return i == total + 1
+        return i == total + 1 and count
+    end
+
+    -- The NF's ops-rate limit on this node (LIMIT_OPS_PER_S; 0: none): a token bucket
+    -- refilled at that rate, holding at most one second of it, in the slot of the
+    -- caller's stream (this node's). Read before the channel record moves, so a node
+    -- that cannot serve it now fails the call while nothing has changed; charged once
+    -- the batch's size is known.
+    local function bucket_read(stream)
+        local key = LIMIT_PREFIX .. sub(stream, #ALERTS_STREAM_PREFIX + 1)
+        local got = R('HMGET', key, 't', 'b')
+        local now = now_ms()
+        local t, b = tonumber(got[1]), tonumber(got[2])
+        if not t or not b then
+            b = LIMIT_OPS_PER_S
+        else
+            b = math.min(LIMIT_OPS_PER_S, b + math.max(0, now - t) * LIMIT_OPS_PER_S / 1000)
+        end
+        return { key = key, now = now, b = b }
+    end
+
+    local function bucket_charge(bk, n)
+        local ok = bk.b > 0
+        R('HSET', bk.key, 't', bk.now, 'b', string.format('%.3f', ok and bk.b - n or bk.b))
+        R('PEXPIRE', bk.key, 60000)
+        return ok
     end
 
     local function fail_reason(st, sidx)
@@ -343,7 +373,15 @@ do
         if bad then
             return redis.error_reply(bad)
         end
-        local session, seq, rec = args[5], args[6], nil
+        local session, seq, rec, bk = args[5], args[6], nil, nil
+        if LIMIT_OPS_PER_S > 0 then
+            local ok, got = pcall_(bucket_read, args[2])
+            if not ok then
+                local _, msg = classify(got)
+                return redis.error_reply('UNAVAILABLE ' .. msg)
+            end
+            bk = got
+        end
         if session then
             local early
             rec, early = cogs.once.begin(args[2], session, seq, args[7], args[8])
@@ -360,12 +398,22 @@ do
         end
         local ok, ops = pcall_(decode, args[3])
         local total = ok and type(ops) == 'table' and #ops or -1
-        if total < 0 or byte(args[3]) ~= 91 or not frame_ok(ops, total) then
+        local nops = total >= 0 and byte(args[3]) == 91 and frame_ok(ops, total)
+        if not nops then
             local bad = redis.error_reply('BAD_FRAME ops must be a flat JSON array of runs: mode, state, op, n, n x (key, arg)')
             if rec then
                 cogs.once.record(rec, seq, bad) -- the batch's outcome: its number is spent
             end
             return bad
+        end
+        if bk and nops > 0 and not bucket_charge(bk, nops) then
+            local over = redis.error_reply('LIMIT NF ' .. NF .. ' is over its limit of ' .. LIMIT_OPS_PER_S
+                .. ' ops/s on this node: ' .. nops .. ' op(s) refused, none applied (the limit holds per primary: '
+                .. '[limits] ops_per_s in its catalog)')
+            if rec then
+                cogs.once.record(rec, seq, over) -- refused for good: a re-send gets the same answer
+            end
+            return over
         end
         local ctx = { stream = args[2], pid = args[4], discards = {} }
         local errs, res, failed = {}, {}, 0
@@ -441,22 +489,25 @@ do
             version = LIB_VERSION,
             catalog_digest = CATALOG_DIGEST,
             catalog_json = CATALOG_JSON, -- verbatim: a decode/encode round trip would reformat numbers
+            nf = NF,
+            -- absent when there is none (cjson cannot tell an empty object from an empty array)
+            limits = LIMIT_OPS_PER_S > 0 and { ops_per_s = LIMIT_OPS_PER_S } or nil,
             types = types,
             checkers = checkers,
         })
     end
 
-    redis.register_function({ function_name = 'cogs_batch', callback = batch, flags = { 'allow-cross-slot-keys' } })
+    redis.register_function({ function_name = FN_BATCH, callback = batch, flags = { 'allow-cross-slot-keys' } })
     local function release(_, args)
         bind()
         local stream, pid = args[1], args[2]
         if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX) ~= ALERTS_STREAM_PREFIX
             or type(pid) ~= 'string' or #pid > MAX_PROXY_ID or not find(pid, '^[%w_.:-]+$') then
-            return redis.error_reply('BAD_FRAME usage: cogs_release 0 <alert stream> <proxy id>')
+            return redis.error_reply('BAD_FRAME usage: ' .. FN_RELEASE .. ' 0 <alert stream> <proxy id>')
         end
         return replica.release_all(stream, pid)
     end
 
-    redis.register_function({ function_name = 'cogs_release', callback = release, flags = { 'allow-cross-slot-keys' } })
-    redis.register_function({ function_name = 'cogs_info', callback = info, flags = { 'no-writes' } })
+    redis.register_function({ function_name = FN_RELEASE, callback = release, flags = { 'allow-cross-slot-keys' } })
+    redis.register_function({ function_name = FN_INFO, callback = info, flags = { 'no-writes' } })
 end

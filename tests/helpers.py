@@ -14,7 +14,7 @@ from cogs.coordinator.client import BatchReply, parse_reply
 from cogs.coordinator.frames import runs
 from cogs.coordinator.ops import wire_arg
 from cogs.errors import UnknownState, refuse
-from cogs.keys import escape
+from cogs.keys import DEFAULT, escape
 from cogs.library import Library, assemble, library_spec
 from cogs.proxy.batcher import Batcher
 from cogs.proxy.cache import ReplicaCache
@@ -200,6 +200,7 @@ def make_batcher(owner: array[int] | None = None) -> Batcher:
     class Coord:
         def __init__(self, owner: array[int]) -> None:
             self.topology = Topo(owner)
+            self.ns = DEFAULT
 
     cat = make_catalog()
     coord = Coord(owner if owner is not None else array("H", [s % 3 for s in range(16384)]))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cogs.cli.base import main, run, url_option
+from cogs.cli.base import main, nf_option, run, url_option
 from cogs.settings import load_settings
 
 FORMATS = ("text", "json", "zeek")
@@ -15,6 +15,7 @@ FORMATS = ("text", "json", "zeek")
 
 @main.command("alerts")
 @url_option
+@nf_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing alerts as they are raised.")
 @click.option(
     "--format",
@@ -30,7 +31,9 @@ FORMATS = ("text", "json", "zeek")
 @click.option(
     "--limit", type=click.IntRange(min=1), help="Only the latest N stored alerts (with --follow: then the live ones)."
 )
-def alerts_cmd(url: str | None, follow: bool, fmt: str, as_json: bool, state: str | None, limit: int | None) -> None:
+def alerts_cmd(
+    url: str | None, nf: str | None, follow: bool, fmt: str, as_json: bool, state: str | None, limit: int | None
+) -> None:
     """Print the alerts raised by checkers (stored ones, then live with --follow).
 
     Each alert says why it fired: the figures that crossed its checker's threshold,
@@ -55,7 +58,7 @@ def alerts_cmd(url: str | None, follow: bool, fmt: str, as_json: bool, state: st
     skipped = Unreadable()  # what is not an alert: logged as met (bounded), summed up at the end
 
     async def go() -> None:
-        async with Coordinator(load_settings(url=url)) as co:
+        async with Coordinator(load_settings(url=url, nf=nf)) as co:
             if follow:
                 async for a in follow_alerts(co, state=state, limit=limit, unreadable=skipped):
                     show(a)

@@ -131,6 +131,13 @@ url_option = click.option(
     envvar="COGS_URL",
     help="Any coordinator node (default: COGS_URL or the local cluster).",
 )
+#: the NF a command works for, on a cluster several NFs share (cogs/keys.py)
+nf_option = click.option(
+    "--nf",
+    envvar="COGS_NF",
+    help="The NF (its own keys, catalog, library, ACL users) on a cluster several share (default: COGS_NF, "
+    "else the default NF).",
+)
 
 
 @click.group(cls=CogsGroup, context_settings={"help_option_names": ["-h", "--help"]})

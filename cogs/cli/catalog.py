@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from cogs.catalog import Catalog
-from cogs.cli.base import main, out_console, run, url_option
+from cogs.cli.base import main, nf_option, out_console, run, url_option
 from cogs.settings import load_settings
 
 
@@ -30,39 +30,49 @@ def catalog_check(path: Path) -> None:
 @catalog.command("load")
 @click.argument("path", type=click.Path(path_type=Path))
 @url_option
-def catalog_load(path: Path, url: str | None) -> None:
-    """Validate PATH and load it (with the library) on every primary."""
+@nf_option
+def catalog_load(path: Path, url: str | None, nf: str | None) -> None:
+    """Validate PATH and load it (with the library) on every primary.
+
+    With --nf NAME: that NF's catalog and library (cogs_NAME), next to the other NFs'
+    on the cluster, which are left alone. The catalog's [limits] take effect at once;
+    proxies keep running unless the states changed."""
     from cogs.coordinator.client import Coordinator
 
     cat = Catalog.from_file(path)
 
-    async def go() -> list[str]:
-        async with Coordinator(load_settings(url=url)) as co:
+    async def go() -> tuple[list[str], str]:
+        async with Coordinator(load_settings(url=url, nf=nf)) as co:
             await co.load_library(cat)
-            return list(co.nodes)
+            return list(co.nodes), co.ns.nf
 
-    nodes = run(go)
-    click.echo(f"loaded catalog {cat.digest} ({len(cat)} states) on {', '.join(nodes)}")
+    nodes, which = run(go)
+    limit = f", limit {cat.limits.ops_per_s:,} ops/s per primary" if cat.limits.ops_per_s else ""
+    click.echo(f"loaded catalog {cat.digest} ({len(cat)} states{limit}) of NF {which} on {', '.join(nodes)}")
 
 
 @catalog.command("show")
 @url_option
+@nf_option
 @click.option("--json", "as_json", is_flag=True, help="Print the stored catalog as JSON.")
-def catalog_show(url: str | None, as_json: bool) -> None:
-    """Show the stored catalog and the library version on every primary."""
+def catalog_show(url: str | None, nf: str | None, as_json: bool) -> None:
+    """Show the stored catalog (of one NF: --nf) and the library version on every primary."""
     from cogs.coordinator.client import Coordinator
 
-    async def go() -> tuple[Catalog, list[Any]]:
-        async with Coordinator(load_settings(url=url)) as co:
+    async def go() -> tuple[Catalog, list[Any], str]:
+        async with Coordinator(load_settings(url=url, nf=nf)) as co:
             status = await co.library_status()
             stored, _ = await co.stored_catalog()
-            return stored, status
+            return stored, status, co.ns.nf
 
-    stored, status = run(go)
+    stored, status, which = run(go)
+    limits = stored.limits.model_dump(exclude_none=True)
     if as_json:
-        click.echo(json.dumps({"digest": stored.digest, **json.loads(stored.json)}, indent=2))
+        click.echo(json.dumps({"nf": which, "digest": stored.digest, **json.loads(stored.json), "limits": limits},
+                              indent=2))  # fmt: skip
         return
-    t = Table(title=f"catalog {stored.digest}")
+    shown = ", ".join(f"{k} {v:,}" for k, v in limits.items()) or "none"
+    t = Table(title=f"NF {which}: catalog {stored.digest}, limits: {shown}")
     for col in ("state", "class", "type", "mode", "window/ttl", "checker", "params"):
         t.add_column(col)
     for s in stored:

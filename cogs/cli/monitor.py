@@ -15,6 +15,7 @@ from cogs.settings import load_settings
 
 @main.command("monitor")
 @url_option
+@click.option("--nf", "nfs", multiple=True, help="Only this NF (repeat for several; default: every NF loaded).")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.2, 60), help="Seconds per refresh.")
 @click.option("--alerts", "n_alerts", default=8, show_default=True, type=click.IntRange(1, 100), help="Alerts shown.")
 @click.option(
@@ -24,8 +25,12 @@ from cogs.settings import load_settings
     "(3 if unreachable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="With --once: the snapshot as one JSON object, for scripts.")
-def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool, as_json: bool) -> None:
-    """Live view: nodes, states, proxies and alerts, refreshed every --interval."""
+def monitor_cmd(
+    url: str | None, nfs: tuple[str, ...], interval: float, n_alerts: int, once: bool, as_json: bool
+) -> None:
+    """Live view: nodes, states, proxies and alerts, refreshed every --interval.
+
+    Every NF loaded on the cluster is shown, each apart (--nf: only those named)."""
     from collections import deque
 
     from rich.live import Live
@@ -37,9 +42,11 @@ def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool, as_
     if as_json and not once:
         raise click.UsageError("--json prints one snapshot: use it with --once")
     settings = load_settings(url=url)
+    from cogs.keys import namespace
 
+    shown = [namespace(nf).nf for nf in nfs] or None  # a bad name: exit 2 now, not a retry loop
     if once:
-        snap, stored = run(lambda: snapshot_once(settings, n_alerts))
+        snap, stored = run(lambda: snapshot_once(settings, n_alerts, nfs=shown))
         if as_json:
             click.echo(json.dumps({**asdict(snap), "alerts": [a.to_json() for a in stored]}))
         else:
@@ -56,5 +63,5 @@ def monitor_cmd(url: str | None, interval: float, n_alerts: int, once: bool, as_
             live.update(render(snap, list(alerts)[::-1], interval=interval), refresh=True)
             return True
 
-        if run(lambda: _until_signal(lambda: watch(settings, alerts, show, interval=interval))):
+        if run(lambda: _until_signal(lambda: watch(settings, alerts, show, interval=interval, nfs=shown))):
             sys.exit(130)

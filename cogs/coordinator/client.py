@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from cogs.catalog import Catalog, catalog_diff
+from cogs.catalog import Catalog, Limits, catalog_diff
 from cogs.coordinator.topology import Topology
 from cogs.errors import (
     CALL_ERRORS,
@@ -26,13 +26,10 @@ from cogs.errors import (
     LibraryOutdated,
     from_redis,
 )
-from cogs.keys import alert_stream
+from cogs.keys import NF_INDEX, Namespace, namespace, slot
 from cogs.library import Library, LibrarySpec, assemble, library_spec
 from cogs.paths import LOAD_HINT
 from cogs.settings import CogsSettings, load_settings
-
-_BATCH = "cogs_batch"
-_INFO = "cogs_info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +62,14 @@ class Coordinator:
     """Async connection to a Redis Cluster (or one Redis) running the cogs library.
 
     Use as ``async with Coordinator(settings) as coord:``. ``topology`` maps slots to
-    primaries; ``call_batch`` sends one batch to one primary.
+    primaries; ``call_batch`` sends one batch to one primary. ``ns`` names the keys,
+    channels and functions of the NF it works for (``settings.nf``).
     """
 
     def __init__(self, settings: CogsSettings | None = None, **overrides: Any) -> None:
         self.settings = settings or load_settings(**overrides)
+        self.ns: Namespace = namespace(self.settings.nf)
+        self.load_hint = LOAD_HINT if self.ns.default else f"`cogs catalog load --nf {self.ns.nf} PATH`"
         self.topology: Topology | None = None
         self._clients: dict[str, aioredis.Redis] = {}
         self._seed_pool: aioredis.ConnectionPool | None = None
@@ -159,7 +159,7 @@ class Coordinator:
 
     def alert_stream(self, i: int) -> str:
         """The alert stream that node ``i`` serves (the slot tag of its first slot)."""
-        return alert_stream(self._topo.nodes[i].first_slot)
+        return self.ns.alert_stream(self._topo.nodes[i].first_slot)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -167,14 +167,26 @@ class Coordinator:
         """One ``FCALL cogs_batch`` on primary ``node``; Redis errors become cogs errors."""
         n = self._topo.nodes[node]
         try:
-            raw = await self._client(n.host, n.port).execute_command("FCALL", _BATCH, 0, token, stream, payload)
+            raw = await self._client(n.host, n.port).execute_command(
+                "FCALL", self.ns.fn_batch, 0, token, stream, payload
+            )
         except CALL_ERRORS as e:
-            raise from_redis(e, n.addr) from e
+            raise self._error(e, n.addr) from e
         return parse_reply(raw)
 
+    def _error(self, e: BaseException, addr: str) -> CogsError:
+        err = from_redis(e, addr)
+        if isinstance(err, LibraryOutdated) and "not loaded" in str(err) and not self.ns.default:
+            return LibraryOutdated(
+                f"the library of NF {self.ns.nf} ({self.ns.library}) is not loaded on node {addr}: run {self.load_hint}"
+            )
+        return err
+
     async def load_library(self, catalog: Catalog) -> Library:
-        """Assemble the library for ``catalog`` and load it on every primary."""
-        lib = assemble(self.spec, catalog.json, catalog.digest)
+        """Assemble this NF's library for ``catalog`` (with its limits) and load it on
+        every primary; other NFs' libraries are left alone. An NF other than the
+        default one is listed in ``cogs:nfs`` (what the monitor shows)."""
+        lib = assemble(self.spec, catalog.json, catalog.digest, self.ns, catalog.limits.ops_per_s)
 
         async def load(i: int) -> None:
             n = self._topo.nodes[i]
@@ -188,15 +200,38 @@ class Coordinator:
         async with anyio.create_task_group() as tg:
             for i in range(len(self._topo.nodes)):
                 tg.start_soon(load, i)
+        if not self.ns.default:
+            index = self.node_client(self._topo.node_of(slot(NF_INDEX)))
+            try:
+                await index.sadd(NF_INDEX, self.ns.nf)
+            except CALL_ERRORS as e:
+                raise self._error(e, "holding " + NF_INDEX) from e
         return lib
 
-    async def node_info(self, i: int) -> dict[str, Any]:
-        """The ``cogs_info`` of primary ``i`` (library version, catalog, types)."""
-        n = self._topo.nodes[i]
+    async def nfs(self) -> list[str]:
+        """The NFs whose libraries were loaded on this cluster (the default one first)."""
+        index = self.node_client(self._topo.node_of(slot(NF_INDEX)))
         try:
-            raw = await self.node_client(i).execute_command("FCALL_RO", _INFO, 0)
+            listed = await index.smembers(NF_INDEX)
         except CALL_ERRORS as e:
-            raise from_redis(e, n.addr) from e
+            raise self._error(e, NF_INDEX) from e
+        return ["default", *sorted(m.decode() if isinstance(m, bytes) else str(m) for m in listed)]
+
+    async def node_info(self, i: int, ns: Namespace | None = None) -> dict[str, Any]:
+        """The ``cogs_info`` of primary ``i`` (library version, catalog, types, limits)
+        for NF ``ns`` (default: this Coordinator's)."""
+        n = self._topo.nodes[i]
+        ns = ns or self.ns
+        try:
+            raw = await self.node_client(i).execute_command("FCALL_RO", ns.fn_info, 0)
+        except CALL_ERRORS as e:
+            err = from_redis(e, n.addr)
+            if isinstance(err, LibraryOutdated) and "not loaded" in str(err) and not ns.default:
+                err = LibraryOutdated(
+                    f"the library of NF {ns.nf} ({ns.library}) is not loaded on node {n.addr}: "
+                    f"run `cogs catalog load --nf {ns.nf} PATH`"
+                )
+            raise err from e
         info: dict[str, Any] = json.loads(raw)
         return info
 
@@ -221,27 +256,29 @@ class Coordinator:
         """
         infos = [await self.node_info(i) for i in range(len(self._topo.nodes))]
         tokens = {f"{x['version']}:{x['catalog_digest']}" for x in infos}
+        hint = self.load_hint
         if len(tokens) > 1:
             raise LibraryOutdated(
-                f"coordinator nodes run different cogs libraries {sorted(tokens)}: reload it with " + LOAD_HINT
+                f"coordinator nodes run different cogs libraries {sorted(tokens)}: reload it with " + hint
             )
         info = infos[0]
         if info["version"] != self.spec.version:
             raise LibraryOutdated(
                 f"coordinator runs cogs library {info['version']}, this process has "
-                f"{self.spec.version}: reload it with {LOAD_HINT} (or upgrade this proxy)"
+                f"{self.spec.version}: reload it with {hint} (or upgrade this proxy)"
             )
         stored = Catalog.from_wire(json.loads(info["catalog_json"]), self.spec)
+        stored.limits = Limits.model_validate(info.get("limits") or {})
         if stored.digest != info["catalog_digest"]:
             raise LibraryOutdated(
                 f"the stored catalog does not rebuild to its digest {info['catalog_digest']} "
-                f"(got {stored.digest}): reload it with " + LOAD_HINT
+                f"(got {stored.digest}): reload it with " + hint
             )
         if expected is not None and expected.digest != stored.digest:
             raise CatalogMismatch(
                 f"the catalog given ({expected.digest}) differs from the one the coordinator "
                 f"stores ({stored.digest}): {catalog_diff(stored, expected)}. Load it with "
-                "`cogs catalog load FILE` or start without a catalog to use the stored one."
+                f"{hint.replace('PATH', 'FILE')} or start without a catalog to use the stored one."
             )
         return stored, f"{self.spec.version}:{stored.digest}"
 

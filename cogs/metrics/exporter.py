@@ -7,7 +7,7 @@ never stalls Prometheus (``cogs_up`` and ``cogs_exporter_snapshot_age_seconds`` 
 how fresh it is). Alerts are counted per state from the stored streams at start, then
 live (``cogs_alerts_total``: alerts this exporter has seen, stored ones included).
 ``/targets`` lists the proxies that serve their own metrics, for Prometheus' HTTP
-service discovery.
+service discovery. Several NFs on one cluster are told apart by the ``nf`` label.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -34,8 +34,8 @@ class CoordinatorView(Collector):
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.took_s = 0.0
-        self.alerts: Counter[str] = Counter()
-        self.last_alert: dict[str, float] = {}
+        self.alerts: Counter[tuple[str, str]] = Counter()  # (nf, state)
+        self.last_alert: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._t0 = 0.0
 
@@ -50,9 +50,10 @@ class CoordinatorView(Collector):
         return True
 
     def alert(self, a: Alert) -> None:
+        k = (a.nf, a.state)
         with self._lock:
-            self.alerts[a.state] += 1
-            self.last_alert[a.state] = max(self.last_alert.get(a.state, 0.0), a.time_ms / 1000)
+            self.alerts[k] += 1
+            self.last_alert[k] = max(self.last_alert.get(k, 0.0), a.time_ms / 1000)
 
     # -- read by the HTTP server (its thread) ------------------------------------------
 
@@ -68,16 +69,17 @@ class CoordinatorView(Collector):
         if snap is None or snap.problem:
             return
         yield from _nodes(snap)
+        yield from _nfs(snap)
         yield from _states(snap)
         yield from _proxies(snap)
-        doc = "alerts raised, by state (the stored ones at the exporter's start, then live)"
-        total = CounterMetricFamily("cogs_alerts", doc, labels=["state"])
+        doc = "alerts raised, by NF and state (the stored ones at the exporter's start, then live)"
+        total = CounterMetricFamily("cogs_alerts", doc, labels=["nf", "state"])
         latest = GaugeMetricFamily("cogs_alert_last_timestamp_seconds", "when the latest alert of a state was raised",
-                                   labels=["state"])  # fmt: skip
-        for state in sorted(set(alerts) | {s.name for s in snap.states}):
-            total.add_metric([state], float(alerts.get(state, 0)))
-            if state in last:
-                latest.add_metric([state], last[state])
+                                   labels=["nf", "state"])  # fmt: skip
+        for k in sorted(set(alerts) | {(s.nf, s.name) for s in snap.states}):
+            total.add_metric(list(k), float(alerts.get(k, 0)))
+            if k in last:
+                latest.add_metric(list(k), last[k])
         yield total
         yield latest
 
@@ -92,8 +94,8 @@ def _nodes(snap: Snapshot) -> Iterator[Metric]:
     ops = _g("cogs_node_ops_per_second", "commands per second (Redis instantaneous_ops_per_sec)", ["node"])
     mem = _g("cogs_node_memory_bytes", "memory used (Redis used_memory)", ["node"])
     keys = _g("cogs_node_keys", "keys in the node's database", ["node"])
-    lib = _g("cogs_node_library_info", "the cogs library version and catalog digest a primary runs",
-             ["node", "library", "catalog"])  # fmt: skip
+    lib = _g("cogs_node_library_info", "the cogs library version and catalog digest a primary runs, per NF",
+             ["node", "nf", "library", "catalog"])  # fmt: skip
     for n in snap.nodes:
         up.add_metric([n.addr, n.role], 0.0 if n.role == "down" else 1.0)
         healthy.add_metric([n.addr], 0.0 if n.role == "down" or n.problem else 1.0)
@@ -103,22 +105,32 @@ def _nodes(snap: Snapshot) -> Iterator[Metric]:
             mem.add_metric([n.addr], float(n.memory_bytes))
         if n.keys is not None:
             keys.add_metric([n.addr], float(n.keys))
-        if n.library_version:
-            lib.add_metric([n.addr, n.library_version, n.catalog_digest], 1.0)
+        for nf, version, digest in n.libraries:
+            lib.add_metric([n.addr, nf, version, digest], 1.0)
     yield from (up, healthy, ops, mem, keys, lib)
+
+
+def _nfs(snap: Snapshot) -> Iterator[Metric]:
+    up = _g("cogs_nf_up", "1 if the NF's library answered (0: not loaded or unreadable)", ["nf"])
+    limit = _g("cogs_nf_ops_limit_per_second", "the NF's ops-rate limit per primary (absent: none)", ["nf"])
+    for n in snap.nfs:
+        up.add_metric([n.nf], 0.0 if n.problem else 1.0)
+        if n.ops_per_s:
+            limit.add_metric([n.nf], float(n.ops_per_s))
+    yield from (up, limit)
 
 
 def _states(snap: Snapshot) -> Iterator[Metric]:
     values = _g("cogs_state_keys", "values of a state (for indirect states: locators) at the last complete count",
-                ["state", "class", "mode", "type"])  # fmt: skip
+                ["nf", "state", "class", "mode", "type"])  # fmt: skip
     entries = _g("cogs_state_replica_entries", "keys with replica holders (replica reference table entries)",
-                 ["state"])  # fmt: skip
-    holders = _g("cogs_state_replica_holders", "replicas held by proxies (members of those entries)", ["state"])
+                 ["nf", "state"])  # fmt: skip
+    holders = _g("cogs_state_replica_holders", "replicas held by proxies (members of those entries)", ["nf", "state"])
     for s in snap.states:
-        values.add_metric([s.name, s.state_class, s.mode, s.type], float(s.values))
+        values.add_metric([s.nf, s.name, s.state_class, s.mode, s.type], float(s.values))
         if s.mode == "replica":
-            entries.add_metric([s.name], float(s.replica_entries))
-            holders.add_metric([s.name], float(s.holders))
+            entries.add_metric([s.nf, s.name], float(s.replica_entries))
+            holders.add_metric([s.nf, s.name], float(s.holders))
     done = _g("cogs_state_count_complete", "share of the key count pass done (1: the counts are complete)", [])
     done.add_metric([], snap.scan_done)
     yield from (values, entries, holders, done)
@@ -126,18 +138,21 @@ def _states(snap: Snapshot) -> Iterator[Metric]:
 
 def _proxies(snap: Snapshot) -> Iterator[Metric]:
     alive = _g("cogs_proxies", "proxies registered in the last minute, alive, lost (heartbeat expired) or "
-               "unreadable (a heartbeat or id no proxy writes)", ["status"])  # fmt: skip
-    alive.add_metric(["alive"], float(sum(p.alive for p in snap.proxies)))
-    alive.add_metric(["lost"], float(sum(not p.alive and not p.problem for p in snap.proxies)))
-    alive.add_metric(["unreadable"], float(sum(bool(p.problem) for p in snap.proxies) + snap.proxies_unreadable))
-    age = _g("cogs_proxy_heartbeat_age_seconds", "time since a live proxy's last heartbeat", ["proxy", "host"])
+               "unreadable (a heartbeat or id no proxy writes), per NF", ["nf", "status"])  # fmt: skip
+    left_out = {n.nf: n.proxies_unreadable for n in snap.nfs}  # index entries whose id is not UTF-8
+    for nf in sorted({n.nf for n in snap.nfs if not n.problem} | {p.nf for p in snap.proxies}):
+        mine = [p for p in snap.proxies if p.nf == nf]
+        alive.add_metric([nf, "alive"], float(sum(p.alive for p in mine)))
+        alive.add_metric([nf, "lost"], float(sum(not p.alive and not p.problem for p in mine)))
+        alive.add_metric([nf, "unreadable"], float(sum(bool(p.problem) for p in mine) + left_out.get(nf, 0)))
+    age = _g("cogs_proxy_heartbeat_age_seconds", "time since a live proxy's last heartbeat", ["nf", "proxy", "host"])
     rate = _g("cogs_proxy_heartbeat_ops_per_second", "ops a proxy sent per second, between its last two heartbeats",
-              ["proxy"])  # fmt: skip
+              ["nf", "proxy"])  # fmt: skip
     for p in snap.proxies:
         if p.alive:
-            age.add_metric([p.id, p.host], p.age_s)
+            age.add_metric([p.nf, p.id, p.host], p.age_s)
             if p.ops_per_sec is not None:
-                rate.add_metric([p.id], p.ops_per_sec)
+                rate.add_metric([p.nf, p.id], p.ops_per_sec)
     yield from (alive, age, rate)
 
 
@@ -147,7 +162,7 @@ def targets(view: CoordinatorView) -> list[dict[str, Any]]:
     snap = view.snapshot
     if snap is None:
         return []
-    return [{"targets": [p.metrics], "labels": {"proxy": p.id, "host": p.host}}
+    return [{"targets": [p.metrics], "labels": {"proxy": p.id, "host": p.host, "nf": p.nf}}
             for p in snap.proxies if p.alive and p.metrics]  # fmt: skip
 
 
@@ -157,6 +172,8 @@ def registry(view: CoordinatorView) -> CollectorRegistry:
     return reg
 
 
-async def run(settings: CogsSettings, view: CoordinatorView, interval: float) -> None:
-    """Feed ``view`` until cancelled (reconnecting by itself, as the monitor does)."""
-    await watch(settings, deque(maxlen=1), view.show, interval=interval, on_alert=view.alert, all_history=True)
+async def run(settings: CogsSettings, view: CoordinatorView, interval: float, nfs: Sequence[str] | None = None) -> None:
+    """Feed ``view`` until cancelled (reconnecting by itself, as the monitor does);
+    ``nfs``: the NFs to export (default: every one loaded)."""
+    await watch(settings, deque(maxlen=1), view.show, interval=interval, on_alert=view.alert, all_history=True,
+                nfs=nfs)  # fmt: skip

@@ -9,6 +9,9 @@ enough to run every second against a busy cluster:
   statistics it publishes about itself, with its ops/s since the last beat); any
   client the ACL lets register can write there, so a heartbeat that cannot be read
   is shown as such (``problem``) and an id that is not UTF-8 is left out, counted;
+* NFs: several share a cluster, each in its own namespace (cogs/keys.py); a
+  Collector is given the NFs to show (:class:`Tenant`: namespace and catalog) and
+  keeps their states and proxies apart;
 * states: counted by an incremental ``SCAN`` on each primary, a bounded number of
   keys per refresh; counts are those of the last complete pass (a first pass shows
   its progress), never a blocking ``KEYS``;
@@ -30,7 +33,7 @@ from redis import exceptions as rexc
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.errors import NETWORK_ERRORS, CogsError
-from cogs.keys import PREFIX, PROXY_INDEX, proxy_key, slot
+from cogs.keys import DEFAULT_NF, Namespace, slot
 
 NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
 SCAN_BUDGET = 20_000  # keys per primary per refresh
@@ -52,9 +55,11 @@ class NodeView:
     library: str = "-"  # "<library version>/<catalog digest>", both cut to 8 characters
     problem: str = ""  # why the node is shown as unhealthy
     memory_bytes: int | None = None
-    #: in full (primaries that answered cogs_info; "" elsewhere)
+    #: in full (primaries that answered cogs_info; "" elsewhere): the first NF's
     library_version: str = ""
     catalog_digest: str = ""
+    #: (nf, library version, catalog digest) of every NF shown whose library the node runs
+    libraries: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class StateView:
     #: replicas held by proxies: the members of all those entries (a key cached by 3
     #: proxies counts 3)
     holders: int = 0
+    nf: str = DEFAULT_NF
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,35 @@ class ProxyView:
     metrics: str = ""
     #: why its heartbeat cannot be read ("": it can); such a proxy is not ``alive``
     problem: str = ""
+    nf: str = DEFAULT_NF
+
+
+@dataclass(frozen=True)
+class NfView:
+    """One NF of those shown: its library, catalog and limits, its proxies."""
+
+    nf: str
+    library: str
+    catalog_digest: str
+    states: int
+    #: its ops-rate limit per primary (None: none)
+    ops_per_s: int | None
+    proxies_alive: int
+    problem: str = ""  # e.g. its library is not loaded
+    #: entries of its proxy index left out: their id is not UTF-8
+    proxies_unreadable: int = 0
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An NF the monitor shows: its names and stored catalog."""
+
+    ns: Namespace
+    catalog: Catalog
+
+    @property
+    def nf(self) -> str:
+        return self.ns.nf
 
 
 @dataclass(frozen=True)
@@ -107,6 +142,7 @@ class Snapshot:
     counts_note: str = ""
     #: entries of the proxy index left out: their id is not UTF-8
     proxies_unreadable: int = 0
+    nfs: list[NfView] = field(default_factory=list)
 
 
 def _ranges(slots: list[list[str]]) -> str:
@@ -149,34 +185,44 @@ def _cut(v: Any) -> str:
     return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}... ({len(text)} chars)"
 
 
-class StateCounter:
-    """Per-state key counts by an incremental SCAN on every primary."""
+Count = Counter[tuple[str, str, str]]  # (nf, state, key suffix) -> keys
 
-    def __init__(self, catalog: Catalog, budget: int = SCAN_BUDGET) -> None:
-        self.names = {st.name for st in catalog}
+
+class StateCounter:
+    """Per-state key counts of the NFs shown, by an incremental SCAN on every primary."""
+
+    def __init__(self, tenants: list[Tenant], budget: int = SCAN_BUDGET) -> None:
+        self.names = {t.ns.prefix: (t.nf, {st.name for st in t.catalog}) for t in tenants}
+        # one NF: only its keys; several: every cogs key (each NF's prefix starts with cogs)
+        self.match = f"{tenants[0].ns.prefix}*" if len(tenants) == 1 else "cogs*"
         self.budget = budget
         self.cursors: dict[str, int] = {}
-        self.partial: dict[str, Counter[tuple[str, str]]] = {}
-        self.done: dict[str, Counter[tuple[str, str]]] = {}
+        self.partial: dict[str, Count] = {}
+        self.done: dict[str, Count] = {}
         self.seen: dict[str, int] = {}
         self.total: dict[str, int] = {}
         #: why states are not counted: the user may not SCAN (cogs-monitor may not: it
         #: would list every key name of the node, as Redis ACLs do not filter SCAN)
         self.denied = ""
 
-    def _tally(self, counts: Counter[tuple[str, str]], key: bytes) -> str | None:
-        """Count ``key``; its state's name if it is a replica reference table entry."""
-        # cogs:<state>:{<key>}[suffix]; suffix "" (value or locator), ":r" (holders)
+    def _tally(self, counts: Count, key: bytes) -> tuple[str, str] | None:
+        """Count ``key``; its (nf, state) if it is a replica reference table entry."""
+        # <prefix><state>:{<key>}[suffix]; suffix "" (value or locator), ":r" (holders)
         k = key.decode(errors="replace")
         brace = k.find(":{")
-        if brace < 0:
+        colon = k.find(":")
+        if brace < 0 or colon < 0:
             return None
-        name = k[len(PREFIX) : brace]
-        if name not in self.names:
+        tenant = self.names.get(k[: colon + 1])
+        if tenant is None:
+            return None
+        nf, names = tenant
+        name = k[colon + 1 : brace]
+        if name not in names:
             return None
         suffix = k[k.rfind("}") + 1 :]
-        counts[(name, suffix)] += 1
-        return name if suffix == ":r" else None
+        counts[(nf, name, suffix)] += 1
+        return (nf, name) if suffix == ":r" else None
 
     async def step(self, addr: str, client: Any, dbsize: int) -> None:
         """Scan up to ``budget`` more keys of the primary at ``addr``."""
@@ -188,19 +234,19 @@ class StateCounter:
         scanned = 0
         while scanned < self.budget:
             try:
-                cursor, keys = await client.scan(cursor, match=f"{PREFIX}*", count=2000)
+                cursor, keys = await client.scan(cursor, match=self.match, count=2000)
             except rexc.NoPermissionError:
                 self.denied = "not counted: this user may not SCAN (run the monitor as an admin for counts)"
                 return
             scanned += 2000
             self.seen[addr] = self.seen.get(addr, 0) + len(keys)
-            tables = [(k, name) for k in keys if (name := self._tally(counts, k)) is not None]
+            tables = [(k, owner) for k in keys if (owner := self._tally(counts, k)) is not None]
             if tables:  # the holders of each entry: one pipelined SCARD each
                 async with client.pipeline(transaction=False) as pipe:
                     for k, _ in tables:
                         pipe.scard(k)
-                    for (_, name), n in zip(tables, await pipe.execute(), strict=True):
-                        counts[(name, ":holders")] += int(n)
+                    for (_, (nf, state)), n in zip(tables, await pipe.execute(), strict=True):
+                        counts[(nf, state, ":holders")] += int(n)
             if cursor == 0:
                 self.done[addr], self.partial[addr], self.seen[addr] = counts, Counter(), 0
                 break
@@ -212,10 +258,10 @@ class StateCounter:
                 if addr not in live:
                     del d[addr]
 
-    def counts(self) -> tuple[Counter[tuple[str, str]], float]:
+    def counts(self) -> tuple[Count, float]:
         """Counts of the last complete pass of every primary, and how far the first
         pass is where none is complete yet."""
-        out: Counter[tuple[str, str]] = Counter()
+        out: Count = Counter()
         if self.denied:
             return out, 1.0
         for c in self.done.values():
@@ -229,19 +275,39 @@ class StateCounter:
 
 
 class Collector:
-    """Reads a Snapshot from a connected Coordinator."""
+    """Reads a Snapshot of the NFs ``tenants`` from a connected Coordinator (a
+    Catalog alone: the Coordinator's own NF)."""
 
-    def __init__(self, coord: Coordinator, catalog: Catalog, url: str) -> None:
-        self.coord, self.catalog, self.url = coord, catalog, url
-        self.counter = StateCounter(catalog)
-        self._library: dict[str, tuple[str, str, str]] = {}  # addr -> (shown, version, digest)
+    def __init__(
+        self, coord: Coordinator, tenants: list[Tenant] | Catalog, url: str, problems: dict[str, str] | None = None
+    ) -> None:
+        if isinstance(tenants, Catalog):
+            tenants = [Tenant(coord.ns, tenants)]
+        if not tenants:
+            raise CogsError("no NF to show")
+        self.coord, self.tenants, self.url = coord, tenants, url
+        self.catalog = tenants[0].catalog
+        #: NFs that could not be shown, and why (e.g. their library is not loaded)
+        self.problems = dict(problems or {})
+        self.counter = StateCounter(tenants)
+        #: addr -> (shown, (nf, version, digest) per NF found)
+        self._library: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {}
+        self._left_out: dict[str, int] = {}  # nf -> index entries left out at the last refresh
 
     async def snapshot(self) -> Snapshot:
         nodes = await self._nodes()
         states, done = self._states()
         proxies, unreadable = await self._proxies()
         return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied,
-                        proxies_unreadable=unreadable)  # fmt: skip
+                        proxies_unreadable=unreadable, nfs=self._nfs(states, proxies))  # fmt: skip
+
+    def _nfs(self, states: list[StateView], proxies: list[ProxyView]) -> list[NfView]:
+        out = []
+        for t in self.tenants:
+            n_states, alive = sum(s.nf == t.nf for s in states), sum(p.alive and p.nf == t.nf for p in proxies)
+            out.append(NfView(t.nf, t.ns.library, t.catalog.digest, n_states, t.catalog.limits.ops_per_s, alive,
+                              proxies_unreadable=self._left_out.get(t.nf, 0)))  # fmt: skip
+        return out + [NfView(nf, "-", "-", 0, None, 0, why) for nf, why in sorted(self.problems.items())]
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -292,10 +358,11 @@ class Collector:
             problem = "marked failing by the cluster" if n["fail"] else ""
             if info.get("loading"):
                 problem = "loading its data"
-            shown, version, digest = self._library.get(addr, ("-", "", "")) if n["role"] == "primary" else ("-", "", "")
+            shown, libs = self._library.get(addr, ("-", ())) if n["role"] == "primary" else ("-", ())
+            first = next((x for x in libs if x[0] == self.tenants[0].nf), ("", "", ""))
             views[i] = NodeView(addr, n["role"], n["slots"], _int(info.get("instantaneous_ops_per_sec")),
                                 str(info.get("used_memory_human", "-")), keys, shown, problem,
-                                _int(info.get("used_memory")), version, digest)  # fmt: skip
+                                _int(info.get("used_memory")), first[1], first[2], libs)  # fmt: skip
 
         async with anyio.create_task_group() as tg:
             for i, n in enumerate(listed):
@@ -303,38 +370,62 @@ class Collector:
         self.counter.forget({f"{n['host']}:{n['port']}" for n in listed if n["role"] == "primary"})
         return [v for v in views if v is not None]
 
-    async def _library_of(self, client: Any, addr: str) -> tuple[str, str, str]:
-        """(shown, library version, catalog digest) of the primary behind ``client``."""
-        try:
-            info = json.loads(await client.execute_command("FCALL_RO", "cogs_info", 0))
-        except rexc.ResponseError as e:
-            return ("missing" if "not found" in str(e).lower() else f"error: {e}"), "", ""
-        version, digest = str(info["version"]), str(info["catalog_digest"])
-        return f"{version[:8]}/{digest[:8]}", version, digest  # library / catalog
+    async def _library_of(self, client: Any, addr: str) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+        """What the primary behind ``client`` runs of each NF's library: a short text
+        (library / catalog of the first NF, what is missing) and (nf, version, digest)."""
+        found, missing = [], []
+        for t in self.tenants:
+            try:
+                info = json.loads(await client.execute_command("FCALL_RO", t.ns.fn_info, 0))
+            except rexc.ResponseError as e:
+                missing.append(t.nf if "not found" in str(e).lower() else f"{t.nf} (error: {e})")
+                continue
+            found.append((t.nf, str(info["version"]), str(info["catalog_digest"])))
+        if found:
+            shown = f"{found[0][1][:8]}/{found[0][2][:8]}"  # library / catalog
+        else:
+            shown = "missing" if missing[0] == self.tenants[0].nf else missing[0].split(" ", 1)[1].strip("()")
+        if len(self.tenants) > 1:
+            shown = f"{len(found)} NFs" + (f", {found[0][1][:8]}" if found else "")
+            if missing:
+                shown += f", missing: {', '.join(missing)}"
+        return shown, tuple(found)
 
     # -- states --------------------------------------------------------------------------
 
     def _states(self) -> tuple[list[StateView], float]:
         counts, done = self.counter.counts()
         views = []
-        for st in self.catalog:
-            entries, holders = counts[(st.name, ":r")], counts[(st.name, ":holders")]
-            views.append(StateView(st.name, st.state_class, st.mode, st.type, counts[(st.name, "")], entries, holders))
+        for t in self.tenants:
+            for st in t.catalog:
+                entries, holders = counts[(t.nf, st.name, ":r")], counts[(t.nf, st.name, ":holders")]
+                views.append(StateView(st.name, st.state_class, st.mode, st.type, counts[(t.nf, st.name, "")],
+                                       entries, holders, t.nf))  # fmt: skip
         return views, done
 
     # -- proxies -------------------------------------------------------------------------
 
-    async def _proxies(self, linger_s: float = 60.0) -> tuple[list[ProxyView], int]:
-        """The proxies registered in the last ``linger_s``, and how many index entries
-        were left out (an id that is not UTF-8: no proxy has one)."""
+    async def _proxies(self) -> tuple[list[ProxyView], int]:
+        """The proxies of every NF shown, and the index entries left out."""
+        views, unreadable = [], 0
+        for t in self.tenants:
+            mine, bad = await self._proxies_of(t.ns)
+            views += mine
+            unreadable += bad
+            self._left_out[t.nf] = bad
+        return views, unreadable
+
+    async def _proxies_of(self, ns: Namespace, linger_s: float = 60.0) -> tuple[list[ProxyView], int]:
+        """The proxies of NF ``ns`` registered in the last ``linger_s``, and how many
+        index entries were left out (an id that is not UTF-8: no proxy has one)."""
         topo = self.coord.topology
         assert topo is not None
         now = time.time()
         try:
             with anyio.fail_after(NODE_TIMEOUT):
-                index = self.coord.node_client(topo.node_of(slot(PROXY_INDEX)))
+                index = self.coord.node_client(topo.node_of(slot(ns.proxy_index)))
                 since = int((now - linger_s) * 1000)
-                got = await index.zrangebyscore(PROXY_INDEX, since, "+inf", withscores=True)
+                got = await index.zrangebyscore(ns.proxy_index, since, "+inf", withscores=True)
         except (*_NET, rexc.ResponseError):
             return [], 0  # its node is down (the nodes table says so), or the index is not a sorted set
         listed = cast(list[tuple[bytes, float]], got)
@@ -348,30 +439,32 @@ class Collector:
             last = min(score / 1000, now)  # a score from the future is no younger than now
             try:
                 with anyio.fail_after(NODE_TIMEOUT):
-                    raw = cast(bytes | None, await self.coord.node_client(topo.node_of(slot(pid))).get(proxy_key(pid)))
+                    client = self.coord.node_client(topo.node_of(slot(pid)))
+                    raw = cast(bytes | None, await client.get(ns.proxy_key(pid)))
             except _NET:
                 raw = None
             except rexc.ResponseError as e:  # not a string (WRONGTYPE), or not where its id says (MOVED)
-                views.append(self._unreadable(pid, last, now, (str(e).split() or ["error"])[0][:20]))
+                views.append(self._unreadable(pid, last, now, (str(e).split() or ["error"])[0][:20], ns.nf))
                 continue
-            views.append(self._proxy_view(pid, raw, last, now))
+            views.append(self._proxy_view(pid, raw, last, now, ns.nf))
         return views, unreadable
 
-    def _unreadable(self, pid: str, last: float, now: float, why: str) -> ProxyView:
-        return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "", f"unreadable: {why}")
+    def _unreadable(self, pid: str, last: float, now: float, why: str, nf: str) -> ProxyView:
+        return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "", f"unreadable: {why}",
+                         nf)  # fmt: skip
 
-    def _proxy_view(self, pid: str, raw: bytes | None, last: float, now: float) -> ProxyView:
+    def _proxy_view(self, pid: str, raw: bytes | None, last: float, now: float, nf: str = DEFAULT_NF) -> ProxyView:
         if raw is None:  # listed but its heartbeat key expired: it died or was cut off
-            return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "")
+            return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "", nf=nf)
         if len(raw) > MAX_HEARTBEAT_BYTES:
-            return self._unreadable(pid, last, now, f"{len(raw) >> 10} KiB")
+            return self._unreadable(pid, last, now, f"{len(raw) >> 10} KiB", nf)
         try:
             info = json.loads(raw)
             s = _flat(info.get("stats")) if isinstance(info, dict) else None
         except (ValueError, RecursionError):  # not UTF-8, not JSON, nested beyond reason
-            return self._unreadable(pid, last, now, "not JSON")
+            return self._unreadable(pid, last, now, "not JSON", nf)
         if not isinstance(info, dict) or s is None:
-            return self._unreadable(pid, last, now, "not a JSON object")
+            return self._unreadable(pid, last, now, "not a JSON object", nf)
         t, rate = info.get("time"), info.get("ops_per_s")
         rate = float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None
         t = float(t) if isinstance(t, int | float) and not isinstance(t, bool) and abs(t) < 1e12 else now
@@ -392,4 +485,5 @@ class Collector:
             _count(s.get("pending_ops")) + _count(s.get("inflight_ops")),
             _count(s.get("errors")),
             _cut(info.get("metrics") or ""),
+            nf=nf,
         )

@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cogs.alerts import Alert
-from cogs.monitor.collect import NodeView, ProxyView, Snapshot, StateView
+from cogs.keys import DEFAULT_NF
+from cogs.monitor.collect import NfView, NodeView, ProxyView, Snapshot, StateView
 
 
 def _n(v: float | None, fmt: str = "{:,.0f}") -> str:
@@ -36,8 +37,27 @@ def nodes_table(nodes: Sequence[NodeView]) -> Table:
     return t
 
 
+def _several(items: Sequence[StateView] | Sequence[ProxyView]) -> bool:
+    return len({x.nf for x in items}) > 1 or any(x.nf != DEFAULT_NF for x in items)
+
+
+def nfs_table(nfs: Sequence[NfView]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    for col in ("NF", "library", "catalog", "states", "ops/s limit per primary", "proxies"):
+        t.add_column(col, justify="right" if col in ("states", "proxies") else "left", no_wrap=True)
+    t.add_column("health", ratio=1, min_width=12)
+    for n in nfs:
+        health = Text(n.problem or "ok", style="red" if n.problem else "green")
+        limit = f"{n.ops_per_s:,}" if n.ops_per_s else "none"
+        t.add_row(n.nf, n.library, n.catalog_digest[:8], str(n.states), limit, str(n.proxies_alive), health)
+    return t
+
+
 def states_table(states: Sequence[StateView]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
+    several = _several(states)
+    if several:
+        t.add_column("NF", no_wrap=True)
     t.add_column("state", no_wrap=True)
     t.add_column("class / mode", no_wrap=True)
     t.add_column("type")
@@ -47,22 +67,26 @@ def states_table(states: Sequence[StateView]) -> Table:
     for s in states:
         mode = s.state_class if s.state_class == "trigger" else f"{s.state_class} / {s.mode}"
         replicas = f"{s.replica_entries:,}" if s.mode == "replica" else "-"
+        nf = (s.nf,) if several else ()
         if s.state_class == "indirect":  # values live on the proxies; the coordinator keeps locators
-            t.add_row(s.name, mode, "bytes", "on proxies", f"{s.values:,}", replicas)
+            t.add_row(*nf, s.name, mode, "bytes", "on proxies", f"{s.values:,}", replicas)
         else:
-            t.add_row(s.name, mode, s.type, f"{s.values:,}", "-", replicas)
+            t.add_row(*nf, s.name, mode, s.type, f"{s.values:,}", "-", replicas)
     return t
 
 
 def proxies_table(proxies: Sequence[ProxyView]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
+    several = _several(proxies)
+    if several:
+        t.add_column("NF", no_wrap=True)
     for col in ("proxy", "host", "peer", "heartbeat", "ops/s", "batch", "hit rate", "pkts waiting", "ops pending",
                 "errors"):  # fmt: skip
         named = col in ("proxy", "host", "peer")  # the proxy's own words: none may take the table
         t.add_column(col, justify="left" if named or col == "heartbeat" else "right", no_wrap=True,
                      max_width=(32 if col == "proxy" else 24) if named else None)  # fmt: skip
     for p in proxies:
-        who = (Text(p.id), Text(p.host), Text(p.peer))  # Text: the proxy chose them; "[/x]" is no markup
+        who = (*((p.nf,) if several else ()), Text(p.id), Text(p.host), Text(p.peer))  # Text: "[/x]" is no markup
         if p.problem:
             t.add_row(*who, Text(p.problem, style="red"), *["-"] * 6)
         elif not p.alive:
@@ -81,7 +105,8 @@ def alerts_table(alerts: Sequence[Alert]) -> Table:
     t.add_column("checker", overflow="ellipsis", no_wrap=True)
     for a in alerts:
         when = datetime.fromtimestamp(a.time_ms / 1000).strftime("%H:%M:%S")
-        t.add_row(when, Text(a.explanation), a.checker)  # Text: a key like [x] is not markup
+        why = a.explanation if a.nf == DEFAULT_NF else f"({a.nf}) {a.explanation}"
+        t.add_row(when, Text(why), a.checker)  # Text: a key like [x] is not markup
     return t
 
 
@@ -96,9 +121,12 @@ def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.
     if snap.counts_note:
         counted = snap.counts_note
     alive = sum(p.alive for p in snap.proxies)
+    nfs = [Panel(nfs_table(snap.nfs), title=f"NFs: {len(snap.nfs)}", title_align="left")] if (
+        len(snap.nfs) > 1 or any(n.problem or n.nf != DEFAULT_NF for n in snap.nfs)) else []  # fmt: skip
     return Group(
         head,
         Panel(nodes_table(snap.nodes), title=cluster_title, title_align="left"),
+        *nfs,
         Panel(states_table(snap.states), title=f"states ({counted})", title_align="left"),
         Panel(proxies_table(snap.proxies), title=f"proxies: {alive} alive", title_align="left"),
         Panel(

@@ -43,7 +43,7 @@ from cogs.errors import (
     refuse,
     show,
 )
-from cogs.keys import alert_stream, key_problem, unescape
+from cogs.keys import key_problem, unescape
 from cogs.logs import fields
 from cogs.protocol import IDEMPOTENT
 from cogs.proxy.delivery import Batch, Delivery
@@ -399,7 +399,7 @@ class Batcher:
         topo = self.coord.topology
         assert topo is not None
         if self._per_node[0] is not topo:
-            self._per_node = (topo, [alert_stream(n.first_slot) for n in topo.nodes])
+            self._per_node = (topo, [self.coord.ns.alert_stream(n.first_slot) for n in topo.nodes])
         return self._per_node
 
     def _flush(self) -> None:

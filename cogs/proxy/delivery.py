@@ -118,6 +118,7 @@ class Delivery:
         tick: Callable[[float], None] | None = None,
     ) -> None:
         self.coord, self.token, self.pid = coord, token, proxy_id
+        self.fn_batch = coord.ns.fn_batch  # this NF's function (cogs_batch, or cogs_<nf>_batch)
         #: the session secret: batches numbered under it are this process's alone
         self.session = secrets.token_hex(16)
         self.durable, self.durable_timeout = durable, durable_timeout
@@ -215,7 +216,7 @@ class Channel:
 
     def _args(self, b: Batch) -> tuple[Any, ...]:
         d = self.d
-        args: tuple[Any, ...] = ("FCALL", "cogs_batch", 0, d.token, self.stream, b.payload, d.pid)
+        args: tuple[Any, ...] = ("FCALL", d.fn_batch, 0, d.token, self.stream, b.payload, d.pid)
         if b.numbered:
             args += (d.session, str(b.seq), str(self.acked))
             if self.resync:

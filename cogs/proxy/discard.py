@@ -25,7 +25,7 @@ import anyio
 
 from cogs.coordinator.client import Coordinator
 from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
-from cogs.keys import discard_channel, unescape
+from cogs.keys import unescape
 from cogs.logs import fields
 from cogs.proxy.cache import ReplicaCache
 
@@ -40,7 +40,7 @@ _LINK_ERRORS = (*NETWORK_ERRORS, CoordinatorUnavailable)
 class DiscardLink:
     def __init__(self, coord: Coordinator, proxy_id: str, cache: ReplicaCache) -> None:
         self.coord = coord
-        self.channel = discard_channel(proxy_id)
+        self.channel = coord.ns.discard_channel(proxy_id)
         self.proxy_id = proxy_id
         self.cache = cache
         self.hooks: list[DiscardHook] = []

@@ -59,7 +59,7 @@ from cogs.errors import (
     from_redis,
     refuse,
 )
-from cogs.keys import proxy_key, slot
+from cogs.keys import slot
 from cogs.logs import fields
 from cogs.protocol import Mode
 from cogs.proxy.cache import MISS, ReplicaCache
@@ -292,7 +292,7 @@ class Indirect:
         assert topo is not None
         node = topo.node_of(slot(owner))
         try:
-            raw = await self.coord.node_client(node).get(proxy_key(owner))
+            raw = await self.coord.node_client(node).get(self.coord.ns.proxy_key(owner))
         except CALL_ERRORS as e:
             raise from_redis(e, topo.nodes[node].addr) from e
         info = json.loads(raw) if raw else {}

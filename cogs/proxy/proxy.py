@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+from redis.exceptions import NoPermissionError
 
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, UnknownOp, refuse
+from cogs.keys import nf_problem
 from cogs.logs import fields
 from cogs.protocol import Mode
 from cogs.proxy.batcher import Backpressure, Batcher
@@ -79,6 +81,7 @@ class StateProxy:
         self,
         url: str | None = None,
         *,
+        nf: str | None = None,
         settings: CogsSettings | None = None,
         catalog: Catalog | str | Path | None = None,
         proxy_id: str | None = None,
@@ -91,7 +94,12 @@ class StateProxy:
         on_error: ErrorCallback | None = None,
         metrics_port: int | None = None,
     ) -> None:
-        self.settings = settings or load_settings(url=url)
+        # nf: the NF this proxy works for, on a cluster several share (default: COGS_NF)
+        self.settings = settings or load_settings(url=url, nf=nf)
+        if nf is not None and self.settings.nf != nf:
+            if problem := nf_problem(nf):
+                raise ConfigError(f"bad NF name {problem}")
+            self.settings = self.settings.model_copy(update={"nf": nf})
         # Prometheus metrics of this proxy's statistics (cogs.metrics.proxy): opt-in
         self._metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
         self._metrics: MetricsServer | None = None
@@ -168,7 +176,13 @@ class StateProxy:
         await asyncio.wait([waiter, link], return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if link.done():  # the discard link could not start: say why
-            raise link.exception() or CoordinatorUnavailable("discard link ended")
+            exc = link.exception()
+            if isinstance(exc, NoPermissionError):  # an ACL user of another NF, say
+                raise CogsError(
+                    f"cannot subscribe to {self._discard.channel}: {exc} (is {self.settings.nf!r}, COGS_NF, the NF "
+                    "of this ACL user?)"
+                ) from exc
+            raise exc or CoordinatorUnavailable("discard link ended")
         b.spawn(b.run())
         b.spawn(b.delivery.watch())
         self._registry = Registry(self.coord, self.id, self._heartbeat_ttl, self._beat_info)

@@ -2,7 +2,8 @@
 
 Each proxy keeps ``cogs:proxy:{<id>}`` alive with a TTL heartbeat carrying its
 statistics (and, for indirect states, its peer address and incarnation), and is
-listed by last beat in the ``cogs:proxies`` index for the monitor. A proxy that
+listed by last beat in the ``cogs:proxies`` index for the monitor (in its NF's
+namespace: ``cogs@<nf>:proxy:...`` for an NF other than the default one). A proxy that
 closes deletes its heartbeat, its channels' exactly-once records and its replica
 holder entries on every node. One that dies is cleaned up by the others: a live
 proxy, at most once a minute cluster-wide, releases the holder entries of listed
@@ -23,7 +24,7 @@ from typing import Any
 
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CALL_ERRORS, CogsError, from_redis
-from cogs.keys import JANITOR_LOCK, PROXY_INDEX, alert_stream, once_key, proxy_key, slot, stream_tag
+from cogs.keys import slot, stream_tag
 from cogs.logs import fields
 
 log = logging.getLogger("cogs.proxy")
@@ -34,6 +35,7 @@ DEAD_AFTER_S = 120.0  # a listed proxy this long without a beat, and without a h
 class Registry:
     def __init__(self, coord: Coordinator, proxy_id: str, ttl_s: float, info: Callable[[], dict[str, Any]]) -> None:
         self.coord, self.id, self.ttl = coord, proxy_id, ttl_s
+        self.ns = coord.ns
         self.info = info  # what the heartbeat carries besides id, host, pid, time
         self.released_dead = 0  # holder entries of dead proxies this proxy dropped
         self._last_janitor = time.monotonic()
@@ -50,13 +52,14 @@ class Registry:
         now = time.time()
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": now, **self.info()}
         ttl = int(self.ttl * 1000)
-        await self._node(self.id).set(proxy_key(self.id), json.dumps(info), px=ttl)
+        await self._node(self.id).set(self.ns.proxy_key(self.id), json.dumps(info), px=ttl)
         if self.on_beat is not None:
             self.on_beat(sent)
         now_ms = int(now * 1000)
-        async with self._node(PROXY_INDEX).pipeline(transaction=False) as pipe:  # a day of history
-            pipe.zadd(PROXY_INDEX, {self.id: now_ms})
-            pipe.zremrangebyscore(PROXY_INDEX, "-inf", now_ms - 86_400_000)
+        index = self.ns.proxy_index
+        async with self._node(index).pipeline(transaction=False) as pipe:  # a day of history
+            pipe.zadd(index, {self.id: now_ms})
+            pipe.zremrangebyscore(index, "-inf", now_ms - 86_400_000)
             await pipe.execute()
 
     async def tick(self) -> None:
@@ -85,7 +88,9 @@ class Registry:
         for i, node in enumerate(topo.nodes):
             try:
                 n += int(
-                    await self.coord.node_client(i).fcall("cogs_release", 0, alert_stream(node.first_slot), proxy_id)
+                    await self.coord.node_client(i).fcall(
+                        self.ns.fn_release, 0, self.ns.alert_stream(node.first_slot), proxy_id
+                    )
                 )
             except CALL_ERRORS as e:
                 raise from_redis(e, node.addr) from e
@@ -93,24 +98,25 @@ class Registry:
 
     async def janitor(self) -> None:
         """Release the holder entries of listed proxies whose heartbeat is gone."""
-        index = self._node(PROXY_INDEX)
-        if not await index.set(JANITOR_LOCK, self.id, nx=True, px=int(JANITOR_EVERY_S * 900)):
+        ns = self.ns
+        index = self._node(ns.proxy_index)
+        if not await index.set(ns.janitor_lock, self.id, nx=True, px=int(JANITOR_EVERY_S * 900)):
             return  # another proxy did it this minute
         cutoff = int((time.time() - DEAD_AFTER_S) * 1000)
-        for raw in await index.zrangebyscore(PROXY_INDEX, "-inf", cutoff, start=0, num=100):
+        for raw in await index.zrangebyscore(ns.proxy_index, "-inf", cutoff, start=0, num=100):
             pid = raw.decode()
-            if pid == self.id or await self._node(pid).exists(proxy_key(pid)):
+            if pid == self.id or await self._node(pid).exists(ns.proxy_key(pid)):
                 continue
             self.released_dead += await self.release(pid)
-            await index.zrem(PROXY_INDEX, pid)
+            await index.zrem(ns.proxy_index, pid)
 
     async def unregister(self, streams: list[str], session: str) -> None:
         """A clean close: heartbeat, index entry, exactly-once records, holder entries."""
         try:
-            await self._node(self.id).delete(proxy_key(self.id))
-            await self._node(PROXY_INDEX).zrem(PROXY_INDEX, self.id)
+            await self._node(self.id).delete(self.ns.proxy_key(self.id))
+            await self._node(self.ns.proxy_index).zrem(self.ns.proxy_index, self.id)
             await self.release(self.id)
             for stream in streams:
-                await self._node(stream_tag(stream)).delete(once_key(stream, session))
+                await self._node(stream_tag(stream)).delete(self.ns.once_key(stream, session))
         except (CogsError, *CALL_ERRORS) as e:
             log.warning("proxy %s could not unregister: %s", self.id, e, extra=fields(proxy=self.id))
