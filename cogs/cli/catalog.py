@@ -48,7 +48,8 @@ def catalog_load(path: Path, url: str | None, nf: str | None) -> None:
 
     nodes, which = run(go)
     limit = f", limit {cat.limits.ops_per_s:,} ops/s per primary" if cat.limits.ops_per_s else ""
-    click.echo(f"loaded catalog {cat.digest} ({len(cat)} states{limit}) of NF {which} on {', '.join(nodes)}")
+    of = "" if which == "default" else f" of NF {which}"
+    click.echo(f"loaded catalog {cat.digest} ({len(cat)} states{limit}){of} on {', '.join(nodes)}")
 
 
 @catalog.command("show")
