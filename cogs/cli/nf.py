@@ -196,7 +196,10 @@ def _webcache(
 
 def _trace_line(st: TraceStats) -> None:
     skipped = ", ".join(f"{n} {why}" for why, n in st.skipped.items()) or "none"
-    err_console.print(f"[dim]{st.frames} frames, {st.packets} IP packets, skipped: {skipped}[/]", highlight=False)
+    whole = f" ({st.reassembled} reassembled from fragments)" if st.reassembled else ""
+    err_console.print(
+        f"[dim]{st.frames} frames, {st.packets} IP packets{whole}, skipped: {skipped}[/]", highlight=False
+    )
 
 
 def _nat(

@@ -18,18 +18,36 @@ from typing import Any
 from cogs.errors import ConfigError
 
 #: what reaches each NF. IPv4 fields are read by offset (libpcap checks that the frame
-#: is IPv4 and not a later fragment); IPv6 TCP passes whole (libpcap cannot index an
-#: IPv6 transport header behind extension headers), the detector sorts it out.
-_HTTP_METHODS = ("GET ", "POST", "HEAD", "PUT ", "DELE", "OPTI", "PATC")  # first 4 bytes: payloads.METHODS
+#: is IPv4 and not a later fragment; the kernel hands fragments over reassembled, see
+#: capture.py); IPv6 TCP passes whole (libpcap cannot index an IPv6 transport header
+#: behind extension headers), and so does IPv6 with any extension header or fragment
+#: (the decoder follows and reassembles them): the detector sorts it out.
+_IP6_EXT = "(ip6 and (" + " or ".join(f"ip6[6] = {n}" for n in (0, 43, 44, 51, 60, 135, 139, 140, 253, 254)) + "))"
+#: a request's first payload bytes: an empty line's CR/LF, or a method as
+#: payloads.http_requests reads one: an upper-case letter, then upper-case letters,
+#: "-" or "_" (every registered method), so the first 4 bytes are such or a space after
+#: 3; not "HTTP" (a response)
+_AT = "tcp[((tcp[12:1] & 0xf0) >> 2){}:1]"
+
+
+def _byte_in(i: int, ranges: tuple[tuple[int, int], ...]) -> str:
+    at = _AT.format(f" + {i}" if i else "")
+    return "(" + " or ".join(f"{at} = {a}" if a == b else f"({at} >= {a} and {at} <= {b})" for a, b in ranges) + ")"
+
+
+_UPPER, _TOKEN = ((0x41, 0x5A),), ((0x41, 0x5A), (0x2D, 0x2D), (0x5F, 0x5F))
+_REQUEST = (
+    f"(({_byte_in(0, ((0x0A, 0x0A), (0x0D, 0x0D)))}) or ({_byte_in(0, _UPPER)} and {_byte_in(1, _TOKEN)} and "
+    f"{_byte_in(2, _TOKEN)} and {_byte_in(3, (*_TOKEN, (0x20, 0x20)))} and "
+    "tcp[((tcp[12:1] & 0xf0) >> 2):4] != 0x48545450))"
+)
 FILTERS: dict[str, str] = {
     # a SYN (an attempt, an acceptance) or a RST (a refusal): the only packets it counts
-    "portscan": "(tcp[tcpflags] & (tcp-syn|tcp-rst) != 0) or (ip6 and tcp)",
+    "portscan": f"(tcp[tcpflags] & (tcp-syn|tcp-rst) != 0) or (ip6 and tcp) or {_IP6_EXT}",
     # queries: to port 53 over UDP or TCP, IPv4 or IPv6
-    "dnstunnel": "udp dst port 53 or tcp dst port 53",
-    # TCP segments whose payload starts with an HTTP method
-    "sidejack": "(tcp and ("
-    + " or ".join(f"tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x{m.encode().hex()}" for m in _HTTP_METHODS)
-    + ")) or (ip6 and tcp)",
+    "dnstunnel": f"udp dst port 53 or tcp dst port 53 or {_IP6_EXT}",
+    # TCP segments whose payload starts like an HTTP request
+    "sidejack": f"(tcp and {_REQUEST}) or (ip6 and tcp) or {_IP6_EXT}",
     # IPv4 (what the NAT translates; the rest it does not forward either)
     "nat": "ip",
 }

@@ -14,6 +14,15 @@ what an NF counts.
   long or high-entropy names into ``dns_longnames[domain]``.
 * ``sidejack`` — session cookies of HTTP requests: the client IP into
   ``sidejack_clients[name=value]``; two clients presenting one session is an alert.
+  Names and values are taken as the server takes them (PHP url-decodes both), so an
+  encoded ``PHPSESS%49D=%35f2b...`` is the same session as ``PHPSESSID=5f2b...``.
+
+What servers accept, the detectors read: a request after empty lines, with any
+method, pipelined behind another; DNS messages over TCP split across segments or
+several in one (:mod:`cogs.nf.streams`); IP fragments and IPv6 extension headers are
+handled by the frame decoder (:mod:`cogs.nf.frames`). A ``Cookie`` header in a later
+segment than its request line is not read (the live pre-filter admits segments that
+start a request; following them would need per-flow reassembly of every request).
 
 No packet can blind a detector: names and cookies become keys through
 :mod:`cogs.nf.ident` (printable ASCII, bounded, the same on every box), payloads are
@@ -31,7 +40,8 @@ from typing import Any, ClassVar
 
 from cogs.nf.frames import ACK, RST, SYN, TCP, UDP, Packet
 from cogs.nf.ident import bound, ident, safe_text
-from cogs.nf.payloads import MAX_SESSION_COOKIES, dns_questions, http_cookies
+from cogs.nf.payloads import MAX_SESSION_COOKIES, dns_questions, http_requests, url_decoded
+from cogs.nf.streams import Messages
 
 Update = Callable[[str, str, str, Any], None]  # (state, key, op, delta)
 
@@ -172,10 +182,19 @@ class DnsTunnel(Detector):
     name: ClassVar[str] = "dnstunnel"
     states: ClassVar[tuple[str, ...]] = ("dns_subdomains", "dns_qtypes", "dns_longnames")
 
+    def __post_init__(self) -> None:
+        self._tcp = Messages(self.counters, "dns tcp")  # length-prefixed queries, per flow
+
     def packet(self, p: Packet) -> None:
-        if p.dport != 53 or p.proto not in (UDP, TCP):
+        if p.dport != 53:
             return
-        payload = p.payload[2:] if p.proto == TCP else p.payload  # TCP DNS: 2-byte length prefix
+        if p.proto == UDP:
+            self._query(p.payload, p.src)
+        elif p.proto == TCP:
+            for message in self._tcp.segment(p):
+                self._query(message, p.src)
+
+    def _query(self, payload: bytes, client: str) -> None:
         for labels, qtype in dns_questions(payload, self.counters):
             k = domain_labels(labels)
             if len(labels) <= k:
@@ -183,7 +202,7 @@ class DnsTunnel(Detector):
             self.counters["queries"] += 1
             domain = name_text(labels[-k:])
             self.update("dns_subdomains", domain, "add", name_text(labels))
-            self.update("dns_qtypes", p.src, "incr", {"all": 1, "odd": int(qtype in TUNNEL_QTYPES)})
+            self.update("dns_qtypes", client, "incr", {"all": 1, "odd": int(qtype in TUNNEL_QTYPES)})
             sub = labels[:-k]
             if max(map(len, sub)) >= self.long_label:
                 self.update("dns_longnames", domain, "add", 1)
@@ -191,6 +210,12 @@ class DnsTunnel(Detector):
             text = b".".join(sub).decode("latin-1")  # one char per byte: entropy of the bytes
             if len(text) >= 20 and entropy(text) >= self.high_entropy:
                 self.update("dns_longnames", domain, "add", 1)
+
+    def tick(self, now: float) -> None:
+        self._tcp.expire(now)
+
+    def finish(self) -> None:
+        self._tcp.finish()
 
 
 SESSION_COOKIES = ("phpsessid", "jsessionid", "asp.net_sessionid", "sessionid", "session", "sid", "connect.sid")
@@ -208,20 +233,53 @@ class SideJack(Detector):
     def packet(self, p: Packet) -> None:
         if p.proto != TCP or not p.payload:
             return
-        cookies = http_cookies(p.payload)
-        if cookies is None:
+        requests = http_requests(p.payload, self.counters)
+        if requests is None:
             return
-        self.counters["http requests"] += 1
-        found = 0
+        self.counters["http requests"] += len(requests)
+        wanted = self._wanted
+        for cookies in requests:
+            for name, value in cookies:  # most requests carry no session cookie: a quick look first
+                if value and (name.lower() in wanted or b"%" in name or b"+" in name):
+                    self._sessions(cookies, p.src)
+                    break
+
+    def _sessions(self, cookies: list[tuple[bytes, bytes]], client: str) -> None:
+        found: list[tuple[bytes, bytes]] = []  # (name lower-cased, name=value), as the server decodes them
+        wanted = self._wanted
         for name, value in cookies:
-            if not value or name.lower() not in self._wanted:
+            if not value:
                 continue
-            if found == MAX_SESSION_COOKIES:
-                self.counters["session cookies over the limit"] += 1
-                continue
-            found += 1
+            low = name.lower()
+            if low not in wanted:
+                if b"%" not in name and b"+" not in name:
+                    continue
+                name = url_decoded(name)  # noqa: PLW2901 (the name the server sees)
+                low = name.lower()
+                if low not in wanted:
+                    continue
+            if b"%" in value or b"+" in value:
+                value = url_decoded(value)  # noqa: PLW2901
+            found.append((low, name + b"=" + value))
+        if len(found) < 2:
+            if found:
+                self.counters["session cookies"] += 1
+                self.update("sidejack_clients", ident(found[0][1]), "add", client)
+            return
+        # A server reads one value of a name: PHP, Express and Go the first, Django the
+        # last; decoys before or after it cannot push those out. Others fill the rest.
+        first: dict[bytes, bytes] = {}
+        last: dict[bytes, bytes] = {}
+        for low, cookie in found:
+            first.setdefault(low, cookie)
+            last[low] = cookie
+        chosen = dict.fromkeys([*first.values(), *last.values(), *(c for _, c in found)])
+        for i, cookie in enumerate(chosen):
+            if i == MAX_SESSION_COOKIES:
+                self.counters["session cookies over the limit"] += len(chosen) - i
+                break
             self.counters["session cookies"] += 1
-            self.update("sidejack_clients", ident(name + b"=" + value), "add", p.src)
+            self.update("sidejack_clients", ident(cookie), "add", client)
 
 
 DETECTORS: dict[str, type[Detector]] = {d.name: d for d in (PortScan, DnsTunnel, SideJack)}

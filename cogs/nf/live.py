@@ -34,6 +34,7 @@ import anyio.lowlevel
 
 from cogs import runtime
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
+from cogs.nf.defrag import Defrag
 from cogs.nf.frames import decode
 from cogs.nf.ident import bounded_message
 
@@ -115,13 +116,15 @@ class _Detect:
         self.feeder = Feeder(proxy, cfg.nf, cfg.namespace, box=f"{cfg.interface}/{worker}")
         self.counters = self.feeder.detector.counters
         self.skipped: Counter[str] = Counter()
+        # the kernel hands IPv4 over whole (the fanout's defrag flag), not IPv6
+        self.defrag = Defrag(self.skipped)
         self.parse_s = self.state_s = 0.0
 
     async def handle(self, frames: list[tuple[float, bytes]]) -> int:
         t0 = time.process_time()
-        packets = []
+        packets, defrag = [], self.defrag
         for ts, frame in frames:
-            p = decode(frame, ts)
+            p = decode(frame, ts, defrag=defrag)
             if isinstance(p, str):
                 self.skipped[p] += 1
             else:

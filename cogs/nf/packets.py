@@ -3,8 +3,10 @@ by :mod:`cogs.nf.frames` (the decoder live capture uses too).
 
 What cannot be parsed (a truncated frame, a link type we do not know, a non-IP
 frame) is skipped and counted by reason; a broken capture never raises past
-``read_trace``. Application payloads (DNS, HTTP) are parsed by the NFs that need
-them (:mod:`cogs.nf.payloads`), and their failures are counted there.
+``read_trace``. IP fragments are reassembled (:mod:`cogs.nf.defrag`), as the
+receiving host would: the datagram is one packet, at the time its last piece came.
+Application payloads (DNS, HTTP) are parsed by the NFs that need them
+(:mod:`cogs.nf.payloads`), and their failures are counted there.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import dpkt
 
 from cogs.errors import CogsError
+from cogs.nf.defrag import Defrag
 from cogs.nf.frames import ACK, FIN, RST, SYN, TCP, UDP, Packet, decode
 
 __all__ = ["ACK", "FIN", "RST", "SYN", "TCP", "UDP", "Packet", "TraceError", "TraceStats", "read_ipv4", "read_trace"]
@@ -29,9 +32,12 @@ class TraceStats:
     frames: int = 0
     packets: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: IP datagrams made whole from their fragments (each counts as one packet)
+    reassembled: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"frames": self.frames, "packets": self.packets, "skipped": dict(self.skipped)}
+        return {"frames": self.frames, "packets": self.packets, "skipped": dict(self.skipped),
+                "reassembled": self.reassembled}  # fmt: skip
 
 
 class TraceError(CogsError):
@@ -61,9 +67,10 @@ def _ip_layer(linktype: int, buf: bytes) -> Any:
     raise ValueError(f"link type {linktype}")
 
 
-def parse_frame(linktype: int, ts: float, buf: bytes, stats: TraceStats) -> Packet | None:
-    """One captured frame as a Packet, or None (and the reason counted)."""
-    p = decode(buf, ts, linktype)
+def parse_frame(linktype: int, ts: float, buf: bytes, stats: TraceStats, defrag: Defrag | None = None) -> Packet | None:
+    """One captured frame as a Packet, or None (and the reason counted); with
+    ``defrag``, a fragment is held there and the datagram it completes returned."""
+    p = decode(buf, ts, linktype, defrag)
     if isinstance(p, str):
         stats.skipped[p] += 1
         return None
@@ -94,13 +101,17 @@ def read_frames(path: str | Path, stats: TraceStats) -> Iterator[tuple[int, floa
 
 
 def read_trace(path: str | Path, stats: TraceStats | None = None) -> Iterator[Packet]:
-    """The IP packets of a pcap/pcapng file, in file order."""
+    """The IP packets of a pcap/pcapng file, in file order (a fragmented datagram
+    where its last fragment is)."""
     stats = stats if stats is not None else TraceStats()
+    defrag = Defrag(stats.skipped)  # drops counted by reason with the frames skipped
     for linktype, ts, buf in read_frames(path, stats):
-        pkt = parse_frame(linktype, ts, buf, stats)
+        pkt = parse_frame(linktype, ts, buf, stats, defrag)
         if pkt is not None:
             stats.packets += 1
             yield pkt
+    defrag.finish()
+    stats.reassembled = defrag.reassembled
 
 
 def read_ipv4(path: str | Path, stats: TraceStats | None = None) -> Iterator[tuple[float, bytes]]:

@@ -20,9 +20,11 @@ from typing import Any
 import dpkt
 import pytest
 
+from cogs.nf.frames import HELD
 from cogs.nf.runner import run_nf
 from cogs.nf.synth import Synth
 from tests.conftest import CAPTURES, Standalone, load_default_catalog
+from tests.evasions import Evasions
 from tests.hostile import Hostile
 from tests.netns import Netns, netns_or_skip
 
@@ -140,6 +142,25 @@ def test_live_raises_the_alerts_of_the_capture_mode(
     sent = summary["replay"]["packets"]
     assert 0 < sum(w["frames"] for w in workers) < sent, "the pre-filter kept some frames out of Python"
     assert summary["replay"]["failed"] > 0  # frames too short to send: left out and counted
+
+
+@pytest.mark.parametrize("nf", NFS)
+def test_live_and_capture_modes_agree_on_evasions(
+    nf: str, lan: Lan, coordinator: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Fragmented SYNs and queries (IPv4: the kernel reassembles them; IPv6: the decoder),
+    IPv6 header chains, DNS over TCP cut anywhere, requests servers read however they
+    come: the same alerts live as from the capture file, every evasion's among them."""
+    ev = Evasions().build()
+    pcap = ev.write(tmp_path_factory.mktemp("evasions") / "evasions.pcap")
+    want = run_nf(nf, pcap, 2, coordinator)
+    got, summary = live(lan, nf, pcap)
+    assert _keys(got) == _keys(want.alerts)
+    assert ev.expected[nf] <= {a["key"] for a in got}
+    assert summary["failed"] == {}
+    assert [w["kernel_dropped"] for w in summary["workers"]] == [0, 0]
+    held = sum(w["skipped"].get(HELD, 0) for w in summary["workers"])
+    assert held == 30 + 120  # only IPv6 fragments wait in the decoder: IPv4 came whole from the kernel
 
 
 @pytest.mark.parametrize("mode", ["ring", "recv"])

@@ -14,6 +14,7 @@ from cogs.cluster import LocalCluster
 from cogs.errors import ConfigError
 from cogs.nf.feed import Feeder
 from cogs.nf.packets import SYN, TCP, Packet
+from cogs.nf.payloads import MAX_SESSION_COOKIES
 from cogs.nf.runner import counters, run_nf
 from cogs.proxy import StateProxy
 from tests.conftest import Standalone, load_default_catalog
@@ -51,7 +52,7 @@ def test_hostile_capture_attacks_still_reported(
         assert c["dns bad compression pointer"] >= 2
         assert c["dns name too long"] >= 1
     if nf == "sidejack":
-        assert c["session cookies over the limit"] == 100 - 8
+        assert c["session cookies over the limit"] == 100 - MAX_SESSION_COOKIES
         long_alert = next(a for a in r.alerts if a["key"].startswith("PHPSESSID=00000000"))
         assert long_alert["clients"] == ["192.168.3.50", "198.51.100.50"]
 

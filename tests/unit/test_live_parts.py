@@ -36,7 +36,7 @@ def test_decoder_matches_dpkt_on_a_synthetic_trace(tmp_path: Path) -> None:
         ip = dpkt.ethernet.Ethernet(frame).data
         l4 = ip.data
         want = Packet(ts, socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst), ip.p, l4.sport, l4.dport,
-                      getattr(l4, "flags", 0), bytes(l4.data))  # fmt: skip
+                      getattr(l4, "flags", 0), bytes(l4.data), getattr(l4, "seq", 0))  # fmt: skip
         assert decode(frame, ts) == want
 
 
