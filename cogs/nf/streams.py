@@ -106,7 +106,7 @@ class Messages:
         while self._flows and (len(self._flows) > self.max_flows or self.bytes > self.max_bytes):
             key = next(iter(self._flows))
             self.bytes -= len(self._flows.pop(key)[1])
-            self.counters[f"{self.label} flows evicted (table full)"] += 1
+            self.counters[f"{self.label} flows evicted (table full)"] += 1  # its framing is lost
 
     def expire(self, now: float) -> None:
         """Drop the flows silent for ``idle_s`` (the oldest activity first)."""
@@ -115,12 +115,15 @@ class Messages:
             key = next(iter(self._flows))
             if now - self._flows[key][2] <= self.idle_s:
                 return
-            self.bytes -= len(self._flows.pop(key)[1])
-            self.counters[f"{self.label} partial messages expired"] += 1
+            pending = self._flows.pop(key)[1]
+            if pending:
+                self.bytes -= len(pending)
+                self.counters[f"{self.label} partial messages expired"] += 1
 
     def finish(self) -> None:
         """The end of the traffic: partial messages will not complete."""
-        if self._flows:
-            self.counters[f"{self.label} partial messages at the end of a flow"] += len(self._flows)
+        partial = sum(1 for _, pending, _ in self._flows.values() if pending)
+        if partial:
+            self.counters[f"{self.label} partial messages at the end of a flow"] += partial
         self._flows.clear()
         self.bytes = 0

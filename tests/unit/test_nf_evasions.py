@@ -208,6 +208,8 @@ def test_dns_over_tcp_reassembled_per_flow() -> None:
     # pipelined beyond the per-segment bound: counted
     assert len(m.segment(_seg(0, q * (MAX_MESSAGES + 5), sport=4002))) == MAX_MESSAGES
     assert c["dns tcp messages over the limit"] == 1
+    m.finish()  # flows left open hold whole messages only: nothing lost
+    assert set(c) == {"dns tcp gaps (partial message dropped)", "dns tcp messages over the limit"}
 
 
 def test_dns_over_tcp_state_is_bounded() -> None:
