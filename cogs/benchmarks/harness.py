@@ -32,6 +32,7 @@ from cogs.benchmarks.common import Progress, noop
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError
 from cogs.keys import slot
+from cogs.reshard import parse_nodes
 from cogs.settings import CogsSettings, load_settings
 
 #: the key ``redis-benchmark -t incr`` increments (no -r): the node owning its slot runs it
@@ -108,6 +109,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def replicas_per_primary(cluster_nodes: str) -> int:
+    """The fewest replicas (not failed) any primary holding slots has, from ``CLUSTER NODES``."""
+    members = parse_nodes(cluster_nodes)
+    count = {m.id: 0 for m in members if m.primary and m.slots and not m.failed}
+    for m in members:
+        if not m.primary and not m.failed and m.master in count:
+            count[m.master] += 1
+    return min(count.values(), default=0)
+
+
 async def _cluster_facts(url: str) -> dict[str, Any]:
     async with Coordinator(url=url) as co:
         assert co.topology is not None
@@ -123,7 +138,9 @@ async def _cluster_facts(url: str) -> dict[str, Any]:
             "redis": server.get("redis_version"),
             "cluster": topo.cluster,
             "primaries": len(topo.nodes),
-            "replicas_per_primary": min((len(n.replicas) for n in topo.nodes), default=0),
+            # CLUSTER SLOTS leaves out a replica that holds no data yet (Redis 7: offset 0),
+            # so a fresh cluster's replicas are counted from CLUSTER NODES
+            "replicas_per_primary": replicas_per_primary(_s(await c.execute_command("CLUSTER", "NODES"))),
             "aof": appendonly,
             "coordinator_nodes": [n.addr for n in topo.nodes],
         }

@@ -144,3 +144,21 @@ def test_workers_start_together_and_fail_clearly() -> None:
         assert w.run(busy_job, [(0.01,)]).results  # the pool is still usable
         with pytest.raises(BenchError, match="exited with code 3"):
             w.run(dying_job, [()])
+
+
+def test_replicas_are_counted_from_cluster_nodes_even_before_they_hold_data() -> None:
+    from cogs.benchmarks.harness import replicas_per_primary
+
+    nodes = "\n".join([
+        "a1 198.18.1.1:7000@17000 myself,master - 0 0 1 connected 0-5460",
+        "a2 198.18.1.2:7000@17000 master - 0 0 2 connected 5461-10922",
+        "a3 198.18.1.3:7000@17000 master - 0 0 3 connected 10923-16383",
+        "r1 198.18.1.4:7000@17000 slave a1 0 0 1 connected",
+        "r2 198.18.1.5:7000@17000 slave a2 0 0 2 connected",
+        "r3 198.18.1.6:7000@17000 slave a3 0 0 3 connected",
+    ])
+    assert replicas_per_primary(nodes) == 1
+    # a failed replica does not count, nor does an empty primary's lack of one
+    assert replicas_per_primary(nodes.replace("slave a3 0", "slave,fail a3 0")) == 0
+    assert replicas_per_primary(nodes + "\nx9 198.18.1.9:7000@17000 master - 0 0 9 connected") == 1
+    assert replicas_per_primary("") == 0

@@ -226,7 +226,7 @@ def test_key_locks_keep_order_and_do_not_grow() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(5):
                 tg.start_soon(one, i)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         for i in range(1000):
             async with locks.hold(f"url{i}"):
                 pass
