@@ -33,7 +33,8 @@ from cogs.benchmarks.common import Progress, noop, write_results
 from cogs.benchmarks.cpu import affinity_cores, check_physical
 from cogs.benchmarks.harness import BenchError, Calibration, environment, repeats, stat
 from cogs.benchmarks.live_report import markdown
-from cogs.nf.live import LiveConfig, LiveRun, WorkerStats
+from cogs.nf.live import LiveRun, WorkerStats
+from cogs.nf.live_config import LiveConfig
 from cogs.nf.mix import TARGET_MEAN, Mix
 from cogs.nf.replay import Rate, ReplayResult, replay_in_lab
 

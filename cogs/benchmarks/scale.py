@@ -163,7 +163,9 @@ class _Run:
         self.workers = Workers(PROCS)  # each enters the middlebox host's namespace (load_job)
 
     def scale(self, size: int) -> None:
-        r = self.lab.scale(size)
+        from cogs.lab import scale_lab
+
+        r = scale_lab(self.lab, size)
         self.scales.append({"to": size, "seconds": round(r.seconds, 2), "slots": r.slots_moved, "keys": r.keys_moved})
 
     def measure(self, size: int, rep: int) -> None:

@@ -148,9 +148,9 @@ def lab_netem(dir_: Path, host: str, delay: str | None, jitter: str | None, loss
 def lab_scale(dir_: Path, masters: int, replicas: int | None, timeout: float) -> None:
     """Grow or shrink the lab's cluster to M primaries (R replicas each) while it serves:
     node hosts join (own namespace, link, address) or leave, slots move."""
-    from cogs.lab import Lab
+    from cogs.lab import Lab, scale_lab
 
-    r = Lab.from_dir(dir_).scale(masters, replicas, progress=_progress, timeout=timeout)
+    r = scale_lab(Lab.from_dir(dir_), masters, replicas, progress=_progress, timeout=timeout)
     _progress(
         f"scaled from {r.before[0]} primaries / {r.before[1]} nodes to {r.after[0]} / {r.after[1]} in "
         f"{r.seconds:.1f} s: {r.slots_moved} slots and {r.keys_moved:,} keys moved"

@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from cogs.cli.base import err_console, out_console
-from cogs.nf.live import LiveConfig, LiveResult, WorkerStats, run_live
+from cogs.nf.live import LiveResult, WorkerStats, run_live
+from cogs.nf.live_config import LiveConfig
 
 #: without a terminal: a progress line per worker this often
 PLAIN_INTERVAL_S = 10.0

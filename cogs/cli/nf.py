@@ -114,7 +114,7 @@ def nf_run(
         if out_interface is not None and name != "nat":
             raise click.UsageError("--out-interface is where nat sends what it translated; the detectors send nothing")
         from cogs.cli.live import run_live_cli
-        from cogs.nf.live import LiveConfig
+        from cogs.nf.live_config import LiveConfig
 
         cfg = LiveConfig(name, interface, url, namespace, None, out_interface, nat_state, mode, internal)
         run_live_cli(cfg, workers, duration, as_json)

@@ -13,7 +13,7 @@ CAP_SYS_ADMIN).
 
 Python API (what benches and fault tests build on)::
 
-    from cogs.lab import Lab
+    from cogs.lab import Lab, scale_lab
 
     with Lab.up("/tmp/lab", nodes=6, middleboxes=2, rtt="200us", jitter="20us", rate="1gbit") as lab:
         lab.hosts["mb1"].addr              # "198.18.2.1"; .netns, .role, .mac, .link
@@ -26,6 +26,7 @@ Python API (what benches and fault tests build on)::
         lab.freeze("node2"); lab.thaw("node2")   # SIGSTOP / SIGCONT its redis-server
         lab.kill("node3"); lab.restart("node3")  # SIGKILL; same data dir, node id and data
         lab.status()                       # LabStatus: hosts, links, counters, cluster health
+        scale_lab(lab, 6)                  # 6 primaries: node hosts join, slots move (cogs lab scale)
     # leaving the block tears everything down (lab.down(), idempotent)
 
     lab = Lab.from_dir("/tmp/lab")         # a lab another process made (`cogs lab up --dir /tmp/lab`)
@@ -38,8 +39,11 @@ labs in different dirs never collide. Teardown finds everything by that prefix.
 
 from __future__ import annotations
 
+from cogs.lab.grow import scale as scale_lab
 from cogs.lab.lab import Host, Lab, lab_tag, teardown
 from cogs.lab.netns import LabError, LabPermissionError
 from cogs.lab.status import HostStatus, LabStatus
 
-__all__ = ["Host", "HostStatus", "Lab", "LabError", "LabPermissionError", "LabStatus", "lab_tag", "teardown"]
+__all__ = [
+    "Host", "HostStatus", "Lab", "LabError", "LabPermissionError", "LabStatus", "lab_tag", "scale_lab", "teardown",
+]

@@ -28,7 +28,7 @@ from cogs.lab.switch import request
 from cogs.lab.units import parse_loss, parse_rate, parse_us
 
 if TYPE_CHECKING:
-    from cogs.scale import ScaleReport
+    pass
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -316,15 +316,6 @@ class Lab:
             os.kill(pid, signal.SIGTERM)
             _wait(f"{node}'s redis-server to stop", lambda: not netns._alive(pid), 15)
         self._start_node(self.deployment.node(self.host(node).name), redis_server())
-
-    def scale(
-        self, masters: int, replicas: int | None = None, *, progress: Progress = _quiet, timeout: float = 60.0
-    ) -> ScaleReport:
-        """Grow or shrink the cluster to ``masters`` primaries (``replicas`` each; default
-        as now) while it serves: node hosts join or leave (cogs/lab/grow.py)."""
-        from cogs.lab.grow import scale
-
-        return scale(self, masters, replicas, progress=progress, timeout=timeout)
 
     def node_pid(self, node: str) -> int | None:
         """The pid of ``node``'s redis-server, None when it is not running."""

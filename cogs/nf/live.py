@@ -37,26 +37,7 @@ from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable
 from cogs.nf.defrag import Defrag
 from cogs.nf.frames import decode
 from cogs.nf.ident import bounded_message
-
-BATCH = 256  # frames read per turn before the proxy's loop gets a turn
-ROOM = 16 * BATCH  # proxy room the next turn may need (a packet issues a few updates)
-READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 60.0
-
-
-@dataclass
-class LiveConfig:
-    """What every worker of a run is given (picklable: workers are spawned)."""
-
-    nf: str
-    interface: str
-    url: str
-    namespace: str = ""
-    group: int | None = None
-    out_interface: str | None = None  # nat: where translated packets go
-    nat_state: str = "nat"
-    nat_mode: str = "async"
-    internal: tuple[str, ...] = ()
+from cogs.nf.live_config import BATCH, READY_TIMEOUT_S, ROOM, STOP_TIMEOUT_S, LiveConfig
 
 
 @dataclass

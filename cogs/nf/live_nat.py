@@ -21,7 +21,7 @@ import anyio
 from cogs.errors import ConfigError
 from cogs.nf.capture import Emitter
 from cogs.nf.frames import TCP, UDP, decode, l3_offset
-from cogs.nf.live import ROOM, LiveConfig
+from cogs.nf.live_config import ROOM, LiveConfig
 from cogs.nf.nat import PRIVATE, Classifier, rewrite
 from cogs.nf.nat_table import Mapping, NatTable
 

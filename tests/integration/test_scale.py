@@ -24,7 +24,7 @@ from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import runs
 from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import alert_stream, slot
-from cogs.lab import Lab, lab_tag
+from cogs.lab import Lab, lab_tag, scale_lab
 from cogs.lab.netns import missing_privileges, namespaces
 from cogs.protocol import Mode
 from tests.conftest import _load
@@ -190,7 +190,7 @@ def test_lab_grows_and_shrinks_under_load(tmp_path: Path) -> None:
         procs = _start_load(["ip", "netns", "exec", lab.hosts["mb1"].netns], lab.url, 1, stop)
         try:
             time.sleep(1.0)
-            grow = lab.scale(6)
+            grow = scale_lab(lab, 6)
             assert grow.after == (6, 6), grow
             assert grow.added == ("node4", "node5", "node6"), grow
             st = lab.status()
@@ -198,7 +198,7 @@ def test_lab_grows_and_shrinks_under_load(tmp_path: Path) -> None:
             assert st.cluster["primaries"] == 6, st.cluster
             assert {"node4", "node5", "node6"} <= {h.name for h in st.hosts if h.up}
             time.sleep(1.0)
-            shrink = Lab.from_dir(lab.dir).scale(3)  # another process would find it so
+            shrink = scale_lab(Lab.from_dir(lab.dir), 3)  # another process would find it so
             assert shrink.removed == ("node4", "node5", "node6"), shrink
         finally:
             results = _results(procs, stop)
