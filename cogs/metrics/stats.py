@@ -32,10 +32,10 @@ GAUGES = frozenset(
 COUNTERS = frozenset(
     {
         "updates", "coalesced", "ops_sent", "ops_applied", "batches", "sync_ops", "async_ops", "cache_hits",
-        "cache_misses", "discards", "cache_drops", "errors", "backpressure", "rerouted", "resent_batches",
-        "outages", "evicted", "stale_locators", "indirect_local_hits", "remote_ops", "locator_lookups",
-        "peer_served", "collapsed_reads", "gaps", "lost_batches", "lost_ops", "overdue_batches", "callback_errors",
-        "lease_checks", "lease_lost",
+        "cache_misses", "discards", "cache_drops", "expired_reads", "errors", "backpressure", "rerouted",
+        "resent_batches", "outages", "evicted", "stale_locators", "indirect_local_hits", "remote_ops",
+        "locator_lookups", "peer_served", "collapsed_reads", "gaps", "lost_batches", "lost_ops", "overdue_batches",
+        "callback_errors", "lease_checks", "lease_lost",
     }
 )  # fmt: skip
 _FIELD = re.compile(r"^\s*(\w+)\s*:")

@@ -7,6 +7,13 @@ so while a retrieve of a key is in flight every discard for the key is remembere
 (a tombstone) and the reply is cached only if it is at least that new. When the
 discard link drops, every replica is dropped and caching stays off until the link is
 back (an epoch guards replies of retrieves sent before the drop).
+
+Staleness is bounded by a deadline, not by code that must run: the discard link
+(discard.py) proves, with each PONG on a subscription, that every discard published
+before its ping was handled, and moves ``fresh_until`` to that ping's send time plus
+DEAD_AFTER. Past it ``get()`` serves nothing, so a loop stalled longer than that (a
+CPU-bound callback, a SIGSTOP) cannot answer from a replica whose discard still sits
+unread in a socket buffer: the first read after the stall goes to the coordinator.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ class CacheStatistics:
     discards: int
     #: whole-cache drops (the discard link was lost)
     cache_drops: int
+    #: reads that found a replica but missed: its freshness was no longer proven (no
+    #: PONG from every node within DEAD_AFTER, a stalled loop say)
+    expired_reads: int
 
 
 class ReplicaCache:
@@ -46,25 +56,40 @@ class ReplicaCache:
         self._tombs: dict[tuple[int, str], int] = {}
         self.epoch = 0
         self.enabled = False
-        self.hits = self.misses = self.discards = self.drops = 0
+        #: monotonic time up to which the entries are proven fresh (discard.py moves it)
+        self.fresh_until = 0.0
+        self.hits = self.misses = self.discards = self.drops = self.expired = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def statistics(self) -> CacheStatistics:
-        return CacheStatistics(self.hits, self.misses, len(self._entries), self.discards, self.drops)
+        return CacheStatistics(self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired)
 
     def get(self, k: tuple[int, str]) -> Any:
+        """The replica to serve for ``k``, or MISS: none held, expired with its state,
+        or its freshness not proven now (kept: the next PONG may vouch for it again)."""
         e = self._entries.get(k)
         if e is None:
             self.misses += 1
             return MISS
-        if e[2] and e[2] < time.monotonic():
+        now = time.monotonic()
+        if now > self.fresh_until:
+            self.expired += 1
+            self.misses += 1
+            return MISS
+        if e[2] and e[2] < now:
             del self._entries[k]
             self.misses += 1
             return MISS
         self.hits += 1
         return e[0]
+
+    def peek(self, k: tuple[int, str]) -> Any:
+        """The replica held for ``k`` whatever its freshness (monitors, tests), or MISS;
+        counts nothing."""
+        e = self._entries.get(k)
+        return MISS if e is None else e[0]
 
     def begin_fetch(self, k: tuple[int, str]) -> int:
         self._inflight[k] = self._inflight.get(k, 0) + 1
@@ -111,6 +136,14 @@ class ReplicaCache:
             self.discards += 1
         if k in self._inflight:
             self._tombs[k] = _NEWEST
+
+    def enable(self, fresh_until: float) -> None:
+        """The discard link holds again: cache what fetches begun from now on return.
+        A fetch begun while it was down is not cached (a new epoch): the discard of an
+        update made after it was read may have been published to nobody."""
+        self.epoch += 1
+        self.fresh_until = fresh_until
+        self.enabled = True
 
     def drop_all(self) -> None:
         """The discard link is down: nothing cached can be trusted any more."""

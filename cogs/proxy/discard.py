@@ -9,6 +9,13 @@ delayed ACK, ~40 ms), and the other copies are harmless repeats (a discard is
 idempotent). Pub/sub is fire-and-forget: when any subscription drops, goes silent
 past a ping, or the set of primaries changes, every replica is dropped and caching
 stays off until all subscriptions hold again.
+
+Freshness is proven, not assumed: every PING_EVERY s each subscription connection
+carries a PING whose payload is its send time. Redis answers it in order with the
+messages, so its PONG proves that every discard the node published before the ping
+arrived has been handled; the cache is then vouched for until that send time plus
+DEAD_AFTER (``ReplicaCache.fresh_until``, the minimum over the primaries). Should the
+event loop stall, nothing has to run for replicas to stop being served.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class DiscardLink:
         self.hooks: list[DiscardHook] = []
         self.nodes: tuple[str, ...] = ()
         self.resubscribed = 0
+        self._proven: list[float] = []  # per primary: send time of the newest ping answered
+        self._unanswered: list[int] = []  # per primary: pings sent since
         self._seen: dict[tuple[int, str], int] = {}  # newest version handled per key
 
     def _handle(self, data: bytes) -> None:
@@ -70,15 +79,19 @@ class DiscardLink:
             assert topo is not None
             pubsubs: list[Any] = []
             try:
+                # a confirmed SUBSCRIBE proves like a PONG: from its send time on, nothing is missed
+                self._proven, self._unanswered = [], [0] * len(topo.nodes)
                 for i in range(len(topo.nodes)):
                     ps = self.coord.node_client(i).pubsub()
                     pubsubs.append(ps)
-                    await ps.subscribe(self.channel)
-                    while (m := await ps.get_message(timeout=2.0)) is None or m["type"] != "subscribe":
-                        if m is None:
-                            raise CoordinatorUnavailable(f"no subscribe confirmation from {topo.nodes[i].addr}")
+                    self._proven.append(time.monotonic())
+                    with anyio.fail_after(DEAD_AFTER):  # a frozen node: try again, never hang here
+                        await ps.subscribe(self.channel)
+                        while (m := await ps.get_message(timeout=2.0)) is None or m["type"] != "subscribe":
+                            if m is None:
+                                raise CoordinatorUnavailable(f"no subscribe confirmation from {topo.nodes[i].addr}")
                 self.nodes = tuple(n.addr for n in topo.nodes)
-                self.cache.enabled = True
+                self.cache.enable(fresh_until=min(self._proven) + DEAD_AFTER)
                 if ready.is_set():
                     self.resubscribed += 1
                     log.warning("discard link back on %s; replica caching resumes", ", ".join(self.nodes),
@@ -86,8 +99,8 @@ class DiscardLink:
                 ready.set()
                 failures = 0
                 async with anyio.create_task_group() as tg:
-                    for ps, addr in zip(pubsubs, self.nodes, strict=True):
-                        tg.start_soon(self._listen, ps, addr)
+                    for i, ps in enumerate(pubsubs):
+                        tg.start_soon(self._listen, ps, i)
             except* _LINK_ERRORS as eg:
                 failures += 1
                 self._lost(eg.exceptions[0])
@@ -105,26 +118,45 @@ class DiscardLink:
     def _lost(self, cause: BaseException) -> None:
         was = self.cache.enabled
         self.cache.enabled = False
+        self.cache.fresh_until = 0.0
         self.cache.drop_all()
         if was:
             log.warning("discard link lost (%s): replicas dropped", cause, extra=fields(proxy=self.proxy_id))
 
-    async def _listen(self, pubsub: Any, addr: str) -> None:
-        last = time.monotonic()
-        pinged = False
+    async def _listen(self, pubsub: Any, i: int) -> None:
+        """Handle discards from primary ``i``; ping it every PING_EVERY s on this very
+        connection, whatever else arrives (a PONG is the only proof of freshness)."""
+        addr = self.nodes[i]
+        next_ping = 0.0
+        self._unanswered[i] = 0
         while True:
-            m = await pubsub.get_message(timeout=PING_EVERY)
             now = time.monotonic()
-            if m is not None:
-                last, pinged = now, False
-                if m["type"] == "message":
-                    self._handle(m["data"])
-                continue
-            topo = self.coord.topology
-            if topo is not None and tuple(n.addr for n in topo.nodes) != self.nodes:
-                raise CoordinatorUnavailable("the set of primaries changed: subscribing anew")
-            if now - last > DEAD_AFTER:
-                raise CoordinatorUnavailable(f"discard link to {addr} silent for {now - last:.1f}s")
-            if not pinged:
-                await pubsub.ping()
-                pinged = True
+            if now >= next_ping:
+                topo = self.coord.topology
+                if topo is not None and tuple(n.addr for n in topo.nodes) != self.nodes:
+                    raise CoordinatorUnavailable("the set of primaries changed: subscribing anew")
+                with anyio.fail_after(PING_EVERY):  # never hang the link on a full socket
+                    await pubsub.ping(repr(now))
+                self._unanswered[i] += 1
+                next_ping = now + PING_EVERY
+            m = await pubsub.get_message(timeout=next_ping - now)
+            if m is None:
+                # silent: pings sent a second apart unanswered (so never merely because
+                # the loop stalled: the first read after a stall may time out at once)
+                silent = time.monotonic() - self._proven[i]
+                if silent > DEAD_AFTER and self._unanswered[i] >= DEAD_AFTER / PING_EVERY:
+                    raise CoordinatorUnavailable(f"discard link to {addr} silent for {silent:.1f}s")
+            elif m["type"] == "message":
+                self._handle(m["data"])
+            elif m["type"] == "pong":
+                self._pong(i, m["data"])
+
+    def _pong(self, i: int, data: bytes | str) -> None:
+        try:
+            sent = float(data)
+        except ValueError:
+            return  # not one of ours (a bare PING, a client's health check)
+        if self._proven[i] < sent <= time.monotonic():
+            self._unanswered[i] = 0
+            self._proven[i] = sent
+            self.cache.fresh_until = min(self._proven) + DEAD_AFTER

@@ -99,6 +99,7 @@ class ProxyStatistics:
     cached_entries: int
     discards: int
     cache_drops: int
+    expired_reads: int
     # -- request table (RequestStatistics)
     pending_packets: int
     callback_errors: int

@@ -12,6 +12,7 @@ import bisect
 import multiprocessing as mp
 import random
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -19,6 +20,9 @@ import pytest
 
 from cogs.cluster import LocalCluster
 from cogs.proxy import StateProxy
+from cogs.proxy.blocking import BlockingStateProxy
+from cogs.proxy.discard import DEAD_AFTER
+from tests.helpers import eventually
 
 PROCS, KEYS, SECONDS = 4, 6, 4.0
 DISCARD_DELAY = 0.1  # seconds: a discard must have arrived by then (bench: p99 is ~1 ms)
@@ -85,3 +89,28 @@ def test_no_stale_read_after_the_discard_delay(cluster: LocalCluster) -> None:
         if v < floor:
             stale.append((key, v, floor))
     assert stale == [], f"{len(stale)} stale reads of {len(reads)}, e.g. {stale[:5]}"
+
+
+@pytest.mark.anyio
+async def test_a_stalled_loop_serves_no_replica_older_than_the_bound(cluster: LocalCluster) -> None:
+    """Proxy A holds a replica; its loop stalls (a CPU-bound callback, a SIGSTOP) longer
+    than DEAD_AFTER while B, on a loop of its own, updates the key and is acknowledged:
+    the discard sits unread in A's socket. The first read A's loop makes after the stall
+    must not be the old replica (its freshness was last proven before the stall)."""
+    key = f"stall-{uuid.uuid4().hex[:8]}"
+    with BlockingStateProxy(cluster.url) as b:
+        async with StateProxy(cluster.url) as a:
+            b.syn_up("nat", key, "set", 1)
+            assert await a.syn_retrieve("nat", key) == 1
+            assert a.cached("nat", key) == 1  # a replica, served from the cache
+            # A's loop is blocked from here: B's update is acknowledged, its discard waits for A
+            assert b.syn_up("nat", key, "add", 1) == 2
+            time.sleep(DEAD_AFTER + 0.5)  # noqa: ASYNC251 - the stall under test
+            assert await a.syn_retrieve("nat", key) == 2  # the first thing A's loop runs
+            s = a.statistics()
+            assert s.expired_reads == 1
+            # the link was stalled, not lost: new PONGs vouch again, the fresh replica is served
+            await eventually(lambda: a.cache.fresh_until > time.monotonic())
+            assert await a.syn_retrieve("nat", key) == 2
+            assert a.statistics().cache_hits == s.cache_hits + 1
+            assert a.statistics().cache_drops == s.cache_drops == 0

@@ -75,7 +75,7 @@ def test_bounds_follow_the_settings() -> None:
     b = bounds(LoadConfig(host="h", ns="n", out="o", delivery_timeout_s=4.0, peer_timeout_s=1.0))
     assert b.calls["inc"] == b.calls["add"] == 4.0 + 0.5 + 1.0  # the bound, the watch step, slack
     assert b.calls["oget"] > b.calls["inc"]
-    assert b.staleness[REG] == STALENESS_BOUND_S + 0.5 == 4.5
+    assert b.staleness[REG] == STALENESS_BOUND_S == 3.5  # DEAD_AFTER and a margin
     assert b.staleness[OBJ] == 0.0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from array import array
 from typing import Any
 
@@ -20,9 +21,16 @@ from tests.helpers import make_batcher
 K = (1, "k")
 
 
-def test_cache_hit_after_fetch() -> None:
+def _cache() -> ReplicaCache:
+    """An enabled cache whose freshness is proven for a while (the discard link's job)."""
     c = ReplicaCache()
     c.enabled = True
+    c.fresh_until = time.monotonic() + 60
+    return c
+
+
+def test_cache_hit_after_fetch() -> None:
+    c = _cache()
     e = c.begin_fetch(K)
     assert c.end_fetch(K, e, "v1", 5, -1)
     assert c.get(K) == "v1"
@@ -32,8 +40,7 @@ def test_cache_hit_after_fetch() -> None:
 def test_discard_overtaking_an_older_reply_wins() -> None:
     """Retrieve sent (v5 at the coordinator), update makes v6 and its discard arrives
     before the retrieve's reply: the reply must not be cached."""
-    c = ReplicaCache()
-    c.enabled = True
+    c = _cache()
     e = c.begin_fetch(K)
     c.discard(K, 6)
     assert not c.end_fetch(K, e, "old", 5, -1)
@@ -41,8 +48,7 @@ def test_discard_overtaking_an_older_reply_wins() -> None:
 
 
 def test_reply_as_new_as_the_discard_is_cached() -> None:
-    c = ReplicaCache()
-    c.enabled = True
+    c = _cache()
     e = c.begin_fetch(K)
     c.discard(K, 6)
     assert c.end_fetch(K, e, "new", 6, -1)
@@ -54,8 +60,7 @@ def test_reply_as_new_as_the_discard_is_cached() -> None:
 
 
 def test_link_loss_drops_everything_and_stale_epoch_replies() -> None:
-    c = ReplicaCache()
-    c.enabled = True
+    c = _cache()
     c.end_fetch(K, c.begin_fetch(K), "v", 1, -1)
     e = c.begin_fetch((1, "other"))
     c.drop_all()
@@ -65,14 +70,44 @@ def test_link_loss_drops_everything_and_stale_epoch_replies() -> None:
     assert not c.end_fetch(K, c.begin_fetch(K), "v", 9, -1)  # link down: no caching
 
 
-def test_replica_expires_with_the_state() -> None:
-    c = ReplicaCache()
-    c.enabled = True
-    c.end_fetch(K, c.begin_fetch(K), "v", 1, 1)  # 1 ms left at the coordinator
-    import time
+def test_a_fetch_begun_while_the_link_was_down_is_not_cached() -> None:
+    """Read while the link was down (the coordinator had v1), then an update (v2) whose
+    discard nobody received, then the link back: the reply (v1) must not be cached."""
+    c = _cache()
+    c.enabled = False
+    c.drop_all()
+    e = c.begin_fetch(K)
+    c.enable(fresh_until=time.monotonic() + 60)
+    assert not c.end_fetch(K, e, "v1", 1, -1)
+    assert c.get(K) is MISS
+    assert c.end_fetch(K, c.begin_fetch(K), "v2", 2, -1)  # begun once the link held: cached
+    assert c.get(K) == "v2"
 
+
+def test_replica_expires_with_the_state() -> None:
+    c = _cache()
+    c.end_fetch(K, c.begin_fetch(K), "v", 1, 1)  # 1 ms left at the coordinator
     time.sleep(0.005)
     assert c.get(K) is MISS
+
+
+def test_replicas_are_served_only_while_their_freshness_is_proven() -> None:
+    """Past fresh_until (no PONG proved every discard handled, a stalled loop say) get()
+    misses without dropping anything; peek() still shows the entry; a later proof
+    (the next PONG, once the discards before it were handled) serves it again."""
+    c = _cache()
+    c.end_fetch(K, c.begin_fetch(K), "v", 1, -1)
+    assert c.get(K) == "v"
+    c.fresh_until = time.monotonic() - 0.001
+    assert c.get(K) is MISS
+    assert c.peek(K) == "v"
+    assert c.peek((1, "none")) is MISS
+    s = c.statistics()
+    assert (s.cache_hits, s.cache_misses, s.expired_reads, s.cached_entries) == (1, 1, 1, 1)
+    c.get((1, "none"))  # nothing held: a plain miss, not an expired read
+    assert c.statistics().expired_reads == 1
+    c.fresh_until = time.monotonic() + 60
+    assert c.get(K) == "v"
 
 
 def _lane(kinds: dict[str, int]) -> Lane:
