@@ -113,6 +113,12 @@ class Batcher:
             on_overdue=self._overdue, on_error=on_error, spawn=self.spawn, tick=self._check_queue,
         )  # fmt: skip
         self._refreshing: asyncio.Task[Any] | None = None
+        # flush()'s watermark: flushes are numbered, each batch is charged to the flush that
+        # sent it (or to an older one whose MOVED ops it carries again); flush() waits for
+        # the batches charged up to the flush that takes the ops pending at its call
+        self._flushes = self._carry = 0  # _carry: the oldest flush with ops re-queued (0: none)
+        self._charged: dict[Batch, int] = {}
+        self._progress = asyncio.Event()
         self._per_node: tuple[Any, list[str]] = (None, [])
         # statistics
         self._created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
@@ -369,22 +375,33 @@ class Batcher:
         return self.delivery.room(self.max_inflight)
 
     async def drain(self) -> None:
-        """Wait until every op issued so far has been applied (or failed), at most the
-        delivery bound past the last one confirmed: then :class:`DeliveryTimeout`."""
-        if self.npending:
+        """Wait until every op issued before the call has been applied (or failed: errors
+        go to on_error), at most the delivery bound from the call: then
+        :class:`DeliveryTimeout`. Ops issued meanwhile are not waited for: under load
+        from other tasks the proxy may never be idle."""
+        unsent = self.npending
+        target = self._flushes + (1 if unsent else 0)  # the flush that takes every op pending now
+        if unsent:
             self._kick.set()
-        while True:
-            before = self.ops_applied + self.errors
-            try:
-                await asyncio.wait_for(self._idle.wait(), self.delivery_timeout)
-                return
-            except TimeoutError:
-                if self.ops_applied + self.errors == before:  # no progress for a whole bound
-                    raise DeliveryTimeout(
-                        f"flush: {self.npending} op(s) pending and {self.inflight} unconfirmed after "
-                        f"{self.delivery_timeout:g} s without progress (the coordinator does not answer); they "
-                        "stay queued and apply exactly once when it does"
-                    ) from None
+        try:
+            async with asyncio.timeout(self.delivery_timeout):
+                while not self._drained(target):
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            if self._flushes >= target:
+                unsent = self.npending if 0 < self._carry <= target else 0  # (re-queued: at most that)
+            unconfirmed = sum(b.nops for b, n in self._charged.items() if n <= target)
+            raise DeliveryTimeout(
+                f"flush: of the ops issued before it, {unsent} not sent yet and {unconfirmed} (with their "
+                f"batch-mates) unconfirmed {self.delivery_timeout:g} s after the call (the coordinator does not "
+                "answer); they stay queued and apply exactly once when it does, unless this proxy closes first"
+            ) from None
+
+    def _drained(self, target: int) -> bool:
+        if self._flushes < target or 0 < self._carry <= target:
+            return False
+        return all(n > target for n in self._charged.values())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A background task owned by the proxy: cancelled and awaited by aclose()."""
@@ -414,6 +431,9 @@ class Batcher:
         self._np = 0
         self._settle()
         now = time.monotonic()
+        self._flushes += 1
+        charge = self._carry or self._flushes  # re-queued ops go out now: charged as before
+        self._carry = 0
         for n, node_frames in frames.items():
             stream = streams[n]
             for payload, count, reqs in node_frames:
@@ -421,11 +441,16 @@ class Batcher:
                 self.ops_sent += count
                 self.batches += 1
                 numbered = count != len(reqs) or any(r.mode not in IDEMPOTENT for r in reqs.values())
-                self.delivery.send(stream, Batch(payload, count, reqs, numbered, now))
+                b = Batch(payload, count, reqs, numbered, now)
+                self._charged[b] = charge
+                self.delivery.send(stream, b)
+        self._progress.set()
 
     # -- replies -------------------------------------------------------------------------
 
     def _settled(self, b: Batch) -> None:
+        self._charged.pop(b, None)
+        self._progress.set()
         self.inflight -= b.nops
         self._settle()
         if not self.npending and not self.inflight:
@@ -459,7 +484,11 @@ class Batcher:
         if moved:
             assert flat is not None
             self.rerouted += len(moved)
+            queued = len(self.queue)
             self._requeue(flat, reqs, moved)
+            if len(self.queue) > queued:  # flush() waits for them as for the rest of their batch
+                n = self._charged.get(b, self._flushes)
+                self._carry = min(self._carry or n, n)
             self._refresh_soon()
 
     def _state_name(self, sidx: int) -> str:
