@@ -18,8 +18,8 @@ unread in a socket buffer: the first read after the stall goes to the coordinato
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Final
 
 
@@ -73,7 +73,7 @@ class ReplicaCache:
         if e is None:
             self.misses += 1
             return MISS
-        now = time.monotonic()
+        now = monotonic()
         if now > self.fresh_until:
             self.expired += 1
             self.misses += 1
@@ -109,7 +109,7 @@ class ReplicaCache:
         cur = self._entries.get(k)
         if cur is not None and cur[1] > version:
             return False
-        expires = time.monotonic() + pttl / 1000 if pttl > 0 else 0.0
+        expires = monotonic() + pttl / 1000 if pttl > 0 else 0.0
         self._entries[k] = (value, version, expires)
         return True
 
