@@ -429,8 +429,10 @@ class StateProxy:
         self._batcher.spawn(run())
 
     async def flush(self) -> None:
-        """Wait until everything issued so far has been applied at the coordinator (at
-        most the delivery bound without progress: then :class:`DeliveryTimeout`)."""
+        """Wait until every op issued before this call has been applied at the
+        coordinator (or failed: errors go to on_error), not for ops issued meanwhile;
+        ``COGS_DELIVERY_TIMEOUT_S`` after the call at most: then :class:`DeliveryTimeout`
+        (the ops stay queued and apply exactly once)."""
         await self._batcher.drain()
 
     def report_error(self, err: CogsError, packet: Any = None) -> None:
