@@ -11,6 +11,7 @@ thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
@@ -21,14 +22,14 @@ from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from cogs import runtime
-from cogs.errors import BadDelta, CogsError, UnknownOp, refuse
+from cogs.errors import BadDelta, CogsError, DeliveryTimeout, UnknownOp, refuse
 from cogs.proxy.batcher import Backpressure
 from cogs.proxy.lanes import SUM
 from cogs.proxy.proxy import StateProxy
 from cogs.proxy.requests import Callback
 from cogs.proxy.stats import ProxyStatistics
 
-_UPDATE, _ASYN_UP, _ASYN_RETRIEVE = 0, 1, 2
+_UPDATE, _ASYN_UP, _ASYN_RETRIEVE, _MARK = 0, 1, 2, 3
 
 
 class BlockingStateProxy:
@@ -105,13 +106,20 @@ class BlockingStateProxy:
         self._hand_over(_ASYN_RETRIEVE, (state, key, op, callback, packet, arg))
 
     def _hand_over(self, kind: int, args: tuple[Any, ...]) -> None:
+        if len(self._q) >= self._max_queued and kind != _MARK:
+            # backpressure: the caller waits for the loop to catch up, at most the delivery
+            # bound; then nothing is queued and the caller is told
+            bound = self._proxy.settings.delivery_timeout_s
+            if not self._drained.wait(bound):
+                raise Backpressure(
+                    f"{len(self._q):,} calls wait in the facade's queue (max_queued={self._max_queued:,}) and "
+                    f"none of them found room in the proxy for {bound:g} s: this one was not queued"
+                )
         self._q.append((kind, args))
         if not self._scheduled:
             self._scheduled = True
             self._drained.clear()
             self._portal.start_task_soon(self._drain)
-        if len(self._q) > self._max_queued:
-            self._drained.wait()  # backpressure: the caller waits for the loop to catch up
 
     async def _drain(self) -> None:
         # Clear the flag first: an item appended after this point schedules another drain.
@@ -120,7 +128,9 @@ class BlockingStateProxy:
         while q:
             kind, args = q[0]
             try:
-                if kind == _UPDATE:
+                if kind == _MARK:
+                    args[0].set()  # a flush's watermark: everything handed over before it is issued
+                elif kind == _UPDATE:
                     p.update(*args)
                 elif kind == _ASYN_UP:
                     p.asyn_up(*args)
@@ -150,9 +160,30 @@ class BlockingStateProxy:
         return self._proxy.cached(state, key)
 
     def flush(self) -> None:
-        """Wait until everything issued so far has been applied at the coordinator."""
-        self._drained.wait()
-        self._portal.call(self._proxy.flush)
+        """Wait until everything this facade was handed before the call has been applied
+        at the coordinator (or failed: errors go to on_error), not for what other threads
+        hand over meanwhile; ``COGS_DELIVERY_TIMEOUT_S`` after the call at most: then
+        :class:`DeliveryTimeout` (the ops stay queued and apply exactly once)."""
+        bound = self._proxy.settings.delivery_timeout_s
+        deadline = time.monotonic() + bound
+        mark = threading.Event()
+        self._hand_over(_MARK, (mark,))  # behind every update handed over before this call
+        if not mark.wait(bound):
+            raise DeliveryTimeout(
+                f"flush: {len(self._q)} call(s) still wait in the facade's queue after {bound:g} s (the proxy "
+                "has no room: the coordinator does not keep up or does not answer); they stay queued and are "
+                "issued, then applied exactly once, when it does"
+            )
+        self._portal.call(self._flush_until, deadline, bound)
+
+    async def _flush_until(self, deadline: float, bound: float) -> None:
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as scope:
+            await self._proxy.flush()
+        if scope.cancelled_caught:
+            raise DeliveryTimeout(
+                f"flush: not every op issued before the call was confirmed within {bound:g} s; they stay "
+                "queued and apply exactly once when the coordinator answers"
+            )
 
     def statistics(self) -> ProxyStatistics:
         return self._proxy.statistics()

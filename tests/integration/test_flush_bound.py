@@ -155,3 +155,62 @@ def test_flush_with_frozen_primaries_times_out_within_the_bound_then_applies_onc
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         lc.down(purge=True)
+
+
+@pytest.mark.slow
+def test_blocking_facade_update_and_flush_end_within_the_bound_when_the_coordinator_stops(tmp_path: Path) -> None:
+    """The synchronous facade hands calls over through a queue: with every primary frozen
+    the proxy fills, then the queue. update() then raises Backpressure (nothing queued)
+    and flush() DeliveryTimeout, each within the bound (both waited forever before);
+    after SIGCONT everything handed over applies exactly once."""
+    import threading
+
+    from cogs.proxy.batcher import Backpressure
+    from cogs.proxy.blocking import BlockingStateProxy
+
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
+    lc.up()
+    pids = [int((lc.node_dir(port) / "redis.pid").read_text()) for port in lc.ports]
+    try:
+        anyio.run(_load, lc.url, make_catalog())
+        settings = load_settings(url=lc.url, delivery_timeout_s=BOUND, command_timeout_s=15.0)
+        with BlockingStateProxy(settings=settings, batch_max_ops=100, max_pending=100, max_queued=500) as p:
+            p.syn_up("cnt", "bk-warm", "set", 0)
+            handed: list[str] = []
+            outcome: dict[str, object] = {}
+
+            def fill() -> None:  # distinct keys: no coalescing, every update is an op
+                t0 = time.monotonic()
+                try:
+                    for i in range(5000):
+                        p.update("cnt", f"bk{i}", "add", 1)
+                        handed.append(f"bk{i}")
+                except Backpressure as e:
+                    outcome["update"] = (time.monotonic() - t0, str(e))
+                t0 = time.monotonic()
+                try:
+                    p.flush()
+                except DeliveryTimeout as e:
+                    outcome["flush"] = (time.monotonic() - t0, str(e))
+
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                t = threading.Thread(target=fill, daemon=True)
+                t.start()
+                t.join(timeout=3 * BOUND + SLACK + 10)  # before: update() waited for room forever
+                assert not t.is_alive(), "update() or flush() did not end while the coordinator was stopped"
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            took, message = outcome["update"]  # type: ignore[misc]
+            assert 100 <= len(handed) < 5000
+            assert "was not queued" in message, message
+            took, message = outcome["flush"]  # type: ignore[misc]
+            assert took < BOUND + SLACK, (took, message)
+            assert "facade's queue" in message, message
+            p.flush()  # everything handed over, now applied
+            assert all(p.syn_retrieve("cnt", k) == 1 for k in handed)  # exactly once
+            assert p.syn_retrieve("cnt", f"bk{len(handed)}") in (None, 0)  # the refused one never applies
+    finally:
+        lc.down()
