@@ -177,7 +177,7 @@ def test_blocking_facade_update_and_flush_end_within_the_bound_when_the_coordina
         with BlockingStateProxy(settings=settings, batch_max_ops=100, max_pending=100, max_queued=500) as p:
             p.syn_up("cnt", "bk-warm", "set", 0)
             handed: list[str] = []
-            outcome: dict[str, object] = {}
+            outcome: dict[str, tuple[float, str]] = {}
 
             def fill() -> None:  # distinct keys: no coalescing, every update is an op
                 t0 = time.monotonic()
@@ -203,10 +203,10 @@ def test_blocking_facade_update_and_flush_end_within_the_bound_when_the_coordina
             finally:
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)
-            took, message = outcome["update"]  # type: ignore[misc]
+            took, message = outcome["update"]
             assert 100 <= len(handed) < 5000
             assert "was not queued" in message, message
-            took, message = outcome["flush"]  # type: ignore[misc]
+            took, message = outcome["flush"]
             assert took < BOUND + SLACK, (took, message)
             assert "facade's queue" in message, message
             p.flush()  # everything handed over, now applied
