@@ -5,11 +5,15 @@ the node parameters of cogs/deployment.py, also used by compose.yaml and the lab
 forms the cluster (:func:`form_cluster`, also what the compose init service and the
 lab run through ``cogs cluster create``), waits for ``cluster_state:ok`` and loads
 the Lua library on every primary.
+
+A locked cluster (``cogs acl apply --admin-password A --cluster-dir DIR``) has the
+admin credentials in ``DIR/auth.conf`` (cogs/adminauth.py): every node started from
+DIR includes that file (``masteruser``/``masterauth``: replicas sync after a
+restart), and every command on DIR authenticates with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -27,6 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cogs import adminauth
 from cogs.deployment import BUS_OFFSET, CONFIG_PATH, Deployment
 from cogs.errors import ClusterError, ConfigError
 from cogs.keys import SLOTS
@@ -83,6 +88,8 @@ def _wait(what: str, test: Callable[[], bool], timeout: float) -> None:
         try:
             if test():
                 return
+        except redis.AuthenticationError:
+            raise  # locked, and not given (the right) credentials: waiting will not help
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             pass
         if time.monotonic() > deadline:
@@ -159,9 +166,18 @@ def _ipv4(host: str) -> str:
         raise ClusterError(f"cannot resolve node {host!r}: {e}") from e
 
 
-def _ping(host: str, port: int, **kw: Any) -> bool:
+def _ping_strict(host: str, port: int, **kw: Any) -> None:
     with _client(host, port, **kw) as c:
-        return bool(c.ping())
+        c.ping()
+
+
+def _ping(host: str, port: int, **kw: Any) -> bool:
+    """The node answers: PONG, or NOAUTH from a locked node (it is up)."""
+    try:
+        with _client(host, port, **kw) as c:
+            return bool(c.ping())
+    except redis.AuthenticationError:
+        return True
 
 
 def _info(c: redis.Redis) -> dict[str, str]:
@@ -237,9 +253,28 @@ class LocalCluster:
         assert self.dir is not None
         return self_signed(self.dir / "tls") if self.tls else None
 
-    def client_kwargs(self) -> dict[str, Any]:
+    def tls_kwargs(self) -> dict[str, Any]:
         files = self.tls_files
         return files.client_kwargs() if files else {}
+
+    @property
+    def auth_file(self) -> Path:
+        """Where a locked cluster keeps its admin credentials (cogs/adminauth.py)."""
+        assert self.dir is not None
+        return adminauth.path_in(self.dir)
+
+    def admin(self) -> adminauth.AdminAuth | None:
+        """The admin credentials of auth.conf; None: the cluster is not locked."""
+        return adminauth.read_dir(self.dir)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """TLS and, for a locked cluster, the admin's credentials (auth.conf)."""
+        admin = self.admin()
+        return {**self.tls_kwargs(), **(admin.client_kw() if admin else {})}
+
+    def refused(self, port: int, e: object) -> ClusterError:
+        """NOAUTH / WRONGPASS from node ``port``, as an error naming auth.conf."""
+        return ClusterError(f"node {self.host}:{port}: {adminauth.refused(self.auth_file, e)}")
 
     def node_dir(self, port: int) -> Path:
         assert self.dir is not None
@@ -268,13 +303,15 @@ class LocalCluster:
             *Deployment.node_args(node, announce_ip=self.host, bind=self.host, data_dir=str(d), tls=files is not None),
             *(files.server_args() if files else ()),
             "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
-            *(("--appendonly", "no") if self.persistence == "none" else ()), *self.extra_args,
+            *(("--appendonly", "no") if self.persistence == "none" else ()),
+            # a locked cluster's masteruser/masterauth (a path, not the password: argv is public)
+            *(("--include", str(self.auth_file)) if self.auth_file.exists() else ()), *self.extra_args,
         ]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise ClusterError(f"redis-server on port {port} failed to start: {(r.stderr or r.stdout).strip()}")
         try:
-            _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port, **self.client_kwargs()), 10)
+            _wait(f"redis-server on port {port}", functools.partial(_ping, self.host, port, **self.tls_kwargs()), 10)
         except ClusterError as e:
             log = (d / "redis.log").read_text()[-800:] if (d / "redis.log").exists() else ""
             raise ClusterError(f"{e}; log tail:\n{log}") from e
@@ -291,10 +328,15 @@ class LocalCluster:
         started = sum(self.start_node(p) for p in self.ports)
         running = f" ({self.size - started} already running)" if started < self.size else ""
         progress(f"started {started} redis-server node(s) on ports {self.ports[0]}-{self.ports[-1]}{running}")
-        form_cluster(
-            [(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress,
-            client_kw=self.client_kwargs(),
-        )  # fmt: skip
+        try:
+            form_cluster(
+                [(self.host, p) for p in self.ports], self.replicas, timeout=timeout, progress=progress,
+                client_kw=self.client_kwargs(),
+            )  # fmt: skip
+        except ClusterError as e:
+            if isinstance(e.__cause__, redis.AuthenticationError):
+                raise self.refused(self.port, e.__cause__) from e
+            raise
         return self.url
 
     def _save_meta(self, d: Deployment) -> None:
@@ -312,7 +354,8 @@ class LocalCluster:
     ) -> ScaleReport:  # fmt: skip
         """Grow or shrink the running cluster to ``masters`` primaries with ``replicas``
         replicas each (default: as now), moving slots while clients keep working
-        (cogs/scale.py). ``client_kw``: credentials, if the default user has a password."""
+        (cogs/scale.py). ``client_kw``: an admin's credentials, for a locked cluster
+        whose dir has no auth.conf (auth.conf's win)."""
         from cogs.reshard import Admin
         from cogs.scale import Scaler
 
@@ -322,12 +365,21 @@ class LocalCluster:
             raise ClusterError(str(e)) from e
         if not self._pid(self.port):
             raise ClusterError(f"no node runs on port {self.port}: start the cluster first (`cogs cluster up`)")
+        kw = {**self.tls_kwargs(), **(client_kw or {}), **self.client_kwargs()}
+        try:  # credentials first: a refused scale leaves cluster.json as it was
+            _ping_strict(self.host, self.port, **kw)
+        except redis.AuthenticationError as e:
+            raise self.refused(self.port, e) from e
         before = self.deployment
         if target.size > before.size:  # what `down` stops covers the new nodes from the start
             self._save_meta(target)
-        admin = Admin({**self.client_kwargs(), **(client_kw or {})})
+        admin = Admin(kw)
         try:
             report = Scaler(_LocalHosts(self), admin, progress=progress, timeout=timeout).scale(target)
+        except ClusterError as e:
+            if isinstance(e.__cause__, redis.AuthenticationError):
+                raise self.refused(self.port, e.__cause__) from e
+            raise
         finally:
             admin.close()
         self.masters, self.replicas, self.deployment = target.masters, target.replicas, target
@@ -342,8 +394,13 @@ class LocalCluster:
         if hard:
             os.kill(pid, signal.SIGKILL)
         else:
-            with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
-                _client(self.host, port, **self.client_kwargs()).execute_command("SHUTDOWN")
+            try:
+                with _client(self.host, port, **self.client_kwargs()) as c:
+                    c.execute_command("SHUTDOWN")
+            except redis.AuthenticationError:  # locked, auth.conf lost: SIGTERM is a SHUTDOWN too
+                os.kill(pid, signal.SIGTERM)
+            except (redis.ConnectionError, redis.ResponseError):
+                pass
         # Redis removes its pidfile just before exiting: also wait for the port to close
         deadline = time.monotonic() + 10
         while (_alive(pid) or _port_busy(self.host, port)) and time.monotonic() < deadline:
@@ -378,6 +435,8 @@ class LocalCluster:
                         state=cinfo.get("cluster_state", "?"),
                     )
                 )
+            except redis.AuthenticationError as e:
+                out.append(NodeStatus(p, True, error=adminauth.describe(e)))  # the CLI says why once
             except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError) as e:
                 out.append(NodeStatus(p, True, error=str(e)))
         return out
@@ -411,18 +470,28 @@ class _LocalHosts:
     def addr(self, i: int) -> tuple[str, int]:
         return (self.lc.host, self.lc.port + i)
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, acl: str) -> None:
         port = self.lc.port + i
         self.lc.stop_node(port)  # one started by a run cut off before it joined
         shutil.rmtree(self.lc.node_dir(port), ignore_errors=True)
         if _port_busy(self.lc.host, port) or _port_busy(self.lc.host, port + BUS_OFFSET):
             raise ClusterError(f"port {port} (or its bus port) is taken by another process: cannot add node{i + 1}")
+        write_acl(self.lc.node_dir(port), acl)
         self.lc.start_node(port)
 
     def remove(self, i: int) -> None:
         port = self.lc.port + i
         self.lc.stop_node(port)
         shutil.rmtree(self.lc.node_dir(port), ignore_errors=True)
+
+
+def write_acl(node_dir: Path, acl: str) -> None:
+    """A new node's aclfile before it starts: it opens its port with the cluster's users
+    (a locked cluster's default password too), never with an open default user."""
+    node_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(node_dir / ACL_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(acl)
 
 
 def _my_slots(c: redis.Redis) -> list[tuple[int, int]]:

@@ -154,11 +154,6 @@ class Admin:
             c = self._clients[addr] = self._make(addr, self.kw)
         return c
 
-    def fresh(self, addr: Addr) -> redis.Redis:
-        """A connection to a node just started: its default user has no password yet."""
-        kw = {k: v for k, v in self.kw.items() if k not in ("username", "password")}
-        return self._make(addr, kw)
-
     def _make(self, addr: Addr, kw: dict[str, Any]) -> redis.Redis:
         # no client-side retries: a retried MIGRATE or SETSLOT could act twice
         return redis.Redis(

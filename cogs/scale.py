@@ -5,9 +5,10 @@ The deployment's nodes are numbered (cogs/deployment.py: ``node<i>`` on port
 ``port + i - 1``); a deployment of M primaries with R replicas each is its first
 M x (1 + R) nodes. Scaling to it:
 
-1. starts the nodes it lacks (the shared config; the launcher's ``Hosts``), copies
-   the ACL users (and ``masteruser``/``masterauth``) of a running node onto them and
-   has them meet the cluster;
+1. starts the nodes it lacks (the shared config; the launcher's ``Hosts``) with the
+   ACL users of a running node as their aclfile (a locked cluster's default password
+   too: a new node never opens its port unlocked), sets its ``masteruser``/
+   ``masterauth`` on them and has them meet the cluster;
 2. loads the function libraries of a running primary (``FUNCTION DUMP`` /
    ``RESTORE``: every library, as loaded) on each new primary **before** it gets a slot;
 3. moves slots (cogs/reshard.py) so the M primaries hold 16384/M each: nodes leaving
@@ -51,8 +52,10 @@ class Hosts(Protocol):
         """The address node ``i`` announces (its clients and other nodes use it)."""
         ...
 
-    def start(self, i: int) -> None:
-        """Start node ``i`` empty (no data, no cluster config) and wait until it answers."""
+    def start(self, i: int, acl: str) -> None:
+        """Start node ``i`` empty (no data, no cluster config) with ``acl`` as its aclfile
+        (``ACL LIST`` lines: its users from the start) and wait until it answers (NOAUTH
+        is an answer)."""
         ...
 
     def remove(self, i: int) -> None:
@@ -163,19 +166,17 @@ class Scaler:
         if not new:
             return
         donor = self.hosts.addr(seed)
-        users = _acl_users(self.admin(donor))
+        acl = _acl_file(self.admin(donor))
         cfg = _replication_auth(self.admin(donor))
         for i in new:
-            self.hosts.start(i)
-            with self.admin.fresh(self.hosts.addr(i)) as c:  # its default user has no password yet
-                for argv in users:
-                    c.execute_command(*argv)
-                for k, v in cfg.items():
-                    c.config_set(k, v)
-                if users:
-                    _acl_save(c)
+            self.hosts.start(i, acl)
+            c = self.admin(self.hosts.addr(i))  # the admin's credentials work at once: same users
+            for k, v in cfg.items():  # also when the launcher's config does not carry them
+                c.config_set(k, v)
         names = ", ".join(f"node{i + 1}" for i in new)
-        self.progress(f"started {names}" + (f" with {len(users)} ACL user(s)" if users else ""))
+        users = acl.count("\n")
+        locked = " (locked: the default user's password)" if _locked(acl) else ""
+        self.progress(f"started {names} with {users} ACL user(s){locked}")
         ip, port = donor
         for i in new:
             self.admin(self.hosts.addr(i)).execute_command("CLUSTER", "MEET", _ipv4(ip), port)
@@ -348,25 +349,17 @@ def acl_tokens(line: str) -> list[str]:
     return out
 
 
-def _acl_users(c: redis.Redis) -> list[list[str]]:
-    """``ACL SETUSER`` argument lists recreating every user of a node exactly (passwords
-    as the hashes ACL LIST shows)."""
-    out = []
-    for raw in c.execute_command("ACL", "LIST"):
-        words = acl_tokens(raw.decode() if isinstance(raw, bytes) else str(raw))
-        if len(words) >= 2 and words[0] == "user":
-            out.append(["ACL", "SETUSER", words[1], "reset", *words[2:]])
-    # the default user last: once it has a password, the fresh connection keeps its session
-    out.sort(key=lambda a: a[2] == "default")
-    return out
+def _acl_file(c: redis.Redis) -> str:
+    """An aclfile recreating every user of a node exactly: ``ACL LIST``'s lines are the
+    aclfile's format (passwords as their hashes)."""
+    lines = [_str(raw) for raw in c.execute_command("ACL", "LIST")]
+    return "".join(f"{line}\n" for line in lines if line.startswith("user "))
 
 
-def _acl_save(c: redis.Redis) -> None:
-    try:
-        c.execute_command("ACL", "SAVE")
-    except redis.ResponseError as e:
-        if "not configured to use an ACL file" not in str(e):
-            raise
+def _locked(acl: str) -> bool:
+    """The default user of this aclfile needs a password (``nopass`` absent)."""
+    default = next((line for line in acl.splitlines() if acl_tokens(line)[1:2] == ["default"]), "")
+    return bool(default) and "nopass" not in acl_tokens(default)
 
 
 def _replication_auth(c: redis.Redis) -> dict[str, str]:

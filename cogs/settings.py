@@ -36,6 +36,10 @@ class CogsSettings(BaseSettings):
     #: Redis ACL user and password (override what the URL carries).
     username: str | None = None
     password: SecretStr | None = None
+    #: A locked coordinator's admin credentials: its cluster dir's ``auth.conf`` (written
+    #: by ``cogs acl apply --admin-password ... --cluster-dir DIR``); used when neither
+    #: the URL nor username/password carry credentials.
+    auth_file: Path | None = None
     #: TLS (with a ``rediss://`` URL): CA bundle, client certificate and key.
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -108,6 +112,10 @@ class CogsSettings(BaseSettings):
             kw["username"] = self.username
         if self.password:
             kw["password"] = self.password.get_secret_value()
+        if self.auth_file is not None and not (self.username or self.password or "@" in self.url):
+            from cogs import adminauth
+
+            kw |= adminauth.read(self.auth_file).client_kw()
         if self.url.startswith("rediss://"):
             if self.tls_ca_file:
                 kw["ssl_ca_certs"] = str(self.tls_ca_file)

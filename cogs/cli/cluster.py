@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
+from cogs.adminauth import AdminAuth
 from cogs.catalog import Catalog
-from cogs.cli.base import _progress, main, out_console, run
+from cogs.cli.base import _progress, err_console, main, out_console, run
 from cogs.errors import ConfigError
 from cogs.paths import DEFAULT_CATALOG
 from cogs.settings import DEFAULT_PORT
@@ -69,7 +71,7 @@ def cluster_up(
     files = lc.tls_files
     if files is not None:
         _progress(f"TLS: clients need COGS_TLS_CA_FILE={files.ca}")
-    _load(url, catalog, tls_ca_file=files.ca if files else None)
+    _load(url, catalog, tls_ca_file=files.ca if files else None, admin=lc.admin())
     _progress(f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})")
     click.echo(url)
 
@@ -110,9 +112,10 @@ def cluster_scale(port: int, dir_: Path | None, masters: int, replicas: int | No
     """Grow or shrink the running local cluster to M primaries (R replicas each),
     moving slots while proxies keep working.
 
-    New nodes get the ACL users and the function libraries before any slot; nodes
-    leaving give their slots away, are forgotten by the others and stopped. Run it
-    again to finish a scale that was cut off."""
+    New nodes get the ACL users (a locked cluster's admin password too) and the function
+    libraries before any slot; nodes leaving give their slots away, are forgotten by the
+    others and stopped. Run it again to finish a scale that was cut off. A locked
+    cluster: as the admin of DIR/auth.conf (else COGS_USERNAME/COGS_PASSWORD)."""
     from cogs.cluster import LocalCluster
     from cogs.settings import load_settings
 
@@ -164,15 +167,21 @@ def cluster_status(port: int, dir_: Path | None) -> None:
             s.error or s.state,
         )
     out_console.print(t)
+    locked = next((s for s in rows if s.error.startswith(("NOAUTH", "WRONGPASS"))), None)
+    if locked is not None:
+        err_console.print(f"[red]error:[/] {escape(str(lc.refused(locked.port, locked.error)))}", highlight=False)
     if not all(s.running and s.state == "ok" for s in rows):
         sys.exit(1)
 
 
-def _load(url: str, catalog: Catalog, tls_ca_file: Path | None = None) -> None:
+def _load(url: str, catalog: Catalog, tls_ca_file: Path | None = None, admin: AdminAuth | None = None) -> None:
+    """Load the library; as the admin of auth.conf when the cluster is locked."""
     from cogs.coordinator.client import Coordinator
 
+    creds = admin.client_kw() if admin else {}
+
     async def go() -> None:
-        async with Coordinator(url=url, tls_ca_file=tls_ca_file) as co:
+        async with Coordinator(url=url, tls_ca_file=tls_ca_file, **creds) as co:
             await co.load_library(catalog)
 
     run(go)

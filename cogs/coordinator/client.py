@@ -143,7 +143,12 @@ class Coordinator:
                 return Topology.standalone(host, port)
             return Topology.from_cluster_slots(await c.execute_command("CLUSTER", "SLOTS"), host)
         except rexc.AuthenticationError as e:
-            raise CogsError(f"coordinator at {host}:{port} refused the credentials: {e}") from e
+            from cogs.adminauth import describe
+
+            raise CogsError(
+                f"coordinator at {host}:{port} refused the connection ({describe(e)}): give credentials "
+                "(COGS_USERNAME/COGS_PASSWORD; a locked cluster's admin: COGS_AUTH_FILE=DIR/auth.conf)"
+            ) from e
         except rexc.ResponseError as e:
             raise CoordinatorUnavailable(f"{host}:{port}: {e}") from e
 

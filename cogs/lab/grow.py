@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from cogs.cluster import redis_server
+from cogs.cluster import redis_server, write_acl
 from cogs.deployment import Deployment
 from cogs.errors import ClusterError, ConfigError
 from cogs.lab import netns
@@ -43,7 +43,7 @@ class LabHosts:
     def addr(self, i: int) -> tuple[str, int]:
         return (f"198.18.1.{i + 1}", self.lab.deployment.port + i)
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, acl: str) -> None:
         lab = self.lab
         name = f"node{i + 1}"
         if name in lab.hosts:  # one a run cut off left behind
@@ -67,6 +67,7 @@ class LabHosts:
         lab.switch({"op": "add", "port": {"name": h.name, "ifname": h.link, "mac": h.mac, **link}})
         _write_hosts(lab)
         shutil.rmtree(lab.dir / name, ignore_errors=True)
+        write_acl(lab.dir / name, acl)
         lab._start_node(lab.deployment.node_at(i), redis_server())
 
     def remove(self, i: int) -> None:
@@ -130,8 +131,10 @@ def scale(
     if target.size > lab.deployment.size:
         _set(lab, target)  # `down` and `status` cover the new nodes from the start
 
+    kw = lab.client_kwargs()  # a locked lab: the admin's credentials (auth.conf)
+
     def run() -> ScaleReport:
-        admin = Admin()
+        admin = Admin(kw)
         try:
             return Scaler(LabHosts(lab), admin, progress=progress, timeout=timeout).scale(target)
         finally:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis
 
+from cogs import adminauth
 from cogs.cluster import ACL_FILE, redis_server
 from cogs.deployment import CONFIG_PATH, Deployment, Node
 from cogs.lab import netns
@@ -317,6 +318,16 @@ class Lab:
             _wait(f"{node}'s redis-server to stop", lambda: not netns._alive(pid), 15)
         self._start_node(self.deployment.node(self.host(node).name), redis_server())
 
+    @property
+    def auth_file(self) -> Path:
+        """A locked lab's admin credentials (``cogs acl apply --cluster-dir`` the lab dir)."""
+        return adminauth.path_in(self.dir)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """The admin's credentials when the lab's cluster is locked (auth.conf), else none."""
+        admin = adminauth.read_dir(self.dir)
+        return admin.client_kw() if admin else {}
+
     def node_pid(self, node: str) -> int | None:
         """The pid of ``node``'s redis-server, None when it is not running."""
         return self._pid(node) or None
@@ -406,12 +417,16 @@ class Lab:
             exe, str(CONFIG_PATH),
             *Deployment.node_args(node, announce_ip=h.addr, bind=f"{h.addr} 127.0.0.1", data_dir=str(d)),
             "--daemonize", "yes", "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
+            *(("--include", str(self.auth_file)) if self.auth_file.exists() else ()),  # a locked lab's masterauth
         ]  # fmt: skip
         netns.run(["ip", "netns", "exec", h.netns, *argv], f"starting redis-server on {h.name}")
 
         def ping() -> bool:
-            with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, socket_connect_timeout=1) as c:
-                return bool(c.ping())
+            try:
+                with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, socket_connect_timeout=1) as c:
+                    return bool(c.ping())
+            except redis.AuthenticationError:  # NOAUTH: a locked node, up
+                return True
 
         _wait(f"redis-server on {h.name}", lambda: _quietly(lambda: self.call(h.name, ping)), 15, d / "redis.log")
 
@@ -434,12 +449,13 @@ class Lab:
 
 
 def _clean_dir(d: Path) -> None:
-    """A lab starts empty: old node data (another cluster's nodes.conf) would not form."""
+    """A lab starts empty: old node data (another cluster's nodes.conf) would not form,
+    and an old auth.conf is the password of a cluster that is gone."""
     d.mkdir(parents=True, exist_ok=True)
     for p in d.iterdir():
         if p.is_dir() and p.name.startswith("node"):
             shutil.rmtree(p)
-        elif p.name in (STATE, "switch.json", "switch.sock", "switch.pid", "switch.log"):
+        elif p.name in (STATE, "switch.json", "switch.sock", "switch.pid", "switch.log", adminauth.AUTH_FILE):
             p.unlink()
 
 

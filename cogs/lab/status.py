@@ -9,7 +9,9 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
+from cogs import adminauth
 from cogs.deployment import Deployment
+from cogs.errors import ConfigError
 from cogs.lab import netns
 from cogs.lab.netns import LabError
 
@@ -32,6 +34,7 @@ class Lab(Protocol):
     def state(self) -> dict[str, Any]: ...
     def switch(self, req: dict[str, Any]) -> dict[str, Any]: ...
     def node_pid(self, node: str) -> int | None: ...
+    def client_kwargs(self) -> dict[str, Any]: ...
     def call(self, host: str, fn: Callable[[], T]) -> T: ...
 
 
@@ -116,9 +119,13 @@ def _node(lab: Lab, name: str) -> dict[str, Any]:
     if out["process"] == "frozen":
         return out | {"cluster_state": "no answer"}
     port = lab.deployment.node(name).port
+    try:
+        kw = lab.client_kwargs()
+    except ConfigError as e:  # a locked lab's auth.conf unreadable: the node is up, unread
+        return out | {"cluster_state": f"no answer ({e})"}
 
     def probe() -> tuple[str, str]:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1) as c:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1, **kw) as c:
             role = str(c.info("replication")["role"])
             raw = c.execute_command("CLUSTER", "INFO")
             text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -127,6 +134,8 @@ def _node(lab: Lab, name: str) -> dict[str, Any]:
 
     try:
         role, state = lab.call(name, probe)
+    except redis.AuthenticationError as e:  # locked: answers, but not to us
+        return out | {"cluster_state": f"no answer ({adminauth.refused(adminauth.path_in(lab.dir), e)})"}
     except (redis.RedisError, OSError):
         return out | {"cluster_state": "no answer"}
     return out | {"redis_role": role, "cluster_state": state}
