@@ -27,7 +27,7 @@ from cogs.cluster import LocalCluster, free_port_base
 from cogs.proxy import MISS, StateProxy
 from tests.conftest import _load
 from tests.helpers import TEST_CATALOG, eventually, make_catalog
-from tests.integration.test_scale import _ops, _read, _results, _start_load
+from tests.integration.test_scale import ROOT, _ops, _read, _results, _start_load
 from tests.unit.test_adminauth import TRICKY
 
 PROXY_PW, MONITOR_PW = "proxy-secret-123", "monitor-secret-456"
@@ -292,3 +292,18 @@ def _answers(port: int) -> bool:
             return bool(r.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_compose_healthcheck_takes_a_locked_node_as_healthy(locked: LocalCluster) -> None:
+    """compose's init waits for healthy nodes: a locked node (NOAUTH) is up."""
+    import yaml
+
+    check = yaml.safe_load((ROOT / "compose.yaml").read_text())["x-node"]["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+
+    def healthy(port: int) -> bool:
+        return subprocess.run(["sh", "-c", check[1].replace("$$REDIS_PORT", str(port))], check=False).returncode == 0
+
+    assert _raw(locked.port, "PING").startswith(b"-NOAUTH")
+    assert healthy(locked.port)
+    assert not healthy(free_port_base(1, bus=False))  # nothing listens: unhealthy
