@@ -152,6 +152,11 @@ def form_cluster(
                 timeout,
             )
         progress("cluster_state:ok")
+    except redis.AuthenticationError as e:
+        raise ClusterError(
+            f"forming the cluster of {len(addrs)} nodes failed: a node refused cogs ({adminauth.describe(e)}): "
+            "the nodes are locked; give the admin's credentials (COGS_USERNAME/COGS_PASSWORD or COGS_AUTH_FILE)"
+        ) from e
     except redis.RedisError as e:
         raise ClusterError(f"forming the cluster of {len(addrs)} nodes failed: {e}") from e
     finally:

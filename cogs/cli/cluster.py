@@ -16,7 +16,7 @@ from cogs.catalog import Catalog
 from cogs.cli.base import _progress, err_console, main, out_console, run
 from cogs.errors import ConfigError
 from cogs.paths import DEFAULT_CATALOG
-from cogs.settings import DEFAULT_PORT
+from cogs.settings import DEFAULT_PORT, load_settings
 
 
 def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +97,9 @@ def cluster_create(nodes: tuple[str, ...], replicas: int, catalog_path: Path | N
             raise ConfigError(f"--node {n!r} is not host:port")
         addrs.append((host, int(port)))
     catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
-    form_cluster(addrs, replicas, progress=_progress)
+    s = load_settings()  # a locked coordinator's admin (COGS_USERNAME/COGS_PASSWORD, COGS_AUTH_FILE)
+    creds = {k: v for k, v in s.connection_kwargs().items() if k in ("username", "password")}
+    form_cluster(addrs, replicas, progress=_progress, client_kw=creds)
     url = f"redis://{addrs[0][0]}:{addrs[0][1]}"
     _load(url, catalog)
     click.echo(url)
@@ -117,7 +119,6 @@ def cluster_scale(port: int, dir_: Path | None, masters: int, replicas: int | No
     others and stopped. Run it again to finish a scale that was cut off. A locked
     cluster: as the admin of DIR/auth.conf (else COGS_USERNAME/COGS_PASSWORD)."""
     from cogs.cluster import LocalCluster
-    from cogs.settings import load_settings
 
     lc = LocalCluster.from_dir(port, dir_)
     s = load_settings()

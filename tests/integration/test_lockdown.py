@@ -200,6 +200,20 @@ def test_commands_on_the_dir_name_a_missing_or_open_auth_conf(locked: LocalClust
     assert code == 0, out
 
 
+def test_cluster_create_on_locked_nodes_takes_the_admins_credentials(locked: LocalCluster, tmp_path: Path) -> None:
+    """compose's init (`cogs cluster create`) run again on nodes locked since."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(TEST_CATALOG)
+    args = ["cluster", "create", "--replicas", "1", "--catalog", str(catalog)]
+    args += [a for p in locked.ports for a in ("--node", f"127.0.0.1:{p}")]
+    code, out = _cli(*args)
+    assert code == 1, out
+    assert "the nodes are locked" in out, out
+    code, out = _cli(*args, env={"COGS_AUTH_FILE": str(locked.auth_file)})
+    assert code == 0, out
+    assert "already form a cluster" in out, out
+
+
 @pytest.mark.slow
 def test_down_and_up_on_the_dir_and_replicas_resync(locked: LocalCluster, tmp_path: Path) -> None:
     opts = ["--port", str(locked.port), "--dir", str(locked.dir)]
