@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from cogs.lab import Lab
+from cogs.lab import Lab, scale_lab
 from cogs.lab.netns import missing_privileges
 from tests.helpers import TEST_CATALOG
 
@@ -90,7 +90,7 @@ def test_a_locked_lab_keeps_working(tmp_path: Path) -> None:
         lab.restart("node4")  # a replica: resyncs with the masterauth of the included auth.conf
         _until(lambda: _link(lab, "node4") == "up")
 
-        grow = lab.scale(3)  # 2+1 -> 3+1: node5 and node6 join as hosts, locked from their start
+        grow = scale_lab(lab, 3)  # 2+1 -> 3+1: node5 and node6 join as hosts, locked from their start
         assert grow.added == ("node5", "node6"), grow
         assert _strangers_refused(lab) == {f"node{i}": b"-NOAUTH" for i in range(1, 7)}
         _until(lambda: _link(lab, "node6") == "up")
