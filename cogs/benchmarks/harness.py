@@ -269,9 +269,9 @@ def _benchmark_argv(settings: CogsSettings, host: str, port: int, n: int) -> tup
     """redis-benchmark's command line, and the same with the password hidden."""
     argv = ["redis-benchmark", "-h", host, "-p", str(port), "-t", "incr", "-P", "64", "-n", str(n), "--csv"]
     parts = urlsplit(settings.url)
-    user = settings.username or (unquote(parts.username) if parts.username else None)
-    password = settings.password.get_secret_value() if settings.password else (
-        unquote(parts.password) if parts.password else None)  # fmt: skip
+    kw = settings.connection_kwargs()  # COGS_USERNAME/COGS_PASSWORD, or a locked cluster's COGS_AUTH_FILE
+    user = unquote(parts.username) if parts.username else kw.get("username")
+    password = unquote(parts.password) if parts.password else kw.get("password")
     secret: list[str] = []
     if password:
         secret = ["-a", password]

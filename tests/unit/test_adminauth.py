@@ -113,3 +113,17 @@ def test_acl_apply_refuses_bad_input_before_asking_any_node(tmp_path: Path) -> N
     r = CliRunner().invoke(main, [*base, "--cluster-dir", str(tmp_path)])  # no password and no auth.conf
     assert r.exit_code == 2, r.output
     assert f"{tmp_path / 'auth.conf'}: no such file" in r.output
+
+
+def test_the_bench_calibration_authenticates_with_an_auth_file(tmp_path: Path) -> None:
+    """`cogs bench ... --url` on a locked cluster: redis-benchmark gets the admin's password."""
+    from cogs.benchmarks.harness import _benchmark_argv
+
+    path = adminauth.write(tmp_path, AdminAuth("the-admin-password"))
+    argv, shown = _benchmark_argv(load_settings(url="redis://127.0.0.1:7000", auth_file=path), "127.0.0.1", 7000, 10)
+    assert argv[-2:] == ["-a", "the-admin-password"]
+    assert "--user" not in argv  # the default user: -a alone
+    assert "the-admin-password" not in shown
+    argv, _ = _benchmark_argv(load_settings(url="redis://bob:pw%21@127.0.0.1:7000", auth_file=path), "h", 1, 10)
+    assert argv[-2:] == ["-a", "pw!"]  # the URL's credentials win
+    assert argv[argv.index("--user") + 1] == "bob"
