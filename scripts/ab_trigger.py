@@ -97,7 +97,8 @@ LocalCluster.from_dir(int(sys.argv[2]), Path(sys.argv[1])).down(purge=True)
 def _py(tree: Path, code: str, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def main() -> None:
@@ -127,9 +128,12 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            for name, tree in trees.items():
+            for name, tree in trees.items():  # each cluster down, whatever became of the other
                 _, _, port, d = clusters[name]
-                _py(tree, DOWN, str(d), port)
+                try:
+                    _py(tree, DOWN, str(d), port)
+                except subprocess.CalledProcessError as e:
+                    print(f"{name}: cluster in {d} not stopped cleanly: {e.stderr.strip()[-300:]}", file=sys.stderr)
     print()
     for name, rs in runs.items():
         for k in ("updates_per_s", "nf_us", "coord_us"):
