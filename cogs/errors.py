@@ -77,6 +77,12 @@ class DeliveryTimeout(CoordinatorUnavailable):
     is applied exactly once when the node answers again, unless the proxy closes first."""
 
 
+class ProxyClosed(CogsError):
+    """The proxy is closed or closing. An op issued then is refused at once (never
+    applied); an op still pending when it closed is answered with this error: if it
+    was sent, its outcome is unknown (the message says which)."""
+
+
 class AckedLost(CogsError):
     """Batches the coordinator had acknowledged are gone: a primary failed over before
     its replica had them (default mode's loss window; durable mode makes it

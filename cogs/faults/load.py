@@ -42,7 +42,7 @@ import anyio
 from cogs import runtime
 from cogs.errors import AckedLost, CogsError, OpError
 from cogs.keys import escape, slot
-from cogs.proxy import StateProxy
+from cogs.proxy import Backpressure, StateProxy
 from cogs.settings import load_settings
 
 COUNT, REG, OBJ = "faults_count", "faults_reg", "faults_objects"
@@ -225,7 +225,11 @@ class Load:
             for _ in range(int(carry)):
                 key = keys[j % cfg.count_keys]
                 j += 1
-                await p.aupdate(COUNT, key, "add", 1)
+                try:
+                    await p.aupdate(COUNT, key, "add", 1)
+                except Backpressure as e:  # no room within the delivery bound: not issued, not counted
+                    rec.event("error", m=mode, type="Backpressure", msg=str(e)[:300])
+                    break
                 pending[key] += 1
             carry -= int(carry)
             await anyio.sleep(TICK_S)

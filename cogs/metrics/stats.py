@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 GAUGES = frozenset(
     {
         "cached_entries", "pending_ops", "inflight_ops", "pending_packets", "longest_pause_s", "owned", "owned_bytes",
-        "unconfirmed_batches",
+        "unconfirmed_batches", "stalled_channels",
     }
 )  # fmt: skip
 #: fields that only grow while the proxy lives (events); read as a counter

@@ -20,34 +20,34 @@ frame never carries an op that would sink its batch-mates.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cogs.coordinator.client import Coordinator, parse_reply
-from cogs.coordinator.frames import expand
+from cogs.coordinator.client import Coordinator
+from cogs.coordinator.frames import route
 from cogs.coordinator.ops import wire_arg
 from cogs.coordinator.reroute import Reroute
 from cogs.errors import (
     BadDelta,
     BadKey,
     CogsError,
-    CoordinatorUnavailable,
     DeliveryTimeout,
-    Moved,
     Oversize,
+    ProxyClosed,
     UnknownOp,
-    op_error,
     refuse,
     show,
 )
-from cogs.keys import key_problem, unescape
+from cogs.keys import key_problem
 from cogs.logs import fields
 from cogs.protocol import IDEMPOTENT
-from cogs.proxy.delivery import Batch, Delivery
+from cogs.proxy.delivery import Batch, Channel, Delivery
 from cogs.proxy.lanes import MAPSUM, NONE, SUM, UNION, Lane, encode
+from cogs.proxy.order import as_request, fence, moved_from
+from cogs.proxy.replies import Replies
 from cogs.proxy.requests import Req, RequestTable
 from cogs.proxy.stats import BatchStatistics
 
@@ -106,13 +106,14 @@ class Batcher:
         self.max_inflight = max_inflight
         self.reroute = Reroute(reroute_timeout)  # how long an op may keep coming back MOVED/ASK
         self.delivery_timeout = delivery_timeout
+        r = self.replies = Replies(self)
         self.delivery = Delivery(
             coord, token, proxy_id, durable=durable, durable_timeout=durable_timeout,
             command_timeout=command_timeout, delivery_timeout=delivery_timeout,
-            on_reply=self._dispatch, on_failed=self._batch_failed, on_settled=self._settled,
-            on_overdue=self._overdue, on_error=on_error, spawn=self.spawn, tick=self._check_queue,
+            on_reply=r.dispatch, on_failed=r.failed, on_settled=self._settled, on_overdue=r.overdue,
+            on_error=on_error, spawn=self.spawn, tick=r.check, window=max_inflight, batch_max=batch_max_ops,
+            limit=max_pending,
         )  # fmt: skip
-        self._refreshing: asyncio.Task[Any] | None = None
         # flush()'s watermark: flushes are numbered, each batch is charged to the flush that
         # sent it (or to an older one whose MOVED ops it carries again); flush() waits for
         # the batches charged up to the flush that takes the ops pending at its call
@@ -120,6 +121,17 @@ class Batcher:
         self._charged: dict[Batch, int] = {}
         self._progress = asyncio.Event()
         self._per_node: tuple[Any, list[str]] = (None, [])
+        #: ops on stalled channels (not in the proxy-wide bound), and a stalled channel
+        #: over its own bound (then new ops are routed as they enter: theirs are refused)
+        self._parked = 0
+        self._full: Channel | None = None
+        #: requests at the head of ``queue`` re-queued after MOVED/ASK, in issue order
+        self._front = 0
+        #: batches that must settle before anything new goes out (order across channels:
+        #: re-queued ops, and ops of slots that moved, go after what is still on the way)
+        self._barriers: list[tuple[Batch, Channel]] = []
+        #: refuses new ops (the proxy is closing or closed); closed and every waiter answered
+        self.closed = self.torn = False
         # statistics
         self._created = self.coalesced = self.ops_sent = self.ops_applied = self.batches = 0
         self.errors = self.backpressure = self.rerouted = 0
@@ -181,6 +193,12 @@ class Batcher:
         kind = lane.kinds[op]
         if lane.replica:  # read-your-writes: no replica of the key older than this update is served
             self.requests.written(lane.sidx, key)
+        g = lane.pending.get(key)
+        if g is not None and g[-3] is None:  # sealed: the key's ops wait in the request queue; this one too
+            self._reserve(lane.name, key)
+            self.queue.append(as_request(lane, key, op, kind, acc))
+            self._created += 1
+            return
         hot = lane.hot
         if key in hot:
             v = hot.pop(key)
@@ -202,13 +220,13 @@ class Batcher:
             self.coalesced += 1
             return
         if g is None:
-            self._reserve(lane.name)
+            self._reserve(lane.name, key)
             if op == lane.hot_op:
                 hot[key] = acc
             else:
                 lane.pending[key] = [op, kind, acc]
         else:
-            self._reserve(lane.name)
+            self._reserve(lane.name, key)
             g += (op, kind, acc)
         self._created += 1
 
@@ -269,21 +287,33 @@ class Batcher:
         self._np += used
         self._created += used
         np = self._np
-        room = self.max_pending - np - self.inflight
-        if np == 0:
-            room = 0  # the first op of a batch starts its timer: slow path
+        self._parked, self._full = self.delivery.parked()
+        room = self.max_pending - np - self.inflight + self._parked
+        if np == 0 or self._full is not None or self.closed:
+            room = 0  # the first op of a batch starts its timer; a full channel: keys are routed (slow path)
         elif np < self.batch_max:
             room = min(room, self.batch_max - 1 - np)  # the op that fills the batch kicks the flush
         self._granted = self.budget = max(room, 0)
 
-    def _reserve(self, state: str) -> None:
+    def _reserve(self, state: str, key: str) -> None:
         self._settle()
-        if self._np + self.inflight >= self.max_pending:
+        if self.closed:
+            raise ProxyClosed(f"the proxy is closed: update of {state}[{show(key)}] refused")
+        if self._np + self.inflight - self._parked >= self.max_pending:
             self.backpressure += 1
             raise Backpressure(
                 f"proxy buffer full ({self.max_pending} ops pending or in flight) while updating {state}: "
                 "the coordinator is slower than the NF; await proxy.aupdate(...) to wait for room"
             )
+        if self._full is not None:
+            ch = self._channel_full(key)
+            if ch is not None:
+                self.backpressure += 1
+                raise Backpressure(
+                    f"node {ch.addr} does not answer and holds {ch.ops} unconfirmed ops (max_pending) while "
+                    f"updating {state}[{show(key)}]: updates of its keys wait until it answers (other nodes' "
+                    "keys go on); await proxy.aupdate(...) to wait for room"
+                )
         self._np += 1
         if self._np == 1:
             self._idle.clear()
@@ -313,16 +343,55 @@ class Batcher:
             backpressure=self.backpressure, rerouted=self.rerouted,
         )  # fmt: skip
 
-    def has_room(self, ops: int = 1) -> bool:
-        return self.npending + self.inflight + ops <= self.max_pending
+    def has_room(self, ops: int = 1, key: str | None = None) -> bool:
+        """Would ``ops`` new ops fit? For ``key``: on its node's channel too; for any
+        key: on every channel (none is stalled and over its bound)."""
+        return self._no_room(ops, key) is None
 
-    async def wait_room(self, ops: int = 1) -> None:
+    def _no_room(self, ops: int, key: str | None) -> str | None:
+        """Why ``ops`` new ops would not fit now (None: they would)."""
+        parked, full = self.delivery.parked()
+        used = self.npending + self.inflight - parked
+        if used + ops > self.max_pending:
+            return f"{used} ops buffered or unconfirmed (max_pending {self.max_pending})"
+        if full is not None:  # ops of its node's keys would be refused: keyless callers may have some
+            ch = full if key is None else self._channel_full(key)
+            if ch is not None:
+                return f"node {ch.addr} does not answer and holds {ch.ops} unconfirmed ops (max_pending)"
+        return None
+
+    def _channel_full(self, key: str) -> Channel | None:
+        """The channel of ``key``'s node, if it is stalled and over its bound."""
+        topo, streams = self._streams()
+        ch = self.delivery.channels.get(streams[topo.owner[route(key)[1]]])
+        if ch is not None and ch.ops >= self.max_pending and ch.stalled(time.monotonic()):
+            return ch
+        return None
+
+    async def wait_room(self, ops: int = 1, key: str | None = None) -> None:
+        """Wait until ``ops`` new ops fit (``key``: also on its node's channel), at most
+        the delivery bound: then :class:`Backpressure` naming what is full."""
         ops = min(ops, self.max_pending)
         space = self.delivery.space
-        while not self.has_room(ops):
+        deadline = 0.0
+        while True:
+            if self.closed:
+                raise ProxyClosed("the proxy is closed: no room will be made")
+            why = self._no_room(ops, key)
+            if why is None:
+                return
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self.delivery_timeout
+            elif now >= deadline:
+                raise Backpressure(
+                    f"no room for {ops} op(s) within {self.delivery_timeout:g} s: {why}; the coordinator "
+                    "does not answer (what is queued stays queued and applies once it does)"
+                )
             space.clear()
             self._kick.set()
-            await space.wait()
+            # a channel may stall meanwhile (its ops then leave the proxy-wide bound): look again
+            await _wait(space, min(deadline - now, self.delivery.stall))
 
     # -- requests (sync / async ops) -----------------------------------------------------
 
@@ -332,6 +401,9 @@ class Batcher:
         self._np += 1
         self._idle.clear()
         self.queue.append(req)
+        lane = self.lanes.get(req.state)
+        if lane is not None:  # the key's later lane ops must not go out before this request
+            fence(lane, req.key)
         self._settle()
         if now and self._loop is not None and self._room():
             # a sync op waits: out now, in this step (no wake of the run task). Under
@@ -363,16 +435,31 @@ class Batcher:
                 self._timer.cancel()
                 self._timer = None
             # At most `max_inflight` batches per node: while the coordinator works, the
-            # next batch keeps filling (and coalescing) instead of queueing at Redis.
-            # While a channel re-sends its queue, nothing new goes out.
+            # next batch keeps filling (and coalescing) instead of queueing at Redis. A
+            # stalled node holds up no other: its channel keeps what it is given.
             while not self._room():
                 space.clear()
-                await space.wait()
+                await _wait(space, self.delivery.stall)  # a channel may stall meanwhile
             if self.npending:
                 self._flush()
 
     def _room(self) -> bool:
+        self._streams()  # a new slot map sets its barriers first
+        if self._barriers and self._held():
+            return False
         return self.delivery.room(self.max_inflight)
+
+    def _held(self) -> bool:
+        """Is a barrier batch still on its (answering) channel?"""
+        now = time.monotonic()
+        self._barriers = [(b, ch) for b, ch in self._barriers if not b.settled and not ch.stalled(now)]
+        return bool(self._barriers)
+
+    def barrier(self, stream: str) -> None:
+        """Nothing new goes out before what is queued on ``stream`` now has settled."""
+        ch = self.delivery.channels.get(stream)
+        if ch is not None and ch.queue:
+            self._barriers.append((ch.queue[-1], ch))
 
     async def drain(self) -> None:
         """Wait until every op issued before the call has been applied (or failed: errors
@@ -412,11 +499,18 @@ class Batcher:
         return task
 
     def _streams(self) -> tuple[Any, list[str]]:
-        """(topology, alert stream per node), rebuilt when the slot map changes."""
+        """(topology, alert stream per node), rebuilt when the slot map changes. Ops of
+        slots that moved to another channel wait until what their old channel still
+        carries has settled (its MOVED ops are re-queued before them)."""
         topo = self.coord.topology
         assert topo is not None
-        if self._per_node[0] is not topo:
-            self._per_node = (topo, [self.coord.ns.alert_stream(n.first_slot) for n in topo.nodes])
+        old, old_streams = self._per_node
+        if old is not topo:
+            streams = [self.coord.ns.alert_stream(n.first_slot) for n in topo.nodes]
+            self._per_node = (topo, streams)
+            if old is not None:
+                for stream in moved_from(old.owner, old_streams, topo.owner, streams):
+                    self.barrier(stream)
         return self._per_node
 
     def _flush(self) -> None:
@@ -427,6 +521,7 @@ class Batcher:
             lane.pending = {}
             lane.hot = {}
         self.queue = []
+        self._front = 0
         self._settle()
         self._np = 0
         self._settle()
@@ -441,9 +536,9 @@ class Batcher:
                 self.ops_sent += count
                 self.batches += 1
                 numbered = count != len(reqs) or any(r.mode not in IDEMPOTENT for r in reqs.values())
-                b = Batch(payload, count, reqs, numbered, now)
-                self._charged[b] = charge
-                self.delivery.send(stream, b)
+                # a stalled channel may merge it into an older unwritten batch: that one carries the charge
+                carrier = self.delivery.send(stream, Batch(payload, count, reqs, numbered, now))
+                self._charged[carrier] = min(self._charged.get(carrier, charge), charge)
         self._progress.set()
 
     # -- replies -------------------------------------------------------------------------
@@ -456,66 +551,15 @@ class Batcher:
         if not self.npending and not self.inflight:
             self._idle.set()
 
-    def _dispatch(self, b: Batch, raw: Any) -> None:
-        reply = parse_reply(raw)
-        reqs = b.reqs
-        self.ops_applied += reply.applied
-        moved: list[tuple[int, Moved]] = []
-        flat: list[Any] | None = None
-        for i, msg in reply.errors.items():
-            if flat is None:
-                flat = expand(json.loads(b.payload))  # the rare path: recover what op i was
-            req = reqs.get(i)
-            state = req.state if req else self._state_name(flat[i][1])
-            key = req.key if req else unescape(flat[i][3])
-            err = op_error(msg, state=state, key=key, op=str(flat[i][2]))
-            if isinstance(err, Moved):
-                moved.append((i, err))
-                continue
-            self.errors += 1
-            if req is not None:
-                self.requests.fail(req, err)
-            else:
-                self.on_error(err, None)
-        for i, value in reply.results.items():
-            req = reqs.get(i)
-            if req is not None:
-                self.requests.resolve(req, value)
-        if moved:
-            assert flat is not None
-            self.rerouted += len(moved)
-            queued = len(self.queue)
-            self._requeue(flat, reqs, moved)
-            if len(self.queue) > queued:  # flush() waits for them as for the rest of their batch
-                n = self._charged.get(b, self._flushes)
-                self._carry = min(self._carry or n, n)
-            self._refresh_soon()
-
-    def _state_name(self, sidx: int) -> str:
-        for lane in self.lanes.values():
-            if lane.sidx == sidx:
-                return lane.name
-        return f"#{sidx}"
-
-    def _requeue(self, flat: list[Any], reqs: dict[int, Req], which: list[tuple[int, Moved]]) -> None:
-        """Put ops the coordinator did not apply (MOVED, or ASK while their slot is half
-        moved) back in front of the queue: they were issued before anything queued now.
-        One still refused ``reroute_timeout`` s after the first time fails (a migration
-        that never completes must not hold it, and flush(), forever)."""
-        back: list[Req] = []
-        now = time.monotonic()
-        for i, err in which:
-            req = reqs.get(i)
-            if req is None:
-                mode, sidx, op, ek, arg = flat[i]
-                req = Req(mode, self._state_name(sidx), sidx, unescape(ek), op, arg, None)
-            if self.reroute.expired(req.moved_at, now):
-                self.errors += 1
-                self.requests.fail(req, self.reroute.gave_up(err, state=req.state, key=req.key, op=req.op))
-                continue
-            req.moved_at = req.moved_at or now
-            back.append(req)
-        self.queue[:0] = back
+    def requeue(self, batch: Batch, back: list[Req], later: list[Req]) -> None:
+        """Re-queued ops of ``batch`` (``back``, not booked) in front, behind earlier
+        re-queued ones; ``later`` (their keys' lane ops, booked) right behind them."""
+        if back:  # flush() waits for them as for the rest of their batch
+            n = self._charged.get(batch, self._flushes)
+            self._carry = min(self._carry or n, n)
+        at = self._front
+        self.queue[at:at] = back + later
+        self._front += len(back)
         self._settle()
         self._np += len(back)
         self._settle()
@@ -524,74 +568,38 @@ class Batcher:
         if self._loop is not None and self._timer is None:
             self._timer = self._loop.call_later(max(self.delay, self.reroute.delay), self._kick.set)
 
-    def _refresh_soon(self) -> None:
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = self.spawn(self._refresh())
-
-    async def _refresh(self) -> None:
-        try:
-            await self.coord.refresh()
-        except CoordinatorUnavailable as e:
-            log.warning("slot map refresh failed: %s", e, extra=fields(proxy=self.delivery.pid))
-        self._kick.set()
-
-    def _batch_failed(self, b: Batch, err: CogsError) -> None:
-        """The node refused the whole batch for good (library outdated, bad frame)."""
-        self.errors += b.nops
-        for i in range(b.nops):
-            req = b.reqs.get(i)
-            if req is not None:
-                self.requests.fail(req, err)
-        if len(b.reqs) < b.nops:
-            self.on_error(err, None)
-
-    def _check_queue(self, now: float) -> None:
-        """Requests not answered within the delivery bound of when they were issued: not
-        even sent (no channel has room: a node does not answer), or sent in a batch
-        younger than they are (they waited for room first, so the batch's own deadline
-        comes too late). Their waiters learn it now; the requests stay queued."""
-        limit = now - self.delivery_timeout
-        for req in self.queue:
-            if req.born < limit and not req.done and req.waiters:
-                self.requests.fail(
-                    req,
-                    DeliveryTimeout(
-                        f"{req.state}[{show(req.key)}] {req.op}: not sent within {self.delivery_timeout:g} s (the "
-                        "coordinator does not answer); it stays queued and applies exactly once when it does, "
-                        "unless this proxy closes first"
-                    ),
-                )
-        for ch in self.delivery.channels.values():
-            for b in ch.queue:
-                for req in b.reqs.values():
-                    if req.born < limit and not req.done and req.waiters:
-                        self.requests.fail(
-                            req,
-                            DeliveryTimeout(
-                                f"{req.state}[{show(req.key)}] {req.op}: not confirmed within "
-                                f"{self.delivery_timeout:g} s of when it was issued (node {ch.addr}); it stays queued "
-                                "and applies exactly once when the node answers, unless this proxy closes first"
-                            ),
-                        )
-
-    def _overdue(self, b: Batch, err: DeliveryTimeout) -> None:
-        """Not confirmed in time: waiters learn it now; the batch stays queued."""
-        for req in b.reqs.values():
-            self.requests.fail(req, err)
-        if len(b.reqs) < b.nops:
-            updates = b.nops - len(b.reqs)
-            self.on_error(DeliveryTimeout(f"{updates} update(s) of batch {b.seq}: {err}"), None)
+    def drop_pending(self) -> None:
+        """The proxy closed: what was never sent is gone (its waiters were answered)."""
+        self.queue = []
+        for lane in self.lanes.values():
+            lane.hot, lane.pending = {}, {}
+        self.torn = True
+        self._idle.set()
 
     async def aclose(self) -> None:
+        self.close_intake()
         if self._timer is not None:
             self._timer.cancel()
         tasks = list(self.tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        sent = self.delivery.batches()
         left = await self.delivery.aclose()
-        if left:
+        unsent = self.replies.answer_all(sent)
+        if left or unsent:
             log.error(
-                "proxy closed with %d unconfirmed batch(es): their outcome is unknown", left,
-                extra=fields(proxy=self.delivery.pid),
+                "proxy closed with %d unconfirmed batch(es) (%d ops: their outcome is unknown) and %d op(s) never "
+                "sent", left, sum(b.nops for _, b in sent), unsent, extra=fields(proxy=self.delivery.pid),
             )  # fmt: skip
+
+    def close_intake(self) -> None:
+        """Refuse new ops from now on (:class:`ProxyClosed`); what is pending goes on."""
+        self.closed = True
+        self._settle()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """``event.wait()`` for at most ``seconds``."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)

@@ -12,12 +12,20 @@ queue of the batches sent on it whose replies have not come back:
   and refuses a number past last + 1 (``GAP``): "not seen" is never taken for
   "applied". Batches of reads and locator ops only (which may be applied twice) go
   without a number, on the same channel, in the same order.
-* **Order.** Batches are written in queue order; replies come back in that order. A
-  failed or timed-out call, a transient refusal (cluster down, loading, failing over:
-  nothing applied) or a ``GAP`` drops the connection and every reply still due on it;
-  the channel reconnects (re-reading the slot map, with backoff) and writes the
-  whole queue again, oldest first, before anything new. So no newer batch ever
-  overtakes an unresolved older one, and re-sends are answered by the record.
+* **Order.** Batches are written in queue order, at most ``window`` unanswered at a
+  time; replies come back in that order. A failed or timed-out call, a transient
+  refusal (cluster down, loading, failing over: nothing applied) or a ``GAP`` drops
+  the connection and every reply still due on it; the channel reconnects
+  (re-reading the slot map, with backoff) and writes its queue again, oldest first,
+  before anything new. So no newer batch ever overtakes an unresolved older one, and
+  re-sends are answered by the record. A batch takes its number when first written.
+* **Room per node.** A channel whose node has not answered its oldest batch within
+  ``stall`` s (frozen, cut off, reconnecting) is *stalled*: the batcher stops
+  waiting for its window and hands it new batches anyway, which it keeps unwritten
+  (merged into one while they fit ``batch_max``) until the node answers. Its ops
+  leave the proxy-wide buffer bound (``parked``) for a bound of their own
+  (``limit`` ops per channel: past it the channel is ``full``), so one stuck node
+  never holds up the others.
 * **Durable mode.** A numbered batch counts as done only once ``WAIT 1`` says a
   replica has it; otherwise it is re-sent (the record answers it, and refreshes
   itself: a write, so the next ``WAIT`` covers the original).
@@ -58,6 +66,8 @@ log = logging.getLogger("cogs.proxy")
 #: an idle channel sends an empty batch this often, so its record never expires while the proxy lives
 KEEPALIVE_S = ONCE_TTL_MS / 4000
 RECENT = 4096  # acknowledged batches remembered per channel (to count the ops of a loss)
+#: a node that has not answered a batch for this long holds up no other node's ops
+STALL_S = 0.25
 _NUMBER = re.compile(r"^\S+ (\d+)")
 
 
@@ -76,6 +86,30 @@ class Batch:
     overdue: bool = False
     #: writes so far (1: never re-sent)
     sends: int = 0
+    #: when last written (monotonic s)
+    sent_at: float = 0.0
+    #: payloads of later batches merged in before it was first written (joined then)
+    more: list[str] | None = None
+    #: out of its channel's queue (confirmed or failed for good)
+    settled: bool = False
+    #: the channel it went to (its node's alert stream)
+    stream: str = ""
+
+    def merge(self, b: Batch) -> None:
+        """Append ``b``'s ops (an unwritten batch of the same channel, issued later)."""
+        if self.more is None:
+            self.more = []
+        self.more.append(b.payload)
+        self.reqs.update({i + self.nops: r for i, r in b.reqs.items()})
+        self.nops += b.nops
+        self.numbered = self.numbered or b.numbered
+
+    def text(self) -> str:
+        """The payload, merged batches joined into one run frame."""
+        if self.more:
+            self.payload = "[" + ",".join([self.payload[1:-1], *(p[1:-1] for p in self.more)]) + "]"
+            self.more = None
+        return self.payload
 
 
 @dataclass(frozen=True)
@@ -94,6 +128,9 @@ class DeliveryStatistics:
     overdue_batches: int
     #: batches queued on a channel, not confirmed yet
     unconfirmed_batches: int
+    #: channels whose node has not answered within the stall threshold (or is being
+    #: reconnected): their ops wait there, bounded, while the other nodes' ops go on
+    stalled_channels: int
 
 
 class Delivery:
@@ -116,6 +153,9 @@ class Delivery:
         on_error: Callable[[CogsError, Any], None],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         tick: Callable[[float], None] | None = None,
+        window: int = 2,
+        batch_max: int = 2000,
+        limit: int = 200_000,
     ) -> None:
         self.coord, self.token, self.pid = coord, token, proxy_id
         self.fn_batch = coord.ns.fn_batch  # this NF's function (cogs_batch, or cogs_<nf>_batch)
@@ -126,27 +166,50 @@ class Delivery:
         self.on_reply, self.on_failed, self.on_settled = on_reply, on_failed, on_settled
         self.on_overdue, self.on_error, self.spawn = on_overdue, on_error, spawn
         self.tick = tick  # called with the time at every watch step (ops not sent yet have deadlines too)
+        #: batches written and unanswered per channel; ops a stalled channel may hold
+        self.window, self.batch_max, self.limit = window, batch_max, limit
+        #: a node that has not answered for this long is stalled (others stop waiting for it)
+        self.stall = min(STALL_S, delivery_timeout / 8)
         self.channels: dict[str, Channel] = {}
         self.space = asyncio.Event()  # set whenever a batch leaves a channel
+        self.closed = False  # no (re)connection after aclose()
         self.resent = self.outages = self.gaps = self.lost_batches = self.lost_ops = self.overdue = 0
         self.pauses: list[float] = []
 
-    def send(self, stream: str, b: Batch) -> None:
+    def send(self, stream: str, b: Batch) -> Batch:
+        """Queue ``b`` on ``stream``'s channel; the batch that carries its ops (``b``, or
+        an older unwritten one it was merged into)."""
+        b.stream = stream
         ch = self.channels.get(stream)
         if ch is None:
             ch = self.channels[stream] = Channel(self, stream)
-        ch.send(b)
+        return ch.send(b)
 
     def room(self, max_inflight: int) -> bool:
-        """May a batch go out now? Not while a channel recovers (its queue goes first),
-        nor past ``max_inflight`` batches on a channel."""
-        return all(ch.task is None and len(ch.queue) < max_inflight for ch in self.channels.values())
+        """May a batch go out now? Not while a channel that answers has ``max_inflight``
+        batches queued (the next batch keeps coalescing meanwhile); a stalled channel
+        holds up nobody: it keeps what it is given until its node answers."""
+        now = time.monotonic()
+        return all(len(ch.queue) < max_inflight or ch.stalled(now) for ch in self.channels.values())
+
+    def parked(self) -> tuple[int, Channel | None]:
+        """(ops on stalled channels, which count against their channel's own bound and
+        not the proxy's; a stalled channel holding ``limit`` ops or more, if any)."""
+        now = time.monotonic()
+        ops, full = 0, None
+        for ch in self.channels.values():
+            if ch.ops and ch.stalled(now):
+                ops += ch.ops
+                if ch.ops >= self.limit:
+                    full = ch
+        return ops, full
 
     @property
     def unconfirmed(self) -> int:
         return sum(len(ch.queue) for ch in self.channels.values())
 
     def statistics(self) -> DeliveryStatistics:
+        now = time.monotonic()
         return DeliveryStatistics(
             resent_batches=self.resent,
             outages=self.outages,
@@ -156,6 +219,7 @@ class Delivery:
             lost_ops=self.lost_ops,
             overdue_batches=self.overdue,
             unconfirmed_batches=self.unconfirmed,
+            stalled_channels=sum(1 for ch in self.channels.values() if ch.stalled(now)),
         )
 
     async def watch(self) -> None:
@@ -173,8 +237,13 @@ class Delivery:
                     del self.channels[stream]  # a channel of an old topology that never numbered anything
                     await ch.aclose()
 
+    def batches(self) -> list[tuple[Channel, Batch]]:
+        """Every batch still queued, per channel in order."""
+        return [(ch, b) for ch in self.channels.values() for b in ch.queue]
+
     async def aclose(self) -> int:
         """Close every channel; the number of batches left unconfirmed (reported)."""
+        self.closed = True
         left = 0
         for ch in self.channels.values():
             left += len(ch.queue)
@@ -191,8 +260,12 @@ class Channel:
         self.seq = 0  # the last number given
         self.acked = 0  # every batch up to this number has its reply
         self.resync = False  # a loss was reported: the next batches reset the record
-        self.queue: deque[Batch] = deque()  # sent (or to be sent), reply not in yet
+        #: sent (or to be sent), reply not in yet; the first ``written`` are on the connection
+        self.queue: deque[Batch] = deque()
+        self.written = 0
+        self.ops = 0  # ops in the queue
         self.task: asyncio.Task[None] | None = None  # (re)connecting
+        self.down_since = 0.0  # when the current (re)connection began
         self.trouble_since = 0.0
         self.last_sent = time.monotonic()
         self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)  # (number, ops) acknowledged
@@ -201,23 +274,52 @@ class Channel:
     def addr(self) -> str:
         return self.link.addr if self.link is not None else "?"
 
-    def send(self, b: Batch) -> None:
-        if b.numbered:
-            self.seq += 1
-            b.seq = self.seq
-        self.queue.append(b)
+    def stalled(self, now: float) -> bool:
+        """Reconnecting, or its oldest batch unanswered, for longer than ``stall``."""
+        if self.task is not None:
+            return bool(self.queue) and now - self.down_since > self.d.stall
+        return bool(self.written) and now - self.queue[0].sent_at > self.d.stall
+
+    def send(self, b: Batch) -> Batch:
+        q = self.queue
+        tail = q[-1] if len(q) > self.written else None  # not written yet: b may join it
+        if (  # never into a batch written before: the node may hold its reply under its number
+            tail is not None and not tail.sends and tail.nops and b.nops and not tail.overdue
+            and tail.nops + b.nops <= self.d.batch_max
+        ):  # fmt: skip
+            tail.merge(b)
+            carrier = tail
+        else:
+            q.append(b)
+            carrier = b
+        self.ops += b.nops
         self.last_sent = b.born
-        if self.task is None and self.link is not None and self.link.ready:
+        self._pump()
+        return carrier
+
+    def _pump(self) -> None:
+        """Write queued batches, oldest first, up to ``window`` unanswered."""
+        q, window = self.queue, self.d.window
+        while self.written < len(q) and self.written < window:
+            if self.task is not None:
+                return  # reconnecting: the queue goes when it is back
+            if self.link is None:
+                self._trouble(None)  # the first connection
+                return
+            if not self.link.ready:  # the connection dropped (its failed replies are on their way)
+                self._trouble(CoordinatorUnavailable(f"coordinator node {self.link.addr}: connection lost"))
+                return
+            b = q[self.written]
+            self.written += 1
             self._write(b)
-        elif self.link is None:
-            self._trouble(None)  # the first connection
-        else:  # the connection dropped (its failed replies are on their way): write them all again
-            self._trouble(CoordinatorUnavailable(f"coordinator node {self.link.addr}: connection lost"))
 
     def _args(self, b: Batch) -> tuple[Any, ...]:
         d = self.d
-        args: tuple[Any, ...] = ("FCALL", d.fn_batch, 0, d.token, self.stream, b.payload, d.pid)
+        args: tuple[Any, ...] = ("FCALL", d.fn_batch, 0, d.token, self.stream, b.text(), d.pid)
         if b.numbered:
+            if not b.seq:  # numbered when first written: numbers follow the queue's order
+                self.seq += 1
+                b.seq = self.seq
             args += (d.session, str(b.seq), str(self.acked))
             if self.resync:
                 args += ("R",)
@@ -227,25 +329,36 @@ class Channel:
         link = self.link
         assert link is not None
         b.sends += 1
+        b.sent_at = time.monotonic()
         if b.sends > 1:
             self.d.resent += 1
         fut = link.send(self._args(b), self.d.command_timeout)
         if self.d.durable and b.numbered:
             ms = int(self.d.durable_timeout * 1000)
             wait = link.send(("WAIT", 1, ms), self.d.command_timeout + self.d.durable_timeout)
+            fut.add_done_callback(_retrieved)
             wait.add_done_callback(functools.partial(self._replied, b, self.gen, fut))
         else:
             fut.add_done_callback(functools.partial(self._replied, b, self.gen, None))
 
+    def _pop(self, b: Batch) -> None:
+        self.queue.popleft()
+        self.written -= 1
+        self.ops -= b.nops
+        b.settled = True
+
     def _replied(self, b: Batch, gen: int, first: asyncio.Future[Any] | None, fut: asyncio.Future[Any]) -> None:
         if gen != self.gen:
+            _retrieved(fut)
             return  # due on a dropped connection: the batch was (or will be) written again
         if not self.queue or self.queue[0] is not b:  # replies come in write order: never
+            _retrieved(fut)
             self._trouble(CoordinatorUnavailable(f"node {self.addr}: a reply out of order (batch {b.seq})"))
             return
         call = first if first is not None else fut
         exc = None if not call.cancelled() and call.exception() is None else call
         if exc is not None:
+            _retrieved(fut)
             err = from_redis(_exception(exc), self.addr)
             if isinstance(err, CoordinatorUnavailable):  # nothing applied, or not known: the queue goes again
                 if str(err).split(": ", 1)[-1].startswith(CHANNEL_GAP):
@@ -254,9 +367,10 @@ class Channel:
             elif isinstance(err, ChannelError) and err.code == CHANNEL_LOST:
                 self._lost(err)
             else:  # refused for good (library outdated, bad frame): this batch fails, the rest go on
-                self.queue.popleft()
+                self._pop(b)
                 self.d.on_failed(b, err)
                 self._settled(b)
+                self._pump()
             return
         if first is not None:  # durable: the WAIT reply
             replicas = None if fut.cancelled() or fut.exception() is not None else fut.result()
@@ -268,7 +382,7 @@ class Channel:
                     )
                 )
                 return
-        self.queue.popleft()
+        self._pop(b)
         if b.numbered:
             self.acked = b.seq
             self.resync = False
@@ -280,6 +394,7 @@ class Channel:
             )  # fmt: skip
         self.d.on_reply(b, call.result())  # first: ops it re-queues (MOVED) are pending before it counts as done
         self._settled(b)
+        self._pump()
 
     def _settled(self, b: Batch) -> None:
         self.d.on_settled(b)
@@ -291,7 +406,7 @@ class Channel:
         so a stale copy of one of them can never be applied later."""
         self.d.gaps += 1
         m = _NUMBER.match(str(err).split(": ", 1)[-1])
-        numbered = [b for b in self.queue if b.numbered]
+        numbered = [b for b in self.queue if b.numbered and b.seq]
         if m is None or not numbered:
             return
         expected, head = int(m[1]), numbered[0].seq
@@ -324,9 +439,11 @@ class Channel:
     def _trouble(self, err: CogsError | None) -> None:
         """Drop the connection (replies still due on it are void) and write the queue
         again on a new one; ``err`` None: the first connection."""
-        if self.task is not None:
+        if self.task is not None or self.d.closed:
             return
         self.gen += 1
+        self.written = 0  # nothing is on a connection any more
+        self.down_since = time.monotonic()
         if err is not None:
             if not self.trouble_since:
                 self.trouble_since = time.monotonic()
@@ -360,8 +477,7 @@ class Channel:
         if self.trouble_since:
             self.d.pauses.append(time.monotonic() - self.trouble_since)
             self.trouble_since = 0.0
-        for b in list(self.queue):  # oldest first, in one step: nothing overtakes them
-            self._write(b)
+        self._pump()  # oldest first: nothing overtakes them
 
     async def _connect(self) -> None:
         topo = self.d.coord.topology
@@ -400,6 +516,12 @@ class Channel:
                 await self.task
         if self.link is not None:
             await self.link.aclose()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a reply's error seen (a reply due on a dropped connection is void)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _exception(fut: asyncio.Future[Any]) -> BaseException:

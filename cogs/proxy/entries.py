@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from cogs.coordinator.ops import Schema
+from cogs.errors import ProxyClosed, show
 from cogs.protocol import Mode
 from cogs.proxy.cache import MISS
 from cogs.proxy.requests import Callback, ErrorCallback, Req
@@ -40,6 +41,8 @@ class EntryOps:
         return req
 
     def _hit(self, state: str, entry: str) -> Any:
+        if self.submit.batcher.closed:
+            raise ProxyClosed(f"the proxy is closed: {state} entry {show(entry)} refused")
         if state not in self.replica_entries:
             return MISS
         return self.submit.requests.cache.get((self.schema.index[state], entry))

@@ -31,6 +31,7 @@ class Lane:
         #: proxies cache this state's replicas: an update makes this proxy's copy stale at once
         self.replica = replica
         #: key -> [op, kind, acc, op, kind, acc, ...]: the ops pending for the key, in order
+        #: (a last group with op None fences the key: its later ops go to the request queue)
         self.pending: dict[str, list[Any]] = {}
         #: The hot op (the type's first coalescing op: a counter's add, a set's add) of
         #: keys with nothing else pending: key -> its sum (int), its one member (str) or
@@ -88,6 +89,8 @@ def encode(
             for n, frags in _hot_fragments(lane, owner).items():
                 singles[(n, hop)] = frags
         for key, g in lane.pending.items():
+            if g[0] is None and len(g) == 3:
+                continue  # only a marker (order.py): the key's ops are in the request queue
             r = route(key)
             n = owner[r[1]]
             if len(g) == 3:
@@ -104,7 +107,8 @@ def encode(
         for n, g, ekj in multi:
             f = frames(n)
             for j in range(0, len(g), 3):
-                f.one(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
+                if g[j] is not None:  # (a marker: order.py)
+                    f.one(f"{prefix[g[j]]}1,{ekj},{wire(g[j + 1], g[j + 2])}")
     for req in queue:  # "mode,state,op,1,key,arg" from cached fragments (json.dumps of a list costs more)
         r = route(req.key)
         frames(owner[r[1]]).one(f"{req.mode},{req.sidx},{jstr(req.op)},1,{r[0]},{arg_json(req.arg)}", req)

@@ -42,7 +42,7 @@ from redis.exceptions import NoPermissionError
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema
-from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, UnknownOp, refuse
+from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, ProxyClosed, UnknownOp, refuse
 from cogs.keys import nf_problem
 from cogs.logs import fields
 from cogs.protocol import Mode
@@ -222,6 +222,7 @@ class StateProxy:
         """
         if self._open:
             self._open = False
+            self._batcher.close_intake()  # ops issued from now on: ProxyClosed; pending ones go on
             with anyio.move_on_after(drain_timeout):
                 try:
                     await self._batcher.drain()
@@ -300,14 +301,16 @@ class StateProxy:
         return self._batcher.has_room(ops)
 
     async def wait_room(self, ops: int = 1) -> None:
-        """Wait until ``ops`` new ops fit in the buffer (flushes made progress)."""
-        if not self._batcher.has_room(ops):
+        """Wait until ``ops`` new ops fit in the buffer (flushes made progress), at most
+        ``COGS_DELIVERY_TIMEOUT_S``: then :class:`Backpressure` (the coordinator does not answer)."""
+        if not self._batcher.has_room(ops) or self._batcher.closed:
             await self._batcher.wait_room(ops)
 
     async def aupdate(self, state: str, key: str, op: str, delta: Any = 1) -> None:
-        """``update`` that waits for room instead of raising Backpressure."""
-        if not self._batcher.has_room():
-            await self._batcher.wait_room()
+        """``update`` that waits for room (for ``key``: on its node's channel too)
+        instead of raising Backpressure, at most the delivery bound."""
+        if not self._batcher.has_room(1, key) or self._batcher.closed:
+            await self._batcher.wait_room(1, key)
         self.update(state, key, op, delta)
 
     async def syn_up(self, state: str, key: str, op: str, delta: Any = None) -> Any:
@@ -326,6 +329,8 @@ class StateProxy:
         ``load`` (indirect states): read through. When nobody has the key, this proxy
         takes it in the same coordinator call and keeps what ``await load()`` returns
         (bytes; None keeps nothing); readers elsewhere wait for that value meanwhile."""
+        if self._batcher.closed:
+            raise ProxyClosed(f"the proxy is closed: retrieve of {state} refused")
         if state in self._indirect_states:
             if op not in (None, "get") or arg is not None:
                 raise refuse(UnknownOp, "indirect states are read whole (op get)", state=state, op=op)
@@ -405,6 +410,8 @@ class StateProxy:
     # -- indirect states -------------------------------------------------------------------
 
     def _indirect_or_fail(self) -> Indirect:
+        if self._batcher.closed:
+            raise ProxyClosed("the proxy is closed: indirect op refused")
         if self._indirect is None:
             raise CogsError("the proxy is not open: use `async with StateProxy(...)`")
         return self._indirect
@@ -432,7 +439,9 @@ class StateProxy:
         """Wait until every op issued before this call has been applied at the
         coordinator (or failed: errors go to on_error), not for ops issued meanwhile;
         ``COGS_DELIVERY_TIMEOUT_S`` after the call at most: then :class:`DeliveryTimeout`
-        (the ops stay queued and apply exactly once)."""
+        (the ops stay queued and apply exactly once). On a closed proxy: :class:`ProxyClosed`."""
+        if self._batcher.torn:
+            raise ProxyClosed("the proxy is closed: ops pending when it closed were answered with ProxyClosed")
         await self._batcher.drain()
 
     def report_error(self, err: CogsError, packet: Any = None) -> None:

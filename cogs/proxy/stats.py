@@ -93,6 +93,7 @@ class ProxyStatistics:
     lost_ops: int
     overdue_batches: int
     unconfirmed_batches: int
+    stalled_channels: int
     # -- replica cache (CacheStatistics)
     cache_hits: int
     cache_misses: int

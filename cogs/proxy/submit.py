@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from cogs.coordinator.ops import Schema, wire_arg
-from cogs.errors import BadKey, refuse
+from cogs.errors import BadKey, ProxyClosed, refuse, show
 from cogs.keys import key_problem
 from cogs.protocol import Mode
 from cogs.proxy.batcher import Batcher
@@ -26,6 +26,8 @@ class Submitter:
 
     def make(self, mode: int, state: str, key: str, op: str | None, arg: Any) -> Req:
         """A request, checked where it enters: state, op, key and argument."""
+        if self.batcher.closed:
+            raise ProxyClosed(f"the proxy is closed: {state}[{show(key)}] {op or 'retrieve'} refused")
         st, sidx, name, decode = self.schema.request(state, mode, op)
         problem = key_problem(key)
         if problem is not None:
@@ -37,6 +39,8 @@ class Submitter:
 
     def locator(self, mode: int, state: str, sidx: int, key: str, op: str, arg: Any) -> Req:
         """A locator op of an indirect state (state reference table)."""
+        if self.batcher.closed:
+            raise ProxyClosed(f"the proxy is closed: {state}[{show(key)}] {op} refused")
         problem = key_problem(key)
         if problem is not None:
             raise refuse(BadKey, problem, state=state, key=key, op=op)
@@ -64,8 +68,8 @@ class Submitter:
 
     async def wait(self, req: Req) -> Any:
         """Send ``req`` (or join the same read under way) and wait for its answer."""
-        if not self.batcher.has_room():
-            await self.batcher.wait_room()
+        if not self.batcher.has_room(1, req.key):  # on its node's channel too
+            await self.batcher.wait_room(1, req.key)
         self.sync_ops += 1
         if req.mode == Mode.RETRIEVE and req.arg is None:
             shared = self.requests.shared_read(req.sidx, req.key, req.op)
