@@ -59,6 +59,7 @@ class Namespace:
     fn_batch: str = field(init=False)
     fn_info: str = field(init=False)
     fn_release: str = field(init=False)
+    fn_beat: str = field(init=False)
     alerts_channel: str = field(init=False)
     alerts_stream_prefix: str = field(init=False)
     discard_prefix: str = field(init=False)

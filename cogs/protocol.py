@@ -55,7 +55,7 @@ ALERTS_MAXLEN = 100_000
 #: How long a channel record outlives its last batch; live proxies keep theirs fresh.
 ONCE_TTL_MS = 86_400_000
 #: The library's functions are ``<library>_<name>`` (Redis function names are global).
-FUNCTIONS = ("batch", "info", "release")
+FUNCTIONS = ("batch", "info", "release", "beat")
 
 
 def names(prefix: str) -> dict[str, str]:

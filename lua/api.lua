@@ -37,6 +37,8 @@
 --
 -- FCALL cogs_release 0 <alert_stream> <proxy_id>  -> holder entries dropped on this node
 --   (a proxy that closed or died no longer holds replicas: replica.lua's index).
+-- FCALL cogs_beat 1 <heartbeat key> <run> take|renew|drop [<entry> <ttl ms>]  -> a proxy's
+--   heartbeat, written or deleted only by the process whose run token it carries (registry.lua).
 -- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers, nf, limits}
 do
     local R, decode, encode, null, byte, sub, gsub, find, pcall_, classify, replica
@@ -509,5 +511,11 @@ do
     end
 
     redis.register_function({ function_name = FN_RELEASE, callback = release, flags = { 'allow-cross-slot-keys' } })
+    -- a proxy's heartbeat, kept by the process whose run token it carries (registry.lua)
+    local function beat(keys, args)
+        bind()
+        return cogs.registry.beat(keys, args)
+    end
+    redis.register_function({ function_name = FN_BEAT, callback = beat })
     redis.register_function({ function_name = FN_INFO, callback = info, flags = { 'no-writes' } })
 end

@@ -186,6 +186,7 @@ class StateProxy:
         b.spawn(b.run())
         b.spawn(b.delivery.watch())
         self._registry = Registry(self.coord, self.id, self._heartbeat_ttl, self._beat_info)
+        self._registry.on_superseded = self.cache.drop_all  # its holder entries went with the takeover
         await self._registry.release(self.id)  # an earlier process with this id held replicas: not this one
         if self._indirect_states:
             secret = self._peer_secret or (s.peer_secret.get_secret_value() if s.peer_secret else None)
@@ -207,7 +208,7 @@ class StateProxy:
             from cogs.metrics.proxy import serve
 
             self._metrics = serve(self, self.settings.metrics_host, self._metrics_port)
-        await self._registry.beat()
+        await self._registry.beat(take=True)
         self._open = True
         self._beating = b.spawn(self._heartbeat())
 

@@ -9,6 +9,15 @@ holder entries on every node. One that dies is cleaned up by the others: a live
 proxy, at most once a minute cluster-wide, releases the holder entries of listed
 proxies whose heartbeat is gone. A proxy starting with an id already used releases
 that id's old holder entries first: a new process holds no replica yet.
+
+**Run token.** Each process draws a random run token, stored in its heartbeat entry
+and checked by the coordinator (lua/registry.lua): a process starting takes the id
+over; a later beat is stored only while the entry is its own, and a close deletes
+the entry and releases the id's holder entries only if the entry is its own. So an
+older process with the same id (still running, or frozen and woken up) never
+overwrites or removes the newer one: its beat is refused, it learns it was
+superseded (``on_superseded``: its replicas are dropped, its indirect lease is no
+longer renewed) and it beats no more.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -41,18 +51,33 @@ class Registry:
         self._last_janitor = time.monotonic()
         #: called with the monotonic time a successful beat was sent (leases start there)
         self.on_beat: Callable[[float], None] | None = None
+        #: this process's run token: the heartbeat entry is this process's while it carries it
+        self.run = secrets.token_hex(8)
+        #: another process took this proxy id over: no beat is stored any more
+        self.superseded = False
+        self.on_superseded: Callable[[], None] | None = None
 
     def _node(self, key_tag: str) -> Any:
         topo = self.coord.topology
         assert topo is not None
         return self.coord.node_client(topo.node_of(slot(key_tag)))
 
-    async def beat(self) -> None:
+    async def beat(self, *, take: bool = False) -> None:
+        """Store the heartbeat entry; ``take``: at start, over whatever process had the id."""
+        if self.superseded:
+            return
         sent = time.monotonic()
         now = time.time()
-        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": now, **self.info()}
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "time": now, "run": self.run,
+                **self.info()}  # fmt: skip
         ttl = int(self.ttl * 1000)
-        await self._node(self.id).set(self.ns.proxy_key(self.id), json.dumps(info), px=ttl)
+        key = self.ns.proxy_key(self.id)
+        stored = await self._node(self.id).fcall(
+            self.ns.fn_beat, 1, key, self.run, "take" if take else "renew", json.dumps(info), ttl
+        )
+        if not int(stored):
+            self._superseded()
+            return
         if self.on_beat is not None:
             self.on_beat(sent)
         now_ms = int(now * 1000)
@@ -62,8 +87,19 @@ class Registry:
             pipe.zremrangebyscore(index, "-inf", now_ms - 86_400_000)
             await pipe.execute()
 
+    def _superseded(self) -> None:
+        self.superseded = True
+        log.error(
+            "proxy %s: another process took this proxy id over (its heartbeat carries another run token): this "
+            "one stops beating and drops its replicas; close it", self.id, extra=fields(proxy=self.id),
+        )  # fmt: skip
+        if self.on_superseded is not None:
+            self.on_superseded()
+
     async def tick(self) -> None:
         """One heartbeat, and now and then the janitor."""
+        if self.superseded:
+            return
         try:
             await self.beat()
         except (CogsError, *CALL_ERRORS) as e:
@@ -103,19 +139,27 @@ class Registry:
         if not await index.set(ns.janitor_lock, self.id, nx=True, px=int(JANITOR_EVERY_S * 900)):
             return  # another proxy did it this minute
         cutoff = int((time.time() - DEAD_AFTER_S) * 1000)
-        for raw in await index.zrangebyscore(ns.proxy_index, "-inf", cutoff, start=0, num=100):
+        for raw, score in await index.zrangebyscore(ns.proxy_index, "-inf", cutoff, start=0, num=100, withscores=True):
             pid = raw.decode()
+            # a process that took the id over meanwhile beats (key and score) before it holds anything
             if pid == self.id or await self._node(pid).exists(ns.proxy_key(pid)):
                 continue
+            if await index.zscore(ns.proxy_index, pid) != score:
+                continue
             self.released_dead += await self.release(pid)
-            await index.zrem(ns.proxy_index, pid)
+            if await index.zscore(ns.proxy_index, pid) == score:
+                await index.zrem(ns.proxy_index, pid)
 
     async def unregister(self, streams: list[str], session: str) -> None:
-        """A clean close: heartbeat, index entry, exactly-once records, holder entries."""
+        """A clean close: heartbeat, index entry, exactly-once records, holder entries;
+        the first three only while the heartbeat entry is this process's (or gone)."""
         try:
-            await self._node(self.id).delete(self.ns.proxy_key(self.id))
-            await self._node(self.ns.proxy_index).zrem(self.ns.proxy_index, self.id)
-            await self.release(self.id)
+            key = self.ns.proxy_key(self.id)
+            mine = int(await self._node(self.id).fcall(self.ns.fn_beat, 1, key, self.run, "drop"))
+            if mine == 1:
+                await self._node(self.ns.proxy_index).zrem(self.ns.proxy_index, self.id)
+            if mine != 0:  # (0: another process has this id now: its holder entries are its own)
+                await self.release(self.id)
             for stream in streams:
                 await self._node(stream_tag(stream)).delete(self.ns.once_key(stream, session))
         except (CogsError, *CALL_ERRORS) as e:

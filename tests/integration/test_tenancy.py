@@ -73,7 +73,7 @@ def _libraries(port: int) -> dict[str, Any]:
 def test_each_nf_has_its_own_library_and_loading_one_leaves_the_others(shared: LocalCluster, tmp_path: Path) -> None:
     before = _libraries(shared.port)
     assert set(before) >= {"cogs", "cogs_ids", "cogs_nat"}
-    assert before["cogs_ids"]["functions"] == {"cogs_ids_batch", "cogs_ids_info", "cogs_ids_release"}
+    assert before["cogs_ids"]["functions"] == {"cogs_ids_batch", "cogs_ids_info", "cogs_ids_release", "cogs_ids_beat"}
     limited = tmp_path / "ids.toml"
     limited.write_text(TEST_CATALOG + "\n[limits]\nops_per_s = 1000000\n")
     code, out = _cli("catalog", "load", "--url", shared.url, "--nf", "ids", str(limited))
