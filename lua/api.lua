@@ -27,7 +27,8 @@
 --   errors = flat {op index (0-based), "CODE state=.. key=.. op=..: message", ...};
 --   results = flat {op index, value, ...} for every mode but UPDATE (nil values come back as nil).
 --   On a replica-mode state, UPDATE_GET returns {value, version} and RETRIEVE_REPLICA
---   returns {value, version, pttl}. Updates of replica-mode states publish discards (replica.lua).
+--   returns {value, version, pttl} (how long the replica may live: never past the
+--   caller's holder record, replica.lifetime). Updates of replica-mode states publish discards (replica.lua).
 -- A whole-call error reply changes nothing: OUTDATED, BAD_FRAME (a malformed frame;
 --   numbered: recorded as the batch's outcome), UNAVAILABLE (cluster down, loading:
 --   retry), GAP / LOST / DUP_UNKNOWN (the channel's order, once.lua), LIMIT (the NF is
@@ -275,7 +276,7 @@ do
                 cogs.fail('BAD_FRAME', 'a replica retrieve needs the proxy id argument')
             end
             local version = replica.register(st, rk, ctx)
-            return { value == nil and false or value, version, R('PTTL', rk) }
+            return { value == nil and false or value, version, replica.lifetime(st, rk) }
         elseif mode == CHECK then
             if op == 'checker' then
                 if not st.checker then

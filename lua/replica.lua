@@ -99,6 +99,18 @@ do
         return replica.version(rk)
     end
 
+    -- How long the caller may keep the replica it just registered for (ms; -1: until
+    -- a discard): the state's own time left, but never past its holder record, which an
+    -- update after that would not find (an absent key has no time left of its own).
+    function replica.lifetime(st, rk)
+        local left = R('PTTL', rk)
+        if st.ttl then
+            local held = R('PTTL', rk .. ':r')
+            if left < 0 or (held >= 0 and held < left) then left = held end
+        end
+        return left
+    end
+
     -- The caller no longer holds a replica of <rk> (mode RELEASE): 1 if it did.
     function replica.release(rk, ctx)
         if R('SREM', rk .. ':r', ctx.pid) == 1 then

@@ -119,6 +119,12 @@ params = { external = "198.51.100.8", port_min = 5000, port_max = 5099, block = 
 class = "indirect"
 mode = "replica"
 max_bytes = 4194304
+
+[states.brief]
+class = "direct"
+type = "string"
+mode = "replica"
+ttl = "1s"
 """
 
 ALERT_STREAM = "cogs:alerts:{0}"

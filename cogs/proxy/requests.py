@@ -165,10 +165,18 @@ class RequestTable:
                 self.cache.abort_fetch(ck)
             else:  # half the idle time: a busy entry is re-read, which keeps it alive
                 left = int(raw[2])
-                self.cache.end_fetch(ck, req.epoch, value, int(raw[1]), left // 2 if left > 0 else -1)
+                half = lifetime(left // 2 if left > 0 else -1, req.born)
+                if half is None:
+                    self.cache.abort_fetch(ck)
+                else:
+                    self.cache.end_fetch(ck, req.epoch, value, int(raw[1]), half)
         elif req.mode == Mode.RETRIEVE_REPLICA:
             value = decode(raw[0] if raw[0] is not False else None)
-            self.cache.end_fetch((req.sidx, req.key), req.epoch, value, int(raw[1]), int(raw[2]))
+            ttl = lifetime(int(raw[2]), req.born)
+            if ttl is None:
+                self.cache.abort_fetch((req.sidx, req.key))
+            else:
+                self.cache.end_fetch((req.sidx, req.key), req.epoch, value, int(raw[1]), ttl)
         elif req.mode == Mode.UPDATE_GET and isinstance(raw, list) and req.state in self.replica_whole:
             value = decode(raw[0] if raw[0] is not False else None)
             self.cache.discard((req.sidx, req.key), int(raw[1]))  # read-your-writes: nothing older stays
@@ -215,6 +223,17 @@ class RequestTable:
             n = self.callback_errors
             if n <= 10 or n % 1000 == 0:  # a callback broken for every packet: not a line per packet
                 log.exception("state callback failed (%d so far)", n)
+
+
+def lifetime(pttl: int, since: float) -> int | None:
+    """A replica's time left (ms) as the coordinator gave it, counted from ``since``
+    (when the request was issued: the coordinator counted from no earlier), so it
+    never outlives the holder record; None when that is already past. A pttl <= 0
+    (no expiry) stays as it is."""
+    if pttl <= 0:
+        return pttl
+    left = pttl - int((time.monotonic() - since) * 1000)
+    return left if left > 0 else None
 
 
 def _same(v: Any) -> Any:
