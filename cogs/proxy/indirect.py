@@ -15,7 +15,9 @@ owning proxy and its incarnation. A proxy
 
 In replica mode a fetched value is cached with its version; the owner's update
 bumps the version at the coordinator, which sends discards to the holders (the
-same discard path and race rules as direct states). An owner that died is found
+same discard path and race rules as direct states). A reader never takes an answer
+older than the version its locator named, or a discard that came while it read,
+and caches it no longer than its holder record lives (counted from the locate). An owner that died is found
 out through the proxy registry (its heartbeat key is gone, or carries another
 incarnation): readers drop its locators and fall back (None: fetch from the origin
 and create anew) instead of hanging.
@@ -66,6 +68,7 @@ from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.keylocks import KeyLocks
 from cogs.proxy.owned import Entry, OwnedValues
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
+from cogs.proxy.requests import lifetime
 from cogs.proxy.stats import IndirectStatistics
 from cogs.proxy.submit import Submitter
 
@@ -118,6 +121,8 @@ class Indirect:
         self._secret = secret.encode() if secret else None
         self._peers: dict[str, tuple[str, str]] = {}  # proxy id -> (incarnation, address)
         self._locks = KeyLocks()
+        #: reads of another proxy's value under way: key -> [readers, newest version a discard named]
+        self._reading: dict[tuple[int, str], list[int]] = {}
         self.lease_s = lease_s
         self.lease_until = 0.0  # monotonic: until then nobody can have taken our keys over
         self.server: PeerServer | None = None
@@ -342,9 +347,14 @@ class Indirect:
         self._need_peers(state)
         epoch = self.cache.begin_fetch(k) if replica else -1
         ended = False
+        reading = self._reading.setdefault(k, [0, 0])
+        reading[0] += 1
+        stale: tuple[int, int] | None = None
         try:
             dead: str | None = None
+            floor = 0  # the newest version this read has seen named for the key
             for _ in range(3):  # the owner may change under us (death, claim): retry a little
+                asked = time.monotonic()  # the coordinator counts the replica's lifetime from no earlier
                 if load is None:
                     loc = await self._coordinator(LOCATE, state, key, "locate")
                     if not loc:
@@ -355,6 +365,7 @@ class Indirect:
                     if won:
                         return await self._load(k, state, key, pending, load)
                 owner, inc, pttl = _s(loc[0]), _s(loc[1]), int(loc[3])
+                floor = max(floor, int(loc[2]))
                 addr = None if owner == self.id else await self._peer(owner, inc)
                 if addr is not None:
                     assert self.client is not None
@@ -376,8 +387,13 @@ class Indirect:
                             raise
                     else:
                         self.stats.remote_fetches += 1
-                        if replica and value is not None:
-                            self.cache.end_fetch(k, epoch, value, version, pttl)
+                        floor = max(floor, reading[1])  # discards that came meanwhile
+                        if version < floor:  # older than the locator (or a discard) named: not taken
+                            stale = (version, floor)
+                            continue
+                        left = lifetime(pttl, asked)
+                        if replica and value is not None and left is not None:
+                            self.cache.end_fetch(k, epoch, value, version, left)
                             ended = True
                         return value
                 # an earlier me, or a proxy that died: say so, then fall back
@@ -386,10 +402,24 @@ class Indirect:
                     return None
                 self.stats.dead_owners += 1
                 dead = f"{owner}:{inc}"  # the next claim replaces it
+            if stale is not None:
+                raise PeerError(
+                    f"{state}[{key[:64]}]: its owner answered version {stale[0]}, older than version {stale[1]} "
+                    "its locator (or a discard) named; try again"
+                )
             raise PeerError(f"{state}[{key}]: its owner kept changing; try again")
         finally:
+            reading[0] -= 1
+            if not reading[0]:
+                del self._reading[k]
             if replica and not ended:
                 self.cache.abort_fetch(k)
+
+    def discarded(self, sidx: int, key: str, version: int) -> None:
+        """A discard came (discard link hook): reads of the key under way take nothing older."""
+        reading = self._reading.get((sidx, key))
+        if reading is not None and version > reading[1]:
+            reading[1] = version
 
     async def _load(self, k: tuple[int, str], state: str, key: str, e: Entry, load: Loader) -> bytes | None:
         """Run ``load`` for a key this proxy claimed; keep its value, or give the key up."""

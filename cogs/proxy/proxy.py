@@ -201,6 +201,7 @@ class StateProxy:
                 lease_s=self._heartbeat_ttl - s.peer_timeout_s,
             )  # fmt: skip
             self._registry.on_beat = self._indirect.renew
+            self._discard.hooks.append(self._indirect.discarded)  # reads under way take nothing older
             if self._indirect.server is not None:
                 await self._indirect.server.start()
                 b.spawn(self._indirect.server.serve())
