@@ -123,9 +123,20 @@ class NatTable:
         return _internal(flow, proto)
 
     async def release(self, proto: int, ip: str, port: int) -> bool:
-        """End a flow's mapping now (its port is free again); False if it had none."""
+        """End a flow's mapping now (its port is free again); False if it had none.
+        This proxy's cached copies of both directions go with it, so a port handed to
+        another flow right after is never shadowed here by the released one."""
         flow = flow_id(proto, ip, port)
-        return bool(await self.proxy.syn_up(self.state, self.block_of_flow(flow), "release", flow))
+        block = self.block_of_flow(flow)
+        ext_ip, entries = self._ip(block), ["o|" + flow]
+        cached = self.proxy.cached(self.state, entries[0])
+        if isinstance(cached, int):
+            entries.append(f"i|{ext_ip}|{cached}")
+        self.proxy.entries.forget(self.state, entries)
+        freed = await self.proxy.syn_up(self.state, block, "release", flow)
+        if freed:  # the port is known now, cached here or not
+            self.proxy.entries.forget(self.state, [f"i|{ext_ip}|{int(freed)}"])
+        return bool(freed)
 
     async def stats(self) -> tuple[int, int]:
         """(live mappings, free ports) over the whole pool (one read per block)."""

@@ -40,6 +40,14 @@ class EntryOps:
             req.epoch = self.submit.requests.cache.begin_fetch(req.cache_key)
         return req
 
+    def forget(self, state: str, entries: list[str]) -> None:
+        """This proxy changes these entries (a release): its cached copies go now, and
+        a fetch of one already under way is not cached (read-your-writes)."""
+        if state in self.replica_entries:
+            sidx = self.schema.index[state]
+            for entry in entries:
+                self.submit.requests.cache.written((sidx, entry))
+
     def _hit(self, state: str, entry: str) -> Any:
         if self.submit.batcher.closed:
             raise ProxyClosed(f"the proxy is closed: {state} entry {show(entry)} refused")

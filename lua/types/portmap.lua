@@ -11,7 +11,8 @@
 --   one atomic call on one node, and blocks spread over the cluster.
 -- args: map/out/release take the internal flow "<proto>|<ip>|<port>"; in takes an
 --   external port of the block. map returns the flow's port, allocating a free one
---   (EXHAUSTED when the block has none); out/in look a mapping up. Each returns
+--   (EXHAUSTED when the block has none); out/in look a mapping up; release returns
+--   the port it freed (0: the flow had none). Each returns
 --   {value or false, version (0 in singleton mode: nothing is cached), idle ms left}
 --   and refreshes the mapping's idle deadline
 --   (the state's ttl); mappings idle longer are reclaimed. In replica mode a caller
@@ -150,7 +151,7 @@ local ops = {
         local port = R('HGET', rk, flow)
         if not port then return 0 end
         drop(st, sidx, rk, ip, flow, port, ctx)
-        return 1
+        return tonum(port) -- the caller drops its own copies of both directions at once
     end,
     out = function(st, _, rk, _, _, _, arg, now, ctx)
         local flow = flow_arg(arg, st)
