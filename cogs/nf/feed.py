@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from cogs.errors import ConfigError
@@ -86,7 +86,7 @@ class Feeder:
         more updates fit (what the next batch of packets may issue)."""
         backlog, proxy = self.backlog, self.proxy
         while backlog:
-            await proxy.wait_room(1)
+            await patient_room(proxy, 1, self.detector.counters)
             while backlog and proxy.has_room():
                 state, key, op, delta = backlog.popleft()
                 try:
@@ -96,7 +96,7 @@ class Feeder:
                     break
                 except Exception as e:
                     self.detector.counters[f"updates refused ({type(e).__name__})"] += 1
-        await proxy.wait_room(room)
+        await patient_room(proxy, room, self.detector.counters)
 
     def tick(self, now: float) -> None:
         """The clock moved (live capture): per-flow timeouts expire without packets."""
@@ -113,3 +113,19 @@ class Feeder:
         except Exception as e:
             self.detector.counters[f"finish failed ({type(e).__name__})"] += 1
             log.warning("middlebox %s: finish failed: %s", self.box, bounded_message(str(e)))
+
+
+async def patient_room(proxy: StateProxy, ops: int, counters: MutableMapping[str, int]) -> None:
+    """Wait until ``ops`` more updates fit, however long the coordinator takes: a
+    middlebox outlives an outage (packets meanwhile queue in, or drop at, the kernel,
+    where they are counted), it never ends on one. Each delivery bound that passed
+    without room is counted (and logged the first times)."""
+    while True:
+        try:
+            await proxy.wait_room(ops)
+            return
+        except Backpressure as e:
+            counters["waits for room past the delivery bound"] += 1
+            n = counters["waits for room past the delivery bound"]
+            if n <= LOGGED_SKIPS:
+                log.warning("middlebox waits for the coordinator: %s", bounded_message(str(e)))

@@ -20,6 +20,7 @@ import anyio
 
 from cogs.errors import ConfigError
 from cogs.nf.capture import Emitter
+from cogs.nf.feed import patient_room
 from cogs.nf.frames import TCP, UDP, decode, l3_offset
 from cogs.nf.live_config import ROOM, LiveConfig
 from cogs.nf.nat import PRIVATE, Classifier, rewrite
@@ -120,7 +121,7 @@ class NatForwarder:
         self._emit(frame, dst=mapping)
 
     async def settle(self) -> None:
-        await self.proxy.wait_room(ROOM)
+        await patient_room(self.proxy, ROOM, self.counters)
 
     def tick(self, now: float) -> None:
         self.counters["emitted"] = self.emitter.sent

@@ -34,6 +34,7 @@ import dpkt
 from cogs import runtime
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, ConfigError
+from cogs.nf.feed import patient_room
 from cogs.nf.nat_table import NatTable
 from cogs.nf.packets import TCP, UDP, TraceStats, read_ipv4
 from cogs.nf.splitter import middlebox_of
@@ -174,7 +175,7 @@ async def nat_box(
             else:
                 table.asyn_inbound(ip.p, _addr(ip.dst), dport, emit, (seq, data))
             if i % CHUNK == CHUNK - 1:
-                await proxy.wait_room(2 * CHUNK)
+                await patient_room(proxy, 2 * CHUNK, counters)
                 await anyio.lowlevel.checkpoint()
                 if q is not None:
                     q.put(("progress", box, i + 1))

@@ -47,7 +47,7 @@ from cogs.protocol import IDEMPOTENT
 from cogs.proxy.delivery import Batch, Channel, Delivery
 from cogs.proxy.lanes import MAPSUM, NONE, SUM, UNION, Lane, encode
 from cogs.proxy.order import as_request, fence, moved_from
-from cogs.proxy.replies import Replies
+from cogs.proxy.replies import ErrorHook, Replies
 from cogs.proxy.requests import Req, RequestTable
 from cogs.proxy.stats import BatchStatistics
 
@@ -58,7 +58,6 @@ log = logging.getLogger("cogs.proxy")
 FAST_KEY = 512 // 4
 FAST_MEMBER = 64
 
-ErrorHook = Callable[[CogsError, Any], None]
 
 
 class Backpressure(CogsError):

@@ -13,25 +13,51 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from cogs.coordinator.client import parse_reply
+from cogs.coordinator.client import Coordinator, parse_reply
 from cogs.coordinator.frames import expand
+from cogs.coordinator.reroute import Reroute
 from cogs.errors import CogsError, CoordinatorUnavailable, DeliveryTimeout, Moved, ProxyClosed, op_error, show
 from cogs.keys import unescape
 from cogs.logs import fields
-from cogs.proxy.delivery import Batch, Channel
+from cogs.proxy.delivery import Batch, Channel, Delivery
+from cogs.proxy.lanes import Lane
 from cogs.proxy.order import seal
-from cogs.proxy.requests import Req
-
-if TYPE_CHECKING:
-    from cogs.proxy.batcher import Batcher
+from cogs.proxy.requests import Req, RequestTable
 
 log = logging.getLogger("cogs.proxy")
+ErrorHook = Callable[[CogsError, Any], None]
+
+
+class Sender(Protocol):
+    """What replies are handed back to: the batcher (its counters, queue and
+    channels), named here so this room does not import the one that uses it."""
+
+    coord: Coordinator
+    delivery: Delivery
+    delivery_timeout: float
+    lanes: dict[str, Lane]
+    queue: list[Req]
+    requests: RequestTable
+    reroute: Reroute
+    on_error: ErrorHook
+    ops_applied: int
+    errors: int
+    rerouted: int
+
+    @property
+    def npending(self) -> int: ...
+    def kick(self) -> None: ...
+    def barrier(self, stream: str) -> None: ...
+    def requeue(self, batch: Batch, back: list[Req], later: list[Req]) -> None: ...
+    def drop_pending(self) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
 
 class Replies:
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Sender) -> None:
         self.b = batcher
         self._refreshing: asyncio.Task[Any] | None = None
 
