@@ -11,6 +11,7 @@ is bounded (:func:`show`): a 1 MB key never makes a 1 MB log line.
 from __future__ import annotations
 
 import hashlib
+from typing import TypeVar
 
 from redis import exceptions as rexc
 
@@ -157,6 +158,14 @@ class NotOwner(OpError):
     code = "NOT_OWNER"
 
 
+class BadReply(OpError):
+    """The coordinator's reply for an op cannot be read as its state's type: the stored
+    value was written outside cogs (any client the ACL lets write its NF's keys can).
+    The op fails alone; the value is left as it is."""
+
+    code = "BAD_REPLY"
+
+
 class PeerError(CogsError):
     """The peer channel of indirect states failed: the owner proxy is unreachable,
     refused us (wrong secret), or sent something malformed."""
@@ -191,6 +200,7 @@ _BY_CODE: dict[str, type[OpError]] = {
         NotOwner,
         AlertNotRecorded,
         OverLimit,
+        BadReply,
     )
 }
 
@@ -201,7 +211,20 @@ def op_error(message: str, *, state: str = "?", key: str = "?", op: str = "?") -
     return _BY_CODE.get(code, OpError)(message, state=state, key=key, op=op)
 
 
-def refuse(cls: type[OpError], msg: str, *, state: object, key: object = None, op: object = None) -> OpError:
+_E = TypeVar("_E", bound=OpError)
+
+
+def bad_reply(e: BaseException, raw: object, *, state: str, key: str, op: str) -> BadReply:
+    """The :class:`BadReply` for a reply ``raw`` that a decoder refused with ``e`` (what
+    was there is quoted bounded, as :func:`show` does)."""
+    if isinstance(raw, list) and raw and isinstance(raw[0], bytes | str):
+        raw = raw[0]  # {value, version, ...} of a replica read: the value is what failed
+    got = show(raw) if isinstance(raw, bytes | str) else f"a {type(raw).__name__}"
+    msg = f"the stored value cannot be read as the state's type ({type(e).__name__}; got {got})"
+    return refuse(BadReply, msg, state=state, key=key, op=op)
+
+
+def refuse(cls: type[_E], msg: str, *, state: object, key: object = None, op: object = None) -> _E:
     """A client-side refusal worded like the Lua library's: ``CODE state=.. key=.. op=..: msg``
     (what the caller passed is shown bounded)."""
     st = state if isinstance(state, str) and len(state) <= SHOW_MAX else show(state)

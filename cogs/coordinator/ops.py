@@ -23,7 +23,19 @@ from cogs.catalog import Catalog, StateSpec
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import Frames
 from cogs.coordinator.reroute import Reroute
-from cogs.errors import BadDelta, BadKey, CogsError, Moved, OpError, UnknownOp, UnknownState, op_error, refuse, show
+from cogs.errors import (
+    BadDelta,
+    BadKey,
+    CogsError,
+    Moved,
+    OpError,
+    UnknownOp,
+    UnknownState,
+    bad_reply,
+    op_error,
+    refuse,
+    show,
+)
 from cogs.keys import escape, key_problem, slot
 from cogs.library import TypeSpec
 from cogs.protocol import Mode
@@ -229,7 +241,11 @@ class StateTable:
                         moved.append((i, p))
                     results[i] = e
                 elif p.decode is not None:
-                    results[i] = p.decode(reply.results.get(j))
+                    raw = reply.results.get(j)
+                    try:
+                        results[i] = p.decode(raw)
+                    except Exception as e:  # written outside cogs: this op fails alone
+                        results[i] = bad_reply(e, raw, state=ops[i].state, key=ops[i].key, op=str(ops[i].op))
 
         async with anyio.create_task_group() as tg:
             for node, items in by_node.items():

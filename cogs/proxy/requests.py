@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cogs.errors import CogsError
+from cogs.errors import CogsError, bad_reply
 from cogs.keys import escape
 from cogs.protocol import Mode
 from cogs.proxy.cache import ReplicaCache
@@ -150,11 +150,31 @@ class RequestTable:
     # -- answers ------------------------------------------------------------------------------
 
     def resolve(self, req: Req, raw: Any) -> None:
-        """A reply for a request: decode, cache a replica, wake the waiters in order."""
+        """A reply for a request: decode, cache a replica, wake the waiters in order. A
+        reply that cannot be decoded fails the request alone (:class:`BadReply`): the
+        batch's other ops and the send loop go on."""
         if req.done:
+            return
+        try:
+            value = self._decoded(req, raw)
+        except Exception as e:  # a value written outside cogs: this op fails, nothing else does
+            if req.mode == Mode.UPDATE_GET:
+                self.cache.written((req.sidx, req.key))  # applied: no older replica may stay
+            self.fail(req, bad_reply(e, raw, state=req.state, key=req.key, op=req.op))
             return
         req.done = True
         self._unshare(req)
+        self._release(req)
+        for w in req.waiters:
+            if isinstance(w, asyncio.Future):
+                if not w.done():
+                    w.set_result(value)
+            else:
+                self.call(w[0], value, w[1])
+
+    def _decoded(self, req: Req, raw: Any) -> Any:
+        """The reply as its state's type, cached as a replica where it is one; raises
+        (and caches nothing) when the reply cannot be read as that type."""
         decode = req.decode or _same
         ck = req.cache_key
         if ck is not None:  # an entry op: {value or false, version, idle ms left}
@@ -182,13 +202,7 @@ class RequestTable:
             self.cache.discard((req.sidx, req.key), int(raw[1]))  # read-your-writes: nothing older stays
         else:
             value = decode(None if raw is False else raw)
-        self._release(req)
-        for w in req.waiters:
-            if isinstance(w, asyncio.Future):
-                if not w.done():
-                    w.set_result(value)
-            else:
-                self.call(w[0], value, w[1])
+        return value
 
     def fail(self, req: Req, err: CogsError) -> None:
         """A request the coordinator refused (or that could not be delivered in time)."""

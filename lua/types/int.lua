@@ -14,8 +14,12 @@ cogs.on_bind(function() R = redis.call end)
 
 local function keep(rk, d, better)
     local cur = R('GET', rk)
-    if cur and not better(d, tonumber(cur)) then
-        return false, tonumber(cur), false
+    local n = cur and tonumber(cur)
+    if cur and not n then -- a value written outside cogs: refused like INCRBY refuses it
+        cogs.fail('WRONGTYPE', 'the stored value is not an integer (written outside cogs?)')
+    end
+    if cur and not better(d, n) then
+        return false, n, false
     end
     R('SET', rk, cogs.num2s(d), 'KEEPTTL')
     return true, d, not cur
