@@ -41,11 +41,15 @@ class CacheStatistics:
     cached_entries: int
     #: discard-replica entries received (or own updates that made a replica stale)
     discards: int
-    #: whole-cache drops (the discard link was lost)
+    #: whole-cache drops (the discard link was lost, or a discard message was garbled)
     cache_drops: int
     #: reads that found a replica but missed: its freshness was no longer proven (no
     #: PONG from every node within DEAD_AFTER, a stalled loop say)
     expired_reads: int
+    #: messages on the discard channel that were not discards (anyone holding the NF's
+    #: proxy credentials can publish there): each dropped every replica, as it may have
+    #: been a real discard
+    bad_discards: int
 
 
 class ReplicaCache:
@@ -58,13 +62,15 @@ class ReplicaCache:
         self.enabled = False
         #: monotonic time up to which the entries are proven fresh (discard.py moves it)
         self.fresh_until = 0.0
-        self.hits = self.misses = self.discards = self.drops = self.expired = 0
+        self.hits = self.misses = self.discards = self.drops = self.expired = self.bad_discards = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def statistics(self) -> CacheStatistics:
-        return CacheStatistics(self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired)
+        return CacheStatistics(
+            self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired, self.bad_discards
+        )
 
     def get(self, k: tuple[int, str]) -> Any:
         """The replica to serve for ``k``, or MISS: none held, expired with its state,

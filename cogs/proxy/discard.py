@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 
 from cogs.coordinator.client import Coordinator
-from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable
+from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable, show
 from cogs.keys import unescape
 from cogs.logs import fields
 from cogs.proxy.cache import ReplicaCache
@@ -41,7 +41,38 @@ DiscardHook = Callable[[int, str, int], None]
 PING_EVERY = 1.0
 DEAD_AFTER = 3.0
 SEEN_MAX = 200_000
+#: a discard message larger than this is none (a batch of 2000 ops makes ~1 MB at most)
+MAX_DISCARD_BYTES = 64 << 20
 _LINK_ERRORS = (*NETWORK_ERRORS, CoordinatorUnavailable)
+
+
+class NotADiscard(ValueError):
+    """A message on a discard channel that is not a discard (says why, bounded)."""
+
+
+def parse_discards(data: bytes | str) -> list[tuple[tuple[int, str], int]]:
+    """The discards of one message, ``[state index, escaped key, "version", ...]`` as
+    lua/replica.lua publishes them: ((state index, key), version) each. Anything else
+    raises :class:`NotADiscard`."""
+    if len(data) > MAX_DISCARD_BYTES:
+        raise NotADiscard(f"{len(data)} bytes, over {MAX_DISCARD_BYTES}")
+    try:
+        flat = json.loads(data)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested beyond reason
+        raise NotADiscard(f"not JSON: {show(data)}") from None
+    if not isinstance(flat, list) or len(flat) % 3:
+        raise NotADiscard(f"not a flat array of (state, key, version) triples: {show(data)}")
+    out = []
+    for i in range(0, len(flat), 3):
+        sidx, key, version = flat[i : i + 3]
+        if type(sidx) is not int or not 0 < sidx < 1 << 16 or type(key) is not str or not key:
+            raise NotADiscard(f"entry {i // 3}: no state index and key: {show(data)}")
+        if type(version) is str and 0 < len(version) <= 19 and version.isdigit() and version.isascii():
+            version = int(version)
+        if type(version) is not int or not 0 <= version < 1 << 63:
+            raise NotADiscard(f"entry {i // 3}: version {show(str(version))} is not a 64-bit count")
+        out.append(((sidx, unescape(key)), version))
+    return out
 
 
 class DiscardLink:
@@ -58,12 +89,25 @@ class DiscardLink:
         self._seen: dict[tuple[int, str], int] = {}  # newest version handled per key
 
     def _handle(self, data: bytes) -> None:
-        flat = json.loads(data)
+        """One message of the discard channel. Anyone holding the NF's proxy credentials
+        can publish there: a message that is not a discard is counted and skipped, and
+        since it may have been a real one (garbled), every replica is dropped."""
+        try:
+            discards = parse_discards(data)
+        except NotADiscard as e:
+            self.cache.drop_all()
+            self.cache.bad_discards += 1
+            n = self.cache.bad_discards
+            if n <= 10 or n % 1000 == 0:  # one publisher must not flood the log
+                why = f"skipped a message that is not a discard ({e}); replicas dropped ({n} so far)"
+                log.warning("proxy %s: %s", self.proxy_id, why, extra=fields(proxy=self.proxy_id, count=n))
+            return
         seen = self._seen
-        for i in range(0, len(flat), 3):
-            k, version = (int(flat[i]), unescape(flat[i + 1])), int(flat[i + 2])
-            if seen.get(k, 0) >= version:
-                continue  # the copy of a discard already handled (one arrives per primary)
+        for k, version in discards:
+            # the copy of a discard already handled (one arrives per primary); only an
+            # exact repeat is skipped: a forged version, however high, hides no real one
+            if seen.get(k) == version:
+                continue
             if len(seen) >= SEEN_MAX:
                 seen.clear()
             seen[k] = version

@@ -101,6 +101,7 @@ class ProxyStatistics:
     discards: int
     cache_drops: int
     expired_reads: int
+    bad_discards: int
     # -- request table (RequestStatistics)
     pending_packets: int
     callback_errors: int
