@@ -29,6 +29,7 @@ from cogs.protocol import (
     HELD_PREFIX,
     LIBRARY,
     MAX_KEY_BYTES,
+    MAX_PROXY_ID,
     ONCE_PREFIX,
     PREFIX,
     names,
@@ -216,6 +217,29 @@ def proxy_key(proxy_id: str) -> str:
     return DEFAULT.proxy_key(proxy_id)
 
 
+PROXY_ID_RULE = f"a proxy id is 1-{MAX_PROXY_ID} characters of A-Z, a-z, 0-9, _ . : and -"
+#: what a proxy id may be (lua/api.lua refuses any other in a batch): entries of the
+#: proxy index, holder sets and heartbeat keys naming anything else were written
+#: outside cogs (any client the ACL lets register can write there)
+VALID_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_PROXY_ID}}}")
+
+
+def proxy_id_problem(pid: object) -> str | None:
+    """Why ``pid`` cannot be a proxy id (None: it can)."""
+    if not isinstance(pid, str) or not VALID_ID.fullmatch(pid):
+        return f"{pid!r:.80}: {PROXY_ID_RULE}"
+    return None
+
+
+def valid_proxy_id(raw: bytes | str) -> str | None:
+    """``raw`` (a member of the proxy index, say) as a proxy id, or None if it is none."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_PROXY_ID:
+            return None
+        raw = raw.decode("latin-1")  # any non-ASCII byte fails the pattern below
+    return raw if VALID_ID.fullmatch(raw) else None
+
+
 KEY_RULE = f"a key must be a non-empty str of at most {MAX_KEY_BYTES} bytes (escaped, UTF-8)"
 
 
@@ -269,9 +293,11 @@ __all__ = [
     "NF_RULE",
     "ONCE_PREFIX",
     "PREFIX",
+    "PROXY_ID_RULE",
     "PROXY_INDEX",
     "PROXY_PREFIX",
     "SLOTS",
+    "VALID_ID",
     "Namespace",
     "alert_marker",
     "alert_stream",
@@ -283,10 +309,12 @@ __all__ = [
     "namespace",
     "nf_problem",
     "once_key",
+    "proxy_id_problem",
     "proxy_key",
     "slot",
     "slot_tag",
     "state_key",
     "stream_tag",
     "unescape",
+    "valid_proxy_id",
 ]

@@ -341,11 +341,23 @@ do
     -- caller's stream (this node's). Read before the channel record moves, so a node
     -- that cannot serve it now fails the call while nothing has changed; charged once
     -- the batch's size is known.
+    -- The bucket is written by this function alone; one that is not a hash, or holds
+    -- no finite numbers ("nan" would refuse every batch for good), was written outside
+    -- cogs: it starts again full rather than stall or refuse the NF.
+    local function finite(x)
+        return x and x == x and x > -math.huge and x < math.huge and x
+    end
+
     local function bucket_read(stream)
         local key = LIMIT_PREFIX .. sub(stream, #ALERTS_STREAM_PREFIX + 1)
-        local got = R('HMGET', key, 't', 'b')
+        local ok, got = pcall_(R, 'HMGET', key, 't', 'b')
+        if not ok then
+            if classify(got) ~= 'WRONGTYPE' then error(got) end
+            R('DEL', key)
+            got = {}
+        end
         local now = now_ms()
-        local t, b = tonumber(got[1]), tonumber(got[2])
+        local t, b = finite(tonumber(got[1])), finite(tonumber(got[2]))
         if not t or not b then
             b = LIMIT_OPS_PER_S
         else

@@ -44,10 +44,21 @@ do
         return tonumber(R('GET', rk .. ':v') or 0) or 0
     end
 
+    -- A holder index is bookkeeping, no state: one of another type was written outside
+    -- cogs (anyone with the NF's proxy credentials can), and must not fail the ops of
+    -- every key its proxy holds. SREM from it is best effort; SADD makes it anew.
+    local function unheld(index, rk)
+        pcall(R, 'SREM', index, rk)
+    end
+
     -- Record the caller as a holder of <rk> (it will cache what it reads).
     function replica.hold(rk, ctx)
         if R('SADD', rk .. ':r', ctx.pid) == 1 then
-            R('SADD', held(ctx.stream, ctx.pid), rk)
+            local index = held(ctx.stream, ctx.pid)
+            if not pcall(R, 'SADD', index, rk) then
+                R('DEL', index)
+                R('SADD', index, rk)
+            end
         end
     end
 
@@ -66,7 +77,7 @@ do
         if #holders > 0 then
             R('DEL', rt)
             for i = 1, #holders do
-                R('SREM', held(ctx.stream, holders[i]), rk)
+                unheld(held(ctx.stream, holders[i]), rk)
             end
             replica.queue(ctx, holders, sidx, key, v)
         end
@@ -114,7 +125,7 @@ do
     -- The caller no longer holds a replica of <rk> (mode RELEASE): 1 if it did.
     function replica.release(rk, ctx)
         if R('SREM', rk .. ':r', ctx.pid) == 1 then
-            R('SREM', held(ctx.stream, ctx.pid), rk)
+            unheld(held(ctx.stream, ctx.pid), rk)
             return 1
         end
         return 0
@@ -126,7 +137,8 @@ do
     function replica.release_all(stream, pid)
         local index = held(stream, pid)
         local n = 0
-        for _, rk in ipairs(R('SMEMBERS', index)) do
+        local ok, rks = pcall(R, 'SMEMBERS', index)
+        for _, rk in ipairs(ok and rks or {}) do -- (not a set: written outside cogs, dropped below)
             local ok, removed = pcall(R, 'SREM', rk .. ':r', pid)
             if ok then n = n + removed end
         end

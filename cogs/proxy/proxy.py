@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -43,7 +44,7 @@ from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Schema
 from cogs.errors import CogsError, ConfigError, CoordinatorUnavailable, ProxyClosed, UnknownOp, refuse
-from cogs.keys import nf_problem
+from cogs.keys import nf_problem, proxy_id_problem
 from cogs.logs import fields
 from cogs.protocol import Mode
 from cogs.proxy.batcher import Backpressure, Batcher
@@ -105,7 +106,10 @@ class StateProxy:
         self._metrics: MetricsServer | None = None
         if not 0 < batch_delay_ms <= 1000 or batch_max_ops < 1 or max_pending < batch_max_ops:
             raise CogsError("need 0 < batch_delay_ms <= 1000, batch_max_ops >= 1, max_pending >= batch_max_ops")
-        self.id = proxy_id or f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname()[:24])
+        self.id = proxy_id or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if problem := proxy_id_problem(self.id):  # the library refuses batches naming another
+            raise ConfigError(f"bad proxy id {problem}")
         self.coord = Coordinator(self.settings)
         # checked against the types of this proxy's settings (their lua_paths), not the default ones
         self._expected = Catalog.from_file(catalog, self.coord.spec) if isinstance(catalog, str | Path) else catalog

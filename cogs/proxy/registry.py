@@ -32,14 +32,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis import exceptions as rexc
+
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CALL_ERRORS, CogsError, from_redis
-from cogs.keys import slot, stream_tag
+from cogs.keys import slot, stream_tag, valid_proxy_id
 from cogs.logs import fields
 
 log = logging.getLogger("cogs.proxy")
 JANITOR_EVERY_S = 60.0
 DEAD_AFTER_S = 120.0  # a listed proxy this long without a beat, and without a heartbeat key
+JANITOR_BATCH = 100  # index entries looked at per run
 
 
 class Registry:
@@ -48,6 +51,9 @@ class Registry:
         self.ns = coord.ns
         self.info = info  # what the heartbeat carries besides id, host, pid, time
         self.released_dead = 0  # holder entries of dead proxies this proxy dropped
+        #: what the janitor found written outside cogs: index entries naming no proxy,
+        #: janitor locks that would never expire, an index of another type (made anew)
+        self.invalid_ids = self.forged_locks = self.replaced_index = 0
         self._last_janitor = time.monotonic()
         #: called with the monotonic time a successful beat was sent (leases start there)
         self.on_beat: Callable[[float], None] | None = None
@@ -82,7 +88,23 @@ class Registry:
             self.on_beat(sent)
         now_ms = int(now * 1000)
         index = self.ns.proxy_index
-        async with self._node(index).pipeline(transaction=False) as pipe:  # a day of history
+        node = self._node(index)
+        try:
+            await self._list(node, now_ms)
+        except rexc.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            # the index is ours alone (registry metadata, no state): a key of another type
+            # in its place was written outside cogs, and every proxy lists itself anew
+            await node.delete(index)
+            self.replaced_index += 1
+            log.warning("proxy %s: %s was not a sorted set (written outside cogs?): made anew", self.id, index,
+                        extra=fields(proxy=self.id))  # fmt: skip
+            await self._list(node, now_ms)
+
+    async def _list(self, node: Any, now_ms: int) -> None:
+        index = self.ns.proxy_index
+        async with node.pipeline(transaction=False) as pipe:  # a day of history
             pipe.zadd(index, {self.id: now_ms})
             pipe.zremrangebyscore(index, "-inf", now_ms - 86_400_000)
             await pipe.execute()
@@ -133,22 +155,44 @@ class Registry:
         return n
 
     async def janitor(self) -> None:
-        """Release the holder entries of listed proxies whose heartbeat is gone."""
+        """Release the holder entries of listed proxies whose heartbeat is gone.
+
+        The oldest JANITOR_BATCH entries silent for DEAD_AFTER_S go from the index each
+        run: those of dead proxies once released, those with a heartbeat (a proxy whose
+        index node was away: it lists itself again at its next beat), and those that
+        name no proxy (written outside cogs: counted), so no entry blocks the next."""
         ns = self.ns
         index = self._node(ns.proxy_index)
-        if not await index.set(ns.janitor_lock, self.id, nx=True, px=int(JANITOR_EVERY_S * 900)):
+        if not await self._lock(index):
             return  # another proxy did it this minute
         cutoff = int((time.time() - DEAD_AFTER_S) * 1000)
-        for raw, score in await index.zrangebyscore(ns.proxy_index, "-inf", cutoff, start=0, num=100, withscores=True):
-            pid = raw.decode()
+        listed = await index.zrangebyscore(ns.proxy_index, "-inf", cutoff, start=0, num=JANITOR_BATCH, withscores=True)
+        for raw, score in listed:
+            pid = valid_proxy_id(raw)
+            if pid == self.id:
+                continue
+            if pid is None:
+                self.invalid_ids += 1
             # a process that took the id over meanwhile beats (key and score) before it holds anything
-            if pid == self.id or await self._node(pid).exists(ns.proxy_key(pid)):
+            elif await index.zscore(ns.proxy_index, pid) != score:
                 continue
-            if await index.zscore(ns.proxy_index, pid) != score:
-                continue
-            self.released_dead += await self.release(pid)
-            if await index.zscore(ns.proxy_index, pid) == score:
-                await index.zrem(ns.proxy_index, pid)
+            elif not await self._node(pid).exists(ns.proxy_key(pid)):
+                self.released_dead += await self.release(pid)
+            if await index.zscore(ns.proxy_index, raw) == score:  # else listed anew meanwhile: it stays
+                await index.zrem(ns.proxy_index, raw)
+
+    async def _lock(self, index: Any) -> bool:
+        """Take the janitor's turn of this minute (False: another proxy has it). A lock
+        without an expiry, or a longer one, is no janitor's: it is taken over."""
+        ms = int(JANITOR_EVERY_S * 900)
+        if await index.set(self.ns.janitor_lock, self.id, nx=True, px=ms):
+            return True
+        left = await index.pttl(self.ns.janitor_lock)
+        if 0 <= left <= ms or left == -2:  # a janitor's (or gone meanwhile: next minute)
+            return False
+        self.forged_locks += 1
+        await index.set(self.ns.janitor_lock, self.id, px=ms)
+        return True
 
     async def unregister(self, streams: list[str], session: str) -> None:
         """A clean close: heartbeat, index entry, exactly-once records, holder entries;
