@@ -26,10 +26,13 @@ from cogs.errors import (
     LibraryOutdated,
     from_redis,
 )
-from cogs.keys import NF_INDEX, Namespace, namespace, slot
+from cogs.keys import NF_INDEX, Namespace, namespace, nf_problem, slot
 from cogs.library import Library, LibrarySpec, assemble, library_spec
 from cogs.paths import LOAD_HINT
 from cogs.settings import CogsSettings, load_settings
+
+#: NFs besides the default one that ``nfs()`` lists (the monitor shows each)
+MAX_NFS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +217,16 @@ class Coordinator:
         return lib
 
     async def nfs(self) -> list[str]:
-        """The NFs whose libraries were loaded on this cluster (the default one first)."""
+        """The NFs whose libraries were loaded on this cluster (the default one first, then
+        at most MAX_NFS others). The default NF's proxy user may write ``cogs:nfs`` too:
+        a member that is no NF name is left out."""
         index = self.node_client(self._topo.node_of(slot(NF_INDEX)))
         try:
             listed = await index.smembers(NF_INDEX)
         except CALL_ERRORS as e:
             raise self._error(e, NF_INDEX) from e
-        return ["default", *sorted(m.decode() if isinstance(m, bytes) else str(m) for m in listed)]
+        names = (m.decode("latin-1") if isinstance(m, bytes) else str(m) for m in listed)  # non-ASCII: no NF
+        return ["default", *sorted(nf for nf in names if nf != "default" and nf_problem(nf) is None)[:MAX_NFS]]
 
     async def node_info(self, i: int, ns: Namespace | None = None) -> dict[str, Any]:
         """The ``cogs_info`` of primary ``i`` (library version, catalog, types, limits)

@@ -12,6 +12,7 @@ service discovery. Several NFs on one cluster are told apart by the ``nf`` label
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -137,14 +138,17 @@ def _states(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _proxies(snap: Snapshot) -> Iterator[Metric]:
-    alive = _g("cogs_proxies", "proxies registered in the last minute, alive, lost (heartbeat expired) or "
-               "unreadable (a heartbeat or id no proxy writes), per NF", ["nf", "status"])  # fmt: skip
-    left_out = {n.nf: n.proxies_unreadable for n in snap.nfs}  # index entries whose id is not UTF-8
+    alive = _g("cogs_proxies", "proxies registered in the last minute, alive, lost (heartbeat expired), "
+               "unreadable (a heartbeat or id no proxy writes) or not_shown (past the latest 1000), per NF",
+               ["nf", "status"])  # fmt: skip
+    left_out = {n.nf: n.proxies_unreadable for n in snap.nfs}  # index entries that name no proxy
+    not_shown = {n.nf: n.proxies_not_shown for n in snap.nfs}
     for nf in sorted({n.nf for n in snap.nfs if not n.problem} | {p.nf for p in snap.proxies}):
         mine = [p for p in snap.proxies if p.nf == nf]
         alive.add_metric([nf, "alive"], float(sum(p.alive for p in mine)))
         alive.add_metric([nf, "lost"], float(sum(not p.alive and not p.problem for p in mine)))
         alive.add_metric([nf, "unreadable"], float(sum(bool(p.problem) for p in mine) + left_out.get(nf, 0)))
+        alive.add_metric([nf, "not_shown"], float(not_shown.get(nf, 0)))
     age = _g("cogs_proxy_heartbeat_age_seconds", "time since a live proxy's last heartbeat", ["nf", "proxy", "host"])
     rate = _g("cogs_proxy_heartbeat_ops_per_second", "ops a proxy sent per second, between its last two heartbeats",
               ["nf", "proxy"])  # fmt: skip
@@ -156,14 +160,19 @@ def _proxies(snap: Snapshot) -> Iterator[Metric]:
     yield from (alive, age, rate)
 
 
+#: what a proxy's metrics address must look like to be a target: host:port, [v6]:port
+_TARGET = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
+
+
 def targets(view: CoordinatorView) -> list[dict[str, Any]]:
     """Prometheus HTTP service discovery (``http_sd_configs``): the live proxies that
-    serve metrics, one target group each, labelled with the proxy id and host."""
+    serve metrics, one target group each, labelled with the proxy id and host. The
+    address is the proxy's word (its heartbeat): one that is no host:port is left out."""
     snap = view.snapshot
     if snap is None:
         return []
     return [{"targets": [p.metrics], "labels": {"proxy": p.id, "host": p.host, "nf": p.nf}}
-            for p in snap.proxies if p.alive and p.metrics]  # fmt: skip
+            for p in snap.proxies if p.alive and _TARGET.fullmatch(p.metrics)]  # fmt: skip
 
 
 def registry(view: CoordinatorView) -> CollectorRegistry:

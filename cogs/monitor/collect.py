@@ -8,7 +8,9 @@ enough to run every second against a busy cluster:
 * proxies: the ``cogs:proxies`` index, then each proxy's heartbeat key (the
   statistics it publishes about itself, with its ops/s since the last beat); any
   client the ACL lets register can write there, so a heartbeat that cannot be read
-  is shown as such (``problem``) and an id that is not UTF-8 is left out, counted;
+  is shown as such (``problem``), an entry that names no proxy (VALID_ID) is left
+  out and counted, and only the latest MAX_PROXIES are read (one pipelined GET per
+  node), the rest counted;
 * NFs: several share a cluster, each in its own namespace (cogs/keys.py); a
   Collector is given the NFs to show (:class:`Tenant`: namespace and catalog) and
   keeps their states and proxies apart;
@@ -33,7 +35,7 @@ from redis import exceptions as rexc
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
 from cogs.errors import NETWORK_ERRORS, CogsError
-from cogs.keys import DEFAULT_NF, Namespace, slot
+from cogs.keys import DEFAULT_NF, Namespace, slot, valid_proxy_id
 
 NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
 SCAN_BUDGET = 20_000  # keys per primary per refresh
@@ -41,6 +43,9 @@ SCAN_BUDGET = 20_000  # keys per primary per refresh
 MAX_HEARTBEAT_BYTES = 256 * 1024
 #: characters of a proxy's id, host or address shown (they are the proxy's to choose)
 SHOW_CHARS = 100
+#: proxies shown per NF, the latest to beat first: any client allowed to register can
+#: list a million, and a refresh must stay a few round trips
+MAX_PROXIES = 1000
 _NET = NETWORK_ERRORS
 
 
@@ -110,8 +115,10 @@ class NfView:
     ops_per_s: int | None
     proxies_alive: int
     problem: str = ""  # e.g. its library is not loaded
-    #: entries of its proxy index left out: their id is not UTF-8
+    #: entries of its proxy index left out: they name no proxy (VALID_ID)
     proxies_unreadable: int = 0
+    #: its proxies registered in the last minute past the MAX_PROXIES latest shown
+    proxies_not_shown: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,9 +147,11 @@ class Snapshot:
     alerts_problem: str = ""
     #: why the states are not counted ("": they are)
     counts_note: str = ""
-    #: entries of the proxy index left out: their id is not UTF-8
+    #: entries of the proxy index left out: they name no proxy (VALID_ID)
     proxies_unreadable: int = 0
     nfs: list[NfView] = field(default_factory=list)
+    #: proxies registered in the last minute past the MAX_PROXIES latest (per NF) shown
+    proxies_not_shown: int = 0
 
 
 def _ranges(slots: list[list[str]]) -> str:
@@ -245,8 +254,10 @@ class StateCounter:
                 async with client.pipeline(transaction=False) as pipe:
                     for k, _ in tables:
                         pipe.scard(k)
-                    for (_, (nf, state)), n in zip(tables, await pipe.execute(), strict=True):
-                        counts[(nf, state, ":holders")] += int(n)
+                    got = await pipe.execute(raise_on_error=False)
+                for (_, (nf, state)), n in zip(tables, got, strict=True):
+                    if isinstance(n, int):  # (an error: a key of another type, written outside cogs)
+                        counts[(nf, state, ":holders")] += n
             if cursor == 0:
                 self.done[addr], self.partial[addr], self.seen[addr] = counts, Counter(), 0
                 break
@@ -293,20 +304,23 @@ class Collector:
         #: addr -> (shown, (nf, version, digest) per NF found)
         self._library: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {}
         self._left_out: dict[str, int] = {}  # nf -> index entries left out at the last refresh
+        self._not_shown: dict[str, int] = {}  # nf -> proxies past MAX_PROXIES at the last refresh
 
     async def snapshot(self) -> Snapshot:
         nodes = await self._nodes()
         states, done = self._states()
-        proxies, unreadable = await self._proxies()
+        proxies, unreadable, more = await self._proxies()
         return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied,
-                        proxies_unreadable=unreadable, nfs=self._nfs(states, proxies))  # fmt: skip
+                        proxies_unreadable=unreadable, nfs=self._nfs(states, proxies),
+                        proxies_not_shown=more)  # fmt: skip
 
     def _nfs(self, states: list[StateView], proxies: list[ProxyView]) -> list[NfView]:
         out = []
         for t in self.tenants:
             n_states, alive = sum(s.nf == t.nf for s in states), sum(p.alive and p.nf == t.nf for p in proxies)
             out.append(NfView(t.nf, t.ns.library, t.catalog.digest, n_states, t.catalog.limits.ops_per_s, alive,
-                              proxies_unreadable=self._left_out.get(t.nf, 0)))  # fmt: skip
+                              proxies_unreadable=self._left_out.get(t.nf, 0),
+                              proxies_not_shown=self._not_shown.get(t.nf, 0)))  # fmt: skip
         return out + [NfView(nf, "-", "-", 0, None, 0, why) for nf, why in sorted(self.problems.items())]
 
     # -- nodes ---------------------------------------------------------------------------
@@ -405,49 +419,74 @@ class Collector:
 
     # -- proxies -------------------------------------------------------------------------
 
-    async def _proxies(self) -> tuple[list[ProxyView], int]:
-        """The proxies of every NF shown, and the index entries left out."""
-        views, unreadable = [], 0
+    async def _proxies(self) -> tuple[list[ProxyView], int, int]:
+        """The proxies of every NF shown, the index entries left out (no proxy id) and
+        those not shown (past MAX_PROXIES)."""
+        views, unreadable, more = [], 0, 0
         for t in self.tenants:
-            mine, bad = await self._proxies_of(t.ns)
+            mine, bad, over = await self._proxies_of(t.ns)
             views += mine
             unreadable += bad
-            self._left_out[t.nf] = bad
-        return views, unreadable
+            more += over
+            self._left_out[t.nf], self._not_shown[t.nf] = bad, over
+        return views, unreadable, more
 
-    async def _proxies_of(self, ns: Namespace, linger_s: float = 60.0) -> tuple[list[ProxyView], int]:
-        """The proxies of NF ``ns`` registered in the last ``linger_s``, and how many
-        index entries were left out (an id that is not UTF-8: no proxy has one)."""
+    async def _proxies_of(self, ns: Namespace, linger_s: float = 60.0) -> tuple[list[ProxyView], int, int]:
+        """The proxies of NF ``ns`` registered in the last ``linger_s`` (the latest
+        MAX_PROXIES of them), how many index entries were left out as they name no proxy
+        (not a proxy id: written outside cogs), and how many more were not shown."""
         topo = self.coord.topology
         assert topo is not None
         now = time.time()
+        since = int((now - linger_s) * 1000)
         try:
             with anyio.fail_after(NODE_TIMEOUT):
                 index = self.coord.node_client(topo.node_of(slot(ns.proxy_index)))
-                since = int((now - linger_s) * 1000)
-                got = await index.zrangebyscore(ns.proxy_index, since, "+inf", withscores=True)
+                listed = await index.zcount(ns.proxy_index, since, "+inf")
+                got = await index.zrevrangebyscore(ns.proxy_index, "+inf", since, 0, MAX_PROXIES, withscores=True)
         except (*_NET, rexc.ResponseError):
-            return [], 0  # its node is down (the nodes table says so), or the index is not a sorted set
-        listed = cast(list[tuple[bytes, float]], got)
-        views, unreadable = [], 0
-        for pid_b, score in listed:
-            try:
-                pid = pid_b.decode()
-            except UnicodeDecodeError:
-                unreadable += 1
-                continue
-            last = min(score / 1000, now)  # a score from the future is no younger than now
+            return [], 0, 0  # its node is down (the nodes table says so), or the index is not a sorted set
+        latest = cast(list[tuple[bytes, float]], got)
+        named: list[tuple[str, float]] = []
+        for raw, score in latest:
+            pid = valid_proxy_id(raw)
+            if pid is not None:
+                named.append((pid, min(score / 1000, now)))  # a score from the future is no younger than now
+        beats = await self._heartbeats(ns, [pid for pid, _ in named])
+        views = []
+        for pid, last in sorted(named, key=lambda x: -x[1]):
+            raw_beat = beats.get(pid)
+            if isinstance(raw_beat, rexc.ResponseError):  # not a string (WRONGTYPE), or not where its id says
+                views.append(self._unreadable(pid, last, now, (str(raw_beat).split() or ["error"])[0][:20], ns.nf))
+            else:
+                views.append(self._proxy_view(pid, raw_beat, last, now, ns.nf))
+        return views, len(latest) - len(named), max(0, int(listed) - len(latest))
+
+    async def _heartbeats(self, ns: Namespace, pids: list[str]) -> dict[str, Any]:
+        """Each proxy's heartbeat key: bytes, None (gone, or its node is down) or the
+        error reply; one pipelined GET per node, each within the node timeout."""
+        topo = self.coord.topology
+        assert topo is not None
+        by_node: dict[int, list[str]] = {}
+        for pid in pids:
+            by_node.setdefault(topo.node_of(slot(pid)), []).append(pid)
+        out: dict[str, Any] = {}
+
+        async def read(node: int, mine: list[str]) -> None:
             try:
                 with anyio.fail_after(NODE_TIMEOUT):
-                    client = self.coord.node_client(topo.node_of(slot(pid)))
-                    raw = cast(bytes | None, await client.get(ns.proxy_key(pid)))
+                    async with self.coord.node_client(node).pipeline(transaction=False) as pipe:
+                        for pid in mine:
+                            pipe.get(ns.proxy_key(pid))
+                        got = await pipe.execute(raise_on_error=False)
             except _NET:
-                raw = None
-            except rexc.ResponseError as e:  # not a string (WRONGTYPE), or not where its id says (MOVED)
-                views.append(self._unreadable(pid, last, now, (str(e).split() or ["error"])[0][:20], ns.nf))
-                continue
-            views.append(self._proxy_view(pid, raw, last, now, ns.nf))
-        return views, unreadable
+                return  # shown as lost: the nodes table says why
+            out.update(zip(mine, got, strict=True))
+
+        async with anyio.create_task_group() as tg:
+            for node, mine in by_node.items():
+                tg.start_soon(read, node, mine)
+        return out
 
     def _unreadable(self, pid: str, last: float, now: float, why: str, nf: str) -> ProxyView:
         return ProxyView(_cut(pid), "-", "-", now - last, False, None, 0.0, 0.0, 0, 0, 0, "", f"unreadable: {why}",

@@ -110,6 +110,14 @@ def alerts_table(alerts: Sequence[Alert]) -> Table:
     return t
 
 
+def _left_out(snap: Snapshot) -> str:
+    """What the proxies table leaves out: entries that name no proxy, the ones past the cap."""
+    parts = [f"{snap.proxies_not_shown:,} more not shown"] if snap.proxies_not_shown else []
+    if snap.proxies_unreadable:
+        parts.append(f"{snap.proxies_unreadable:,} index entries naming no proxy left out")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.0) -> RenderableType:
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.time))
     head = Text.assemble(("cogs monitor", "bold"), f"  {snap.url}  {stamp}  every {interval:g}s  (Ctrl-C quits)")
@@ -128,7 +136,7 @@ def render(snap: Snapshot, alerts: Sequence[Alert] = (), *, interval: float = 1.
         Panel(nodes_table(snap.nodes), title=cluster_title, title_align="left"),
         *nfs,
         Panel(states_table(snap.states), title=f"states ({counted})", title_align="left"),
-        Panel(proxies_table(snap.proxies), title=f"proxies: {alive} alive", title_align="left"),
+        Panel(proxies_table(snap.proxies), title=f"proxies: {alive} alive{_left_out(snap)}", title_align="left"),
         Panel(
             alerts_table(alerts) if alerts else Text("none yet", style="dim"),
             title="alerts" + (f" ([red]{snap.alerts_problem}[/])" if snap.alerts_problem else ""),

@@ -213,17 +213,18 @@ HOSTILE_HEARTBEATS: dict[str, bytes | dict[str, str]] = {
             "stats": {"ops_sent": "many", "batches": 1e308, "errors": [1]},
         }
     ).encode(),
-    "[/x] evil-markup": b"{}",
+    "evil-markup": b'{"host": "[/x] evil-markup"}',  # shown as written, not taken for markup
     "evil-hash": {"not": "a string"},
 }
 
 
 def test_monitor_and_exporter_survive_hostile_registry_entries(cluster: LocalCluster) -> None:
     """One heartbeat that is not JSON, a JSON list or a non-UTF-8 id in cogs:proxies made
-    `cogs monitor --once` and `cogs exporter` exit 1."""
+    `cogs monitor --once` and `cogs exporter` exit 1. Ids that are no proxy id (VALID_ID)
+    are left out and counted."""
     from tests.integration.test_metrics import _scrape_until, _value
 
-    ids: list[str | bytes] = [*HOSTILE_HEARTBEATS, b"\xff\xfe"]
+    ids: list[str | bytes] = [*HOSTILE_HEARTBEATS, b"\xff\xfe", b"[/x] no proxy id"]
 
     async def plant(co: Coordinator) -> None:
         assert co.topology is not None
@@ -263,15 +264,15 @@ def test_monitor_and_exporter_survive_hostile_registry_entries(cluster: LocalClu
         typed = shown["evil-types"]  # readable: each figure that is no number shown as none
         assert (typed["alive"], typed["problem"], typed["ops_per_sec"], typed["errors"]) == (True, "", None, 0)
         assert len(typed["host"]) < 200
-        assert shown["[/x] evil-markup"]["alive"]
-        assert snap["proxies_unreadable"] == 1  # the id that is not UTF-8: left out, counted
+        assert shown["evil-markup"]["alive"]
+        assert snap["proxies_unreadable"] == 2  # the ids that are none: left out, counted
         r = CliRunner().invoke(main, ["monitor", "--once", "--url", cluster.url], env={"COLUMNS": "200"})  # rich
         assert r.exit_code == 0, r.output
         assert "[/x] evil-markup" in r.output  # as written, not taken for markup
         assert "unreadable: not JSON" in r.output
         fams = _scrape_until(f"http://127.0.0.1:{port}/metrics", lambda f: "cogs_proxies" in f, timeout=30)
         assert _value(fams, "cogs_up") == 1
-        assert _value(fams, "cogs_proxies", status="unreadable") == 5  # 4 heartbeats + the id
+        assert _value(fams, "cogs_proxies", status="unreadable") == 6  # 4 heartbeats + the 2 ids
         assert exporter.poll() is None  # still serving
     finally:
         exporter.send_signal(signal.SIGTERM)
