@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -360,8 +361,12 @@ class _Seen:
         """True if ``a`` is new."""
         if a.uid in self.ids:
             return False
-        self.ids[a.uid] = a.time_ms
-        self.newest = max(self.newest, a.time_ms)
+        # an alert's time is its writer's word: one from the future (PUBLISHed or XADDed
+        # outside cogs) must not move where a resumed follower re-reads from past the
+        # alerts raised meanwhile, nor push the ones seen out of memory
+        t = min(a.time_ms, int(time.time() * 1000) + RESUME_MARGIN_MS)
+        self.ids[a.uid] = t
+        self.newest = max(self.newest, t)
         if len(self.ids) > 10_000:
             horizon = self.newest - 2 * RESUME_MARGIN_MS
             self.ids = {k: t for k, t in self.ids.items() if t >= horizon}
