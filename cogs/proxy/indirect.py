@@ -131,7 +131,7 @@ class Indirect:
         self.load_wait = timeout * 0.8
         if self._secret:
             self.server = PeerServer(proxy_id, self._secret, self._serve, self._max_value, host, port, inc=self.inc)
-            self.client = PeerClient(proxy_id, self._secret, timeout)
+            self.client = PeerClient(proxy_id, self._secret, timeout, max_value=self._max_value)
 
     @property
     def address(self) -> str:
@@ -300,11 +300,16 @@ class Indirect:
             raw = await self.coord.node_client(node).get(self.coord.ns.proxy_key(owner))
         except CALL_ERRORS as e:
             raise from_redis(e, topo.nodes[node].addr) from e
-        info = json.loads(raw) if raw else {}
+        try:  # anyone with the NF's proxy credentials can write a heartbeat: trust no shape
+            info = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError):
+            info = None
+        if not isinstance(info, dict):
+            raise PeerError(f"the heartbeat of owner {owner[:64]!r} is unreadable (written outside cogs?)")
         if info.get("inc") != inc or not info.get("peer"):
             self._peers.pop(owner, None)
             return None
-        self._peers[owner] = (inc, info["peer"])
+        self._peers[owner] = (inc, str(info["peer"]))
         return str(info["peer"])
 
     async def _forget(self, state: str, key: str, owner: str, inc: str) -> None:

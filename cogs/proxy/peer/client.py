@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Any, cast
 
 from cogs.errors import PeerError
 from cogs.proxy.peer.wire import VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
+
+#: (state) -> the largest value of that state, in bytes
+SizeLimit = Callable[[str], int]
+#: the largest value a peer may send when no limit per state is given
+MAX_VALUE = 64 << 20
 
 Owner = tuple[str, str]  # (proxy id, incarnation) a reader expects to answer
 
@@ -25,6 +31,7 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, addr: str) -> None:
         self.addr = addr
+        self.limit = 0  # the largest value the request waiting may get (its state's max_bytes)
         self.frames = Frames()
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes | None]] | None = None
@@ -58,6 +65,8 @@ class _Conn(asyncio.Protocol):
         obj = header(kind, payload)
         announced = obj.get("size")
         if obj.get("t") == "res" and obj.get("ok") and isinstance(announced, int) and announced > 0:
+            if announced > self.limit:  # refused before a byte of it is kept
+                raise PeerRefusal("OVERSIZE", f"a value of {announced} bytes announced, over {self.limit}")
             self.head, self.chunks = obj, Chunks(announced)
         else:
             self._deliver(obj, b"" if announced == 0 else None)
@@ -96,6 +105,12 @@ class _Conn(asyncio.Protocol):
         return fut
 
 
+def _cut(v: object) -> str:
+    """A peer's word in an error: at most 200 characters of it."""
+    text = str(v)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 async def _within(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
     """``await fut``, failing it with TimeoutError at ``deadline`` (loop time)."""
 
@@ -113,8 +128,13 @@ async def _within(fut: asyncio.Future[Any], deadline: float, what: str) -> Any:
 class PeerClient:
     """Authenticated connections to other proxies, a few per peer, reused."""
 
-    def __init__(self, proxy_id: str, secret: bytes, timeout: float = 5.0, per_peer: int = 4) -> None:
+    def __init__(
+        self, proxy_id: str, secret: bytes, timeout: float = 5.0, per_peer: int = 4,
+        max_value: SizeLimit | None = None,
+    ) -> None:  # fmt: skip
         self.proxy_id, self.secret, self.timeout, self.per_peer = proxy_id, secret, timeout, per_peer
+        #: the largest value a peer may send for a state (more is refused as it is announced)
+        self.max_value: SizeLimit = max_value or (lambda _state: MAX_VALUE)
         self._idle: dict[str, list[_Conn]] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._n = 0
@@ -124,6 +144,8 @@ class PeerClient:
     async def _connect(self, addr: str, deadline: float) -> _Conn:
         loop = asyncio.get_running_loop()
         host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:  # a heartbeat says where: anyone's word
+            raise PeerError(f"peer address {addr[:80]!r} is not host:port")
         conn = _Conn(addr)
         await asyncio.wait_for(loop.create_connection(lambda: conn, host, int(port)), max(0.0, deadline - loop.time()))
         try:
@@ -213,15 +235,19 @@ class PeerClient:
         n = self._n  # requests on other connections go on meanwhile: this one's number
         self.requests += 1
         size = len(value or b"")
+        conn.limit = self.max_value(state)
         req = message({"t": "req", "n": n, "op": op, "state": state, "key": key, "size": size}, value)
         res, data = await _within(conn.send(req), deadline, f"no answer within {self.timeout} s")
         if res.get("t") == "error":
-            raise PeerError(f"peer refused: {res.get('code')} {res.get('msg')}")
+            raise PeerError(f"peer refused: {_cut(res.get('code'))} {_cut(res.get('msg'))}")
         if res.get("t") != "res" or res.get("n") != n:
             raise PeerError("peer answered out of turn")
         if not res.get("ok"):
-            raise PeerRefusal(str(res.get("code")), str(res.get("msg")))
-        return int(res.get("version", 0)), data
+            raise PeerRefusal(_cut(res.get("code")), _cut(res.get("msg")))
+        version = res.get("version", 0)
+        if type(version) is not int or not 0 <= version < 1 << 63:
+            raise PeerError(f"peer {conn.addr} answered with version {_cut(version)}: no 64-bit count")
+        return version, data
 
     async def aclose(self) -> None:
         self._closed = True

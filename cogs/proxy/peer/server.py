@@ -20,12 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from cogs.errors import PeerError
-from cogs.proxy.peer.wire import OPS, VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
+from cogs.proxy.peer.wire import MAX_FRAME, OPS, VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
 
 log = logging.getLogger("cogs.peer")
 FRAME_TIMEOUT = 10.0  # a frame, once started, must arrive whole within this
 IDLE_TIMEOUT = 120.0
 HANDSHAKE_TIMEOUT = 3.0  # from connect to a proven secret
+#: an answer the peer does not read (the transport's buffer over its high-water mark)
+#: must drain within this, or the connection is cut: 4 MiB needs ~140 KB/s
+WRITE_TIMEOUT = 30.0
+#: bytes a connection may hold unread while it cannot act on them (a request being
+#: served, an answer not read): then the server stops reading it, and TCP holds the peer
+IN_BUDGET = 2 * MAX_FRAME
 
 #: (op, state, key, value) -> (version, value or None); raises PeerRefusal
 Handler = Callable[[str, str, str, bytes | None], Awaitable[tuple[int, bytes | None]]]
@@ -35,7 +41,14 @@ SizeLimit = Callable[[str], int]
 class _Session(asyncio.Protocol):
     """One peer's connection: hello, auth, then requests one at a time (frames a
     client sends ahead wait in the buffer). Cut, with an error frame, on a bad frame
-    or bad auth; cut silently when a started frame stalls or the peer idles."""
+    or bad auth; cut silently when a started frame stalls or the peer idles.
+
+    Flow control, so that an authenticated peer cannot make the server buffer without
+    bound: no next request is served while the answer before it is not read (the
+    transport's pause_writing), reading stops while over IN_BUDGET bytes wait behind a
+    request being served or an answer not read, and an answer left unread for
+    WRITE_TIMEOUT cuts the connection. A connection so holds at most one value coming
+    in, one answer going out and IN_BUDGET bytes."""
 
     def __init__(self, server: PeerServer) -> None:
         self.server = server
@@ -55,6 +68,8 @@ class _Session(asyncio.Protocol):
         self.frame_started = 0.0  # when the first byte of an incomplete frame came
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        self.writing_paused = 0.0  # when the peer stopped reading our answers (0: it reads)
+        self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -83,6 +98,27 @@ class _Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too: connection_lost follows
 
+    def pause_writing(self) -> None:
+        self.writing_paused = self.loop.time()
+        self._arm()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = 0.0
+        if not self.closed:
+            self._drain()  # requests the peer sent ahead
+
+    def _flow(self) -> None:
+        """Read only while this connection can act on what it reads, or holds little."""
+        if self.closed or self.transport is None:
+            return
+        blocked = self.busy or bool(self.writing_paused)
+        if self.reading and blocked and len(self.frames.buf) > IN_BUDGET:
+            self.reading = False
+            self.transport.pause_reading()
+        elif not self.reading and not blocked:
+            self.reading = True
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server._gone(self)
@@ -91,7 +127,7 @@ class _Session(asyncio.Protocol):
 
     def _drain(self) -> None:
         try:
-            while not self.busy and not self.closed:
+            while not self.busy and not self.closed and not self.writing_paused:
                 frame = self.frames.next()
                 if frame is None:
                     break
@@ -100,6 +136,7 @@ class _Session(asyncio.Protocol):
         except PeerRefusal as e:
             self._refuse(e)
             return
+        self._flow()
         self._arm()
 
     def _frame(self, kind: int, payload: bytes) -> None:
@@ -190,6 +227,8 @@ class _Session(asyncio.Protocol):
     # One timer per connection, moved only when the deadline comes nearer (most
     # transitions push it later: the timer then re-arms itself when it fires).
     def _deadline(self) -> float:
+        if self.writing_paused:
+            return self.writing_paused + WRITE_TIMEOUT
         if self.busy:
             return self.since + IDLE_TIMEOUT
         if not self.authed:
@@ -214,6 +253,9 @@ class _Session(asyncio.Protocol):
         if self.closed:
             return
         if self.loop.time() >= self._deadline():
+            if self.writing_paused and self.transport is not None:
+                self.closed = True
+                self.transport.abort()  # its unread answer goes too: close() would wait for it
             self._close()  # stalled or idle: dropped, nothing said
             if self.task is not None:
                 self.task.cancel()

@@ -1,0 +1,55 @@
+"""An owner's heartbeat written outside cogs, as a reader of its indirect values finds
+it (anyone with the NF's proxy credentials can SET it), on a real cluster: the read
+fails with a bounded PeerError, and works again once the owner beats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from cogs.cluster import LocalCluster
+from cogs.errors import PeerError
+from cogs.keys import proxy_key
+from cogs.proxy import StateProxy
+from cogs.settings import load_settings
+
+pytestmark = pytest.mark.anyio
+SECRET = "cluster-shared-secret"
+
+
+def _proxy(url: str) -> StateProxy:
+    # a beat every 20 s: what the test writes stays there while it reads
+    return StateProxy(settings=load_settings(url=url), peer_secret=SECRET, heartbeat_ttl_s=60.0)
+
+
+@pytest.mark.parametrize(
+    "beat",
+    [b"not json", b"[1, 2]", b'{"stats": ' * 5000, None],
+    ids=["not JSON", "a list", "nested beyond reason", "a peer address that is none"],
+)
+async def test_an_unreadable_owner_heartbeat_fails_the_read_plainly(cluster: LocalCluster, beat: bytes | None) -> None:
+    """Before: json.loads raised JSONDecodeError (a ValueError, not a cogs error) out of
+    the reader's syn_retrieve, and a peer address without a port raised ValueError."""
+    r = redis.RedisCluster(host="127.0.0.1", port=cluster.port)
+    try:
+        async with _proxy(cluster.url) as owner, _proxy(cluster.url) as reader:
+            key = f"hp-{len(beat or b'')}"
+            await owner.syn_up("objects", key, "create", b"value")
+            assert owner._indirect is not None
+            good = r.get(proxy_key(owner.id))
+            assert isinstance(good, bytes)
+            forged = beat if beat is not None else json.dumps({"inc": owner._indirect.inc, "peer": "nowhere"})
+            r.set(proxy_key(owner.id), forged, px=60_000)
+            with pytest.raises(PeerError) as got:
+                await reader.syn_retrieve("objects", key)
+            assert len(str(got.value)) < 300
+            r.set(proxy_key(owner.id), good, px=60_000)  # as the owner's next beat does
+            try:
+                got_value = await reader.syn_retrieve("objects", key)
+            except PeerError:  # the bad address it had cached: read anew after this failure
+                got_value = await reader.syn_retrieve("objects", key)
+            assert got_value == b"value"
+    finally:
+        r.close()
