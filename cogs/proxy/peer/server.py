@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from cogs.errors import PeerError
+from cogs.errors import PeerError, show
 from cogs.proxy.peer.wire import MAX_FRAME, OPS, VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
 
 log = logging.getLogger("cogs.peer")
@@ -194,7 +194,9 @@ class _Session(asyncio.Protocol):
         except PeerRefusal as e:
             self._write(message({"t": "res", "n": n, "ok": False, "code": e.code, "msg": e.msg}))
         except Exception:  # a bug in the handler costs this connection, not the server
-            log.exception("peer request %s %s[%s] failed", op, state, key)
+            srv.failed += 1
+            if srv.failed <= 10 or srv.failed % 1000 == 0:  # a peer repeating it must not flood the log
+                log.exception("peer request %s %s[%s] failed (%d so far)", show(op), show(state), show(key), srv.failed)
             self._close()
             return
         else:
@@ -280,6 +282,7 @@ class PeerServer:
     refused: int = field(default=0, init=False)  # connections cut for bad auth or bad frames
     evicted: int = field(default=0, init=False)  # pending connections pushed out by newer ones
     served: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)  # requests whose handler raised (a bug): connection cut
     sessions: set[_Session] = field(default_factory=set, init=False, repr=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
