@@ -19,12 +19,16 @@ do
     cogs.registry = registry
     local MAX_ENTRY = 65536
 
-    -- The run token of a stored entry: nil when absent, '' when unreadable (nobody's).
-    local function run_of(raw)
-        if not raw then return nil end
+    -- The run token of the stored entry: nil when absent or unreadable (not JSON, no
+    -- run, a key of another type: written outside cogs, by anyone with the NF's proxy
+    -- credentials). Such an entry is nobody's: a beat replaces it, rather than take it
+    -- for another process's and stop beating for good.
+    local function run_of(key)
+        local got, raw = pcall(R, 'GET', key)
+        if not got or not raw then return nil end
         local ok, v = pcall(decode, raw)
         if ok and type(v) == 'table' and type(v.run) == 'string' then return v.run end
-        return ''
+        return nil
     end
 
     function registry.beat(keys, args)
@@ -35,7 +39,7 @@ do
                 .. ' 1 <heartbeat key> <run: hex> take|renew|drop [<entry json> <ttl ms>]')
         end
         if mode == 'drop' then
-            local held = run_of(R('GET', key))
+            local held = run_of(key)
             if held == nil then return -1 end
             if held ~= run then return 0 end
             R('DEL', key)
@@ -48,7 +52,7 @@ do
                 .. ' bytes> <ttl ms: 1..86400000>')
         end
         if mode == 'renew' then
-            local held = run_of(R('GET', key))
+            local held = run_of(key)
             if held ~= nil and held ~= run then return 0 end
         end
         R('SET', key, entry, 'PX', ttl)

@@ -9,6 +9,7 @@ anew rather than failing every op that touches it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -200,3 +201,24 @@ async def test_a_rate_bucket_written_outside_cogs_neither_stalls_nor_refuses_the
 
 def _primaries(r: redis.RedisCluster) -> list[tuple[str, int]]:
     return [(n.host, n.port) for n in r.get_primaries()]
+
+
+@pytest.mark.parametrize("how", ["not JSON", "no run token", "a hash"])
+async def test_a_heartbeat_written_outside_cogs_is_beaten_over(
+    cluster: LocalCluster, r: redis.RedisCluster, how: str
+) -> None:
+    """A proxy's heartbeat key (its id is in the proxy index for all to read) overwritten.
+    Before: an entry that is not JSON, or has no run token, was taken for another
+    process's, so the proxy held itself superseded, stopped beating for good and dropped
+    its replicas; a hash failed every beat (WRONGTYPE). (A JSON entry with another run
+    token is what a restart of the id writes: that one still takes the id over.)"""
+    async with StateProxy(cluster.url, heartbeat_ttl_s=1.5) as p:
+        key = proxy_key(p.id)
+        r.delete(key)
+        if how == "a hash":
+            r.hset(key, "run", "x")
+        else:
+            r.set(key, "garbage" if how == "not JSON" else '{"id": "x"}', px=60_000)
+        await eventually(lambda: r.type(key) == b"string" and b'"run"' in (r.get(key) or b""), within=10)
+        assert not p._registry.superseded
+        assert json.loads(r.get(key) or b"{}")["run"] == p._registry.run
