@@ -571,7 +571,9 @@ def _forgotten(fut: asyncio.Future[Any]) -> None:
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    # a locator's owner is what the state reference table holds: anyone with the NF's
+    # proxy credentials can write bytes that are no proxy id there (no owner: dead)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 Runner = Callable[[], Awaitable[Any]]

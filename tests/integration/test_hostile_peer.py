@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from cogs.cluster import LocalCluster
-from cogs.errors import PeerError
-from cogs.keys import proxy_key
+from cogs.errors import CogsError, PeerError
+from cogs.keys import escape, proxy_key, state_key
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 
@@ -51,5 +51,29 @@ async def test_an_unreadable_owner_heartbeat_fails_the_read_plainly(cluster: Loc
             except PeerError:  # the bad address it had cached: read anew after this failure
                 got_value = await reader.syn_retrieve("objects", key)
             assert got_value == b"value"
+    finally:
+        r.close()
+
+
+async def test_a_locator_naming_no_proxy_fails_the_read_plainly(cluster: LocalCluster) -> None:
+    """The state reference table is the NF's data: a locator whose owner is bytes that
+    are not UTF-8. Before: UnicodeDecodeError out of syn_retrieve (with or without a
+    read-through). Now: no live owner, so no value (a read-through that cannot take the
+    key over says so with a PeerError)."""
+    r = redis.RedisCluster(host="127.0.0.1", port=cluster.port)
+    try:
+        r.hset(state_key("objects", escape("hp-loc")), mapping={b"owner": b"\xff\xfe", b"inc": b"i1"})
+        async with _proxy(cluster.url) as reader:
+            assert await reader.syn_retrieve("objects", "hp-loc") is None
+
+            async def load() -> bytes:
+                return b"from the origin"
+
+            try:
+                got = await reader.syn_retrieve("objects", "hp-loc", load=load)
+            except CogsError as e:
+                assert len(str(e)) < 300
+            else:
+                assert got == b"from the origin"
     finally:
         r.close()
