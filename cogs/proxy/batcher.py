@@ -146,10 +146,15 @@ class Batcher:
             if lane.hot_kind == SUM:
                 if type(delta) is int:
                     if v is not None:
-                        hot[key] = v + delta
-                        self.coalesced += 1
-                        return
-                    if self.budget > 0 and 0 < len(key) <= FAST_KEY and key.isascii() and key not in lane.pending:
+                        total = v + delta
+                        if I64_MIN <= total <= I64_MAX:  # a sum the library can take (else: kept apart)
+                            hot[key] = total
+                            self.coalesced += 1
+                            return
+                    elif (
+                        self.budget > 0 and 0 < len(key) <= FAST_KEY and key.isascii() and key not in lane.pending
+                        and I64_MIN <= delta <= I64_MAX
+                    ):  # fmt: skip
                         # a new op while a batch is open and has room: no bookkeeping but the budget
                         hot[key] = delta
                         self.budget -= 1
@@ -201,14 +206,14 @@ class Batcher:
         hot = lane.hot
         if key in hot:
             v = hot.pop(key)
-            if op == lane.hot_op:  # merge (a list of members, say: not the hot path's case)
+            if op == lane.hot_op and _merges(kind, v, acc):  # (a list of members, say: not the hot path's case)
                 hot[key] = v + acc if kind == SUM else acc.union([v] if type(v) is str else v)
                 self.coalesced += 1
                 return
-            # another op: the key's ops go on in order in `pending` (already booked)
+            # another op, or a sum past 64 bits: the key's ops go on in order in `pending` (already booked)
             lane.pending[key] = [lane.hot_op, lane.hot_kind, {v} if type(v) is str else v]
         g = lane.pending.get(key)
-        if g is not None and g[-3] == op and kind != NONE:
+        if g is not None and g[-3] == op and kind != NONE and _merges(kind, g[-1], acc):
             if kind == SUM:
                 g[-1] += acc
             elif kind == UNION:
@@ -242,6 +247,8 @@ class Batcher:
         if kind == SUM:
             if type(delta) is not int:
                 raise refuse(BadDelta, f"delta must be an int, got {show(delta)}", state=lane.name, key=key, op=op)
+            if not I64_MIN <= delta <= I64_MAX:
+                raise refuse(BadDelta, f"delta outside 64 bits: {show(delta)}", state=lane.name, key=key, op=op)
             return delta
         if kind == UNION:
             items = [delta] if type(delta) is str else delta
@@ -255,14 +262,19 @@ class Batcher:
                 self._check_text(lane, m, "member", key, op)
             return set(items)
         if kind == MAPSUM:  # {field: int}: merged field by field
-            if type(delta) is not dict or not delta or not all(type(v) is int for v in delta.values()):
+            ints = type(delta) is dict and all(type(v) is int and I64_MIN <= v <= I64_MAX for v in delta.values())
+            if not delta or not ints:
                 raise refuse(
-                    BadDelta, f"delta must be a {{field: int}} dict, got {show(delta)}", state=lane.name, key=key, op=op
+                    BadDelta, f"delta must be a {{field: 64-bit int}} dict, got {show(delta)}", state=lane.name,
+                    key=key, op=op
                 )
             for f in delta:
                 self._check_text(lane, str(f), "field", key, op)
             return {str(f): v for f, v in delta.items()}
-        return wire_arg(delta, lane.state_spec, op)
+        try:
+            return wire_arg(delta, lane.state_spec, op)
+        except RecursionError:
+            raise refuse(BadDelta, "delta nested too deeply to encode", state=lane.name, key=key, op=op) from None
 
     @staticmethod
     def _check_text(lane: Lane, text: str, what: str, key: str, op: str) -> None:
@@ -602,3 +614,17 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     """``event.wait()`` for at most ``seconds``."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # the library's integers (Redis INCRBY/HINCRBY)
+
+
+def _merges(kind: int, pending: Any, acc: Any) -> bool:
+    """Whether ``acc`` may join the key's pending op: two sums (or two field maps) merge
+    only while every total stays within 64 bits. A total past it would be refused whole
+    at the coordinator, sinking updates that each were fine: they go on as ops apart."""
+    if kind == SUM:
+        return bool(I64_MIN <= pending + acc <= I64_MAX)
+    if kind == MAPSUM:
+        return all(I64_MIN <= pending.get(f, 0) + n <= I64_MAX for f, n in acc.items())
+    return True

@@ -28,7 +28,14 @@ cogs.register_type('map', {
             local fv = cogs.pairs_list(d, st, function(v) return intarg(v) end)
             bound(rk, st, fv)
             for i = 1, #fv, 2 do
-                R('HINCRBY', rk, fv[i], fv[i + 1])
+                local ok, e = pcall(R, 'HINCRBY', rk, fv[i], fv[i + 1])
+                if not ok then  -- all or nothing: a field past 64 bits undoes the fields before it
+                    for j = i - 2, 1, -2 do
+                        local n = fv[j + 1]
+                        R('HINCRBY', rk, fv[j], n == '0' and n or (n:sub(1, 1) == '-' and n:sub(2) or '-' .. n))
+                    end
+                    error(e, 0)
+                end
             end
             return true, nil
         end,

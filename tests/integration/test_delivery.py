@@ -257,6 +257,41 @@ async def test_poison_input_is_refused_where_it_enters_and_sinks_nothing(ha: Loc
     assert not errors
 
 
+async def test_updates_whose_sum_leaves_64_bits_do_not_sink_each_other(ha: LocalCluster) -> None:
+    """Coalescing merged pending adds into one sum: a delta past 64 bits, or two fine
+    deltas whose sum is past it, made the library refuse the merged op whole, taking the
+    key's valid updates with it (attack pass: 5 + 10**30 + 7 left 0, not 12)."""
+    errors: list[CogsError] = []
+    big = 2**62
+    async with StateProxy(ha.url, on_error=lambda e, _p: errors.append(e)) as p:
+        p.update("cnt", "wide-a", "add", 5)
+        with pytest.raises(BadDelta, match="64 bits"):
+            p.update("cnt", "wide-a", "add", 10**30)  # refused where it enters, alone
+        p.update("cnt", "wide-a", "add", 7)
+        p.update("cnt", "wide-b", "add", -big)
+        await p.flush()
+        p.update("cnt", "wide-b", "add", big)
+        p.update("cnt", "wide-b", "add", big + big // 2)  # fine alone; merged, past 64 bits
+        p.update("cnt", "wide-b", "add", -1)
+        p.update("qtypes", "wide-m", "incr", {"odd": big, "all": 1})
+        p.update("qtypes", "wide-m", "incr", {"odd": big + big // 2, "all": 1})
+        with pytest.raises(BadDelta, match="64-bit"):
+            p.update("qtypes", "wide-m", "incr", {"odd": 2**64})
+        nested: Any = "x"
+        for _ in range(5000):
+            nested = [nested]
+        with pytest.raises(BadDelta, match="nested too deeply"):
+            p.update("note", "wide-s", "set", nested)
+        await p.flush()
+        assert await p.syn_retrieve("cnt", "wide-a") == 12
+        assert await p.syn_retrieve("cnt", "wide-b") == big + big // 2 - 1
+        # the map's second increment takes a field past 64 bits at the coordinator: refused
+        # there, alone and whole (its other field undone; the first increment applies), reported
+        assert await p.syn_retrieve("qtypes", "wide-m") == {"odd": str(big), "all": "1"}  # none of it
+    assert len(errors) == 1, errors
+    assert "wide-m" in str(errors[0])
+
+
 async def test_a_huge_key_makes_a_short_error(ha: LocalCluster) -> None:
     async with StateProxy(ha.url) as p:
         with pytest.raises(BadKey) as e:
