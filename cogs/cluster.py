@@ -446,6 +446,22 @@ class LocalCluster:
                 out.append(NodeStatus(p, True, error=str(e)))
         return out
 
+    @staticmethod
+    def port_of(port: int | None, dir: Path | None) -> int:
+        """The first node's port: ``port`` if given, else the one ``dir``'s cluster was
+        started with (its cluster.json), else the default. A ``port`` other than the
+        one recorded is refused: stopping or scaling nodes that are not there is no
+        way to find out a typo."""
+        recorded = None
+        if dir is not None and (Path(dir) / "cluster.json").exists():
+            try:
+                recorded = int(json.loads((Path(dir) / "cluster.json").read_text())["port"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ClusterError(f"{dir}/cluster.json is unreadable: {e}") from e
+        if port is not None and recorded is not None and port != recorded:
+            raise ClusterError(f"the cluster in {dir} was started with --port {recorded}, not {port}")
+        return port if port is not None else recorded if recorded is not None else DEFAULT_PORT
+
     @classmethod
     def from_dir(cls, port: int, dir: Path | None = None) -> LocalCluster:
         """The cluster started earlier with this port/dir (reads its cluster.json)."""

@@ -24,9 +24,23 @@ def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--dir",
         "dir_",
         type=click.Path(path_type=Path),
+        is_eager=True,  # before --port, which is checked against the cluster.json in it
         help="Data directory (default .cogs/cluster-PORT).",
     )(f)
-    return click.option("--port", default=DEFAULT_PORT, show_default=True, help="First node's port.")(f)
+    return click.option(
+        "--port", type=int, callback=_port,
+        help=f"First node's port (default: what --dir's cluster was started with, else {DEFAULT_PORT}).",
+    )(f)  # fmt: skip
+
+
+def _port(ctx: click.Context, _param: click.Parameter, value: int | None) -> int:
+    from cogs.cluster import LocalCluster
+    from cogs.errors import CogsError
+
+    try:
+        return LocalCluster.port_of(value, ctx.params.get("dir_"))
+    except CogsError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @main.group()

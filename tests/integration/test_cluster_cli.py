@@ -132,6 +132,17 @@ def test_persistence_none_runs_without_aof_and_is_kept_across_restarts(tmp_path:
         for p in lc.ports:
             with redis.Redis(port=p) as r:
                 assert r.config_get("appendonly") == {"appendonly": "no"}
+        # --dir alone finds the cluster's ports (it stopped nothing at 7000-7002 and said it
+        # had); a --port other than the recorded one is refused, naming both
+        code, out = _cli("cluster", "down", "--dir", str(tmp_path), "--port", str(port + 100))
+        assert code == 2, out
+        assert f"started with --port {port}, not {port + 100}" in out
+        code, out = _cli("cluster", "down", "--dir", str(tmp_path))
+        assert code == 0, out
+        assert f"stopped nodes on ports {port}-{port + 2}" in out
+        for p in lc.ports:
+            with pytest.raises(redis.ConnectionError), redis.Redis(port=p, socket_connect_timeout=1) as r:
+                r.ping()
     finally:
         lc.down(purge=True)
     with pytest.raises(ClusterError, match="unknown persistence 'rdb'"):
