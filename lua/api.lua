@@ -361,7 +361,10 @@ do
         if not t or not b then
             b = LIMIT_OPS_PER_S
         else
-            b = math.min(LIMIT_OPS_PER_S, b + math.max(0, now - t) * LIMIT_OPS_PER_S / 1000)
+            -- what this function writes has t <= now and b >= -(one second of the rate): a
+            -- time in the future or a deeper debt was forged and would refuse the NF for good
+            t, b = math.min(t, now), math.max(b, -LIMIT_OPS_PER_S)
+            b = math.min(LIMIT_OPS_PER_S, b + (now - t) * LIMIT_OPS_PER_S / 1000)
         end
         return { key = key, now = now, b = b }
     end
