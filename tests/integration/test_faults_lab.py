@@ -89,6 +89,24 @@ def test_discard_cut_serves_replicas_no_staler_than_the_bound(lab: Lab, tmp_path
     assert sum(res["ops"][k]["info"] for k in res["ops"]) == 0
 
 
+def test_host_cut_drops_replicas_and_loses_nothing(lab: Lab, tmp_path: Path) -> None:
+    res = run(lab, "host-cut", tmp_path)
+    mb1 = res["proxies"]["mb1"]
+    assert mb1["default"]["cache_drops"] >= 1  # cut from every node: its replicas went
+    assert res["figures"]["acked_lost_default"] == 0  # the cut side's updates waited and went once healed
+    assert res["ops"]["inc"]["info"] > 0  # its sync ops were told DeliveryTimeout meanwhile
+
+
+def test_loss_and_jitter_on_every_link_lose_nothing(lab: Lab, tmp_path: Path) -> None:
+    res = run(lab, "loss-jitter", tmp_path)
+    assert res["figures"]["acked_lost_default"] == 0  # TCP re-sends: no primary changed hands
+
+
+@pytest.mark.parametrize("name", ["freeze-primary", "kill-primary"])
+def test_a_primary_frozen_or_killed_loses_nothing_durable(lab: Lab, tmp_path: Path, name: str) -> None:
+    run(lab, name, tmp_path)  # the invariants of every scenario (run()): durable loses nothing
+
+
 def test_cluster_restart_under_load_keeps_everything(lab: Lab, tmp_path: Path) -> None:
     res = run(lab, "cluster-restart", tmp_path)
     default = res["report"]["modes"]["default"]
