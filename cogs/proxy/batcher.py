@@ -265,7 +265,7 @@ class Batcher:
             ints = type(delta) is dict and all(type(v) is int and I64_MIN <= v <= I64_MAX for v in delta.values())
             if not delta or not ints:
                 raise refuse(
-                    BadDelta, f"delta must be a {{field: 64-bit int}} dict, got {show(delta)}", state=lane.name,
+                    BadDelta, f"delta must be a {{field: int}} dict of 64-bit ints, got {show(delta)}", state=lane.name,
                     key=key, op=op
                 )
             for f in delta:

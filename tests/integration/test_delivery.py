@@ -275,7 +275,7 @@ async def test_updates_whose_sum_leaves_64_bits_do_not_sink_each_other(ha: Local
         p.update("cnt", "wide-b", "add", -1)
         p.update("qtypes", "wide-m", "incr", {"odd": big, "all": 1})
         p.update("qtypes", "wide-m", "incr", {"odd": big + big // 2, "all": 1})
-        with pytest.raises(BadDelta, match="64-bit"):
+        with pytest.raises(BadDelta, match="64-bit ints"):
             p.update("qtypes", "wide-m", "incr", {"odd": 2**64})
         nested: Any = "x"
         for _ in range(5000):

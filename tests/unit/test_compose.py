@@ -79,7 +79,7 @@ def test_launcher_uses_the_same_deployment() -> None:
     assert lc.deployment == STANDARD
     assert lc.ports == [n.port for n in STANDARD.nodes]
     out = CliRunner().invoke(main, ["cluster", "up", "--help"]).output
-    assert re.search(rf"--port INTEGER\s+First node's port.\s+\[default: {DEFAULT_PORT}\]", out)
+    assert re.search(rf"--port INTEGER\s+First node's port \(default: what --dir's cluster was\s+started with, else {DEFAULT_PORT}\)", out)
     assert re.search(r"--masters INTEGER\s+Number of primaries.\s+\[default: 3\]", out)
 
 
