@@ -414,7 +414,13 @@ class LocalCluster:
             os.kill(pid, signal.SIGKILL)
 
     def down(self, *, purge: bool = False) -> None:
-        for p in self.ports:
+        """Stop every node of the dir: the deployment's, and any other with a pidfile
+        there (one a scale started, when this object was made before it grew)."""
+        others = sorted(
+            int(d.name) for d in (self.dir.iterdir() if self.dir is not None and self.dir.is_dir() else ())
+            if d.name.isdigit() and int(d.name) not in self.ports and (d / "redis.pid").exists()
+        )  # fmt: skip
+        for p in [*self.ports, *others]:
             self.stop_node(p)
         if purge and self.dir is not None and self.dir.exists():
             shutil.rmtree(self.dir)

@@ -188,3 +188,19 @@ def test_a_coordinator_without_the_library_says_how_to_load_it(tmp_path: Path) -
     flat = " ".join(out.split())
     assert "cogs catalog load PATH" in flat
     assert str(DEFAULT_CATALOG) in flat.replace(" ", "") or str(DEFAULT_CATALOG) in flat
+
+
+def test_down_stops_every_node_of_its_dir(tmp_path: Path) -> None:
+    """An object made before the cluster grew (a fixture, say) stops the nodes the
+    growth added too: before, a locked test cluster scaled to 4+1 left 2 nodes running."""
+    port = free_port_base(4)
+    lc = LocalCluster(port=port, masters=3, dir=tmp_path)
+    lc.up()
+    grown = LocalCluster(port=port, masters=4, dir=tmp_path)
+    try:
+        assert grown.start_node(port + 3)  # a node the 3-primary object does not list
+        assert grown._pid(port + 3) is not None
+        lc.down()
+        assert all(grown._pid(p) is None for p in grown.ports)
+    finally:
+        grown.down()
