@@ -6,7 +6,10 @@ on ports chosen free at run time, with data in pytest's temporary directories.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -129,3 +132,20 @@ def captures(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"capture {name} not found: the shared captures folder {CAPTURES} is absent")
     return p
+
+
+@pytest.fixture
+def freezable(tmp_path: Path) -> Iterator[tuple[LocalCluster, list[int]]]:
+    """A 3-primary cluster of the test's own with the test catalog, and its nodes' pids
+    (to SIGSTOP; every node is resumed before it is stopped)."""
+    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
+    lc.up()
+    pids = [int((lc.node_dir(p) / "redis.pid").read_text()) for p in lc.ports]
+    try:
+        anyio.run(_load, lc.url, make_catalog())
+        yield lc, pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        lc.down(purge=True)

@@ -10,39 +10,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 import cogs
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.errors import CogsError, DeliveryTimeout, ProxyClosed
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
-from tests.conftest import _load
-from tests.helpers import make_catalog
-
-
-@pytest.fixture
-def freezable(tmp_path: Path) -> Iterator[tuple[LocalCluster, list[int]]]:
-    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
-    lc.up()
-    pids = [int((lc.node_dir(p) / "redis.pid").read_text()) for p in lc.ports]
-    try:
-        anyio.run(_load, lc.url, make_catalog())
-        yield lc, pids
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        lc.down(purge=True)
 
 
 def test_proxy_closed_is_public() -> None:

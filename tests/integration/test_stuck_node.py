@@ -14,41 +14,20 @@ clear error when the coordinator is gone, instead of waiting forever.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.errors import CogsError, DeliveryTimeout
 from cogs.keys import escape, slot
 from cogs.proxy import Backpressure, StateProxy
 from cogs.settings import load_settings
-from tests.conftest import _load
-from tests.helpers import make_catalog
 
 BOUND = 4.0
-
-
-@pytest.fixture
-def frozen_lab(tmp_path: Path) -> Iterator[tuple[LocalCluster, list[int]]]:
-    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
-    lc.up()
-    pids = [int((lc.node_dir(p) / "redis.pid").read_text()) for p in lc.ports]
-    try:
-        anyio.run(_load, lc.url, make_catalog())
-        yield lc, pids
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        lc.down(purge=True)
-
 
 def _keys_by_node(p: StateProxy, prefix: str, n: int) -> dict[int, list[str]]:
     topo = p.coord.topology
@@ -63,8 +42,8 @@ def _keys_by_node(p: StateProxy, prefix: str, n: int) -> dict[int, list[str]]:
 
 
 @pytest.mark.slow
-def test_a_frozen_node_holds_up_only_its_own_keys(frozen_lab: tuple[LocalCluster, list[int]]) -> None:
-    lc, pids = frozen_lab
+def test_a_frozen_node_holds_up_only_its_own_keys(freezable: tuple[LocalCluster, list[int]]) -> None:
+    lc, pids = freezable
     settings = load_settings(url=lc.url, delivery_timeout_s=BOUND)
     errors: list[CogsError] = []
 
@@ -141,12 +120,12 @@ def test_a_frozen_node_holds_up_only_its_own_keys(frozen_lab: tuple[LocalCluster
 
 
 def test_wait_room_ends_within_the_bound_when_the_coordinator_is_gone(
-    frozen_lab: tuple[LocalCluster, list[int]],
+    freezable: tuple[LocalCluster, list[int]],
 ) -> None:
     """Every node frozen: aupdate() keeps filling the channels, each up to its bound,
     then ends with Backpressure within the delivery bound; wait_room() and a sync op
     too (they used to wait forever). Resumed, what was accepted applies once."""
-    lc, pids = frozen_lab
+    lc, pids = freezable
     bound = 1.5
     settings = load_settings(url=lc.url, delivery_timeout_s=bound)
 
