@@ -88,7 +88,8 @@ async def test_the_janitor_skips_counts_and_drops_entries_that_name_no_proxy(
         reg = p._registry
         await _released(r, holders, "hr-dead-1")  # by a janitor run in p's heartbeat task
         assert (reg.invalid_ids, reg.forged_locks) == (len(bad), 1)
-        assert reg.released_dead >= 1
+        # (whether this janitor or the holder records' own expiry dropped the dead proxy's
+        # entries depends on the machine's speed: that they are gone is awaited above)
         assert not [m for m in bad if r.zscore(NS.proxy_index, m) is not None]  # dropped from the index
         assert r.zscore(NS.proxy_index, "hr-dead-1") is None
         beat = r.get(proxy_key(p.id))

@@ -212,6 +212,14 @@ def _tcpdump(lan: Lan, interface: str, out: Path, *expr: str) -> subprocess.Pope
     return p
 
 
+def _seen(path: Path) -> int:
+    """IPv4 frames in a capture tcpdump is still writing (0 until its header is there)."""
+    try:
+        return len(_ipv4(path))
+    except (OSError, ValueError, dpkt.dpkt.NeedData):
+        return 0
+
+
 def _ipv4(path: Path) -> list[Any]:
     from cogs.nf.packets import TraceStats, read_frames
 
@@ -368,7 +376,9 @@ def test_trace_replay_python_engine_paces_loops_and_adds_ethernet(lan: Lan, tmp_
         r = lan.ns.run([str(BIN / "cogs"), "trace", "replay", str(raw), "-i", lan.tx, "--pps", "2000", "--loop", "2",
                         "--json"])  # fmt: skip
         assert r.returncode == 0, r.stderr
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # tcpdump writes each frame (-U); on a busy box, later
+        while _seen(dump) < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         tcpdump.terminate()
         tcpdump.communicate(timeout=10)
