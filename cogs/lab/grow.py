@@ -48,6 +48,8 @@ class LabHosts:
         name = f"node{i + 1}"
         if name in lab.hosts:  # one a run cut off left behind
             self.remove(i)
+        from cogs.lab.lab import wire
+
         h = _plan(lab, i)
         link = dict(lab.state["links"].get("node1") or next(iter(lab.state["links"].values())))
         netns.ip(lab.lab_netns, "link", "del", h.link, what=f"stale link of {h.name}", check=False)
@@ -56,14 +58,7 @@ class LabHosts:
         lab.state["hosts"][name] = asdict(h)
         lab.state["links"][name] = link
         lab._save()
-        netns.ip(
-            lab.lab_netns, "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.netns,
-            what=f"link of {h.name}",
-        )  # fmt: skip
-        netns.ip(h.netns, "link", "set", "eth0", "address", h.mac, what=f"MAC of {h.name}")
-        netns.ip(h.netns, "addr", "add", f"{h.addr}/16", "dev", "eth0", what=f"address of {h.name}")
-        netns.ip(h.netns, "link", "set", "eth0", "up", what=f"eth0 of {h.name}")
-        netns.ip(lab.lab_netns, "link", "set", h.link, "up", what=f"lab end of {h.name}'s link")
+        wire(lab.lab_netns, h)
         lab.switch({"op": "add", "port": {"name": h.name, "ifname": h.link, "mac": h.mac, **link}})
         _write_hosts(lab)
         shutil.rmtree(lab.dir / name, ignore_errors=True)

@@ -358,14 +358,7 @@ class Lab:
         for h in self.hosts.values():
             netns.add_namespace(h.netns)
             netns.write_etc(h.netns, "hosts", hosts_file)
-            netns.ip(
-                self.lab_netns, "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.netns,
-                what=f"link of {h.name}",
-            )  # fmt: skip
-            netns.ip(h.netns, "link", "set", "eth0", "address", h.mac, what=f"MAC of {h.name}")
-            netns.ip(h.netns, "addr", "add", f"{h.addr}/{NET_PREFIX}", "dev", "eth0", what=f"address of {h.name}")
-            netns.ip(h.netns, "link", "set", "eth0", "up", what=f"eth0 of {h.name}")
-            netns.ip(self.lab_netns, "link", "set", h.link, "up", what=f"lab end of {h.name}'s link")
+            wire(self.lab_netns, h)
         progress(f"{len(self.hosts)} hosts in namespaces {self.lab_netns[:-3]}*, links to {self.lab_netns}")
 
     def _start_switch(self, progress: Progress) -> None:
@@ -475,3 +468,16 @@ def _wait(what: str, test: Callable[[], bool], timeout: float, log: Path | None 
                 f"timed out after {timeout:.0f}s waiting for {what}" + (f"; log tail:\n{tail}" if tail else "")
             )
         time.sleep(0.05)
+
+
+def wire(lab_netns: str, h: Host) -> None:
+    """``h``'s link: a veth pair from the lab namespace to its ``eth0``, with its MAC and
+    lab address, both ends up (at build time and when ``cogs lab scale`` adds a host)."""
+    netns.ip(
+        lab_netns, "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.netns,
+        what=f"link of {h.name}",
+    )  # fmt: skip
+    netns.ip(h.netns, "link", "set", "eth0", "address", h.mac, what=f"MAC of {h.name}")
+    netns.ip(h.netns, "addr", "add", f"{h.addr}/{NET_PREFIX}", "dev", "eth0", what=f"address of {h.name}")
+    netns.ip(h.netns, "link", "set", "eth0", "up", what=f"eth0 of {h.name}")
+    netns.ip(lab_netns, "link", "set", h.link, "up", what=f"lab end of {h.name}'s link")
