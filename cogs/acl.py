@@ -81,8 +81,10 @@ _MONITOR_COMMANDS = [
 
 
 def proxy_rules(ns: Namespace = DEFAULT) -> list[str]:
-    """A proxy of NF ``ns``: its library's data commands on its keys and channels only."""
-    return ["resetkeys", f"~{ns.prefix}*", "resetchannels", f"&{ns.prefix}*", *_PROXY_COMMANDS]
+    """A proxy of NF ``ns``: its library's data commands on its keys and channels only,
+    and reading (never writing) the keeper's count of them (the usage limits)."""
+    return ["resetkeys", f"~{ns.prefix}*", f"%R~{ns.usage_prefix}*", "resetchannels", f"&{ns.prefix}*",
+            *_PROXY_COMMANDS]  # fmt: skip
 
 
 def monitor_rules(ns: Namespace = DEFAULT) -> list[str]:
@@ -90,9 +92,9 @@ def monitor_rules(ns: Namespace = DEFAULT) -> list[str]:
     (the monitor's state counts need a user allowed to SCAN: see the README). The
     default NF's monitor reads every NF (``cogs@*``); another NF's, its own."""
     if ns.default:
-        keys, channels = ["%R~cogs:*", "%R~cogs@*"], ["&cogs:alerts", "&cogs@*:alerts"]
+        keys, channels = ["%R~cogs:*", "%R~cogs@*", "%R~cogs!usage*"], ["&cogs:alerts", "&cogs@*:alerts"]
     else:
-        keys, channels = [f"%R~{ns.prefix}*"], [f"&{ns.alerts_channel}"]
+        keys, channels = [f"%R~{ns.prefix}*", f"%R~{ns.usage_prefix}*"], [f"&{ns.alerts_channel}"]
     return ["resetkeys", *keys, "resetchannels", *channels, *_MONITOR_COMMANDS]
 
 

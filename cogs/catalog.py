@@ -9,6 +9,8 @@
 
     [limits]                      # optional: this NF's limits (several NFs share a cluster)
     ops_per_s = 50000             # per primary: ops over it are refused (LIMIT)
+    max_keys = 1000000            # per primary: state entries; new ones over it refused
+    max_memory = "256MiB"         # per primary: every key of the NF; updates over it refused
 
 The catalog is compiled into the Lua library (see cogs/library.py), so what
 the coordinator stores is exactly what every proxy and every script agree on; its
@@ -91,14 +93,32 @@ class StateSpec(BaseModel):
         }
 
 
-#: limits one could ask for that cogs does not enforce, and why (README, "Per-NF limits")
-NOT_ENFORCED = {
-    "max_keys": "a live-key count cannot be kept exactly and cheaply (Redis expires keys without telling the "
-    "library; an INCRBY does not say whether it created its key; a per-node count does not follow keys when "
-    "slots move): bound entries with each state's max_items and window/ttl",
-    "max_memory": "Redis cannot attribute memory to a key prefix (MEMORY USAGE is sampled and costs per key): "
-    "bound it with max_bytes/max_member_bytes/max_items per state and maxmemory per node",
-}
+#: the names of the library's own keys under the NF's prefix (<prefix><name>:{tag}, ...):
+#: a state of one of these names could have an entry on top of them
+RESERVED_NAMES = frozenset(
+    {"alerts", "once", "held", "limit", "created", "proxy", "proxies", "janitor", "discard", "nfs"}
+)
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def parse_size(v: object) -> int | None:
+    """Bytes (integer) or a string with a unit (``64MiB``, ``1.5GB``, ``500kb``) -> bytes."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"{v!r} is not a size (use bytes or e.g. '64MiB', '2GB')")
+    if isinstance(v, int):
+        return v
+    m = _SIZE_RE.match(v.lower())
+    if not m or m[2] not in _SIZE_UNITS:
+        raise ValueError(f"{v!r} is not a size (use bytes or e.g. '64MiB', '2GB'; units {', '.join(_UNITS_SHOWN)})")
+    return int(float(m[1]) * _SIZE_UNITS[m[2]])
+
+
+_UNITS_SHOWN = ("B", "kB", "MB", "GB", "KiB", "MiB", "GiB")
+Size = Annotated[int | None, BeforeValidator(parse_size)]
 
 
 class Limits(BaseModel):
@@ -109,6 +129,24 @@ class Limits(BaseModel):
 
     #: ops per second per primary (a token bucket in Lua on each node); None: no limit
     ops_per_s: int | None = Field(default=None, ge=1, le=100_000_000)
+    #: state entries per primary: an op that would create one more is refused
+    #: (counted by the keeper, cogs/keeper.py, plus what the library created since)
+    max_keys: int | None = Field(default=None, ge=1, le=1 << 40)
+    #: bytes per primary (MEMORY USAGE of every key of the NF, by the keeper, plus an
+    #: estimate of what was created since): updates are refused while over it
+    max_memory: Size = Field(default=None, ge=1 << 10, le=1 << 50)
+
+    @property
+    def usage(self) -> bool:
+        """Whether a limit needs the keeper's count."""
+        return self.max_keys is not None or self.max_memory is not None
+
+    def shown(self) -> str:
+        """One line, e.g. ``50,000 ops/s, 1,000,000 keys, 256.0 MiB per primary``."""
+        parts = [f"{self.ops_per_s:,} ops/s"] if self.ops_per_s else []
+        parts += [f"{self.max_keys:,} keys"] if self.max_keys else []
+        parts += [f"{self.max_memory / (1 << 20):,.1f} MiB"] if self.max_memory else []
+        return ", ".join(parts) + " per primary" if parts else "none"
 
 
 class Catalog:
@@ -171,6 +209,8 @@ class Catalog:
                     problems.append(f"state {name!r}: {loc}: {err['msg']}")
                 continue
             found = _semantic_problems(st, spec)
+            if name in RESERVED_NAMES:
+                found.append(f"the name is the library's own (reserved: {', '.join(sorted(RESERVED_NAMES))})")
             problems += [f"state {name!r}: {p}" for p in found]
             if not found:
                 states.append(st.model_copy(update={"params": _with_defaults(st, spec)}))
@@ -214,14 +254,12 @@ def _limits(raw: object, problems: list[str]) -> Limits:
     if not isinstance(raw, Mapping):
         problems.append(f"[limits] must be a table, got {type(raw).__name__}")
         return Limits()
-    for k in sorted(set(raw) & set(NOT_ENFORCED)):
-        problems.append(f"limits.{k}: not enforced by cogs: {NOT_ENFORCED[k]}")
     try:
-        return Limits.model_validate({k: v for k, v in raw.items() if k not in NOT_ENFORCED})
+        return Limits.model_validate(raw)
     except ValidationError as e:
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            have = " (have: ops_per_s)" if err["type"] == "extra_forbidden" else ""
+            have = " (have: ops_per_s, max_keys, max_memory)" if err["type"] == "extra_forbidden" else ""
             problems.append(f"limits.{loc}: {err['msg']}{have}")
         return Limits()
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -413,9 +415,52 @@ class LocalCluster:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
 
+    # -- the keeper (cogs/keeper.py): counts usage for the NFs' max_keys/max_memory ----------
+
+    @property
+    def keeper_pidfile(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "keeper.pid"
+
+    def keeper_pid(self) -> int | None:
+        """The running keeper of this dir (a pidfile whose process runs ``cogs keeper`` on it)."""
+        try:
+            pid = int(self.keeper_pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if b"keeper" in cmdline and str(self.dir).encode() in cmdline and _alive(pid) else None
+
+    def start_keeper(self, interval: float = 2.0) -> bool:
+        """Run ``cogs keeper`` on this cluster in the background (log: DIR/keeper.log);
+        False if one runs already. ``down`` stops it."""
+        assert self.dir is not None
+        if self.keeper_pid():
+            return False
+        argv = [sys.executable, "-m", "cogs.cli", "keeper", "--cluster-dir", str(self.dir), "--interval", str(interval)]
+        # started by a shell that exits at once: the keeper is nobody's child (init reaps it)
+        script = f"{shlex.join(argv)} </dev/null >>{shlex.quote(str(self.dir / 'keeper.log'))} 2>&1 & echo $!"
+        r = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True, check=False)
+        if r.returncode != 0 or not r.stdout.strip().isdigit():
+            raise ClusterError(f"could not start the keeper: {(r.stderr or r.stdout).strip()}")
+        self.keeper_pidfile.write_text(r.stdout)
+        return True
+
+    def stop_keeper(self) -> None:
+        pid = self.keeper_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.keeper_pidfile.unlink(missing_ok=True)
+
     def down(self, *, purge: bool = False) -> None:
         """Stop every node of the dir: the deployment's, and any other with a pidfile
-        there (one a scale started, when this object was made before it grew)."""
+        there (one a scale started, when this object was made before it grew); and its keeper."""
+        self.stop_keeper()
         others = sorted(
             int(d.name) for d in (self.dir.iterdir() if self.dir is not None and self.dir.is_dir() else ())
             if d.name.isdigit() and int(d.name) not in self.ports and (d / "redis.pid").exists()

@@ -110,6 +110,11 @@ class Deployment:
             argv += ["--node", f"{n.name}:{n.port}"]
         return [*argv, "--catalog", catalog] if catalog else argv
 
+    def keeper_argv(self) -> list[str]:
+        """Counts every NF's usage for its limits (cogs/keeper.py), reaching the first node by name."""
+        first = self.nodes[0]
+        return ["cogs", "keeper", "--url", f"redis://{first.name}:{first.port}"]
+
 
 #: compose.yaml's topology, and the lab's with ``--nodes 6``: 3 primaries + 3 replicas on 7000-7005
 STANDARD = Deployment()

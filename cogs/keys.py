@@ -67,6 +67,8 @@ class Namespace:
     once_prefix: str = field(init=False)
     held_prefix: str = field(init=False)
     limit_prefix: str = field(init=False)
+    created_prefix: str = field(init=False)
+    usage_prefix: str = field(init=False)
     proxy_prefix: str = field(init=False)
     #: sorted set of proxy ids by last heartbeat (ms): the monitor lists proxies
     #: without scanning; the heartbeat keys stay the liveness truth
@@ -86,7 +88,8 @@ class Namespace:
             **{f"fn_{f}": f"{library}_{f}" for f in FUNCTIONS},
             "alerts_channel": n["ALERTS_CHANNEL"], "alerts_stream_prefix": n["ALERTS_STREAM_PREFIX"],
             "discard_prefix": n["DISCARD_PREFIX"], "once_prefix": n["ONCE_PREFIX"], "held_prefix": n["HELD_PREFIX"],
-            "limit_prefix": n["LIMIT_PREFIX"], "proxy_prefix": prefix + "proxy:", "proxy_index": prefix + "proxies",
+            "limit_prefix": n["LIMIT_PREFIX"], "created_prefix": n["CREATED_PREFIX"],
+            "usage_prefix": n["USAGE_PREFIX"], "proxy_prefix": prefix + "proxy:", "proxy_index": prefix + "proxies",
             "janitor_lock": f"{prefix}janitor:{{{prefix}proxies}}",
         }  # fmt: skip
         for k, v in values.items():
@@ -127,6 +130,14 @@ class Namespace:
     def limit_key(self, stream: str) -> str:
         """The NF's ops-rate token bucket on the node serving ``stream`` (lua/api.lua)."""
         return f"{self.limit_prefix}{{{self.stream_tag(stream)}}}"
+
+    def created_key(self, stream: str) -> str:
+        """What the library created on the node serving ``stream`` since the keeper's last count."""
+        return f"{self.created_prefix}{{{self.stream_tag(stream)}}}"
+
+    def usage_key(self, stream: str) -> str:
+        """The keeper's count of the NF's keys and bytes on the node serving ``stream``."""
+        return f"{self.usage_prefix}{{{self.stream_tag(stream)}}}"
 
     def acl_user(self, role: str) -> str:
         """``cogs-proxy`` (default NF) or ``cogs-<nf>-proxy``: the ACL users of ``cogs acl apply``."""

@@ -222,15 +222,23 @@ def _long_string(text: str) -> str:
 
 
 def assemble(
-    spec: LibrarySpec, catalog_json: str, catalog_digest: str, ns: Namespace = DEFAULT, ops_per_s: int | None = None
+    spec: LibrarySpec,
+    catalog_json: str,
+    catalog_digest: str,
+    ns: Namespace = DEFAULT,
+    ops_per_s: int | None = None,
+    *,
+    max_keys: int | None = None,
+    max_memory: int | None = None,
 ) -> Library:
     """The library source for ``spec`` carrying the catalog (canonical JSON), for the NF
-    ``ns`` (its library and function names, its key prefix), with the NF's ops-rate
-    limit per primary (None: none). The limit is not part of the catalog's digest:
-    changing it does not make running proxies outdated."""
+    ``ns`` (its library and function names, its key prefix), with the NF's limits per
+    primary (None: none). Limits are not part of the catalog's digest: changing them
+    does not make running proxies outdated."""
     core, *middle, api = spec.files
-    if ops_per_s is not None and not (isinstance(ops_per_s, int) and ops_per_s >= 1):
-        raise ConfigError(f"ops_per_s must be an integer >= 1, not {ops_per_s!r}")
+    for name, v in (("ops_per_s", ops_per_s), ("max_keys", max_keys), ("max_memory", max_memory)):
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 1 << 53):
+            raise ConfigError(f"{name} must be an integer from 1 to 2^53, not {v!r}")
     load = "cogs catalog load" + ("" if ns.default else f" --nf {ns.nf}")
     parts = [
         f"#!lua name={ns.library}",
@@ -239,6 +247,8 @@ def assemble(
         f"local CATALOG_DIGEST = '{catalog_digest}'",
         f"local CATALOG_JSON = {_long_string(catalog_json)}",
         f"local LIMIT_OPS_PER_S = {ops_per_s or 0}",
+        f"local LIMIT_MAX_KEYS = {max_keys or 0}",
+        f"local LIMIT_MAX_BYTES = {max_memory or 0}",
         f"local LOAD_HINT = '{load} PATH'",
         "-- the wire protocol (cogs/protocol.py)",
         lua_constants(ns.prefix, ns.library, ns.nf),

@@ -73,7 +73,19 @@ def names(prefix: str) -> dict[str, str]:
         "HELD_PREFIX": prefix + "held:",
         # per node, the NF's ops-rate token bucket (lua/api.lua): <prefix>limit:{tag}
         "LIMIT_PREFIX": prefix + "limit:",
+        # per node, what the library created since the keeper's last count: <prefix>created:{tag}
+        "CREATED_PREFIX": prefix + "created:",
+        # per node, the keeper's count of the NF's keys and bytes (cogs/keeper.py), outside
+        # the NF's namespace: its proxies may read it (ACL %R~), never write it
+        "USAGE_PREFIX": usage_prefix(prefix),
     }
+
+
+def usage_prefix(prefix: str) -> str:
+    """``cogs:`` -> ``cogs!usage:``, ``cogs@ids:`` -> ``cogs!usage@ids:``: no NF's key
+    pattern (``cogs:*``, ``cogs@<nf>:*``) matches it."""
+    assert prefix.startswith("cogs")
+    return "cogs!usage" + prefix[4:]
 
 
 _DEFAULT = names(PREFIX)

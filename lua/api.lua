@@ -376,6 +376,90 @@ do
         return ok
     end
 
+    -- The NF's usage limits on this node (LIMIT_MAX_KEYS state entries, LIMIT_MAX_BYTES of
+    -- everything it stores; 0: none). Redis can count neither per NF: the keeper
+    -- (cogs/keeper.py) counts them on every primary (SCAN, MEMORY USAGE) into
+    -- USAGE_PREFIX{tag}, a key the NF's users may read but not write, noting how far
+    -- the library's own count of what it created had got when it started
+    -- (CREATED_PREFIX{tag}, k and b, only ever added to). In use: the keeper's count
+    -- plus what was created since, so entries created during a count are counted
+    -- twice until the next one (refusing early, never late); entries that expired or
+    -- were deleted are credited at the next count. Never counted: only what this
+    -- library created is, so the NF is refused once it created the limit's worth.
+    local function whole(x)
+        x = tonumber(x)
+        return x and x >= 0 and x < 2 ^ 53 and x == math.floor(x) and x or nil
+    end
+
+    local function usage_read(stream)
+        local tag = sub(stream, #ALERTS_STREAM_PREFIX + 1)
+        local m = R('HMGET', USAGE_PREFIX .. tag, 'k', 'b', 'ck', 'cb', 't')
+        local ckey = CREATED_PREFIX .. tag
+        local ok, c = pcall_(R, 'HMGET', ckey, 'k', 'b')
+        if not ok then
+            if classify(c) ~= 'WRONGTYPE' then error(c) end
+            c = { true }
+        end
+        if (c[1] and not whole(c[1])) or (c[2] and not whole(c[2])) then
+            R('DEL', ckey) -- written outside cogs: counting starts again (the keeper's count stands)
+            c = {}
+        end
+        local ck, cb = whole(c[1]) or 0, whole(c[2]) or 0
+        return {
+            ckey = ckey, t = whole(m[5]), nk = 0, nb = 0,
+            keys = (whole(m[1]) or 0) + math.max(0, ck - (whole(m[3]) or 0)),
+            bytes = (whole(m[2]) or 0) + math.max(0, cb - (whole(m[4]) or 0)),
+        }
+    end
+
+    local function usage_over(u, what, have, limit, refused)
+        local seen = u.t and ('counted by the keeper ' .. string.format('%.1f', (now_ms() - u.t) / 1000)
+            .. ' s ago, plus what was created since') or 'never counted by the keeper (is cogs keeper running?): '
+            .. 'what this library created'
+        cogs.fail('LIMIT', 'NF ' .. NF .. ' has ' .. cogs.num2s(have) .. ' ' .. what .. ' on this node, its limit is '
+            .. cogs.num2s(limit) .. ' per primary (' .. seen .. '): ' .. refused)
+    end
+
+    -- Before an op that may create or grow an entry: refused when the NF is at a limit.
+    -- Returns whether the key is new (then usage_count counts it once it exists).
+    local function usage_admit(u, rk)
+        if LIMIT_MAX_BYTES > 0 and u.bytes >= LIMIT_MAX_BYTES then
+            usage_over(u, 'bytes', u.bytes, LIMIT_MAX_BYTES, 'updates refused ([limits] max_memory)')
+        end
+        if R('EXISTS', rk) == 1 then return false end
+        if LIMIT_MAX_KEYS > 0 and u.keys >= LIMIT_MAX_KEYS then
+            usage_over(u, 'keys', u.keys, LIMIT_MAX_KEYS, 'new keys refused ([limits] max_keys)')
+        end
+        return true
+    end
+
+    -- an entry's bytes until the keeper measures it: its name, its argument, Redis' overhead
+    local ENTRY_BYTES = 64
+
+    local function usage_count(u, rk, arg)
+        if R('EXISTS', rk) == 1 then
+            local b = #rk + (type(arg) == 'string' and #arg or 16) + ENTRY_BYTES
+            u.keys, u.bytes, u.nk, u.nb = u.keys + 1, u.bytes + b, u.nk + 1, u.nb + b
+        end
+    end
+
+    local function usage_write(u)
+        if u.nk > 0 then
+            R('HINCRBY', u.ckey, 'k', u.nk)
+            R('HINCRBY', u.ckey, 'b', u.nb)
+        end
+    end
+
+    -- the modes whose ops may create or grow an entry (the usage limits)
+    local WRITES = { [UPDATE] = true, [UPDATE_GET] = true, [MODE.CLAIM] = true, [MODE.OWNER] = true }
+
+    local function apply_counted(u, mode, st, sidx, op, key, rk, arg, ctx)
+        local new = op ~= 'clear' and usage_admit(u, rk) -- deleting is never refused
+        local value = apply(mode, st, sidx, op, key, rk, arg, ctx)
+        if new then usage_count(u, rk, arg) end
+        return value
+    end
+
     local function fail_reason(st, sidx)
         if st == nil then
             return 'UNKNOWN_STATE', 'no state with index ' .. cogs.show(sidx) .. ' in catalog ' .. CATALOG_DIGEST
@@ -399,6 +483,16 @@ do
                 return redis.error_reply('UNAVAILABLE ' .. msg)
             end
             bk = got
+        end
+        local use
+        if LIMIT_MAX_KEYS > 0 or LIMIT_MAX_BYTES > 0 then
+            local ok, got = pcall_(usage_read, args[2])
+            if not ok then
+                local code, msg = classify(got)
+                -- NOPERM: the NF's users predate usage limits (cogs acl apply gives them the read)
+                return redis.error_reply((code == 'NOPERM' and 'NOPERM ' or 'UNAVAILABLE ') .. msg)
+            end
+            use = got
         end
         if session then
             local early
@@ -447,7 +541,7 @@ do
             local mode, sidx, op, n = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
             local st = STATES[sidx]
             local usable = st ~= nil and not st.broken
-            local fn = usable and mode == UPDATE and st.update and st.update[op]
+            local fn = usable and mode == UPDATE and not use and st.update and st.update[op]
             local first, last = i + 4, i + 2 + 2 * n
             if fn then
                 local j = first
@@ -465,7 +559,13 @@ do
                     if not usable or type(key) ~= 'string' or key == '' or #key > MAX_KEY or byte(key) == 125 then
                         refuse(idx, st, key, op, fail_reason(st, sidx))
                     else
-                        local ok, value = pcall_(apply, mode, st, sidx, op, key, st.prefix .. key .. '}', ops[j + 1], ctx)
+                        local ok, value
+                        if use and WRITES[mode] then
+                            ok, value = pcall_(apply_counted, use, mode, st, sidx, op, key, st.prefix .. key .. '}',
+                                ops[j + 1], ctx)
+                        else
+                            ok, value = pcall_(apply, mode, st, sidx, op, key, st.prefix .. key .. '}', ops[j + 1], ctx)
+                        end
                         if not ok then
                             local code, msg = classify(value)
                             if code == 'ALERT' then failed = failed - 1 end
@@ -481,6 +581,7 @@ do
             base = base + n
             i = i + 4 + 2 * n
         end
+        if use then usage_write(use) end
         replica.publish(ctx, encode)
         local reply = { base - failed, errs, res }
         if rec then
@@ -509,7 +610,11 @@ do
             catalog_json = CATALOG_JSON, -- verbatim: a decode/encode round trip would reformat numbers
             nf = NF,
             -- absent when there is none (cjson cannot tell an empty object from an empty array)
-            limits = LIMIT_OPS_PER_S > 0 and { ops_per_s = LIMIT_OPS_PER_S } or nil,
+            limits = (LIMIT_OPS_PER_S > 0 or LIMIT_MAX_KEYS > 0 or LIMIT_MAX_BYTES > 0) and {
+                ops_per_s = LIMIT_OPS_PER_S > 0 and LIMIT_OPS_PER_S or nil,
+                max_keys = LIMIT_MAX_KEYS > 0 and LIMIT_MAX_KEYS or nil,
+                max_memory = LIMIT_MAX_BYTES > 0 and LIMIT_MAX_BYTES or nil,
+            } or nil,
             types = types,
             checkers = checkers,
         })

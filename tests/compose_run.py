@@ -120,17 +120,17 @@ class ComposeNodes:
                         raise RuntimeError(f"{name} did not start: {tail}") from e
                     time.sleep(0.05)
 
-    def init_command(self) -> tuple[str, list[str]]:
-        """compose's init command split at its first ``&&``: the install, and the rest as
-        an argv that runs it (ports mapped) where the service names resolve as on
-        compose's network, to this machine."""
-        cmd = self.data["services"]["init"]["command"]
+    def init_command(self, service: str = "init", extra: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+        """compose's init command (or another python service's) split at its first ``&&``:
+        the install, and the rest (plus ``extra`` arguments) as an argv that runs it (ports
+        mapped) where the service names resolve as on compose's network, to this machine."""
+        cmd = self.data["services"][service]["command"]
         assert cmd[:2] == ["sh", "-c"], cmd
         script = interpolate(" ".join(cmd[2:]), self.env)
         install, _, rest = script.partition("&&")
         hosts = self.dir / "hosts"
         hosts.write_text(f"127.0.0.1 localhost {' '.join(self.services)}\n")
-        rest = shlex.join(self._localize(t, {}) for t in shlex.split(rest))
+        rest = shlex.join([*(self._localize(t, {}) for t in shlex.split(rest)), *extra])
         user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
         inner = f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec sh -c {shlex.quote(rest)}"
         return " ".join(install.split()), ["unshare", "--mount", "--propagation", "private", *user, "sh", "-c", inner]

@@ -6,7 +6,7 @@ Exit codes: 0 success, 1 an operation failed (one clear line on stderr),
 
 from __future__ import annotations
 
-from cogs.cli import acl, alerts, bench, catalog, cluster, demo, exporter, lab, monitor, nf  # noqa: F401 - they register
+from cogs.cli import acl, alerts, bench, catalog, cluster, demo, exporter, keeper, lab, monitor, nf  # noqa: F401 - they register
 from cogs.cli.base import main
 
 __all__ = ["main"]

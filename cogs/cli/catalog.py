@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from cogs.catalog import Catalog
-from cogs.cli.base import main, nf_option, out_console, run, url_option
+from cogs.cli.base import _progress, main, nf_option, out_console, run, url_option
 from cogs.settings import load_settings
 
 
@@ -47,9 +47,12 @@ def catalog_load(path: Path, url: str | None, nf: str | None) -> None:
             return list(co.nodes), co.ns.nf
 
     nodes, which = run(go)
-    limit = f", limit {cat.limits.ops_per_s:,} ops/s per primary" if cat.limits.ops_per_s else ""
+    limit = f", limits {cat.limits.shown()}" if cat.limits.shown() != "none" else ""
     of = "" if which == "default" else f" of NF {which}"
     click.echo(f"loaded catalog {cat.digest} ({len(cat)} states{limit}){of} on {', '.join(nodes)}")
+    if cat.limits.usage:
+        _progress("max_keys/max_memory are counted by `cogs keeper` (`cogs cluster up` starts one; compose: the "
+                  "keeper service); without one, the NF is refused once it has created the limit's worth")  # fmt: skip
 
 
 @catalog.command("show")

@@ -66,6 +66,8 @@ def cluster() -> None:
     "(fsync each second); none: memory and replicas only, no AOF append per write (0-30% less coordinator CPU "
     "per trigger update measured here).",
 )
+@click.option("--no-keeper", is_flag=True,
+              help="Do not start `cogs keeper` (it counts the NFs' usage for [limits] max_keys/max_memory).")
 def cluster_up(
     port: int,
     dir_: Path | None,
@@ -74,8 +76,9 @@ def cluster_up(
     catalog_path: Path | None,
     tls: bool,
     persistence: str | None,
+    no_keeper: bool,
 ) -> None:
-    """Start the nodes, form the cluster, load the library; print the seed URL."""
+    """Start the nodes, form the cluster, load the library, start the keeper; print the seed URL."""
     from cogs.cluster import LocalCluster
 
     catalog = Catalog.from_file(catalog_path or DEFAULT_CATALOG)
@@ -87,6 +90,8 @@ def cluster_up(
         _progress(f"TLS: clients need COGS_TLS_CA_FILE={files.ca}")
     _load(url, catalog, tls_ca_file=files.ca if files else None, admin=lc.admin())
     _progress(f"library loaded on {masters} primar{'y' if masters == 1 else 'ies'} (catalog {catalog.digest})")
+    if not no_keeper and lc.start_keeper():
+        _progress(f"keeper counting the NFs' usage for their limits (log: {lc.dir}/keeper.log)")
     click.echo(url)
 
 

@@ -194,7 +194,9 @@ class Coordinator:
         """Assemble this NF's library for ``catalog`` (with its limits) and load it on
         every primary; other NFs' libraries are left alone. An NF other than the
         default one is listed in ``cogs:nfs`` (what the monitor shows)."""
-        lib = assemble(self.spec, catalog.json, catalog.digest, self.ns, catalog.limits.ops_per_s)
+        lim = catalog.limits
+        lib = assemble(self.spec, catalog.json, catalog.digest, self.ns, lim.ops_per_s,
+                       max_keys=lim.max_keys, max_memory=lim.max_memory)  # fmt: skip
 
         async def load(i: int) -> None:
             n = self._topo.nodes[i]

@@ -14,7 +14,7 @@ import redis
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster, _alive, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Op, StateTable
 from cogs.deployment import CONFIG_PATH
@@ -47,6 +47,8 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
     lc = LocalCluster.from_dir(port, tmp_path)
     try:
         assert lc.replicas == 1
+        keeper = lc.keeper_pid()  # `cluster up` started the keeper (usage limits), running on this dir
+        assert keeper is not None
         code, out = _cli("cluster", "status", *opts)
         assert code == 0, out
         assert out.count("master") == 3
@@ -99,6 +101,8 @@ def test_cluster_lifecycle_failover_and_restart(tmp_path: Path) -> None:
         # full restart: AOF brings back states and the library
         code, out = _cli("cluster", "down", *opts)
         assert code == 0, out
+        assert lc.keeper_pid() is None
+        assert not _alive(keeper)
         code, out = _cli("cluster", "status", *opts)
         assert code == 1
         lc.start_node(victim)  # the old primary rejoins as a replica

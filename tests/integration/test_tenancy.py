@@ -78,7 +78,7 @@ def test_each_nf_has_its_own_library_and_loading_one_leaves_the_others(shared: L
     limited.write_text(TEST_CATALOG + "\n[limits]\nops_per_s = 1000000\n")
     code, out = _cli("catalog", "load", "--url", shared.url, "--nf", "ids", str(limited))
     assert code == 0, out
-    assert "limit 1,000,000 ops/s per primary" in out
+    assert "limits 1,000,000 ops/s per primary" in out
     after = _libraries(shared.port)
     assert after["cogs"]["library_code"] == before["cogs"]["library_code"]  # untouched
     assert after["cogs_nat"]["library_code"] == before["cogs_nat"]["library_code"]

@@ -214,3 +214,8 @@ def test_compose_init_forms_the_cluster_from_a_base_install(base_venv: Venv, com
     r = base_venv.cogs("catalog", "show", "--json", "--url", compose_nodes.url, cwd=compose_nodes.dir)
     assert r.returncode == 0, r.stderr
     assert "scan_ports" in {s["name"] for s in json.loads(r.stdout)["states"]}
+    # compose's keeper command, one pass: it reaches the nodes by name and counts nothing yet
+    _, argv = compose_nodes.init_command("keeper", ("--once",))
+    r = base_venv.run(*argv, cwd=compose_nodes.dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no NF loaded sets max_keys or max_memory" in r.stdout

@@ -28,7 +28,7 @@ def _compose() -> dict[str, Any]:
 
 
 def _nodes() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in _compose()["services"].items() if n != "init"}
+    return {n: s for n, s in _compose()["services"].items() if n not in ("init", "keeper")}
 
 
 def test_services_are_the_standard_deployments_nodes() -> None:
@@ -72,6 +72,16 @@ def test_init_runs_the_shared_init_command_from_a_base_install() -> None:
     assert init["networks"] == ["cogs"]  # reaches the nodes by service name
     assert set(init["depends_on"]) == set(_nodes())
     assert all(d["condition"] == "service_healthy" for d in init["depends_on"].values())
+
+
+def test_the_keeper_runs_the_shared_keeper_command_after_init() -> None:
+    keeper = _compose()["services"]["keeper"]
+    install, run = (" ".join(part.split()) for part in " ".join(keeper["command"][2:]).split("&&"))
+    assert install == "pip install --quiet /src"
+    assert shlex.split(run) == ["exec", *STANDARD.keeper_argv()]
+    assert keeper["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+    assert keeper["networks"] == ["cogs"]
+    assert keeper["restart"] == "unless-stopped"
 
 
 def test_launcher_uses_the_same_deployment() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from cogs.acl import monitor_rules, proxy_rules, users
 from cogs.alerts import Alert
-from cogs.catalog import Catalog
+from cogs.catalog import RESERVED_NAMES, Catalog
 from cogs.coordinator.client import parse_reply
 from cogs.coordinator.frames import runs
 from cogs.errors import CatalogError, ConfigError, OverLimit, from_redis
@@ -70,14 +70,32 @@ def test_limits_live_in_the_catalog_but_not_in_its_digest() -> None:
     assert limited.limits.ops_per_s == 500
     assert plain.limits.ops_per_s is None
     assert limited.digest == plain.digest  # changing a limit does not make proxies outdated
+    usage = Catalog.from_toml(TEST_CATALOG + '\n[limits]\nmax_keys = 10\nmax_memory = "1.5 MiB"\n')
+    assert (usage.limits.max_keys, usage.limits.max_memory) == (10, 1572864)
+    assert usage.limits.usage
+    assert not limited.limits.usage
+    assert usage.limits.shown() == "10 keys, 1.5 MiB per primary"
+    assert usage.digest == plain.digest
+    for mem, size in (("65536", 65536), ('"64KiB"', 65536), ('"2GB"', 2 * 10**9), ('"500 kb"', 500_000)):
+        assert Catalog.from_toml(TEST_CATALOG + f"\n[limits]\nmax_memory = {mem}\n").limits.max_memory == size
     for text, want in (
-        ("max_keys = 10", "limits.max_keys: not enforced by cogs"),
-        ("max_memory = 10", "limits.max_memory: not enforced by cogs"),
+        ("max_keys = 0", "limits.max_keys"),
+        ('max_keys = "many"', "limits.max_keys"),
+        ("max_memory = 10", "limits.max_memory: Input should be greater than or equal to 1024"),
+        ('max_memory = "12 parsecs"', "is not a size"),
+        ("max_memory = true", "is not a size"),
         ("ops_per_s = 0", "limits.ops_per_s"),
-        ("opsps = 5", "have: ops_per_s"),
+        ("opsps = 5", "have: ops_per_s, max_keys, max_memory"),
     ):
         with pytest.raises(CatalogError, match=want):
             Catalog.from_toml(TEST_CATALOG + f"\n[limits]\n{text}\n")
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
+def test_a_state_cannot_take_a_name_of_the_librarys_own_keys(name: str) -> None:
+    # a state "limit" keyed by a slot's tag would be the rate bucket itself
+    with pytest.raises(CatalogError, match=f"state '{name}': the name is the library's own"):
+        Catalog.from_toml(f'[states.{name}]\nclass = "trigger"\ntype = "int"\n')
 
 
 class Lib:
@@ -147,8 +165,10 @@ def test_the_ops_rate_limit_refuses_whole_batches_once_the_bucket_is_spent() -> 
 
 def test_acl_rules_confine_each_nf_to_its_namespace() -> None:
     ids = namespace("ids")
-    assert proxy_rules(ids)[:4] == ["resetkeys", "~cogs@ids:*", "resetchannels", "&cogs@ids:*"]
-    assert proxy_rules()[:4] == ["resetkeys", "~cogs:*", "resetchannels", "&cogs:*"]
+    assert proxy_rules(ids)[:5] == ["resetkeys", "~cogs@ids:*", "%R~cogs!usage@ids:*", "resetchannels", "&cogs@ids:*"]
+    assert proxy_rules()[:5] == ["resetkeys", "~cogs:*", "%R~cogs!usage:*", "resetchannels", "&cogs:*"]
+    assert "%R~cogs!usage@ids:*" in monitor_rules(ids)
+    assert "%R~cogs!usage*" in monitor_rules()
     assert "%R~cogs@ids:*" in monitor_rules(ids)
     assert "%R~cogs:*" not in monitor_rules(ids)
     assert "&cogs@ids:alerts" in monitor_rules(ids)

@@ -1,0 +1,213 @@
+"""Per-NF usage limits on a real cluster: ``[limits] max_keys`` and ``max_memory`` per
+primary, counted by the keeper (``cogs keeper``) plus what the library created since;
+refused ops get a clear LIMIT error and never sink their batch-mates; the NF's users
+can read the keeper's count and never write it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cogs.cli import main
+from cogs.cluster import LocalCluster, free_port_base
+from cogs.coordinator.client import Coordinator
+from cogs.errors import OverLimit
+from cogs.keys import namespace
+from cogs.proxy import StateProxy
+from cogs.settings import load_settings
+from tests.conftest import _load
+from tests.helpers import make_catalog
+
+CATALOG = """
+[states.cnt]
+class = "trigger"
+type = "int"
+
+[states.blink]
+class = "trigger"
+type = "int"
+window = "1s"
+
+[states.bag]
+class = "trigger"
+type = "set"
+max_member_bytes = 4096
+"""
+PROXY_PW, MONITOR_PW = "capped-proxy-secret-1", "capped-monitor-secret-2"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.output
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    d = tmp_path_factory.mktemp("usage")
+    lc = LocalCluster(port=free_port_base(4), masters=3, dir=d / "cluster")
+    lc.up()
+    try:
+        anyio.run(_load, lc.url, make_catalog())
+        yield lc
+    finally:
+        lc.down()
+
+
+def _load_nf(lc: LocalCluster, tmp: Path, nf: str, limits: str) -> None:
+    cat = tmp / f"{nf}.toml"
+    cat.write_text(CATALOG + "\n[limits]\n" + limits + "\n")
+    code, out = _cli("catalog", "load", "--url", lc.url, "--nf", nf, str(cat))
+    assert code == 0, out
+
+
+def _keys_per_primary(lc: LocalCluster, pattern: str) -> list[int]:
+    out = []
+    for port in lc.ports[:3]:
+        with redis.Redis(port=port) as r:
+            out.append(sum(1 for _ in r.scan_iter(match=pattern, count=1000)))
+    return out
+
+
+def _update_all(url: str, nf: str, state: str, keys: list[str], delta: object = 1) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    async def go() -> None:
+        async with StateProxy(url, nf=nf, on_error=lambda e, _: errors.append(e)) as p:
+            for k in keys:
+                p.update(state, k, "add", delta)
+            await p.flush()
+
+    anyio.run(go)
+    return errors
+
+
+def test_max_keys_refuses_new_keys_only_with_a_clear_error(cluster: LocalCluster, tmp_path: Path) -> None:
+    _load_nf(cluster, tmp_path, "capped", "max_keys = 30")
+    keys = [f"k{i}" for i in range(300)]  # ~100 per primary
+    errors = _update_all(cluster.url, "capped", "cnt", keys)
+    # never counted: the library counts what it creates, exactly, per primary
+    assert _keys_per_primary(cluster, "cogs@capped:cnt:*") == [30, 30, 30]
+    assert len(errors) == 300 - 90
+    assert all(isinstance(e, OverLimit) for e in errors)
+    assert "NF capped has 30 keys on this node, its limit is 30 per primary" in str(errors[0])
+    assert "new keys refused ([limits] max_keys)" in str(errors[0])
+    assert "is cogs keeper running?" in str(errors[0])
+    # the same ops again: the 90 that exist apply (they create nothing), the rest are refused again
+    again = _update_all(cluster.url, "capped", "cnt", keys)
+    assert len(again) == 210
+    with redis.RedisCluster(host="127.0.0.1", port=cluster.port) as r:
+        values = [r.get(f"cogs@capped:cnt:{{{k}}}") for k in keys]
+        assert values.count(b"2") == 90
+        assert values.count(None) == 210
+        assert r.get("cogs:cnt:{k0}") is None
+    # another NF on the same cluster: not limited
+    assert _update_all(cluster.url, "default", "cnt", keys) == []
+
+
+def test_the_keeper_credits_what_expired_and_counts_what_exists(cluster: LocalCluster, tmp_path: Path) -> None:
+    _load_nf(cluster, tmp_path, "blinky", "max_keys = 20")
+    first = [f"a{i}" for i in range(150)]
+    assert len(_update_all(cluster.url, "blinky", "blink", first)) == 150 - 60
+    time.sleep(1.3)  # the window: every entry has expired, but only a count can tell the library
+    assert _keys_per_primary(cluster, "cogs@blinky:blink:*") == [0, 0, 0]
+    later = [f"b{i}" for i in range(150)]
+    assert len(_update_all(cluster.url, "blinky", "blink", later)) == 150  # still full, as far as it knows
+    _update_all(cluster.url, "blinky", "cnt", [f"c{i}" for i in range(5)])  # fewer than the limit... on no node
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    counted = [u for u in json.loads(out)["usage"] if u["nf"] == "blinky"]
+    assert len(counted) == 3
+    assert sum(u["keys"] for u in counted) == 0  # the 5 cnt keys were refused with the rest: none exist
+    assert all(u["bytes"] > 0 and u["max_keys"] == 20 for u in counted)  # its bookkeeping (records, counts)
+    # counted: room again, exactly up to the limit
+    assert len(_update_all(cluster.url, "blinky", "blink", later)) == 150 - 60
+    assert _keys_per_primary(cluster, "cogs@blinky:blink:*") == [20, 20, 20]
+    # a count that sees the 60: they are what is in use, nothing is counted twice
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    assert [u["keys"] for u in json.loads(out)["usage"] if u["nf"] == "blinky"] == [20, 20, 20]
+
+
+def test_max_memory_refuses_updates_once_over_and_deleting_still_works(cluster: LocalCluster, tmp_path: Path) -> None:
+    _load_nf(cluster, tmp_path, "fat", 'max_memory = "64KiB"')
+    member = "m" * 2000
+    keys = [f"f{i}" for i in range(120)]  # ~40 per primary x ~2.1 kB each: over 64 KiB per primary
+    errors = _update_all(cluster.url, "fat", "bag", keys, member)
+    assert errors
+    assert all(isinstance(e, OverLimit) for e in errors)
+    assert "bytes on this node, its limit is 65536 per primary" in str(errors[0])
+    assert "updates refused ([limits] max_memory)" in str(errors[0])
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    counted = {u["node"]: u["bytes"] for u in json.loads(out)["usage"] if u["nf"] == "fat"}
+    for port in cluster.ports[:3]:
+        with redis.Redis(port=port) as r:
+            real = sum(int(r.memory_usage(k) or 0) for k in r.scan_iter(match="cogs@fat:*"))
+        assert counted[f"127.0.0.1:{port}"] == pytest.approx(real, rel=0.05)
+        assert counted[f"127.0.0.1:{port}"] >= 65536  # filled up to the limit, and one entry past it at most
+        assert counted[f"127.0.0.1:{port}"] < 65536 + 8 * 2200
+    # over: an update of an existing entry is refused too (Redis' own maxmemory does the same)
+    stored = [k for k in keys if _exists(cluster, f"cogs@fat:bag:{{{k}}}")]
+    assert stored
+    refused = _update_all(cluster.url, "fat", "bag", stored[:3], "x")
+    assert len(refused) == 3
+    assert "max_memory" in str(refused[0])
+
+    async def clear() -> None:
+        async with StateProxy(cluster.url, nf="fat") as p:
+            for k in stored:
+                await p.syn_up("bag", k, "clear")
+
+    anyio.run(clear)  # deleting is never refused
+    assert not any(_exists(cluster, f"cogs@fat:bag:{{{k}}}") for k in stored)
+    code, out = _cli("keeper", "--url", cluster.url, "--once")
+    assert code == 0, out
+    assert _update_all(cluster.url, "fat", "bag", stored[:3], "x") == []  # room again
+
+
+def _exists(lc: LocalCluster, key: str) -> bool:
+    with redis.RedisCluster(host="127.0.0.1", port=lc.port) as r:
+        return bool(r.exists(key))
+
+
+def test_the_nfs_users_read_the_keepers_count_and_cannot_forge_it(cluster: LocalCluster, tmp_path: Path) -> None:
+    _load_nf(cluster, tmp_path, "guarded", "max_keys = 10")
+    code, out = _cli("acl", "apply", "--url", cluster.url, "--nf", "guarded", "--proxy-password", PROXY_PW,
+                     "--monitor-password", MONITOR_PW)  # fmt: skip
+    assert code == 0, out
+    code, out = _cli("keeper", "--url", cluster.url, "--once")
+    assert code == 0, out
+    assert "guarded" in out
+    ns = namespace("guarded")
+
+    async def streams() -> list[tuple[int, str]]:
+        async with Coordinator(url=cluster.url, nf="guarded") as co:
+            return [(int(a.rpartition(":")[2]), co.alert_stream(i)) for i, a in enumerate(co.nodes)]
+
+    for port, stream in anyio.run(streams):
+        with redis.Redis(port=port, username="cogs-guarded-proxy", password=PROXY_PW) as r:
+            assert r.hget(ns.usage_key(stream), "pass") is not None  # readable
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                r.hset(ns.usage_key(stream), "k", 0)
+            # what it may write, it may forge: junk in the library's own count is reset, not fatal
+            r.hset(ns.created_key(stream), mapping={"k": "junk", "b": "1.5"})
+    errors: list[BaseException] = []
+
+    async def go() -> None:
+        settings = load_settings(url=cluster.url, nf="guarded", username="cogs-guarded-proxy", password=PROXY_PW)
+        async with StateProxy(settings=settings, on_error=lambda e, _: errors.append(e)) as p:
+            for i in range(60):
+                p.update("cnt", f"g{i}", "add", 1)
+            await p.flush()
+
+    anyio.run(go)
+    assert _keys_per_primary(cluster, "cogs@guarded:cnt:*") == [10, 10, 10]
+    assert len(errors) == 30
+    assert all(isinstance(e, OverLimit) for e in errors)
