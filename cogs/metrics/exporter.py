@@ -114,11 +114,25 @@ def _nodes(snap: Snapshot) -> Iterator[Metric]:
 def _nfs(snap: Snapshot) -> Iterator[Metric]:
     up = _g("cogs_nf_up", "1 if the NF's library answered (0: not loaded or unreadable)", ["nf"])
     limit = _g("cogs_nf_ops_limit_per_second", "the NF's ops-rate limit per primary (absent: none)", ["nf"])
+    max_keys = _g("cogs_nf_max_keys", "the NF's max_keys per primary (absent: none)", ["nf"])
+    max_mem = _g("cogs_nf_max_memory_bytes", "the NF's max_memory per primary (absent: none)", ["nf"])
+    keys = _g("cogs_nf_usage_keys", "the NF's state entries on a primary (keeper's count + new)", ["nf", "node"])
+    size = _g("cogs_nf_usage_bytes", "the NF's bytes on a primary (keeper's count + created since)", ["nf", "node"])
+    age = _g("cogs_nf_usage_age_seconds", "how old the keeper's count is (absent: never counted)", ["nf", "node"])
     for n in snap.nfs:
         up.add_metric([n.nf], 0.0 if n.problem else 1.0)
         if n.ops_per_s:
             limit.add_metric([n.nf], float(n.ops_per_s))
-    yield from (up, limit)
+        if n.max_keys:
+            max_keys.add_metric([n.nf], float(n.max_keys))
+        if n.max_memory:
+            max_mem.add_metric([n.nf], float(n.max_memory))
+        for u in n.usage:
+            keys.add_metric([n.nf, u.node], float(u.keys))
+            size.add_metric([n.nf, u.node], float(u.bytes))
+            if u.age_s is not None:
+                age.add_metric([n.nf, u.node], u.age_s)
+    yield from (up, limit, max_keys, max_mem, keys, size, age)
 
 
 def _states(snap: Snapshot) -> Iterator[Metric]:

@@ -34,7 +34,7 @@ from redis import exceptions as rexc
 
 from cogs.catalog import Catalog
 from cogs.coordinator.client import Coordinator
-from cogs.errors import NETWORK_ERRORS, CogsError
+from cogs.errors import CALL_ERRORS, NETWORK_ERRORS, CogsError
 from cogs.keys import DEFAULT_NF, Namespace, slot, valid_proxy_id
 
 NODE_TIMEOUT = 0.8  # per node and refresh: a hung node must not freeze the screen
@@ -104,6 +104,17 @@ class ProxyView:
 
 
 @dataclass(frozen=True)
+class NodeUsage:
+    """The keeper's last count of one NF on one primary (cogs/keeper.py), and what the
+    library created since; ``age_s`` None: never counted there."""
+
+    node: str
+    keys: int
+    bytes: int
+    age_s: float | None
+
+
+@dataclass(frozen=True)
 class NfView:
     """One NF of those shown: its library, catalog and limits, its proxies."""
 
@@ -119,6 +130,10 @@ class NfView:
     proxies_unreadable: int = 0
     #: its proxies registered in the last minute past the MAX_PROXIES latest shown
     proxies_not_shown: int = 0
+    #: its usage limits per primary (None: none), and what each primary holds of it
+    max_keys: int | None = None
+    max_memory: int | None = None
+    usage: tuple[NodeUsage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -310,18 +325,45 @@ class Collector:
         nodes = await self._nodes()
         states, done = self._states()
         proxies, unreadable, more = await self._proxies()
+        usage = {t.nf: await self._usage(t) for t in self.tenants if t.catalog.limits.usage}
         return Snapshot(self.url, time.time(), nodes, states, done, proxies, counts_note=self.counter.denied,
-                        proxies_unreadable=unreadable, nfs=self._nfs(states, proxies),
+                        proxies_unreadable=unreadable, nfs=self._nfs(states, proxies, usage),
                         proxies_not_shown=more)  # fmt: skip
 
-    def _nfs(self, states: list[StateView], proxies: list[ProxyView]) -> list[NfView]:
+    def _nfs(self, states: list[StateView], proxies: list[ProxyView],
+             usage: dict[str, tuple[NodeUsage, ...]]) -> list[NfView]:  # fmt: skip
         out = []
         for t in self.tenants:
             n_states, alive = sum(s.nf == t.nf for s in states), sum(p.alive and p.nf == t.nf for p in proxies)
-            out.append(NfView(t.nf, t.ns.library, t.catalog.digest, n_states, t.catalog.limits.ops_per_s, alive,
+            lim = t.catalog.limits
+            out.append(NfView(t.nf, t.ns.library, t.catalog.digest, n_states, lim.ops_per_s, alive,
                               proxies_unreadable=self._left_out.get(t.nf, 0),
-                              proxies_not_shown=self._not_shown.get(t.nf, 0)))  # fmt: skip
+                              proxies_not_shown=self._not_shown.get(t.nf, 0), max_keys=lim.max_keys,
+                              max_memory=lim.max_memory, usage=usage.get(t.nf, ())))  # fmt: skip
         return out + [NfView(nf, "-", "-", 0, None, 0, why) for nf, why in sorted(self.problems.items())]
+
+    async def _usage(self, t: Tenant) -> tuple[NodeUsage, ...]:
+        """What each primary holds of NF ``t``: the keeper's count plus what was created
+        since (as its library adds them up, lua/api.lua); a node that cannot be read is left out."""
+        topo = self.coord.topology
+        assert topo is not None
+        out = []
+        for i, n in enumerate(topo.nodes):
+            stream = t.ns.alert_stream(n.first_slot)
+            try:
+                async with self.coord.node_client(i).pipeline(transaction=False) as pipe:
+                    pipe.hmget(t.ns.usage_key(stream), "k", "b", "ck", "cb", "t")
+                    pipe.hmget(t.ns.created_key(stream), "k", "b")
+                    pipe.time()
+                    (k, b, ck0, cb0, at), (ck, cb), (sec, usec) = await pipe.execute()
+            except (*CALL_ERRORS, ValueError, TypeError):
+                continue
+            now_ms = int(sec) * 1000 + int(usec) // 1000
+            counted = _int(at)
+            out.append(NodeUsage(n.addr, (_int(k) or 0) + max(0, (_int(ck) or 0) - (_int(ck0) or 0)),
+                                 (_int(b) or 0) + max(0, (_int(cb) or 0) - (_int(cb0) or 0)),
+                                 None if counted is None else max(0.0, (now_ms - counted) / 1000)))  # fmt: skip
+        return tuple(out)
 
     # -- nodes ---------------------------------------------------------------------------
 

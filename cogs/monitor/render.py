@@ -43,14 +43,36 @@ def _several(items: Sequence[StateView] | Sequence[ProxyView]) -> bool:
 
 def nfs_table(nfs: Sequence[NfView]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
-    for col in ("NF", "library", "catalog", "states", "ops/s limit per primary", "proxies"):
+    for col in ("NF", "library", "catalog", "states", "limits per primary", "usage (fullest primary)", "proxies"):
         t.add_column(col, justify="right" if col in ("states", "proxies") else "left", no_wrap=True)
     t.add_column("health", ratio=1, min_width=12)
     for n in nfs:
         health = Text(n.problem or "ok", style="red" if n.problem else "green")
-        limit = f"{n.ops_per_s:,}" if n.ops_per_s else "none"
-        t.add_row(n.nf, n.library, n.catalog_digest[:8], str(n.states), limit, str(n.proxies_alive), health)
+        limits = [f"{n.ops_per_s:,} ops/s"] if n.ops_per_s else []
+        limits += [f"{n.max_keys:,} keys"] if n.max_keys else []
+        limits += [_mib(n.max_memory)] if n.max_memory else []
+        t.add_row(n.nf, n.library, n.catalog_digest[:8], str(n.states), ", ".join(limits) or "none", _usage(n),
+                  str(n.proxies_alive), health)  # fmt: skip
     return t
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
+
+
+def _usage(n: NfView) -> Text:
+    """The fullest primary against the usage limits, and how old the keeper's count is."""
+    if not n.usage:
+        return Text("-" if not (n.max_keys or n.max_memory) else "unreadable", style="dim")
+    keys, size = max(u.keys for u in n.usage), max(u.bytes for u in n.usage)
+    parts = [f"{keys:,}/{n.max_keys:,} keys"] if n.max_keys else [f"{keys:,} keys"]
+    parts += [f"{_mib(size)}/{_mib(n.max_memory)}"] if n.max_memory else []
+    ages = [u.age_s for u in n.usage]
+    if any(a is None for a in ages):
+        return Text(", ".join(parts) + ", never counted: no keeper?", style="red")
+    full = (n.max_keys and keys >= n.max_keys) or (n.max_memory and size >= n.max_memory)
+    oldest = max(a for a in ages if a is not None)
+    return Text(", ".join(parts) + f", counted {oldest:.0f} s ago", style="red" if full or oldest > 60 else "")
 
 
 def states_table(states: Sequence[StateView]) -> Table:

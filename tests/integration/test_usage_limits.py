@@ -211,3 +211,38 @@ def test_the_nfs_users_read_the_keepers_count_and_cannot_forge_it(cluster: Local
     assert _keys_per_primary(cluster, "cogs@guarded:cnt:*") == [10, 10, 10]
     assert len(errors) == 30
     assert all(isinstance(e, OverLimit) for e in errors)
+
+
+def test_the_monitor_and_the_exporter_show_usage_against_the_limits(cluster: LocalCluster, tmp_path: Path) -> None:
+    _load_nf(cluster, tmp_path, "shown", "max_keys = 25\nmax_memory = 1048576")
+    _update_all(cluster.url, "shown", "cnt", [f"s{i}" for i in range(30)])  # ~10 per primary
+    code, out = _cli("monitor", "--once", "--json", "--url", cluster.url, "--nf", "shown")
+    assert code == 0, out
+    nf = next(n for n in json.loads(out)["nfs"] if n["nf"] == "shown")
+    assert (nf["max_keys"], nf["max_memory"]) == (25, 1048576)
+    assert sum(u["keys"] for u in nf["usage"]) == 30  # what the library created: never counted yet
+    assert all(u["age_s"] is None for u in nf["usage"])
+    code, out = _cli("monitor", "--once", "--url", cluster.url, "--nf", "shown")
+    assert "never counted: no keeper?" in out
+    code, out = _cli("keeper", "--url", cluster.url, "--once")
+    assert code == 0, out
+
+    from prometheus_client import generate_latest
+
+    from cogs.metrics.exporter import CoordinatorView, registry
+    from cogs.monitor.collect import Collector, Tenant
+
+    async def snap() -> None:
+        async with Coordinator(url=cluster.url, nf="shown") as co:
+            stored, _ = await co.stored_catalog()
+            view.show(await Collector(co, [Tenant(co.ns, stored)], cluster.url).snapshot())
+
+    view = CoordinatorView()
+    anyio.run(snap)
+    text = generate_latest(registry(view)).decode()
+    assert 'cogs_nf_max_keys{nf="shown"} 25.0' in text
+    assert 'cogs_nf_max_memory_bytes{nf="shown"} 1.048576e+06' in text
+    counted = [line for line in text.splitlines() if line.startswith('cogs_nf_usage_keys{nf="shown"')]
+    assert len(counted) == 3
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 30
+    assert text.count('cogs_nf_usage_age_seconds{nf="shown"') == 3
