@@ -92,7 +92,7 @@ def monitor_rules(ns: Namespace = DEFAULT) -> list[str]:
     (the monitor's state counts need a user allowed to SCAN: see the README). The
     default NF's monitor reads every NF (``cogs@*``); another NF's, its own."""
     if ns.default:
-        keys, channels = ["%R~cogs:*", "%R~cogs@*", "%R~cogs!usage*"], ["&cogs:alerts", "&cogs@*:alerts"]
+        keys, channels = ["%R~cogs:*", "%R~cogs@*", "%R~cogs!*"], ["&cogs:alerts", "&cogs@*:alerts"]
     else:
         keys, channels = [f"%R~{ns.prefix}*", f"%R~{ns.usage_prefix}*"], [f"&{ns.alerts_channel}"]
     return ["resetkeys", *keys, "resetchannels", *channels, *_MONITOR_COMMANDS]

@@ -39,8 +39,10 @@ SLOTS = 16384
 DEFAULT_NF = "default"
 NF_RULE = "an NF name is 1-24 characters of a-z, 0-9 and _, starting with a letter"
 _NF_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
-#: The NFs loaded besides the default one (``cogs catalog load --nf``), for the monitor.
-NF_INDEX = "cogs:nfs"
+#: The NFs loaded besides the default one (``cogs catalog load --nf``, as the admin), for
+#: the monitor and the keeper: outside every NF's namespace, so no NF's proxy user can
+#: add names to it or empty it (the monitors may read it: cogs/acl.py).
+NF_INDEX = "cogs!nfs"
 
 
 def nf_problem(nf: object) -> str | None:

@@ -9,6 +9,7 @@ adding a type or a checker is adding one file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from cogs.errors import ConfigError
-from cogs.keys import DEFAULT, Namespace
+from cogs.keys import DEFAULT, SLOTS, Namespace, slot_tag
 from cogs.protocol import LIBRARY, lua_constants
 
 LIBRARY_NAME = LIBRARY  # the default NF's; another NF's is cogs_<nf> (cogs/keys.py)
@@ -250,6 +251,7 @@ def assemble(
         f"local LIMIT_MAX_KEYS = {max_keys or 0}",
         f"local LIMIT_MAX_BYTES = {max_memory or 0}",
         f"local LOAD_HINT = '{load} PATH'",
+        f"local SLOT_TAGS = '{_slot_tags_lua()}'",
         "-- the wire protocol (cogs/protocol.py)",
         lua_constants(ns.prefix, ns.library, ns.nf),
         f"-- {core.name}",
@@ -259,6 +261,21 @@ def assemble(
         parts += [f"-- {p.parent.name}/{p.name}", "do", p.read_text(), "end"]
     parts += [f"-- {api.name}", api.read_text()]
     return Library("\n".join(parts), spec.version, catalog_digest)
+
+
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+/"
+
+
+@functools.cache
+def _slot_tags_lua() -> str:
+    """Every slot's tag (cogs/keys.py slot_tag: decimals below 2^18) as 3 base-64 digits:
+    how the library names the records of its node's lowest slot (lua/api.lua, node_tag)."""
+    out = []
+    for s in range(SLOTS):
+        n = int(slot_tag(s))
+        assert n < 1 << 18
+        out.append(_DIGITS[n >> 12] + _DIGITS[(n >> 6) & 63] + _DIGITS[n & 63])
+    return "".join(out)
 
 
 def describe(spec: LibrarySpec) -> dict[str, object]:

@@ -336,9 +336,46 @@ do
         return i == total + 1 and count
     end
 
+    -- This node's own tag: the slot tag (cogs/keys.py slot_tag, SLOT_TAGS: 3 base-64
+    -- digits per slot) of its lowest slot, the one its proxies' streams name. The
+    -- limits' records live under it whatever stream a batch names, so a caller cannot
+    -- take a fresh bucket or count by naming another of the node's slots, and a batch
+    -- of a channel an older slot map made counts against the same records. The slot
+    -- map is read at most once a second (and again after a record was not local).
+    local DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+/'
+    local DIGIT, own = nil, { at = nil, tag = nil }
+
+    local function slot_tag(s)
+        if not DIGIT then
+            DIGIT = {}
+            for i = 1, 64 do DIGIT[byte(DIGITS, i)] = i - 1 end
+        end
+        local a, b, c = byte(SLOT_TAGS, 3 * s + 1, 3 * s + 3)
+        return '{' .. string.format('%d', DIGIT[a] * 4096 + DIGIT[b] * 64 + DIGIT[c]) .. '}'
+    end
+
+    local function node_tag(now)
+        if own.at and now - own.at < 1000 then return own.tag end
+        local first = 0 -- a Redis without cluster mode serves every slot
+        local ok, me = pcall_(R, 'CLUSTER', 'MYID')
+        if ok then
+            first = nil
+            for _, r in ipairs(R('CLUSTER', 'SLOTS')) do
+                if r[3][3] == me and (not first or r[1] < first) then first = r[1] end
+            end
+            if not first then error('this node serves no slot') end
+        end
+        own.at, own.tag = now, slot_tag(first)
+        return own.tag
+    end
+
+    local function forget_tag()
+        own.at = nil
+    end
+
     -- The NF's ops-rate limit on this node (LIMIT_OPS_PER_S; 0: none): a token bucket
-    -- refilled at that rate, holding at most one second of it, in the slot of the
-    -- caller's stream (this node's). Read before the channel record moves, so a node
+    -- refilled at that rate, holding at most one second of it, under this node's own
+    -- tag. Read before the channel record moves, so a node
     -- that cannot serve it now fails the call while nothing has changed; charged once
     -- the batch's size is known.
     -- The bucket is written by this function alone; one that is not a hash, or holds
@@ -348,8 +385,8 @@ do
         return x and x == x and x > -math.huge and x < math.huge and x
     end
 
-    local function bucket_read(stream)
-        local key = LIMIT_PREFIX .. sub(stream, #ALERTS_STREAM_PREFIX + 1)
+    local function bucket_read(tag)
+        local key = LIMIT_PREFIX .. tag
         local ok, got = pcall_(R, 'HMGET', key, 't', 'b')
         if not ok then
             if classify(got) ~= 'WRONGTYPE' then error(got) end
@@ -391,8 +428,7 @@ do
         return x and x >= 0 and x < 2 ^ 53 and x == math.floor(x) and x or nil
     end
 
-    local function usage_read(stream)
-        local tag = sub(stream, #ALERTS_STREAM_PREFIX + 1)
+    local function usage_read(tag)
         local m = R('HMGET', USAGE_PREFIX .. tag, 'k', 'b', 'ck', 'cb', 't')
         local ckey = CREATED_PREFIX .. tag
         local ok, c = pcall_(R, 'HMGET', ckey, 'k', 'b')
@@ -450,6 +486,9 @@ do
         end
     end
 
+    local USAGE_LIMITED = LIMIT_MAX_KEYS > 0 or LIMIT_MAX_BYTES > 0
+    local LIMITED = USAGE_LIMITED or LIMIT_OPS_PER_S > 0
+
     -- the modes whose ops may create or grow an entry (the usage limits)
     local WRITES = { [UPDATE] = true, [UPDATE_GET] = true, [MODE.CLAIM] = true, [MODE.OWNER] = true }
 
@@ -475,24 +514,23 @@ do
         if bad then
             return redis.error_reply(bad)
         end
-        local session, seq, rec, bk = args[5], args[6], nil, nil
-        if LIMIT_OPS_PER_S > 0 then
-            local ok, got = pcall_(bucket_read, args[2])
-            if not ok then
-                local _, msg = classify(got)
-                return redis.error_reply('UNAVAILABLE ' .. msg)
+        local session, seq, rec, bk, use = args[5], args[6], nil, nil, nil
+        if LIMITED then
+            local ok, tag = pcall_(node_tag, now_ms())
+            if ok and LIMIT_OPS_PER_S > 0 then
+                ok, bk = pcall_(bucket_read, tag)
+                tag = ok and tag or bk
             end
-            bk = got
-        end
-        local use
-        if LIMIT_MAX_KEYS > 0 or LIMIT_MAX_BYTES > 0 then
-            local ok, got = pcall_(usage_read, args[2])
+            if ok and USAGE_LIMITED then
+                ok, use = pcall_(usage_read, tag)
+                tag = ok and tag or use
+            end
             if not ok then
-                local code, msg = classify(got)
+                forget_tag() -- the slot map may have changed: read it again next time
+                local code, msg = classify(tag)
                 -- NOPERM: the NF's users predate usage limits (cogs acl apply gives them the read)
                 return redis.error_reply((code == 'NOPERM' and 'NOPERM ' or 'UNAVAILABLE ') .. msg)
             end
-            use = got
         end
         if session then
             local early
@@ -592,6 +630,17 @@ do
 
     local function info()
         bind()
+        -- names a key of this NF's namespace: Redis checks it against the caller before
+        -- anything else, so another NF's users get NOPERM instead of this NF's catalog
+        -- (its detectors' thresholds, its NAT's address pools); that the key is on
+        -- another node (the check that comes next) does not matter
+        local ok, e = pcall_(R, 'EXISTS', PREFIX .. 'info')
+        if not ok then
+            local msg = type(e) == 'table' and tostring(e.err) or tostring(e)
+            if not find(msg, 'non local key', 1, true) then
+                return redis.error_reply(msg)
+            end
+        end
         local types = {}
         for name, T in pairs(cogs.types) do
             local t = { update = {}, retrieve = {}, check = {}, whole = T.whole }

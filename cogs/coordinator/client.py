@@ -193,7 +193,7 @@ class Coordinator:
     async def load_library(self, catalog: Catalog) -> Library:
         """Assemble this NF's library for ``catalog`` (with its limits) and load it on
         every primary; other NFs' libraries are left alone. An NF other than the
-        default one is listed in ``cogs:nfs`` (what the monitor shows)."""
+        default one is listed in ``cogs!nfs`` (what the monitor shows)."""
         lim = catalog.limits
         lib = assemble(self.spec, catalog.json, catalog.digest, self.ns, lim.ops_per_s,
                        max_keys=lim.max_keys, max_memory=lim.max_memory)  # fmt: skip
@@ -220,8 +220,8 @@ class Coordinator:
 
     async def nfs(self) -> list[str]:
         """The NFs whose libraries were loaded on this cluster (the default one first, then
-        at most MAX_NFS others). The default NF's proxy user may write ``cogs:nfs`` too:
-        a member that is no NF name is left out."""
+        at most MAX_NFS others). Only the admin writes the index (``cogs!nfs``); a member
+        that is no NF name is left out all the same."""
         index = self.node_client(self._topo.node_of(slot(NF_INDEX)))
         try:
             listed = await index.smembers(NF_INDEX)

@@ -5,7 +5,7 @@ coordinator or a node that is down becomes part of the picture (and the loop kee
 retrying) rather than a traceback. Alerts arrive on their own task, live.
 
 Several NFs may share the cluster: by default every NF whose library was loaded
-(``cogs:nfs``, and the default NF) is shown, each apart; ``nfs`` names the ones to show.
+(``cogs!nfs``, and the default NF) is shown, each apart; ``nfs`` names the ones to show.
 """
 
 from __future__ import annotations
@@ -111,9 +111,9 @@ async def _catalog(coord: Coordinator, nf: str | None = None) -> Catalog:
 
 
 async def tenants(coord: Coordinator, nfs: Sequence[str] | None = None) -> tuple[list[Tenant], dict[str, str]]:
-    """The NFs to show with their catalogs (``nfs``, else every NF loaded: ``cogs:nfs``
+    """The NFs to show with their catalogs (``nfs``, else every NF loaded: ``cogs!nfs``
     and the default one), and those that cannot be shown with the reason. A user
-    that may not read ``cogs:nfs`` (an NF's own monitor user) sees its own NF."""
+    that may not read ``cogs!nfs`` (an NF's own monitor user) sees its own NF."""
     if nfs is None:
         try:
             nfs = await coord.nfs()

@@ -55,8 +55,8 @@ def test_a_holder_set_of_another_type_shows_no_node_down(cluster: LocalCluster, 
 
 
 def test_junk_in_the_nf_index_is_left_out(cluster: LocalCluster, r: redis.RedisCluster) -> None:
-    """``cogs:nfs`` (written by ``cogs catalog load --nf``, and writable by the default
-    NF's proxy user). Before: a member that is not UTF-8 ended the monitor with a
+    """``cogs!nfs`` (written by ``cogs catalog load --nf``; junk only an admin can write
+    now, but the monitor survives it all the same). Before: a member that is not UTF-8 ended the monitor with a
     traceback (exit 1); one that is no NF name ("Bad Name") blanked every panel with
     'bad NF name'."""
     r.sadd(NF_INDEX, b"\xff\xfe", "Bad Name", "x" * 5000)

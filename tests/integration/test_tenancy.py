@@ -22,7 +22,7 @@ from cogs.cli import main
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, OverLimit
-from cogs.keys import slot
+from cogs.keys import NF_INDEX, slot
 from cogs.monitor.collect import Snapshot
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
@@ -168,9 +168,13 @@ def test_an_ids_proxy_cannot_read_or_change_the_nats_states(acl: LocalCluster) -
             ("GET", "cogs@nat:cnt:{acl-key}"), ("SET", "cogs@nat:cnt:{acl-key}", "0"), ("DEL", "cogs@nat:cnt:{acl-key}"),
             ("INCRBY", "cogs@nat:cnt:{acl-key}", "1"), ("GET", "cogs:cnt:{acl-key}"),
             ("ZADD", "cogs@nat:proxies", "1", "intruder"), ("PUBLISH", "cogs@nat:discard:x", "[]"),
+            ("SADD", NF_INDEX, "intruder"), ("DEL", NF_INDEX), ("HSET", "cogs!usage@ids:{0}", "k", "0"),
         ):  # fmt: skip
             with pytest.raises(redis.exceptions.NoPermissionError):
                 r.execute_command(*cmd)
+        with pytest.raises(redis.exceptions.ResponseError, match="can't access"):
+            r.execute_command("FCALL_RO", "cogs_nat_info", "0")  # another NF's catalog
+        assert json.loads(r.execute_command("FCALL_RO", "cogs_ids_info", "0"))["nf"] == "ids"
     with (
         redis.Redis(port=lc.port, username="cogs-ids-proxy", password=PROXY_PW) as r,
         pytest.raises(redis.exceptions.NoPermissionError),
@@ -179,9 +183,16 @@ def test_an_ids_proxy_cannot_read_or_change_the_nats_states(acl: LocalCluster) -
     # the NAT's own functions run with the caller's rights: every NAT key is refused to it
     nat_settings = load_settings(url=lc.url, username="cogs-ids-proxy", password=PROXY_PW, nf="nat")
 
+    async def nat_token() -> str:
+        async with Coordinator(url=lc.url, nf="nat") as co:  # the admin
+            return (await co.stored_catalog())[1]
+
+    token = anyio.run(nat_token)
+
     async def intrude() -> None:
         async with Coordinator(nat_settings) as co:
-            _, token = await co.stored_catalog()  # its catalog is no secret (FCALL_RO, no key)
+            with pytest.raises(CogsError, match=r"can't access"):
+                await co.stored_catalog()  # its catalog (thresholds, address pools): not for another NF
             assert co.topology is not None
             i = co.topology.node_of(slot("acl-key"))
             frame = json.dumps([0, co.spec and 1, "add", 1, "acl-key", "1"])  # cnt is state 1

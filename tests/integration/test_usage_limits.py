@@ -246,3 +246,33 @@ def test_the_monitor_and_the_exporter_show_usage_against_the_limits(cluster: Loc
     assert len(counted) == 3
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 30
     assert text.count('cogs_nf_usage_age_seconds{nf="shown"') == 3
+
+
+def test_naming_other_slots_of_a_node_takes_no_fresh_bucket_or_count(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The attack: a caller names a different slot of the same node in each batch's alert
+    stream, hoping for a fresh rate bucket or key count under each. The limits' records
+    are the node's own (its lowest slot's), whatever the batch names."""
+    from cogs.catalog import Catalog
+    from cogs.coordinator.client import parse_reply
+    from cogs.coordinator.frames import runs
+    from cogs.keys import slot
+    from cogs.library import library_spec
+    from cogs.protocol import Mode
+
+    _load_nf(cluster, tmp_path, "rotor", "max_keys = 20\nops_per_s = 100")
+    ns = namespace("rotor")
+    cat = Catalog.from_toml(CATALOG)
+    token = f"{library_spec().version}:{cat.digest}"
+    with redis.Redis(port=cluster.port) as r:
+        mine = [(a, b) for a, b, *_ in r.execute_command("CLUSTER", "SLOTS")
+                if int(_[0][1]) == cluster.port]  # fmt: skip
+        slots = [s for a, b in mine for s in range(int(a), int(b) + 1)]
+        keys = [k for k in (f"r{i}" for i in range(20000)) if slot(k) in set(slots)][:100]
+        applied = 0
+        for i in range(10):  # 10 batches of 10 new keys, each naming another slot of this node
+            ops = [(Mode.UPDATE, cat.index("cnt"), "add", k, 1) for k in keys[10 * i : 10 * i + 10]]
+            reply = parse_reply(r.fcall(ns.fn_batch, 0, token, ns.alert_stream(slots[100 * i + 7]),
+                                        json.dumps(runs(ops)), "rotor-attacker"))  # fmt: skip
+            applied += reply.applied
+    assert applied == 20  # one count for the node: not 10 x 20
+    assert _keys_per_primary(cluster, "cogs@rotor:cnt:*").count(20) == 1

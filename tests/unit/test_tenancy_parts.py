@@ -52,7 +52,9 @@ def test_another_nf_has_a_namespace_of_its_own() -> None:
     assert n.acl_user("monitor") == "cogs-ids-monitor"
     # no name of one NF is a prefix-match of another's: cogs:* and cogs@ids:* never overlap
     assert not n.prefix.startswith(DEFAULT.prefix)
-    assert NF_INDEX.startswith(DEFAULT.prefix)
+    # the NF index and the keeper's counts: in no NF's namespace (no proxy user may write them)
+    assert not NF_INDEX.startswith((DEFAULT.prefix, "cogs@"))
+    assert not n.usage_prefix.startswith((DEFAULT.prefix, "cogs@"))
 
 
 @pytest.mark.parametrize("bad", ["", "IDS", "1ids", "ids-x", "a" * 25, "ids:x", "ids x", 7])
@@ -168,7 +170,7 @@ def test_acl_rules_confine_each_nf_to_its_namespace() -> None:
     assert proxy_rules(ids)[:5] == ["resetkeys", "~cogs@ids:*", "%R~cogs!usage@ids:*", "resetchannels", "&cogs@ids:*"]
     assert proxy_rules()[:5] == ["resetkeys", "~cogs:*", "%R~cogs!usage:*", "resetchannels", "&cogs:*"]
     assert "%R~cogs!usage@ids:*" in monitor_rules(ids)
-    assert "%R~cogs!usage*" in monitor_rules()
+    assert "%R~cogs!*" in monitor_rules()
     assert "%R~cogs@ids:*" in monitor_rules(ids)
     assert "%R~cogs:*" not in monitor_rules(ids)
     assert "&cogs@ids:alerts" in monitor_rules(ids)
