@@ -174,8 +174,10 @@ class Keeper:
             })  # fmt: skip
         return list(usage.values())
 
-    def run(self, stop: threading.Event, interval: float = DEFAULT_INTERVAL_S,
-            report: Callable[[Pass], None] | None = None) -> None:  # fmt: skip
+    def run(
+        self, stop: threading.Event, interval: float = DEFAULT_INTERVAL_S,
+        report: Callable[[Pass], None] | None = None, on_fail: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         """Count until ``stop`` is set: every ``interval`` seconds, or SPACING times a
         pass's length if that is longer (so the walk takes a bounded share of the nodes)."""
         while not stop.is_set():
@@ -183,6 +185,8 @@ class Keeper:
                 p = self.count()
             except (CogsError, redis.RedisError, OSError) as e:
                 log.warning("keeper: pass failed: %s", e)
+                if on_fail:
+                    on_fail()  # e.g. connect again with credentials read again
                 stop.wait(interval)
                 continue
             if report:

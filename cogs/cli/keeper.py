@@ -45,29 +45,38 @@ def keeper_cmd(url: str | None, cluster_dir: Path | None, interval: float, once:
 
     tls: dict[str, Any] = {}
     if cluster_dir is not None:
-        from cogs import adminauth
         from cogs.cli.acl import _cluster_dir
 
         url, tls = _cluster_dir(cluster_dir, url)
-        admin = adminauth.read_dir(cluster_dir)
-    else:
-        admin = None
     settings = load_settings(url=url)
-    kw = {k: v for k, v in settings.connection_kwargs().items() if not k.startswith("socket")}
-    kw = {**tls, **(admin.client_kw() if admin else {}), **kw}
-    if settings.url.startswith("rediss://"):
-        kw["ssl"] = True
     seed = parse_url(settings.url)
     if "path" in seed:
         raise ConfigError(f"{settings.url}: give a node's host and port (redis://host:port), not a socket path")
     clients: dict[tuple[str, int], redis.Redis] = {}
 
+    def creds() -> dict[str, Any]:
+        """Read again for every new connection: a cluster locked after the keeper started
+        (``cogs acl apply --admin-password``) is counted again once its auth.conf is there."""
+        from cogs import adminauth
+
+        admin = adminauth.read_dir(cluster_dir)
+        kw = {k: v for k, v in load_settings(url=url).connection_kwargs().items() if not k.startswith("socket")}
+        kw = {**tls, **(admin.client_kw() if admin else {}), **kw}
+        if settings.url.startswith("rediss://"):
+            kw["ssl"] = True
+        return kw
+
     def client(host: str, port: int) -> redis.Redis:
         c = clients.get((host, port))
         if c is None:
             c = clients[(host, port)] = redis.Redis(host=host, port=port, socket_timeout=30, socket_connect_timeout=5,
-                                                    **kw)  # fmt: skip
+                                                    **creds())  # fmt: skip
         return c
+
+    def reconnect() -> None:
+        for c in clients.values():
+            c.close()
+        clients.clear()
 
     keeper = Keeper(client, (str(seed.get("host", "127.0.0.1")), int(seed.get("port", 6379))))
     if once:
@@ -94,11 +103,13 @@ def keeper_cmd(url: str | None, cluster_dir: Path | None, interval: float, once:
     last = [0.0]
 
     def report(p: Any) -> None:
+        if p.failed:
+            reconnect()
         if time.monotonic() - last[0] >= 60 or keeper.passes == 1:  # a line a minute, not one per pass
             last[0] = time.monotonic()
             shown = "; ".join(f"{nf} {s['keys']:,} keys {_mib(s['bytes'])}" for nf, s in summary(p.usages).items())
             _progress(f"pass {keeper.passes} in {p.seconds:.2f} s: {shown or 'no NF with usage limits'}")
 
     _progress(f"counting usage on {settings.url} every {interval:g} s (Ctrl-C stops)")
-    keeper.run(stop, interval, report)
+    keeper.run(stop, interval, report, on_fail=reconnect)
     _progress("stopped")

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -426,13 +427,23 @@ class Lab:
     def _form(self, catalog: str | Path | None, progress: Progress) -> None:
         argv = self.deployment.init_argv(str(Path(catalog).resolve()) if catalog else None)
         cogs = Path(sys.executable).parent / "cogs"
-        argv = [str(cogs), *argv[1:]] if cogs.exists() else [sys.executable, "-m", "cogs.cli", *argv[1:]]
+        launcher = [str(cogs)] if cogs.exists() else [sys.executable, "-m", "cogs.cli"]
+        argv = [*launcher, *argv[1:]]
         first = self.deployment.nodes[0].name
         progress(f"forming the cluster on {first}: {' '.join(self.deployment.init_argv())}")
         r = self.exec(first, argv, timeout=180)
         if r.returncode != 0:
             raise LabError(f"forming the cluster failed (exit {r.returncode}): {r.stderr.strip()[-1500:]}")
         progress(f"cluster ok, library loaded: {self.url}")
+        # the keeper (usage limits) on the first node's host, as compose runs it; teardown
+        # ends it with every process of the lab's namespaces
+        keeper = [*launcher, *self.deployment.keeper_argv()[1:]]
+        log_file = shlex.quote(str(self.dir / "keeper.log"))
+        argv = [*keeper, "--cluster-dir", str(self.dir)]
+        r = self.exec(first, ["sh", "-c", f"setsid {shlex.join(argv)} </dev/null >>{log_file} 2>&1 &"], timeout=30)
+        if r.returncode != 0:
+            raise LabError(f"starting the keeper failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
+        progress(f"keeper counting the NFs' usage for their limits (log: {self.dir / 'keeper.log'})")
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

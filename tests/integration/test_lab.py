@@ -155,6 +155,17 @@ def test_a_proxy_on_a_middlebox_uses_the_lab_cluster(lab: Lab) -> None:
     assert out["ports"] == ["22", "443", "80"]  # written and read over the lab links
 
 
+def test_the_keeper_counts_from_the_first_nodes_host_as_compose_runs_it(lab: Lab) -> None:
+    """compose's keeper command line (cogs/deployment.py), started by `lab up` in node1's host."""
+    log = lab.dir / "keeper.log"
+    deadline = time.monotonic() + 30
+    while "counting usage on redis://node1:" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no keeper.log"
+        time.sleep(0.2)
+    r = lab.exec("node1", ["pgrep", "-f", "keeper --url redis://node1:"])
+    assert r.returncode == 0, "the keeper is not running in node1's host"
+
+
 def _alerts(stdout: str) -> set[tuple[str, str, str]]:
     return {(a["state"], a["key"], a["state_key"]) for a in map(json.loads, stdout.splitlines())}
 

@@ -276,3 +276,44 @@ def test_naming_other_slots_of_a_node_takes_no_fresh_bucket_or_count(cluster: Lo
             applied += reply.applied
     assert applied == 20  # one count for the node: not 10 x 20
     assert _keys_per_primary(cluster, "cogs@rotor:cnt:*").count(20) == 1
+
+
+def test_the_keeper_of_cluster_up_counts_on_after_the_cluster_is_locked(tmp_path: Path) -> None:
+    """`cogs cluster up` starts the keeper on an open cluster; `cogs acl apply
+    --admin-password` then locks it: the keeper reads the dir's auth.conf again and counts on."""
+    port = free_port_base(1)
+    opts = ["--port", str(port), "--dir", str(tmp_path / "c")]
+    code, out = _cli("cluster", "up", *opts, "--masters", "1")
+    assert code == 0, out
+    lc = LocalCluster.from_dir(port, tmp_path / "c")
+    try:
+        assert lc.keeper_pid() is not None
+        _load_nf(lc, tmp_path, "kept", "max_keys = 5")
+        ns = namespace("kept")
+        usage = ns.usage_key(ns.alert_stream(0))
+
+        def counted(**kw: str) -> int:
+            deadline = time.monotonic() + 30
+            while True:
+                with redis.Redis(port=port, **kw) as r:
+                    got = r.hget(usage, "pass")
+                if got is not None or time.monotonic() > deadline:
+                    return int(got or -1)
+                time.sleep(0.2)
+
+        before = counted()
+        assert before >= 0
+        code, out = _cli("acl", "apply", "--proxy-password", PROXY_PW, "--monitor-password", MONITOR_PW,
+                         "--admin-password", "kept-admin-secret-9", "--cluster-dir", str(tmp_path / "c"))  # fmt: skip
+        assert code == 0, out
+        with redis.Redis(port=port) as r, pytest.raises(redis.exceptions.AuthenticationError):
+            r.ping()
+        with redis.Redis(port=port, password="kept-admin-secret-9") as r:  # its connections: new ones need auth
+            r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        deadline = time.monotonic() + 30
+        while counted(password="kept-admin-secret-9") <= before + 2:  # passes go on, as the admin
+            assert time.monotonic() < deadline, (tmp_path / "c" / "keeper.log").read_text()
+            time.sleep(0.2)
+    finally:
+        lc.down()
+    assert lc.keeper_pid() is None
