@@ -292,10 +292,10 @@ def test_the_keeper_of_cluster_up_counts_on_after_the_cluster_is_locked(tmp_path
         ns = namespace("kept")
         usage = ns.usage_key(ns.alert_stream(0))
 
-        def counted(**kw: str) -> int:
+        def counted(password: str | None = None) -> int:
             deadline = time.monotonic() + 30
             while True:
-                with redis.Redis(port=port, **kw) as r:
+                with redis.Redis(port=port, password=password) as r:
                     got = r.hget(usage, "pass")
                 if got is not None or time.monotonic() > deadline:
                     return int(got or -1)
