@@ -107,6 +107,8 @@ def parse_size(v: object) -> int | None:
     """Bytes (integer) or a string with a unit (``64MiB``, ``1.5GB``, ``500kb``) -> bytes."""
     if v is None:
         return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise ValueError(f"{v!r} is not a size (use bytes or e.g. '64MiB', '2GB')")
     if isinstance(v, int):

@@ -662,7 +662,8 @@ do
             limits = (LIMIT_OPS_PER_S > 0 or LIMIT_MAX_KEYS > 0 or LIMIT_MAX_BYTES > 0) and {
                 ops_per_s = LIMIT_OPS_PER_S > 0 and LIMIT_OPS_PER_S or nil,
                 max_keys = LIMIT_MAX_KEYS > 0 and LIMIT_MAX_KEYS or nil,
-                max_memory = LIMIT_MAX_BYTES > 0 and LIMIT_MAX_BYTES or nil,
+                -- as a string: cjson writes numbers with 14 digits (2^49 bytes would come back rounded)
+                max_memory = LIMIT_MAX_BYTES > 0 and string.format('%d', LIMIT_MAX_BYTES) or nil,
             } or nil,
             types = types,
             checkers = checkers,

@@ -125,7 +125,9 @@ def main() -> None:
             for r in range(a.repeats):
                 for nf in LIMITS:
                     argv = [sys.executable, "-c", WORKER, lc.url, nf, str(a.updates), str(r), ",".join(map(str, pids))]
-                    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+                    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+                    if out.returncode != 0:
+                        raise SystemExit(f"{nf} run {r + 1} failed: {out.stderr.strip()[-2000:]}")
                     got = json.loads(out.stdout.strip().splitlines()[-1])
                     assert got["errors"] == 0, got
                     runs[nf].append(got)

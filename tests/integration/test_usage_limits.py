@@ -135,6 +135,16 @@ def test_the_keeper_credits_what_expired_and_counts_what_exists(cluster: LocalCl
     assert [u["keys"] for u in json.loads(out)["usage"] if u["nf"] == "blinky"] == [20, 20, 20]
 
 
+def test_limits_come_back_exactly_from_the_stored_library(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The largest limits survive the library's JSON (cjson writes 14 digits: 2^49 bytes
+    came back as 562949953421310.0 and every proxy of the NF failed to start)."""
+    _load_nf(cluster, tmp_path, "huge", "max_keys = 1099511627776\nmax_memory = 562949953421312")
+    code, out = _cli("catalog", "show", "--url", cluster.url, "--nf", "huge", "--json")
+    assert code == 0, out
+    assert json.loads(out)["limits"] == {"max_keys": 1 << 40, "max_memory": 1 << 49}
+    assert _update_all(cluster.url, "huge", "cnt", ["h1", "h2"]) == []
+
+
 def test_max_memory_refuses_updates_once_over_and_deleting_still_works(cluster: LocalCluster, tmp_path: Path) -> None:
     _load_nf(cluster, tmp_path, "fat", 'max_memory = "64KiB"')
     member = "m" * 2000
