@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,7 @@ from typing import Any
 import anyio
 import redis
 
+from cogs.benchmarks.harness import Calibration, environment, stat
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
@@ -95,18 +93,12 @@ def _cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _stat(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--updates", type=int, default=200_000)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=False)
     with tempfile.TemporaryDirectory(prefix="cogs-limits-") as tmp:
         lc = LocalCluster(port=free_port_base(3), masters=3, dir=Path(tmp) / "c", persistence="none")
         lc.up()
@@ -122,7 +114,10 @@ def main() -> None:
             anyio.run(load)
             pids = [int((lc.node_dir(p) / "redis.pid").read_text()) for p in lc.ports]
             runs: dict[str, list[dict[str, float]]] = {nf: [] for nf in LIMITS}
+            cal = Calibration(lc.url, quick=False, progress=print)
+            env = environment(lc.url)
             for r in range(a.repeats):
+                cal.sample()
                 for nf in LIMITS:
                     argv = [sys.executable, "-c", WORKER, lc.url, nf, str(a.updates), str(r), ",".join(map(str, pids))]
                     out = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -140,22 +135,15 @@ def main() -> None:
             p = keeper.count()
             wall, node_cpu = time.perf_counter() - t0, _cpu(pids) - c0
             dbsize = sum(int(redis.Redis(port=port).dbsize()) for port in lc.ports)
-            bench = shutil.which("redis-benchmark")
-            calib = None
-            if bench:
-                argv = [bench, "-p", str(lc.port), "-t", "incr", "-P", "64", "-n", "1000000", "-q"]
-                o = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-                calib = float(o.split("INCR:")[1].split("requests")[0].strip().replace(",", ""))
         finally:
             lc.down(purge=True)
     res: dict[str, Any] = {
-        "env": {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()),
-                "python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
-        "updates_per_s": {nf: _stat([x["updates_per_s"] for x in rs]) for nf, rs in runs.items()},
-        "coordinator_us_per_update": {nf: _stat([x["coord_us"] for x in rs]) for nf, rs in runs.items()},
+        "environment": {**env, "load_after": os.getloadavg()},
+        "calibration": cal.result(),
+        "updates_per_s": {nf: stat([x["updates_per_s"] for x in rs]) for nf, rs in runs.items()},
+        "coordinator_us_per_update": {nf: stat([x["coord_us"] for x in rs], 2) for nf, rs in runs.items()},
         "keeper_pass": {"seconds": wall, "node_cpu_s": node_cpu, "keys_in_cluster": dbsize,
                         "counted": summary(p.usages)},
-        "redis_benchmark_incr_p64": calib,
     }
     free = res["updates_per_s"]["free"]["median"]
     for nf in LIMITS:
@@ -163,7 +151,7 @@ def main() -> None:
         print(f"{nf}: median {s['median']:,.0f} updates/s (min {s['min']:,.0f}, max {s['max']:,.0f}, n {s['n']}) "
               f"= {s['median'] / free:.3f}x free; coordinator {c['median']:.2f} us per update")  # fmt: skip
     print(f"keeper pass over {dbsize:,} keys: {wall:.2f} s wall, {node_cpu:.2f} s of the nodes' CPU")
-    print(f"redis-benchmark INCR -P 64 on one node: {calib:,.0f} requests/s" if calib else "no redis-benchmark")
+    print(f"redis-benchmark INCR -P 64 on one node: {cal.incr_per_s:,.0f} requests/s (median of {len(cal.rates)})")
     if a.out:
         a.out.write_text(json.dumps(res, indent=2))
 

@@ -55,6 +55,26 @@ def catalog_load(path: Path, url: str | None, nf: str | None) -> None:
                   "keeper service); without one, the NF is refused once it has created the limit's worth")  # fmt: skip
 
 
+@catalog.command("unload")
+@url_option
+@click.option("--nf", required=True, envvar="COGS_NF", help="The NF to take off the cluster (not the default one).")
+@click.option("--delete-keys", is_flag=True, help="Also delete every key of the NF (its states, alerts, records).")
+@click.option("--force", is_flag=True, help="Even while proxies of the NF beat (they get 'library not loaded').")
+def catalog_unload(url: str | None, nf: str, delete_keys: bool, force: bool) -> None:
+    """Take an NF off the cluster (as the admin): its library from every primary, its
+    name from the NF index and, with --delete-keys, its keys. Other NFs are left alone;
+    its ACL users stay (`ACL DELUSER cogs-NF-proxy cogs-NF-monitor` on every node removes them)."""
+    from cogs.coordinator.client import Coordinator
+
+    async def go() -> int:
+        async with Coordinator(load_settings(url=url, nf=nf)) as co:
+            return await co.unload_library(delete_keys=delete_keys, force=force, progress=_progress)
+
+    deleted = run(go)
+    keys = f", {deleted:,} key(s) deleted" if delete_keys else " (its keys kept: --delete-keys deletes them)"
+    click.echo(f"NF {nf} unloaded{keys}")
+
+
 @catalog.command("show")
 @url_option
 @nf_option

@@ -7,7 +7,8 @@ become cogs errors here, once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from cogs.errors import (
     NETWORK_ERRORS,
     CatalogMismatch,
     CogsError,
+    ConfigError,
     CoordinatorUnavailable,
     LibraryOutdated,
     from_redis,
@@ -229,6 +231,56 @@ class Coordinator:
             raise self._error(e, NF_INDEX) from e
         names = (m.decode("latin-1") if isinstance(m, bytes) else str(m) for m in listed)  # non-ASCII: no NF
         return ["default", *sorted(nf for nf in names if nf != "default" and nf_problem(nf) is None)[:MAX_NFS]]
+
+    async def unload_library(self, *, delete_keys: bool = False, force: bool = False,
+                             progress: Callable[[str], None] = lambda _: None) -> int:  # fmt: skip
+        """Take this NF off the cluster (the admin): its library from every primary, its
+        name from the NF index and, with ``delete_keys``, every key of its namespace and
+        its usage counts (returns how many were deleted). Refused for the default NF, and
+        while proxies of the NF beat (in the last minute) unless ``force``."""
+        if self.ns.default:
+            raise ConfigError("the default NF cannot be unloaded: load another catalog for it instead")
+        index = self.node_client(self._topo.node_of(slot(self.ns.proxy_index)))
+        try:
+            alive = await index.zcount(self.ns.proxy_index, int((time.time() - 60) * 1000), "+inf")
+        except CALL_ERRORS as e:
+            raise self._error(e, self.ns.proxy_index) from e
+        if alive and not force:
+            raise CogsError(f"NF {self.ns.nf} has {alive} prox{'y' if alive == 1 else 'ies'} that beat in the last "
+                            "minute: stop them first (or --force: they get 'library not loaded' errors)")  # fmt: skip
+        deleted = 0
+        for i, n in enumerate(self._topo.nodes):
+            c = self.node_client(i)
+            try:
+                await c.execute_command("FUNCTION", "DELETE", self.ns.library)
+            except rexc.ResponseError as e:
+                if "not found" not in str(e).lower():
+                    raise self._error(e, n.addr) from e
+            except CALL_ERRORS as e:
+                raise self._error(e, n.addr) from e
+            if delete_keys:
+                for pattern in (f"{self.ns.prefix}*", f"{self.ns.usage_prefix}*"):
+                    cursor: Any = 0
+                    while True:
+                        try:
+                            cursor, keys = await c.scan(cursor, match=pattern, count=1000)
+                            if keys:  # one UNLINK each: the keys of a page are of many slots
+                                async with c.pipeline(transaction=False) as pipe:
+                                    for k in keys:
+                                        pipe.unlink(k)
+                                    deleted += sum(int(x) for x in await pipe.execute())
+                        except CALL_ERRORS as e:
+                            raise self._error(e, n.addr) from e
+                        if int(cursor) == 0:
+                            break
+                progress(f"{n.addr}: library {self.ns.library} deleted, {deleted:,} key(s) deleted so far")
+            else:
+                progress(f"{n.addr}: library {self.ns.library} deleted")
+        try:
+            await self.node_client(self._topo.node_of(slot(NF_INDEX))).srem(NF_INDEX, self.ns.nf)
+        except CALL_ERRORS as e:
+            raise self._error(e, NF_INDEX) from e
+        return deleted
 
     async def node_info(self, i: int, ns: Namespace | None = None) -> dict[str, Any]:
         """The ``cogs_info`` of primary ``i`` (library version, catalog, types, limits)

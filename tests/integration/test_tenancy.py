@@ -333,3 +333,48 @@ def test_scaling_carries_every_nfs_library(shared: LocalCluster) -> None:
         anyio.run(go)
     finally:
         shared.scale(3)
+
+
+def test_unloading_an_nf_takes_it_off_and_leaves_the_others(shared: LocalCluster, tmp_path: Path) -> None:
+    cat = tmp_path / "gone.toml"
+    cat.write_text(TEST_CATALOG)
+    code, out = _cli("catalog", "load", "--url", shared.url, "--nf", "gone", str(cat))
+    assert code == 0, out
+
+    async def use(nf: str) -> None:
+        async with StateProxy(shared.url, nf=nf) as p:
+            for i in range(100):
+                p.update("cnt", f"u{i}", "add", 1)
+            await p.flush()
+
+    anyio.run(use, "ids")
+
+    async def while_a_proxy_runs() -> tuple[int, str]:
+        async with StateProxy(shared.url, nf="gone") as p:
+            for i in range(100):
+                p.update("cnt", f"u{i}", "add", 1)
+            await p.flush()
+            return await anyio.to_thread.run_sync(_cli, "catalog", "unload", "--url", shared.url, "--nf", "gone")
+
+    code, out = anyio.run(while_a_proxy_runs)
+    assert code != 0
+    assert "has 1 proxy that beat in the last minute: stop them first" in out
+    code, out = _cli("catalog", "unload", "--url", shared.url, "--nf", "default", "--force")
+    assert code != 0
+    assert "the default NF cannot be unloaded" in out
+    code, out = _cli("catalog", "unload", "--url", shared.url, "--nf", "gone", "--delete-keys")
+    assert code == 0, out
+    assert "NF gone unloaded" in out
+    deleted = int(out.split("unloaded, ")[1].split(" key")[0].replace(",", ""))
+    assert deleted >= 100  # its 100 states and its bookkeeping
+    for port in shared.ports[:3]:
+        libs = _libraries(port)
+        assert "cogs_gone" not in libs
+        assert {"cogs", "cogs_ids", "cogs_nat"} <= set(libs)
+        with redis.Redis(port=port) as r:
+            assert not list(r.scan_iter(match="cogs@gone:*"))
+            assert list(r.scan_iter(match="cogs@ids:cnt:*"))  # the others' keys stay
+    code, out = _cli("monitor", "--once", "--json", "--url", shared.url)
+    assert "gone" not in [n["nf"] for n in json.loads(out)["nfs"]]
+    with pytest.raises(CogsError, match="not loaded"):
+        anyio.run(use, "gone")
