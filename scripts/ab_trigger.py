@@ -29,6 +29,7 @@ import anyio
 from cogs.proxy import StateProxy
 
 url, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+nf_name = sys.argv[5] if len(sys.argv) > 5 else None  # the NF (scripts/limits_cost.py); default: the default one
 rng = random.Random(seed)
 keys = 100_000
 weights = [1 / (i + 1) ** 0.99 for i in range(keys)]
@@ -45,7 +46,7 @@ def cpu(pids):
 
 async def go():
     pids = [int(p) for p in sys.argv[4].split(",")]
-    async with StateProxy(url, max_pending=400_000) as p:
+    async with StateProxy(url, nf=nf_name, max_pending=400_000) as p:
         tag = f"ab{seed}:"
         c0, r0, t0 = cpu(pids), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for i, k in enumerate(picks):

@@ -5,9 +5,9 @@
 One 3-primary cluster; the bundled catalog loaded as three NFs: ``free`` (no limits),
 ``rated`` (``ops_per_s`` far above the load) and ``capped`` (``max_keys`` and
 ``max_memory`` far above it), so every op is admitted and only the checks differ.
-Runs rotate free, rated, capped, ... each a fresh process: one StateProxy issuing the
-same Zipf(0.99) mix of counter adds and set adds over 100k keys as
-scripts/ab_trigger.py, timed from the first update to flush() returning. Reports per
+Runs rotate free, rated, capped, ... each a fresh process running scripts/ab_trigger.py's
+worker: one StateProxy issuing a Zipf(0.99) mix of counter adds and set adds over 100k
+keys (new ones each round: the creation checks run), timed from the first update to flush() returning. Reports per
 NF the median (min, max, n) of updates/s and the coordinator's CPU per update
 (redis-server processes' CPU from /proc), then one keeper pass over what the runs
 stored (its wall time and the nodes' CPU during it), with the same run's
@@ -28,54 +28,15 @@ from typing import Any
 
 import anyio
 import redis
+from ab_trigger import WORKER  # the same worker as the A/B of the hot path (scripts/ on sys.path)
 
+from cogs.benchmarks.cpu import proc_cpu
 from cogs.benchmarks.harness import Calibration, environment, stat
 from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster, free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.keeper import Keeper, summary
 from cogs.paths import DEFAULT_CATALOG
-
-WORKER = r"""
-import json, os, random, resource, sys, time
-import anyio
-from cogs.proxy import StateProxy
-
-url, nf, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rng = random.Random(seed)
-keys = 100_000
-weights = [1 / (i + 1) ** 0.99 for i in range(keys)]
-picks = rng.choices(range(keys), weights=weights, k=n)
-ports = [str(rng.randrange(1, 65536)) for _ in range(4096)]
-
-def cpu(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        total += int(parts[11]) + int(parts[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-async def go():
-    pids = [int(p) for p in sys.argv[5].split(",")]
-    async with StateProxy(url, nf=nf, max_pending=400_000) as p:
-        c0, r0, t0 = cpu(pids), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for i, k in enumerate(picks):
-            if i & 1:
-                p.update("dns_longnames", f"c{k}", "add", 1)
-            else:
-                p.update("scan_ports", f"c{k}", "add", ports[i & 4095])
-            if i % 2000 == 1999:
-                await p.wait_room(4000)
-        await p.flush()
-        t1, r1, c1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), cpu(pids)
-        s = p.statistics()
-    nf_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-    print(json.dumps({"updates_per_s": n / (t1 - t0), "nf_us": nf_cpu / n * 1e6, "coord_us": (c1 - c0) / n * 1e6,
-                      "errors": s.errors}))
-
-anyio.run(go)
-"""
 
 LIMITS = {
     "free": "",
@@ -85,12 +46,7 @@ LIMITS = {
 
 
 def _cpu(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        total += int(parts[11]) + int(parts[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(proc_cpu(p) or 0.0 for p in pids)
 
 
 def main() -> None:
@@ -119,7 +75,7 @@ def main() -> None:
             for r in range(a.repeats):
                 cal.sample()
                 for nf in LIMITS:
-                    argv = [sys.executable, "-c", WORKER, lc.url, nf, str(a.updates), str(r), ",".join(map(str, pids))]
+                    argv = [sys.executable, "-c", WORKER, lc.url, str(a.updates), str(r), ",".join(map(str, pids)), nf]
                     out = subprocess.run(argv, capture_output=True, text=True, check=False)
                     if out.returncode != 0:
                         raise SystemExit(f"{nf} run {r + 1} failed: {out.stderr.strip()[-2000:]}")
