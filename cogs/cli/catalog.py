@@ -24,7 +24,8 @@ def catalog() -> None:
 def catalog_check(path: Path) -> None:
     """Validate a catalog file offline."""
     cat = Catalog.from_file(path)
-    click.echo(f"{path}: {len(cat)} states, digest {cat.digest}")
+    limits = f", limits {cat.limits.shown()}" if cat.limits.shown() != "none" else ""
+    click.echo(f"{path}: {len(cat)} states, digest {cat.digest}{limits}")
 
 
 @catalog.command("load")
