@@ -54,6 +54,9 @@ MAX_PROXY_ID = 64
 ALERTS_MAXLEN = 100_000
 #: How long a channel record outlives its last batch; live proxies keep theirs fresh.
 ONCE_TTL_MS = 86_400_000
+#: A set or map state that declares no max_items holds at most this many (enforced on
+#: write and on read): what one whole read (members, all) hands a proxy stays bounded.
+DEFAULT_MAX_ITEMS = 65_536
 #: The library's functions are ``<library>_<name>`` (Redis function names are global).
 FUNCTIONS = ("batch", "info", "release", "beat")
 
@@ -121,6 +124,7 @@ def lua_constants(prefix: str = PREFIX, library: str = LIBRARY, nf: str = "defau
         "MAX_PROXY_ID": MAX_PROXY_ID,
         "ALERTS_MAXLEN": ALERTS_MAXLEN,
         "ONCE_TTL_MS": ONCE_TTL_MS,
+        "DEFAULT_MAX_ITEMS": DEFAULT_MAX_ITEMS,
         **names(prefix),
         **{f"FN_{f.upper()}": f"{library}_{f}" for f in FUNCTIONS},
     }

@@ -65,7 +65,8 @@ do
                 ttl = s.ttl_ms ~= null and s.ttl_ms or nil,
                 max_bytes = s.max_bytes,
                 max_member = s.max_member_bytes,
-                max_items = s.max_items ~= null and s.max_items or nil,
+                -- a set or map without its own bound has DEFAULT_MAX_ITEMS (reads are bounded too)
+                max_items = s.max_items ~= null and s.max_items or DEFAULT_MAX_ITEMS,
                 replica = s.class == 'direct' and s.mode == 'replica',
                 -- a type with its own apply (multi-key ops) takes no fast path
                 update = T and not T.apply and T.update,

@@ -92,6 +92,28 @@ function cogs.str(v, st, what)
     return v
 end
 
+-- Reads are bounded like writes: before a value is read for a caller, its size is
+-- checked (O(1): STRLEN, SCARD, HLEN, HSTRLEN) against the bounds cogs' own writes
+-- respect. A key over them was written outside cogs (anyone with the NF's proxy
+-- credentials can SET any of its keys): the op fails alone and nothing of the value
+-- reaches a proxy (nor its replica cache).
+function cogs.stored_over(what, n, limit)
+    cogs.fail('OVERSIZE', 'the stored value ' .. what .. ' ' .. n .. ', over its ' .. limit
+        .. ': written outside cogs, refused unread')
+end
+
+-- A string of a stored collection (a member, a field, a value) read along with the
+-- rest: its count was checked before the read, each size is checked before it leaves.
+function cogs.check_sizes(list, first, step, limit, name, what)
+    for i = first, #list, step do
+        local n = #list[i]
+        if n > limit then
+            cogs.fail('OVERSIZE', 'the stored value has a ' .. what .. ' of ' .. n .. ' bytes, over its '
+                .. name .. ' ' .. limit .. ': written outside cogs, refused')
+        end
+    end
+end
+
 -- A list of strings: one string, or a JSON array of strings (coalesced inserts).
 function cogs.strlist(v, st, what)
     if typ(v) ~= 'table' then

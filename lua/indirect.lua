@@ -24,7 +24,16 @@ do
     local I = {}
     cogs.indirect = I
 
+    -- what a locator's fields may hold (claim writes a proxy id and an incarnation of
+    -- at most 64 bytes); longer ones were written outside cogs and are not read
+    local MAX_INC = 64
+
     local function locator(rk)
+        local no, ni = R('HSTRLEN', rk, 'owner'), R('HSTRLEN', rk, 'inc')
+        if no > MAX_PROXY_ID or ni > MAX_INC then
+            cogs.stored_over('(a locator) has an owner of', no .. ' bytes and an incarnation of ' .. ni,
+                'bounds ' .. MAX_PROXY_ID .. ' and ' .. MAX_INC)
+        end
         local v = R('HMGET', rk, 'owner', 'inc')
         if v[1] then
             return v[1], v[2]
@@ -34,7 +43,7 @@ do
 
     local function inc_of(arg)
         local inc = typ(arg) == 'table' and arg.inc
-        if typ(inc) ~= 'string' or inc == '' or #inc > 64 then
+        if typ(inc) ~= 'string' or inc == '' or #inc > MAX_INC then
             cogs.fail('BAD_DELTA', 'the argument needs the caller\'s incarnation {inc = "..."}')
         end
         return inc

@@ -722,3 +722,97 @@ def test_portmap_bad_input_is_refused_untouched(
     err = h.error(mode, "pmap", key, op, arg)
     assert err.startswith(code), err
     assert {k: h.r.dump(k) for k in h.r.keys("cogs:pmap:*")} == before
+
+
+# -- reads are bounded like writes (values written outside cogs) ------------------------
+#
+# Anyone with the NF's proxy credentials can SET any of its keys. What a read hands a
+# proxy stays within the state's declared bounds: a stored value over them fails its op
+# alone (OVERSIZE, naming the bound) and is never returned; its batch-mates go on.
+
+BIG = b"A" * ((1 << 20) + 1)  # one byte over the default max_bytes
+
+#: (how to plant the value, mode, state, key, op, arg, the bound the error names)
+OVER: list[tuple[str, int, str, str, str, Any, str]] = [
+    ("string", R, "natttl", "k", "get", None, "max_bytes 1048576"),
+    ("string", RR, "natttl", "k", "get", None, "max_bytes 1048576"),
+    ("string", UG, "natttl", "k", "append", "x", "limit 1048576"),  # the write path's own check
+    ("string", C, "mapping", "k", "eq", "x", "max_bytes 1048576"),
+    ("digits", R, "cnt", "k", "get", None, "20 (no 64-bit integer is longer)"),
+    ("digits", RR, "nat", "k", "get", None, "20 (no 64-bit integer is longer)"),
+    ("digits", UG, "nat", "k", "max", 1, "20 (no 64-bit integer is longer)"),
+    ("digits", C, "cnt", "k", "gt", 1, "20 (no 64-bit integer is longer)"),
+    ("members", R, "tags", "k", "members", None, "max_items 4"),
+    ("member", R, "tags", "k", "members", None, "max_member_bytes 64"),
+    ("fields", R, "fields", "k", "all", None, "max_items 3"),
+    ("field", R, "qtypes", "k", "all", None, "max_member_bytes 4096"),
+    ("fieldvalue", R, "qtypes", "k", "all", None, "max_bytes 1048576"),
+    ("fieldvalue", R, "qtypes", "k", "field", "f", "max_bytes 1048576"),
+]  # fmt: skip
+
+PLANT: dict[str, Any] = {
+    "string": lambda r, rk: r.set(rk, BIG),
+    "digits": lambda r, rk: r.set(rk, b"9" * 21),
+    "members": lambda r, rk: r.sadd(rk, "a", "b", "c", "d", "e"),
+    "member": lambda r, rk: r.sadd(rk, "a", "x" * 65),
+    "fields": lambda r, rk: r.hset(rk, mapping={"a": 1, "b": 2, "c": 3, "d": 4}),
+    "field": lambda r, rk: r.hset(rk, mapping={"x" * 4097: 1}),
+    "fieldvalue": lambda r, rk: r.hset(rk, mapping={"f": BIG}),
+}
+
+
+@pytest.mark.parametrize(("how", "mode", "state", "key", "op", "arg", "bound"), OVER)
+def test_a_stored_value_over_its_bounds_is_never_returned(
+    h: LuaHarness, how: str, mode: int, state: str, key: str, op: str, arg: Any, bound: str
+) -> None:
+    PLANT[how](h.r, f"cogs:{state}:{{{key}}}")
+    h.one(UG, "natttl", "mate", "set", "fine")
+    reply = h.batch(h.op(mode, state, key, op, arg), h.op(R, "natttl", "mate", "get"), pid="p1")
+    assert reply.applied == 1, reply
+    assert list(reply.results) == [1]  # the value never comes back; its batch-mate's does
+    assert reply.results[1] == b"fine"
+    err = reply.errors[0]
+    assert err.startswith("OVERSIZE"), err
+    assert bound in err, err
+    assert len(err) < 400, err
+    if mode == RR:  # nobody holds a replica of what was refused
+        assert not h.r.exists(f"cogs:{state}:{{{key}}}:r")
+
+
+def test_reads_within_the_bounds_are_untouched(h: LuaHarness) -> None:
+    h.r.set("cogs:natttl:{k}", b"A" * (1 << 20))  # exactly max_bytes: cogs could have written it
+    assert h.one(R, "natttl", "k", "get") == b"A" * (1 << 20)
+    h.r.set("cogs:cnt:{k}", str(-(2**63)))
+    assert h.one(R, "cnt", "k", "get") == str(-(2**63)).encode()
+    h.one(U, "tags", "s", "add", ["a", "b", "c", "d"])
+    assert len(h.one(R, "tags", "s", "members")) == 4
+    h.one(U, "qtypes", "m", "incr", {"f": 2**53 - 1})
+    assert h.one(R, "qtypes", "m", "field", "f") == str(2**53 - 1).encode()
+
+
+def test_a_set_without_max_items_is_bounded_on_write_and_read(h: LuaHarness) -> None:
+    rk = "cogs:ports:{s}"
+    for i in range(0, 65_535, 5000):
+        h.r.sadd(rk, *(str(j) for j in range(i, min(i + 5000, 65_535))))
+    h.one(U, "ports", "s", "add", "last")  # 65536: DEFAULT_MAX_ITEMS
+    assert h.error(U, "ports", "s", "add", "one-more").startswith("OVERSIZE")
+    assert h.error(U, "ports", "s", "add", ["one-more", "two"]).startswith("OVERSIZE")
+    assert h.one(R, "ports", "s", "card") == 65_536  # the refused add was taken back
+    assert len(h.one(R, "ports", "s", "members")) == 65_536
+    h.r.sadd(rk, "written-outside")
+    assert "max_items 65536" in h.error(R, "ports", "s", "members")
+
+
+def test_a_portmap_flow_over_its_bound_is_never_returned(h: LuaHarness) -> None:
+    blk = "192.0.2.1|1000"
+    h.r.hset(f"cogs:pmap:{{{blk}}}:in", "1001", b"6|" + b"1" * 300 + b"|1")
+    err = h.error(R, "pmap", blk, "in", 1001)
+    assert err.startswith("OVERSIZE"), err
+    assert "flow limit 256" in err, err
+
+
+def test_a_locator_over_its_bounds_is_never_returned(h: LuaHarness) -> None:
+    h.r.hset("cogs:objects:{o}", mapping={"owner": "x" * 1000, "inc": "1"})
+    err = h.error(5, "objects", "o", "locate", pid="p1")
+    assert err.startswith("OVERSIZE"), err
+    assert "bounds 64 and 64" in err, err

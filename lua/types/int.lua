@@ -12,7 +12,16 @@
 local R, int, intarg, tonum = nil, cogs.int, cogs.intarg, cogs.tonum
 cogs.on_bind(function() R = redis.call end)
 
+-- Before the value is read for a caller: no 64-bit integer has more than 20 characters,
+-- and a longer value (written outside cogs) is not read at all.
+local MAX_DIGITS = 20
+local function fits(rk)
+    local n = R('STRLEN', rk)
+    if n > MAX_DIGITS then cogs.stored_over('is', n .. ' bytes', MAX_DIGITS .. ' (no 64-bit integer is longer)') end
+end
+
 local function keep(rk, d, better)
+    fits(rk)
     local cur = R('GET', rk)
     local n = cur and tonumber(cur)
     if cur and not n then -- a value written outside cogs: refused like INCRBY refuses it
@@ -27,7 +36,9 @@ end
 
 local function cmp(test)
     return function(rk, arg)
-        return test(tonum(R('GET', rk)), int(arg, 'argument'))
+        local b = int(arg, 'argument')
+        fits(rk)
+        return test(tonum(R('GET', rk)), b)
     end
 end
 
@@ -53,7 +64,10 @@ cogs.register_type('int', {
         end,
     },
     retrieve = {
-        get = function(rk) return R('GET', rk) end,
+        get = function(rk)
+            fits(rk)
+            return R('GET', rk)
+        end,
     },
     check = {
         gt = cmp(function(a, b) return a > b end),

@@ -6,11 +6,18 @@
 -- whole: all
 -- coalesce: incr=mapsum
 -- about: a map of string fields (a Redis hash). set writes fields, incr adds integers
---   to fields (HINCRBY), del removes fields. max_items bounds the number of fields.
+--   to fields (HINCRBY), del removes fields. max_items bounds the number of fields
+--   (DEFAULT_MAX_ITEMS when the state declares none); all/field refuse a stored map
+--   over the state's bounds (written outside cogs) rather than hand it to a proxy.
 -- args: set takes {field: value} or [field, value, ...]; incr takes {field: int} or
 --   [field, int, ...]; del takes a field or an array of fields; field/has take a field.
 local R, str, intarg, strlist = nil, cogs.str, cogs.intarg, cogs.strlist
 cogs.on_bind(function() R = redis.call end)
+
+-- a field's value: a string of at most max_bytes, or a counter (incr) of up to 20 digits
+local function value_limit(st)
+    return st.max_bytes > 20 and st.max_bytes or 20
+end
 
 local function bound(rk, st, fv)
     cogs.check_room(rk, st, fv, 2, 'HLEN', 'HEXISTS', 'fields')
@@ -44,8 +51,22 @@ cogs.register_type('map', {
         end,
     },
     retrieve = {
-        all = function(rk) return R('HGETALL', rk) end,
-        field = function(rk, arg, st) return R('HGET', rk, str(arg, st, 'field')) end,
+        all = function(rk, _, st)
+            local n = R('HLEN', rk)
+            if n > st.max_items then cogs.stored_over('has', n .. ' fields', 'max_items ' .. st.max_items) end
+            local fv = R('HGETALL', rk)
+            cogs.check_sizes(fv, 1, 2, st.max_member, 'max_member_bytes', 'field')
+            cogs.check_sizes(fv, 2, 2, value_limit(st), 'max_bytes', 'field value')
+            return fv
+        end,
+        field = function(rk, arg, st)
+            local f = str(arg, st, 'field')
+            local n = R('HSTRLEN', rk, f)
+            if n > value_limit(st) then
+                cogs.stored_over('of field ' .. cogs.show(f) .. ' is', n .. ' bytes', 'max_bytes ' .. value_limit(st))
+            end
+            return R('HGET', rk, f)
+        end,
         len = function(rk) return R('HLEN', rk) end,
     },
     check = {

@@ -165,7 +165,12 @@ local ops = {
         if port < lo or port > hi then
             cogs.fail('BAD_DELTA', 'port ' .. port .. ' is not in block ' .. lo .. '-' .. hi)
         end
-        local flow = R('HGET', rk .. ':in', fmt('%d', port))
+        local field = fmt('%d', port)
+        local n = R('HSTRLEN', rk .. ':in', field)
+        if n > MAX_FLOW then -- no flow this type writes is longer: not read for a caller
+            cogs.stored_over('of port ' .. field .. ' is', n .. ' bytes', 'flow limit ' .. MAX_FLOW)
+        end
+        local flow = R('HGET', rk .. ':in', field)
         if not flow then return { false, version(st, rk), 0 } end
         holders(st, rk, ctx)
         return { flow, version(st, rk), touch(st, rk, flow, now) }
