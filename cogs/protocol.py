@@ -57,6 +57,10 @@ ONCE_TTL_MS = 86_400_000
 #: A set or map state that declares no max_items holds at most this many (enforced on
 #: write and on read): what one whole read (members, all) hands a proxy stays bounded.
 DEFAULT_MAX_ITEMS = 65_536
+#: The message a node publishes on a proxy id's discard channel when it dropped every
+#: holder entry of that id (cogs_release: a restart with the same id, a close, the
+#: janitor): every process subscribed with the id drops its whole replica cache.
+DROP_ALL = "release"
 #: The library's functions are ``<library>_<name>`` (Redis function names are global).
 FUNCTIONS = ("batch", "info", "release", "beat")
 
@@ -125,6 +129,7 @@ def lua_constants(prefix: str = PREFIX, library: str = LIBRARY, nf: str = "defau
         "ALERTS_MAXLEN": ALERTS_MAXLEN,
         "ONCE_TTL_MS": ONCE_TTL_MS,
         "DEFAULT_MAX_ITEMS": DEFAULT_MAX_ITEMS,
+        "DROP_ALL": DROP_ALL,
         **names(prefix),
         **{f"FN_{f.upper()}": f"{library}_{f}" for f in FUNCTIONS},
     }

@@ -143,6 +143,11 @@ do
             if ok then n = n + removed end
         end
         R('DEL', index)
+        -- every process with this id (an old one still running after a restart with the
+        -- same id, too) drops its whole cache now: an update finding no holder entry
+        -- sends it no discard. Published on this node before this call returns, so it
+        -- reaches each subscriber here ahead of any PONG vouching for later reads.
+        R('PUBLISH', DISCARD_PREFIX .. pid, DROP_ALL)
         return n
     end
 

@@ -50,6 +50,9 @@ class CacheStatistics:
     #: proxy credentials can publish there): each dropped every replica, as it may have
     #: been a real discard
     bad_discards: int
+    #: whole-cache drops because a node dropped this id's holder entries (a process
+    #: started with the same id, or the id was released as dead)
+    cache_releases: int
 
 
 class ReplicaCache:
@@ -63,14 +66,16 @@ class ReplicaCache:
         #: monotonic time up to which the entries are proven fresh (discard.py moves it)
         self.fresh_until = 0.0
         self.hits = self.misses = self.discards = self.drops = self.expired = self.bad_discards = 0
+        self.released = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
-            self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired, self.bad_discards
-        )
+            self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired, self.bad_discards,
+            self.released,
+        )  # fmt: skip
 
     def get(self, k: tuple[int, str]) -> Any:
         """The replica to serve for ``k``, or MISS: none held, expired with its state,

@@ -10,6 +10,13 @@ idempotent). Pub/sub is fire-and-forget: when any subscription drops, goes silen
 past a ping, or the set of primaries changes, every replica is dropped and caching
 stays off until all subscriptions hold again.
 
+A node that drops every holder entry of the proxy id (cogs_release: a process
+starting with the same id, a clean close, the janitor) publishes ``DROP_ALL`` on the
+channel: every process subscribed with the id drops its whole cache, since updates
+after that send it no discard. It comes before any PONG that would vouch for a read
+after the release, so even a process superseded by a restart with its id serves no
+replica past the bound below, whatever its heartbeat period.
+
 Freshness is proven, not assumed: every PING_EVERY s each subscription connection
 carries a PING whose payload is its send time. Redis answers it in order with the
 messages, so its PONG proves that every discard the node published before the ping
@@ -34,6 +41,7 @@ from cogs.coordinator.client import Coordinator
 from cogs.errors import NETWORK_ERRORS, CoordinatorUnavailable, show
 from cogs.keys import unescape
 from cogs.logs import fields
+from cogs.protocol import DROP_ALL
 from cogs.proxy.cache import ReplicaCache
 
 log = logging.getLogger("cogs.proxy")
@@ -44,6 +52,7 @@ SEEN_MAX = 200_000
 #: a discard message larger than this is none (a batch of 2000 ops makes ~1 MB at most)
 MAX_DISCARD_BYTES = 64 << 20
 _LINK_ERRORS = (*NETWORK_ERRORS, CoordinatorUnavailable)
+_DROP_ALL = DROP_ALL.encode()
 
 
 class NotADiscard(ValueError):
@@ -92,6 +101,12 @@ class DiscardLink:
         """One message of the discard channel. Anyone holding the NF's proxy credentials
         can publish there: a message that is not a discard is counted and skipped, and
         since it may have been a real one (garbled), every replica is dropped."""
+        if data == _DROP_ALL:
+            # this id's holder entries were dropped on a node (a process starting with
+            # this id, say, while this one still runs): no update will tell us any more
+            self.cache.drop_all()
+            self.cache.released += 1
+            return
         try:
             discards = parse_discards(data)
         except NotADiscard as e:

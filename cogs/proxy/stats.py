@@ -102,6 +102,7 @@ class ProxyStatistics:
     cache_drops: int
     expired_reads: int
     bad_discards: int
+    cache_releases: int
     # -- request table (RequestStatistics)
     pending_packets: int
     callback_errors: int

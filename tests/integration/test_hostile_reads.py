@@ -81,3 +81,19 @@ async def _both(a: object, b: object) -> tuple[object, object]:
         tg.start_soon(run, 0, a)
         tg.start_soon(run, 1, b)
     return out[0], out[1]
+
+
+async def test_a_restart_with_the_same_id_drops_the_old_processs_replicas_at_once(cluster: LocalCluster) -> None:
+    key, pid = "restart-stale", "mb-restart"
+    # a heartbeat every 10 s: the old process must not wait for it to learn it was superseded
+    async with StateProxy(cluster.url, proxy_id=pid, heartbeat_ttl_s=30.0) as old, StateProxy(cluster.url) as w:
+        await w.syn_up("natttl", key, "set", "v0")
+        assert await old.syn_retrieve("natttl", key) == "v0"
+        k = (old.catalog.index("natttl"), key)
+        assert old.cache.peek(k) == "v0"  # the old process holds a replica
+        async with StateProxy(cluster.url, proxy_id=pid, heartbeat_ttl_s=30.0):  # the restart
+            await eventually(lambda: old.statistics().cache_releases > 0)
+            assert old.cache.peek(k) is MISS  # dropped on the release itself,
+            assert not old._registry.superseded  # not by a heartbeat (the next is seconds away)
+            await w.syn_up("natttl", key, "set", "v1")  # acknowledged: no holder is left to discard
+            assert await old.syn_retrieve("natttl", key) == "v1"  # its first read after it is fresh
