@@ -73,6 +73,7 @@ class StateSpec(BaseModel):
     max_bytes: int = Field(1 << 20, ge=1, le=512 << 20)
     #: a set member or a map field: far below a value (they come from packets: a hostile one must stay small)
     max_member_bytes: int = Field(4096, ge=64, le=1 << 20)
+    #: a set or map without one holds at most DEFAULT_MAX_ITEMS (cogs/protocol.py), checked on write and read
     max_items: int | None = Field(None, ge=1)
     description: str = ""
 

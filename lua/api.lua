@@ -36,8 +36,9 @@
 --   <prefix>limit:{tag}; a batch is admitted while the bucket is positive and may take
 --   it into debt; numbered: recorded as the batch's outcome, so it never applies later).
 --
--- FCALL cogs_release 0 <alert_stream> <proxy_id>  -> holder entries dropped on this node
---   (a proxy that closed or died no longer holds replicas: replica.lua's index).
+-- FCALL cogs_release 0 <alert_stream> <proxy_id> [<run>]  -> holder entries dropped on this
+--   node (a proxy that closed or died no longer holds replicas: replica.lua's index); every
+--   process with that id is told to drop its cache (DROP_ALL), but the releasing run itself.
 -- FCALL cogs_beat 1 <heartbeat key> <run> take|renew|drop [<entry> <ttl ms>]  -> a proxy's
 --   heartbeat, written or deleted only by the process whose run token it carries (registry.lua).
 -- FCALL_RO cogs_info 0  ->  JSON {version, catalog_digest, catalog_json, types, checkers, nf, limits}
@@ -674,12 +675,13 @@ do
     redis.register_function({ function_name = FN_BATCH, callback = batch, flags = { 'allow-cross-slot-keys' } })
     local function release(_, args)
         bind()
-        local stream, pid = args[1], args[2]
+        local stream, pid, run = args[1], args[2], args[3]
         if type(stream) ~= 'string' or sub(stream, 1, #ALERTS_STREAM_PREFIX) ~= ALERTS_STREAM_PREFIX
-            or type(pid) ~= 'string' or #pid > MAX_PROXY_ID or not find(pid, '^[%w_.:-]+$') then
-            return redis.error_reply('BAD_FRAME usage: ' .. FN_RELEASE .. ' 0 <alert stream> <proxy id>')
+            or type(pid) ~= 'string' or #pid > MAX_PROXY_ID or not find(pid, '^[%w_.:-]+$')
+            or (run ~= nil and (#run > 64 or not find(run, '^%x+$'))) then
+            return redis.error_reply('BAD_FRAME usage: ' .. FN_RELEASE .. ' 0 <alert stream> <proxy id> [<run: hex>]')
         end
-        return replica.release_all(stream, pid)
+        return replica.release_all(stream, pid, run)
     end
 
     redis.register_function({ function_name = FN_RELEASE, callback = release, flags = { 'allow-cross-slot-keys' } })

@@ -134,7 +134,7 @@ do
     -- Every holder entry of `pid` on this node (it closed, or its heartbeat died):
     -- the number dropped. A key whose slot moved away meanwhile is skipped (its
     -- entry goes with that key's next update).
-    function replica.release_all(stream, pid)
+    function replica.release_all(stream, pid, run)
         local index = held(stream, pid)
         local n = 0
         local ok, rks = pcall(R, 'SMEMBERS', index)
@@ -147,7 +147,8 @@ do
         -- same id, too) drops its whole cache now: an update finding no holder entry
         -- sends it no discard. Published on this node before this call returns, so it
         -- reaches each subscriber here ahead of any PONG vouching for later reads.
-        R('PUBLISH', DISCARD_PREFIX .. pid, DROP_ALL)
+        -- The releasing process (its run token) ignores it: at its start it held nothing yet.
+        R('PUBLISH', DISCARD_PREFIX .. pid, run and (DROP_ALL .. ':' .. run) or DROP_ALL)
         return n
     end
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import redis
 
 from tests.helpers import LuaHarness
 
@@ -577,6 +578,19 @@ def test_release_drops_a_proxys_holder_entries(h: LuaHarness) -> None:
     assert h.r.smembers("cogs:nat:{k1}:r") == {b"p2"}
     assert not h.r.exists("cogs:nat:{k2}:r")
     assert h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1") == 0
+
+
+def test_release_tells_every_process_with_the_id_but_the_releaser(h: LuaHarness) -> None:
+    ps = h.r.pubsub()
+    ps.subscribe("cogs:discard:p1")
+    assert ps.get_message(timeout=1)["type"] == "subscribe"
+    h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1", "00ff")  # a process with run 00ff releases
+    h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1")  # the janitor of old: no run
+    got = [ps.get_message(timeout=1) for _ in range(2)]
+    assert [m["data"] for m in got if m] == [b"release:00ff", b"release"]
+    ps.close()
+    with pytest.raises(redis.ResponseError, match="BAD_FRAME"):
+        h.r.fcall("cogs_release", 0, "cogs:alerts:{0}", "p1", "not hex")
 
 
 # -- indirect states: the state reference table (indirect.lua) -------------------------

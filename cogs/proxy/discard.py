@@ -13,9 +13,11 @@ stays off until all subscriptions hold again.
 A node that drops every holder entry of the proxy id (cogs_release: a process
 starting with the same id, a clean close, the janitor) publishes ``DROP_ALL`` on the
 channel: every process subscribed with the id drops its whole cache, since updates
-after that send it no discard. It comes before any PONG that would vouch for a read
-after the release, so even a process superseded by a restart with its id serves no
-replica past the bound below, whatever its heartbeat period.
+after that send it no discard; the releasing process itself (``DROP_ALL:<its run
+token>``) does not: at its start it held nothing yet, at its close nothing matters.
+It comes before any PONG that would vouch for a read after the release, so even a
+process superseded by a restart with its id serves no replica past the bound below,
+whatever its heartbeat period.
 
 Freshness is proven, not assumed: every PING_EVERY s each subscription connection
 carries a PING whose payload is its send time. Redis answers it in order with the
@@ -90,6 +92,8 @@ class DiscardLink:
         self.channel = coord.ns.discard_channel(proxy_id)
         self.proxy_id = proxy_id
         self.cache = cache
+        #: this process's run token (the registry's): a DROP_ALL naming it is its own release
+        self.own_run = b""
         self.hooks: list[DiscardHook] = []
         self.nodes: tuple[str, ...] = ()
         self.resubscribed = 0
@@ -101,11 +105,13 @@ class DiscardLink:
         """One message of the discard channel. Anyone holding the NF's proxy credentials
         can publish there: a message that is not a discard is counted and skipped, and
         since it may have been a real one (garbled), every replica is dropped."""
-        if data == _DROP_ALL:
+        if data == _DROP_ALL or data[: len(_DROP_ALL) + 1] == _DROP_ALL + b":":
             # this id's holder entries were dropped on a node (a process starting with
-            # this id, say, while this one still runs): no update will tell us any more
-            self.cache.drop_all()
-            self.cache.released += 1
+            # this id, say, while this one still runs): no update will tell us any more.
+            # Our own release (at our start: we held nothing yet) names our run.
+            if data[len(_DROP_ALL) + 1 :] != self.own_run:
+                self.cache.drop_all()
+                self.cache.released += 1
             return
         try:
             discards = parse_discards(data)

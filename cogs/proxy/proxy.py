@@ -191,6 +191,7 @@ class StateProxy:
         b.spawn(b.delivery.watch())
         self._registry = Registry(self.coord, self.id, self._heartbeat_ttl, self._beat_info)
         self._registry.on_superseded = self.cache.drop_all  # its holder entries went with the takeover
+        self._discard.own_run = self._registry.run.encode()  # its own release's DROP_ALL is not for it
         await self._registry.release(self.id)  # an earlier process with this id held replicas: not this one
         if self._indirect_states:
             secret = self._peer_secret or (s.peer_secret.get_secret_value() if s.peer_secret else None)

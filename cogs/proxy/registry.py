@@ -139,7 +139,8 @@ class Registry:
                 )
 
     async def release(self, proxy_id: str) -> int:
-        """Drop every replica holder entry of ``proxy_id`` on every node."""
+        """Drop every replica holder entry of ``proxy_id`` on every node; every process
+        with that id but this one drops its replica cache (DROP_ALL)."""
         topo = self.coord.topology
         assert topo is not None
         n = 0
@@ -147,7 +148,7 @@ class Registry:
             try:
                 n += int(
                     await self.coord.node_client(i).fcall(
-                        self.ns.fn_release, 0, self.ns.alert_stream(node.first_slot), proxy_id
+                        self.ns.fn_release, 0, self.ns.alert_stream(node.first_slot), proxy_id, self.run
                     )
                 )
             except CALL_ERRORS as e:
