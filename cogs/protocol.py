@@ -54,6 +54,9 @@ MAX_PROXY_ID = 64
 ALERTS_MAXLEN = 100_000
 #: How long a channel record outlives its last batch; live proxies keep theirs fresh.
 ONCE_TTL_MS = 86_400_000
+#: A proxy's heartbeat entry (JSON, lua/registry.lua) is at most this long; a reader
+#: takes no more of one (an owner's, for its peer address).
+MAX_HEARTBEAT = 65_536
 #: A set or map state that declares no max_items holds at most this many (enforced on
 #: write and on read): what one whole read (members, all) hands a proxy stays bounded.
 DEFAULT_MAX_ITEMS = 65_536
@@ -129,6 +132,7 @@ def lua_constants(prefix: str = PREFIX, library: str = LIBRARY, nf: str = "defau
         "ALERTS_MAXLEN": ALERTS_MAXLEN,
         "ONCE_TTL_MS": ONCE_TTL_MS,
         "DEFAULT_MAX_ITEMS": DEFAULT_MAX_ITEMS,
+        "MAX_HEARTBEAT": MAX_HEARTBEAT,
         "DROP_ALL": DROP_ALL,
         **names(prefix),
         **{f"FN_{f.upper()}": f"{library}_{f}" for f in FUNCTIONS},

@@ -17,7 +17,7 @@ do
     cogs.on_bind(function() R, decode, find = redis.call, cjson.decode, string.find end)
     local registry = {}
     cogs.registry = registry
-    local MAX_ENTRY = 65536
+    local MAX_ENTRY = MAX_HEARTBEAT
 
     -- The run token of the stored entry: nil when absent or unreadable (not JSON, no
     -- run, a key of another type: written outside cogs, by anyone with the NF's proxy

@@ -63,7 +63,7 @@ from cogs.errors import (
 )
 from cogs.keys import slot
 from cogs.logs import fields
-from cogs.protocol import Mode
+from cogs.protocol import MAX_HEARTBEAT, Mode
 from cogs.proxy.cache import MISS, ReplicaCache
 from cogs.proxy.keylocks import KeyLocks
 from cogs.proxy.owned import Entry, OwnedValues
@@ -297,9 +297,14 @@ class Indirect:
         assert topo is not None
         node = topo.node_of(slot(owner))
         try:
-            raw = await self.coord.node_client(node).get(self.coord.ns.proxy_key(owner))
+            # never more than a heartbeat can hold: anyone with the NF's proxy credentials can SET 300 MB there
+            raw = await self.coord.node_client(node).getrange(self.coord.ns.proxy_key(owner), 0, MAX_HEARTBEAT)
         except CALL_ERRORS as e:
             raise from_redis(e, topo.nodes[node].addr) from e
+        if len(raw) > MAX_HEARTBEAT:
+            raise PeerError(
+                f"the heartbeat of owner {owner[:64]!r} is over {MAX_HEARTBEAT} bytes (written outside cogs): not read"
+            )
         try:  # anyone with the NF's proxy credentials can write a heartbeat: trust no shape
             info = json.loads(raw) if raw else {}
         except (ValueError, RecursionError):

@@ -26,8 +26,8 @@ def _proxy(url: str) -> StateProxy:
 
 @pytest.mark.parametrize(
     "beat",
-    [b"not json", b"[1, 2]", b'{"stats": ' * 5000, None],
-    ids=["not JSON", "a list", "nested beyond reason", "a peer address that is none"],
+    [b"not json", b"[1, 2]", b'{"stats": ' * 5000, None, b'{"inc": "x", "pad": "' + b"A" * (2 << 20) + b'"}'],
+    ids=["not JSON", "a list", "nested beyond reason", "a peer address that is none", "2 MB (not read)"],
 )
 async def test_an_unreadable_owner_heartbeat_fails_the_read_plainly(cluster: LocalCluster, beat: bytes | None) -> None:
     """Before: json.loads raised JSONDecodeError (a ValueError, not a cogs error) out of
