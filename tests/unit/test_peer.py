@@ -18,6 +18,7 @@ import pytest
 from cogs.errors import PeerError
 from cogs.proxy.peer import PeerClient, PeerRefusal, PeerServer
 from cogs.proxy.peer import server as peer_server
+from cogs.proxy.peer.gate import AcceptGate
 from cogs.proxy.peer.wire import mac
 
 
@@ -267,14 +268,17 @@ def test_an_answer_from_another_incarnation_is_refused() -> None:
 def test_idle_strangers_never_starve_peers(monkeypatch: pytest.MonkeyPatch) -> None:
     """300 idle unauthenticated connections (a Slowloris) from one address: each new
     one evicts the oldest pending one, a real peer is still served at once, and a
-    stranger that never authenticates is cut after the handshake deadline."""
+    stranger that never authenticates is cut after the handshake deadline. (The
+    accept rates are opened wide: this is the pool's test, test_peer_flood.py the
+    rates'.)"""
     monkeypatch.setattr(peer_server, "HANDSHAKE_TIMEOUT", 0.5)
 
     async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
         return 1, b"ok"
 
     async def go() -> None:
-        server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="i1")
+        wide = AcceptGate(rate_per_source=1e6, burst_per_source=1e6, rate=1e6, burst=1e6)
+        server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20, inc="i1", gate=wide)
         addr = await server.start()
         host, _, port = addr.rpartition(":")
         idle = [await anyio.connect_tcp(host, int(port)) for _ in range(300)]

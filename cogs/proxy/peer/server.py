@@ -1,8 +1,13 @@
 """The peer server: a proxy serves the indirect states it owns to other proxies.
 
-A stranger never holds what peers need: a connection must finish the handshake
-within HANDSHAKE_TIMEOUT, and connections still in the handshake have a small pool
-of their own (per source address too). When it is full, a new connection evicts the
+A stranger never holds what peers need. Connections are accepted here, not by
+asyncio's server: one over its source's rate, or over the rate of all strangers
+together (gate.py), is reset at once, before a transport, a hello or a timer is
+spent on it, so a flood of connections costs the owner an accept and a close each
+and real peers (their sources known once they proved the secret) still get in. An
+admitted connection must finish the handshake within HANDSHAKE_TIMEOUT, and
+connections still in the handshake have a small pool of their own (per source
+address too). When it is full, a new connection evicts the
 oldest pending one: a real peer authenticates in one round trip, so a flood of idle
 strangers (Slowloris) can never starve it. Authenticated connections have their own
 cap. A bad frame or bad auth is answered with an error and cut; a client that
@@ -12,14 +17,18 @@ stalls mid-frame or idles is cut silently; the other connections never notice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import socket
+import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from cogs.errors import PeerError, show
+from cogs.proxy.peer.gate import AcceptGate
 from cogs.proxy.peer.wire import MAX_FRAME, OPS, VERSION, Chunks, Frames, PeerRefusal, header, mac, message, same
 
 log = logging.getLogger("cogs.peer")
@@ -32,6 +41,11 @@ WRITE_TIMEOUT = 30.0
 #: bytes a connection may hold unread while it cannot act on them (a request being
 #: served, an answer not read): then the server stops reading it, and TCP holds the peer
 IN_BUDGET = 2 * MAX_FRAME
+BACKLOG = 1024  # room for a burst: past it the kernel drops SYNs, real peers' too
+#: connections accepted per wake-up: the loop's other work runs between batches
+ACCEPT_BATCH = 64
+ACCEPT_RETRY = 0.5  # out of file descriptors (or the like): accept again after this
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, keeps no TIME_WAIT
 
 #: (op, state, key, value) -> (version, value or None); raises PeerRefusal
 Handler = Callable[[str, str, str, bytes | None], Awaitable[tuple[int, bytes | None]]]
@@ -278,7 +292,10 @@ class PeerServer:
     max_connections: int = 256  # authenticated
     max_pending: int = 32  # connections in the handshake, all sources
     max_pending_per_source: int = 8
+    #: connections per second each source, and all strangers together, may open
+    gate: AcceptGate = field(default_factory=AcceptGate)
     address: str = field(default="", init=False)
+    limited: int = field(default=0, init=False)  # connections reset at accept: over a rate (gate)
     refused: int = field(default=0, init=False)  # connections cut for bad auth or bad frames
     evicted: int = field(default=0, init=False)  # pending connections pushed out by newer ones
     served: int = field(default=0, init=False)
@@ -287,7 +304,9 @@ class PeerServer:
     tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Event | None = None
         #: connections still in the handshake, oldest first
         self._pending: OrderedDict[_Session, None] = OrderedDict()
@@ -312,6 +331,7 @@ class PeerServer:
 
     def _authed(self, s: _Session) -> None:
         self._pending.pop(s, None)
+        self.gate.known(s.source)
         self.sessions.add(s)
 
     def _gone(self, s: _Session) -> None:
@@ -323,13 +343,77 @@ class PeerServer:
         """Listen (peers are served from now on); the address peers connect to."""
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _Session(self), self.host, self.port)
+            family, kind, proto, _, where = (
+                await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(where)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
         except OSError as e:
             raise PeerError(f"cannot listen for peers on {self.host}:{self.port}: {e}") from e
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"{self.host}:{port}"
+        self._sock, self._loop = sock, loop
+        loop.add_reader(sock.fileno(), self._accept)
+        self.address = f"{self.host}:{sock.getsockname()[1]}"
         self._stopped = asyncio.Event()
         return self.address
+
+    def _accept(self) -> None:
+        """Accept what is waiting (a batch at most); reset what is over a rate, at once."""
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        now = loop.time()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ENOBUFS...: the queue waits in the kernel meanwhile
+                log.warning("peer server cannot accept (%s): again in %.1f s", e, ACCEPT_RETRY)
+                loop.remove_reader(sock.fileno())
+                self._retry = loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            why = "closing" if self.closing else self.gate.admit(source, now)
+            if why is not None:
+                self._reset(conn, source, why)
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._connected(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _reset(self, conn: socket.socket, source: str, why: str) -> None:
+        self.limited += 1
+        n = self.limited
+        if n <= 10 or n % 10000 == 0:  # a flood must not flood the log
+            log.warning("peer connection from %s reset: over the %s rate (%d so far)", source[:64], why, n)
+        with contextlib.suppress(OSError):  # already reset by the peer
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        conn.close()
+
+    async def _connected(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: _Session(self), conn)
+        except OSError:
+            conn.close()  # the peer left meanwhile
+        except BaseException:
+            conn.close()
+            raise
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
 
     async def serve(self) -> None:
         """Serve until cancelled or closed, then stop listening and drop the connections."""
@@ -343,9 +427,13 @@ class PeerServer:
         self.closing = True
         if self._stopped is not None:
             self._stopped.set()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         for s in list(self._open):
             s._close()
         for t in list(self.tasks):
