@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,6 +24,9 @@ SizeLimit = Callable[[str], int]
 MAX_VALUE = 64 << 20
 
 Owner = tuple[str, str]  # (proxy id, incarnation) a reader expects to answer
+#: a connection without a hello after this gets a sibling attempt (then 2x, 3x this...)
+CONNECT_STAGGER = 0.25
+CONNECT_TRIES = 4  # attempts at once, at most
 
 
 class _Conn(asyncio.Protocol):
@@ -142,15 +146,11 @@ class PeerClient:
         self.requests = 0
 
     async def _connect(self, addr: str, deadline: float) -> _Conn:
-        loop = asyncio.get_running_loop()
         host, _, port = addr.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:  # a heartbeat says where: anyone's word
             raise PeerError(f"peer address {addr[:80]!r} is not host:port")
-        conn = _Conn(addr)
-        await asyncio.wait_for(loop.create_connection(lambda: conn, host, int(port)), max(0.0, deadline - loop.time()))
+        conn, hello = await self._first_hello(addr, host, int(port), deadline)
         try:
-            assert conn.hello is not None
-            hello, _ = await _within(conn.hello, deadline, "no hello")
             if hello.get("t") != "hello" or hello.get("v") != VERSION:
                 raise PeerError(f"peer {addr} does not speak cogs peer protocol v{VERSION}")
             server, inc, nonce = str(hello.get("id")), str(hello.get("inc", "")), str(hello.get("nonce"))
@@ -167,6 +167,54 @@ class PeerClient:
             conn.close()
             raise
         return conn
+
+    async def _first_hello(self, addr: str, host: str, port: int, deadline: float) -> tuple[_Conn, dict[str, Any]]:
+        """A connection and the server's hello: a new attempt every CONNECT_STAGGER s
+        while none has one, the first hello wins. A server flooded by strangers has a
+        full accept queue: the kernel drops a SYN (retried after 1 s, then 3 s) or the
+        handshake's last ACK (the server speaks first: the connection waits for the
+        SYN-ACK's retry), where a fresh attempt gets in between the flood's."""
+        loop = asyncio.get_running_loop()
+        tries: set[asyncio.Task[tuple[_Conn, dict[str, Any]]]] = set()
+        started, last = 0, None
+        next_at = loop.time()
+        try:
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    raise last or TimeoutError("no hello")  # what the last try met says more
+                if now >= next_at and len(tries) < CONNECT_TRIES:
+                    started += 1
+                    tries.add(loop.create_task(self._hello(addr, host, port)))
+                    next_at = now + CONNECT_STAGGER * started  # later tries wait longer
+                wake = min(deadline, next_at) if len(tries) < CONNECT_TRIES else deadline
+                done, tries = await asyncio.wait(tries, timeout=max(0.0, wake - now), return_when=FIRST_COMPLETED)
+                won = None
+                for t in done:
+                    if t.exception() is None and won is None:
+                        won = t.result()
+                    elif t.exception() is None:
+                        t.result()[0].close()  # a second hello: not needed
+                    else:
+                        last = t.exception()
+                if won is not None:
+                    return won
+                if isinstance(last, ConnectionRefusedError) and not tries:
+                    raise last  # nobody listens there: no use trying again
+        finally:
+            for t in tries:
+                t.cancel()  # _hello closes its connection
+
+    async def _hello(self, addr: str, host: str, port: int) -> tuple[_Conn, dict[str, Any]]:
+        conn = _Conn(addr)
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: conn, host, port)
+            assert conn.hello is not None
+            hello, _ = await conn.hello
+        except BaseException:
+            conn.close()
+            raise
+        return conn, hello
 
     async def request(
         self, addr: str, op: str, state: str, key: str, value: bytes | None = None, *, owner: Owner | None = None
