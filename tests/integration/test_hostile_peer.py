@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import pytest
 import redis
 
+from cogs.benchmarks.peer_flood import flooders
 from cogs.cluster import LocalCluster
 from cogs.errors import CogsError, PeerError
 from cogs.keys import escape, proxy_key, state_key
@@ -77,3 +79,33 @@ async def test_a_locator_naming_no_proxy_fails_the_read_plainly(cluster: LocalCl
                 assert got == b"from the origin"
     finally:
         r.close()
+
+
+async def test_a_connection_flood_on_the_owner_starves_no_reader(cluster: LocalCluster) -> None:
+    """Two processes churn idle connections to the owner's peer port from one address
+    (no secret): fresh reader proxies (each a first peer connection) all get the value,
+    and the owner reset the flood as it was accepted. Before: most reads timed out
+    (PeerError) and the owner's own ops waited behind the accepts and evictions."""
+    async with _proxy(cluster.url) as owner:
+        await owner.syn_up("objects", "hp-flood", "create", b"value")
+        server = owner._indirect.server if owner._indirect is not None else None
+        assert server is not None
+        port = int(server.address.rpartition(":")[2])
+        procs = flooders(port, procs=2, sources=1, seconds=60)
+        try:
+            with anyio.fail_after(60):
+                while server.limited < 2000:  # noqa: ASYNC110 - a counter, no event
+                    await anyio.sleep(0.05)
+            got = []
+            for _ in range(5):
+                async with _proxy(cluster.url) as reader:
+                    got.append(await reader.syn_retrieve("objects", "hp-flood"))
+                await owner.syn_up("objects", "hp-flood", "set", b"value")  # the owner's own work goes on
+            limited = server.limited
+        finally:
+            for p in procs:
+                p.kill()
+                p.communicate()  # closes its pipe too
+        assert got == [b"value"] * 5
+        assert limited >= 2000
+        assert server.gate.refused_source >= 2000

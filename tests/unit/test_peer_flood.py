@@ -9,25 +9,14 @@ the accepts and evictions.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import anyio
 
+from cogs.benchmarks.peer_flood import flooders
 from cogs.proxy.peer import PeerClient, PeerServer
-
-FLOODER = Path(__file__).parents[2] / "cogs" / "benchmarks" / "peer_flood.py"
 
 
 async def handler(op: str, state: str, key: str, value: bytes | None) -> tuple[int, bytes | None]:
     return 1, b"body"
-
-
-def _flood(port: int, sources: list[str], procs: int = 2, seconds: float = 60.0) -> list[subprocess.Popen[bytes]]:
-    import sys
-
-    argv = [sys.executable, str(FLOODER), "flood", str(port), ",".join(sources), str(seconds)]
-    return [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(procs)]
 
 
 async def _read_through_flood(server: PeerServer, addr: str, flood_min: int) -> tuple[int, list[str]]:
@@ -59,14 +48,14 @@ def test_a_connection_flood_from_one_address_starves_no_peer() -> None:
     async def go() -> None:
         server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20)
         addr = await server.start()
-        procs = _flood(int(addr.rpartition(":")[2]), ["127.0.0.2"])
+        procs = flooders(int(addr.rpartition(":")[2]), procs=2, sources=1, seconds=60)
         try:
             await _flooded(server, 2000)
             reads, failures = await _read_through_flood(server, addr, 5000)
         finally:
             for p in procs:
                 p.kill()
-                p.wait()
+                p.communicate()  # closes its pipe too
             await server.aclose()
         assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
         assert server.gate.refused_source >= 5000  # reset at accept, before any handshake work
@@ -87,14 +76,14 @@ def test_a_flood_from_many_addresses_starves_no_known_peer() -> None:
         client = PeerClient("reader", b"k", timeout=2)
         assert await client.request(addr, "get", "s", "k") == (1, b"body")  # 127.0.0.1 is known now
         await client.aclose()
-        procs = _flood(int(addr.rpartition(":")[2]), [f"127.0.0.{i}" for i in range(2, 10)])
+        procs = flooders(int(addr.rpartition(":")[2]), procs=2, sources=8, seconds=60)
         try:
             await _flooded(server, 2000)
             reads, failures = await _read_through_flood(server, addr, 5000)
         finally:
             for p in procs:
                 p.kill()
-                p.wait()
+                p.communicate()  # closes its pipe too
             await server.aclose()
         assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
         # each address under its own rate (a refused one keeps its token): the shared one refuses

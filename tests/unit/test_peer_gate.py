@@ -20,7 +20,8 @@ def test_many_sources_share_the_strangers_rate_and_a_known_source_passes_it() ->
     gate = AcceptGate(rate_per_source=10, burst_per_source=5, rate=10, burst=20)
     gate.known("192.0.2.7")
     got = [gate.admit(f"10.0.{i}.1", 0.0) for i in range(30)]
-    assert got.count(None) == 20 and got[20:] == [STRANGERS] * 10
+    assert got.count(None) == 20
+    assert got[20:] == [STRANGERS] * 10
     assert gate.refused_strangers == 10
     assert gate.admit("192.0.2.7", 0.0) is None  # proved the secret before: not a stranger
     assert gate.admit("10.0.99.1", 0.0) == STRANGERS
@@ -49,4 +50,5 @@ def test_the_tables_stay_bounded() -> None:
     for i in range(1000):
         gate.admit(f"10.{i >> 8}.{i & 255}.1", 0.0)
         gate.known(f"10.{i >> 8}.{i & 255}.1")
-    assert len(gate._buckets) == 100 and len(gate._known) == 10
+    assert len(gate._buckets) == 100
+    assert len(gate._known) == 10
