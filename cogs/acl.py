@@ -72,6 +72,8 @@ _PROXY_COMMANDS = [
     "-@dangerous", "-@admin", "+info", "+cluster|slots", "+cluster|shards", "+cluster|info", "+cluster|myid",
     "+cluster|nodes", "-function", "+fcall", "+fcall_ro", "-eval", "-evalsha", "-eval_ro", "-evalsha_ro", "-script",
     *_NO_ENUMERATION,
+    # what an entry it creates takes, for the usage limits (a key command: its NF's keys only)
+    "+memory|usage",
 ]  # fmt: skip
 _MONITOR_COMMANDS = [
     "-@all", "+@read", "+fcall_ro", "+subscribe", "+unsubscribe", *_DISCOVERY,

@@ -34,6 +34,7 @@ from cogs.catalog import Limits
 from cogs.coordinator.topology import NodeInfo, Topology
 from cogs.errors import CogsError
 from cogs.keys import NF_INDEX, Namespace, namespace, nf_problem, slot
+from cogs.protocol import LIBRARY
 
 log = logging.getLogger("cogs.keeper")
 
@@ -99,17 +100,28 @@ class Keeper:
             raise
 
     def tenants(self, topo: Topology) -> list[Tenant]:
-        """The NFs loaded whose catalogs set max_keys or max_memory."""
+        """The NFs loaded whose catalogs set max_keys or max_memory: those of the NF index
+        and of the function libraries on the first primary (an admin's FLUSHALL empties
+        the index, never the libraries: their NFs run on and are counted on)."""
         first = topo.nodes[0]
         c = self._client(first.host, first.port)
-        names = ["default"]
+        names = {"default"}
         try:
             owner = topo.nodes[topo.node_of(slot(NF_INDEX))]
-            names += sorted(_s(n) for n in self._client(owner.host, owner.port).smembers(NF_INDEX))
+            names |= {_s(n) for n in self._client(owner.host, owner.port).smembers(NF_INDEX)}
         except redis.RedisError as e:
             log.warning("keeper: cannot read the NF index %s: %s", NF_INDEX, e)
+        try:
+            for raw in c.execute_command("FUNCTION", "LIST"):
+                # redis-py parses the reply into a dict, or leaves name, value, ... pairs
+                lib = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=False))
+                name = _s(lib.get(b"library_name", lib.get("library_name", b"")))
+                if name.startswith(LIBRARY + "_"):
+                    names.add(name[len(LIBRARY) + 1 :])
+        except (redis.RedisError, TypeError) as e:
+            log.warning("keeper: cannot list the function libraries on %s: %s", first.addr, e)
         out = []
-        for nf in names:
+        for nf in sorted(names):
             if nf_problem(nf):
                 continue  # junk in the index: not an NF cogs made
             ns = namespace(nf)
@@ -144,14 +156,23 @@ class Keeper:
 
     def count_node(self, node: NodeInfo, tenants: list[Tenant]) -> list[Usage]:
         c = self._client(node.host, node.port)
-        # how far the library's own count had got: what it creates from now on is added to ours
-        created = [c.hmget(t.ns.created_key(t.ns.alert_stream(node.first_slot)), "k", "b") for t in tenants]
+        streams = {t.ns.nf: t.ns.alert_stream(node.first_slot) for t in tenants}  # each NF's names
+        # how far each library's own count had got: what it creates from now on is added to
+        # ours. Read apart: junk one NF's proxy user wrote in its record (another type)
+        # counts as 0 for that NF, never stops the count of the others
+        pipe = c.pipeline(transaction=False)
+        for t in tenants:
+            pipe.hmget(t.ns.created_key(streams[t.ns.nf]), "k", "b")
+        created = [r if isinstance(r, list) else [None, None] for r in pipe.execute(raise_on_error=False)]
         usage = {t.ns.prefix.encode(): Usage(t.ns.nf, node.addr, limits=t.limits) for t in tenants}
         by_prefix = {t.ns.prefix.encode(): t for t in tenants}
+        records = {t.ns.usage_key(streams[t.ns.nf]).encode() for t in tenants}
+        stale: list[bytes] = []
         cursor = 0
         while True:
             cursor, keys = c.scan(cursor, match="cogs*", count=SCAN_COUNT)
             names = [k if isinstance(k, bytes) else str(k).encode() for k in keys]
+            stale += [k for k in names if k.startswith(b"cogs!usage") and k not in records]
             mine = [(k, by_prefix[p]) for k in names if (p := _prefix_of(k)) is not None and p in by_prefix]
             if mine:
                 pipe = c.pipeline(transaction=False)
@@ -167,11 +188,15 @@ class Keeper:
                 break
         sec, usec = c.time()
         now = sec * 1000 + usec // 1000
+        pipe = c.pipeline(transaction=False)
         for t, (ck, cb) in zip(tenants, created, strict=True):
             u = usage[t.ns.prefix.encode()]
-            c.hset(t.ns.usage_key(t.ns.alert_stream(node.first_slot)), mapping={
+            pipe.hset(t.ns.usage_key(streams[t.ns.nf]), mapping={
                 "k": u.keys, "b": u.bytes, "ck": _count(ck), "cb": _count(cb), "t": now, "pass": self.passes,
             })  # fmt: skip
+        for k in stale:  # records of another lowest slot (before a slot move) or of an NF no longer limited
+            pipe.delete(k)
+        pipe.execute()
         return list(usage.values())
 
     def run(

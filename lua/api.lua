@@ -471,12 +471,30 @@ do
         return true
     end
 
-    -- an entry's bytes until the keeper measures it: its name, its argument, Redis' overhead
+    -- an entry's bytes until the keeper measures it: what Redis says it takes (MEMORY
+    -- USAGE, sampled), or for users made before they were given that command, its
+    -- name, its argument (an array's members) and Redis' overhead per entry and member
     local ENTRY_BYTES = 64
+
+    local function arg_bytes(arg, depth)
+        if type(arg) == 'string' then return #arg end
+        if type(arg) ~= 'table' or depth > 2 then return 16 end
+        local n = 0
+        for k, v in pairs(arg) do
+            n = n + 16 + arg_bytes(v, depth + 1) + (type(k) == 'string' and #k or 0)
+        end
+        return n
+    end
+
+    local function entry_bytes(rk, arg)
+        local ok, n = pcall_(R, 'MEMORY', 'USAGE', rk)
+        if ok and type(n) == 'number' then return n end
+        return #rk + arg_bytes(arg, 1) + ENTRY_BYTES
+    end
 
     local function usage_count(u, rk, arg)
         if R('EXISTS', rk) == 1 then
-            local b = #rk + (type(arg) == 'string' and #arg or 16) + ENTRY_BYTES
+            local b = entry_bytes(rk, arg)
             u.keys, u.bytes, u.nk, u.nb = u.keys + 1, u.bytes + b, u.nk + 1, u.nb + b
         end
     end
@@ -496,8 +514,10 @@ do
 
     local function apply_counted(u, mode, st, sidx, op, key, rk, arg, ctx)
         local new = op ~= 'clear' and usage_admit(u, rk) -- deleting is never refused
-        local value = apply(mode, st, sidx, op, key, rk, arg, ctx)
+        -- an op may create its entry and then fail (an alert not recorded): counted all the same
+        local ok, value = pcall_(apply, mode, st, sidx, op, key, rk, arg, ctx)
         if new then usage_count(u, rk, arg) end
+        if not ok then error(value, 0) end
         return value
     end
 

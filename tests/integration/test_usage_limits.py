@@ -288,6 +288,53 @@ def test_naming_other_slots_of_a_node_takes_no_fresh_bucket_or_count(cluster: Lo
     assert _keys_per_primary(cluster, "cogs@rotor:cnt:*").count(20) == 1
 
 
+def test_junk_in_one_nfs_record_never_stops_the_count_of_the_others(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Attack: one NF's proxy user SETs its own `created` record (its namespace, its
+    right). The keeper read every NF's record before counting a node: WRONGTYPE ended
+    that node's pass, and an honest NF there was refused for good."""
+    _load_nf(cluster, tmp_path, "honest", "max_keys = 50")
+    _load_nf(cluster, tmp_path, "hostile", "max_keys = 50")
+    hostile = namespace("hostile")
+    with redis.Redis(port=cluster.port) as r:
+        first = min(int(a) for a, _b, node, *_ in r.execute_command("CLUSTER", "SLOTS") if int(node[1]) == cluster.port)
+        r.set(hostile.created_key(hostile.alert_stream(first)), "junk")
+        # and a record of another slot of the node (one a slot move left behind): the keeper drops it
+        left = namespace("honest").usage_key(namespace("honest").alert_stream(first + 1))
+        r.hset(left, "k", 7)
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    got = json.loads(out)
+    assert got["failed"] == {}
+    assert {u["node"] for u in got["usage"] if u["nf"] == "honest"} == {f"127.0.0.1:{p}" for p in cluster.ports[:3]}
+    assert {u["node"] for u in got["usage"] if u["nf"] == "hostile"} == {f"127.0.0.1:{p}" for p in cluster.ports[:3]}
+    with redis.Redis(port=cluster.port) as r:
+        assert not r.exists(left)
+
+
+def test_new_entries_are_charged_what_they_take_until_counted(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Attack: new sets of 2000 members each (what coalescing makes) were charged their
+    name + 16 bytes until the keeper measured them: 4-5 MiB per primary under a 1 MiB
+    limit in one pass. Now each is charged what Redis says it takes."""
+    _load_nf(cluster, tmp_path, "bulky", 'max_memory = "256KiB"')
+    errors: list[BaseException] = []
+    members = [f"member-{j:06d}" for j in range(2000)]
+
+    async def go() -> None:
+        async with StateProxy(cluster.url, nf="bulky", on_error=lambda e, _: errors.append(e)) as p:
+            for i in range(60):  # ~20 per primary x ~100 kB each: far past 256 KiB
+                p.update("bag", f"b{i}", "add", members)
+            await p.flush()
+
+    anyio.run(go)
+    assert errors
+    assert all(isinstance(e, OverLimit) for e in errors)
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    for u in json.loads(out)["usage"]:
+        if u["nf"] == "bulky":  # up to the limit, and one entry past it at most
+            assert u["bytes"] < 256 * 1024 + 200_000, u
+
+
 def test_the_keeper_of_cluster_up_counts_on_after_the_cluster_is_locked(tmp_path: Path) -> None:
     """`cogs cluster up` starts the keeper on an open cluster; `cogs acl apply
     --admin-password` then locks it: the keeper reads the dir's auth.conf again and counts on."""
@@ -327,3 +374,18 @@ def test_the_keeper_of_cluster_up_counts_on_after_the_cluster_is_locked(tmp_path
     finally:
         lc.down()
     assert lc.keeper_pid() is None
+
+
+def test_the_keeper_finds_its_nfs_after_an_admins_flushall(cluster: LocalCluster, tmp_path: Path) -> None:
+    """FLUSHALL empties the NF index but keeps the function libraries: their NFs run on
+    and must be counted on (they were refused for good: nothing was credited again)."""
+    _load_nf(cluster, tmp_path, "flushed", "max_keys = 40")
+    for port in cluster.ports[:3]:
+        with redis.Redis(port=port) as r:
+            r.flushall()
+    code, out = _cli("keeper", "--url", cluster.url, "--once", "--json")
+    assert code == 0, out
+    assert {u["node"] for u in json.loads(out)["usage"] if u["nf"] == "flushed"} == {
+        f"127.0.0.1:{p}" for p in cluster.ports[:3]
+    }
+    assert _update_all(cluster.url, "flushed", "cnt", [f"z{i}" for i in range(60)]) == []  # ~20 per primary
