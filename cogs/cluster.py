@@ -37,6 +37,7 @@ from cogs import adminauth
 from cogs.deployment import BUS_OFFSET, CONFIG_PATH, Deployment
 from cogs.errors import ClusterError, ConfigError
 from cogs.keys import SLOTS
+from cogs.ports import port_busy
 from cogs.settings import DEFAULT_PORT
 from cogs.tls import TlsFiles, self_signed
 
@@ -328,7 +329,7 @@ class LocalCluster:
         """Start (or resume) the nodes and form the cluster; returns the seed URL."""
         assert self.dir is not None
         redis_server()
-        busy = [p for p in self.ports if not self._pid(p) and _port_busy(self.host, p)]
+        busy = [p for p in self.ports if not self._pid(p) and port_busy(self.host, p)]
         if busy:
             raise ClusterError(f"port(s) {busy} already in use by another process; pick another --port")
         self._save_meta(self.deployment)
@@ -410,7 +411,7 @@ class LocalCluster:
                 pass
         # Redis removes its pidfile just before exiting: also wait for the port to close
         deadline = time.monotonic() + 10
-        while (_alive(pid) or _port_busy(self.host, port)) and time.monotonic() < deadline:
+        while (_alive(pid) or port_busy(self.host, port)) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -546,7 +547,7 @@ class _LocalHosts:
         port = self.lc.port + i
         self.lc.stop_node(port)  # one started by a run cut off before it joined
         shutil.rmtree(self.lc.node_dir(port), ignore_errors=True)
-        if _port_busy(self.lc.host, port) or _port_busy(self.lc.host, port + BUS_OFFSET):
+        if port_busy(self.lc.host, port) or port_busy(self.lc.host, port + BUS_OFFSET):
             raise ClusterError(f"port {port} (or its bus port) is taken by another process: cannot add node{i + 1}")
         write_acl(self.lc.node_dir(port), acl)
         self.lc.start_node(port)
@@ -587,44 +588,3 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return True
-
-
-def _port_busy(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def free_port_base(n: int, start: int = 20000, stop: int = 40000, host: str = "127.0.0.1", *, bus: bool = True) -> int:
-    """A port p such that p..p+n-1 (and, for Redis nodes, their cluster bus ports
-    +10000) are all free, below the kernel's ephemeral range when the span allows: a
-    port free now could otherwise become some client connection's source port before
-    the node binds it."""
-    import random
-
-    top = _ephemeral_low() - (10000 if bus else 0)
-    if top - n > start:
-        stop = min(stop, top)
-    rng = random.SystemRandom()  # two calls in a row (one process, one second) differ
-    for _ in range(200):
-        base = rng.randrange(start, stop - n)
-        ports = [base + i for i in range(n)] + ([base + 10000 + i for i in range(n)] if bus else [])
-        if not any(_port_busy(host, p) or not _bindable(host, p) for p in ports):
-            return base
-    raise ClusterError(f"no {n} free consecutive ports found in {start}-{stop}")
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -70,7 +70,8 @@ UP = r"""
 import sys
 from pathlib import Path
 import anyio
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
+from cogs.ports import free_port_base
 from cogs.coordinator.client import Coordinator
 from cogs.catalog import Catalog
 try:

@@ -33,10 +33,11 @@ from ab_trigger import WORKER  # the same worker as the A/B of the hot path (scr
 from cogs.benchmarks.cpu import proc_cpu
 from cogs.benchmarks.harness import Calibration, environment, stat
 from cogs.catalog import Catalog
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.keeper import Keeper, summary
 from cogs.paths import DEFAULT_CATALOG
+from cogs.ports import free_port_base
 
 LIMITS = {
     "free": "",

@@ -22,8 +22,9 @@ import redis
 
 from cogs import runtime
 from cogs.catalog import Catalog
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
+from cogs.ports import free_port_base
 from tests.helpers import make_catalog
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"

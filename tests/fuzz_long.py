@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from cogs.cluster import free_port_base
+from cogs.ports import free_port_base
 from tests import fuzz_cases
 from tests.helpers import LuaHarness, fake_harness
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from cogs import runtime
 from cogs.catalog import Catalog
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CatalogMismatch
+from cogs.ports import free_port_base
 
 Progress = Callable[[str], None]
 RESULTS_DIR = Path("bench") / "results"

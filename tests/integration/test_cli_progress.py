@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cogs.cluster import free_port_base
+from cogs.ports import free_port_base
 from tests.conftest import Standalone, load_default_catalog
 
 

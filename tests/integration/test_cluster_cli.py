@@ -14,12 +14,13 @@ import redis
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import LocalCluster, _alive, free_port_base
+from cogs.cluster import LocalCluster, _alive
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Op, StateTable
 from cogs.deployment import CONFIG_PATH
 from cogs.errors import ClusterError
 from cogs.keys import escape, slot
+from cogs.ports import free_port_base
 from cogs.protocol import Mode
 from tests.conftest import Standalone
 

@@ -29,8 +29,9 @@ import anyio
 import pytest
 import redis
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.errors import BadDelta, BadKey, CogsError, DeliveryTimeout, Oversize
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from tests.conftest import _load

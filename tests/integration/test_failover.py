@@ -21,9 +21,10 @@ import anyio
 import pytest
 import redis
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import Op, StateTable
+from cogs.ports import free_port_base
 from cogs.protocol import Mode
 from cogs.proxy import StateProxy
 from tests.conftest import load_default_catalog

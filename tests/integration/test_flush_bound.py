@@ -19,9 +19,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.errors import DeliveryTimeout
 from cogs.keys import escape, slot
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from tests.conftest import _load

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.lab import Lab, lab_tag, teardown
 from cogs.lab.netns import ETC_NETNS, missing_privileges, namespaces
+from cogs.ports import free_port_base
 from tests.conftest import load_default_catalog
 
 pytestmark = [

@@ -23,7 +23,8 @@ from click.testing import CliRunner
 
 from cogs import adminauth
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
+from cogs.ports import free_port_base
 from cogs.proxy import MISS, StateProxy
 from tests.conftest import _load
 from tests.helpers import TEST_CATALOG, eventually, make_catalog

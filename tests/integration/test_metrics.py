@@ -18,12 +18,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.errors import ConfigError
 from cogs.keys import proxy_key, slot
 from cogs.library import library_spec
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 
 pytestmark = pytest.mark.anyio

@@ -21,12 +21,13 @@ from rich.console import Console
 from cogs.alerts import Alert
 from cogs.catalog import Catalog
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.keys import PROXY_INDEX, proxy_key, slot
 from cogs.monitor import Snapshot, watch
 from cogs.monitor.render import render
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from tests.conftest import _load

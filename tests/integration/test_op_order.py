@@ -25,9 +25,10 @@ from typing import Any
 import anyio
 import pytest
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.errors import CogsError
 from cogs.keys import escape, slot
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.reshard import Admin, Mover
 from tests.conftest import _load

@@ -19,13 +19,14 @@ import anyio
 import pytest
 import redis
 
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.frames import runs
 from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import alert_stream, slot
 from cogs.lab import Lab, lab_tag, scale_lab
 from cogs.lab.netns import missing_privileges, namespaces
+from cogs.ports import free_port_base
 from cogs.protocol import Mode
 from tests.conftest import _load
 from tests.helpers import TEST_CATALOG, LuaHarness, make_catalog

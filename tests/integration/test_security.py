@@ -15,11 +15,12 @@ from click.testing import CliRunner
 
 from cogs.alerts import read_alerts
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.coordinator.ops import StateTable
 from cogs.errors import CogsError
 from cogs.nf.nat_table import NatTable
+from cogs.ports import free_port_base
 from cogs.proxy import MISS, StateProxy
 from cogs.settings import load_settings
 from tests.conftest import Standalone, load_default_catalog

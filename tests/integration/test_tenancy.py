@@ -19,11 +19,12 @@ import redis
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.errors import CogsError, OverLimit
 from cogs.keys import NF_INDEX, slot
 from cogs.monitor.collect import Snapshot
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from tests.conftest import _load

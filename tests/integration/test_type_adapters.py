@@ -10,9 +10,10 @@ import pytest
 
 from cogs import TypeAdapter, register_type_adapter, values
 from cogs.catalog import Catalog
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.library import library_spec
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from cogs.values import type_adapter

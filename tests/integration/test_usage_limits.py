@@ -16,10 +16,11 @@ import redis
 from click.testing import CliRunner
 
 from cogs.cli import main
-from cogs.cluster import LocalCluster, free_port_base
+from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.errors import OverLimit
 from cogs.keys import namespace
+from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
 from tests.conftest import _load

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cogs.cluster import free_port_base
+from cogs.ports import free_port_base
 from tests.compose_run import ComposeNodes
 
 ROOT = Path(__file__).resolve().parents[2]

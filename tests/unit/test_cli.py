@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import cogs
 from cogs.cli import main
-from cogs.cluster import free_port_base
+from cogs.ports import free_port_base
 
 
 def _run(*args: str) -> tuple[int, str]:

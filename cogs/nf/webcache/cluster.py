@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 
 from cogs import runtime
-from cogs.cluster import free_port_base
 from cogs.errors import CogsError
 from cogs.nf.webcache.http import HttpServer
 from cogs.nf.webcache.node import CacheNode, NodeConfig
 from cogs.nf.webcache.origin import Origin
+from cogs.ports import free_port_base
 
 
 @dataclass
