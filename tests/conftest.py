@@ -25,9 +25,14 @@ from cogs.catalog import Catalog
 from cogs.cluster import LocalCluster
 from cogs.coordinator.client import Coordinator
 from cogs.ports import free_port_base
+from tests import parallel
 from tests.helpers import make_catalog
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    parallel.register(config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
