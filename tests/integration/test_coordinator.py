@@ -146,8 +146,9 @@ async def test_many_ops_concurrently_from_one_process(cluster: LocalCluster) -> 
 
 
 async def test_moved_gives_up_with_clear_error_when_topology_lies(cluster: LocalCluster) -> None:
-    """If re-reading the slot map never helps, the op fails with MOVED, not a hang."""
-    async with Coordinator(url=cluster.url) as co:
+    """If re-reading the slot map never helps, the op fails with MOVED, not a hang (after
+    the reroute bound: 2 s here, the default 30 s only made the test wait)."""
+    async with Coordinator(url=cluster.url, reroute_timeout_s=2.0) as co:
         table = await StateTable.open(co)
         assert co.topology is not None
         key = next(k for k in (f"l{i}" for i in range(100)) if co.topology.node_of(slot(k)) == 0)
@@ -161,3 +162,4 @@ async def test_moved_gives_up_with_clear_error_when_topology_lies(cluster: Local
         co.refresh = wrong_refresh  # type: ignore[method-assign,assignment]
         [res] = await table.execute([Op(Mode.UPDATE, "cnt", key, "add", 1)])
         assert isinstance(res, Moved)
+        assert "kept refusing it for 2 s" in str(res)  # given up at the bound set, not another
