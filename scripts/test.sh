@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 COGS_BOOTSTRAP_TESTS=1 source scripts/bootstrap.sh
 set +e
-.venv/bin/python -m pytest -n "${COGS_TEST_WORKERS:-4}" --dist loadgroup "$@"
+.venv/bin/python -m pytest -n "${COGS_TEST_WORKERS:-4}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -1,8 +1,9 @@
-"""How the suite runs on several workers (pytest-xdist, ``scripts/test.sh``).
+"""How the suite runs on several workers (pytest-xdist ``--dist loadfile``, ``scripts/test.sh``).
 
-* A unit of work is a test file, so a module's fixtures (its own cluster) start once,
-  and its tests run in their written order; every test marked ``lab`` is one unit, as
-  the lab's tests must not meet one another (hosts, switches, nftables).
+* A unit of work is a test file, so a module's fixtures (its own cluster) start once
+  and its tests run in their written order; the lab's test files (named ``*lab.py``)
+  are one unit together, so lab tests never run at once (a marked one elsewhere
+  fails). The unit is told from the test's id alone: the scheduler sees nothing else.
 * Units expected to take longest go first (``slow`` tests weigh more), so no long unit
   starts last and keeps one worker busy alone at the end.
 * Each worker picks free ports from a share of its own (COGS_PORT_SHARE, cogs/ports.py):
@@ -12,12 +13,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import PurePosixPath
 
 import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadScopeScheduling
 
-LAB_GROUP = "lab"
+LAB_UNIT = "lab"
 SLOW_WEIGHT = 30  # a slow test counts as this many quick ones
 
 
@@ -28,46 +30,46 @@ def configure_worker() -> None:
         os.environ["COGS_PORT_SHARE"] = f"{int(worker.removeprefix('gw'))}/{os.environ['PYTEST_XDIST_WORKER_COUNT']}"
 
 
-def unit_of(item: pytest.Item) -> str:
-    return LAB_GROUP if item.get_closest_marker("lab") else item.nodeid.split("::", 1)[0]
+def unit_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return LAB_UNIT if PurePosixPath(path).stem.endswith("lab") else path
 
 
-def group_and_order(items: list[pytest.Item]) -> None:
-    """Lab tests into one xdist group; units heaviest first (each unit's tests in order)."""
+def order(items: list[pytest.Item]) -> None:
+    """Units heaviest first, each unit's tests in their order."""
     weight: dict[str, int] = {}
     first: dict[str, int] = {}
     for i, item in enumerate(items):
-        if item.get_closest_marker("lab"):
-            item.add_marker(pytest.mark.xdist_group(LAB_GROUP))
-        u = unit_of(item)
+        u = unit_of(item.nodeid)
         weight[u] = weight.get(u, 0) + (SLOW_WEIGHT if item.get_closest_marker("slow") else 1)
         first.setdefault(u, i)
-    order = {id(item): (-weight[unit_of(item)], first[unit_of(item)], i) for i, item in enumerate(items)}
-    items.sort(key=lambda item: order[id(item)])
+    key = {id(item): (-weight[unit_of(item.nodeid)], first[unit_of(item.nodeid)], i) for i, item in enumerate(items)}
+    items.sort(key=lambda item: key[id(item)])
 
 
 class FileScheduling(LoadScopeScheduling):
-    """loadgroup's scheduling with a file as the unit of every test outside a group, in
-    collection order (``group_and_order``'s), not reordered by test count."""
+    """loadfile's scheduling with the lab's files as one unit, units in collection order
+    (``order``'s), not reordered by their number of tests."""
 
     def __init__(self, config: pytest.Config, log: Producer | None = None) -> None:
         config.option.loadscopereorder = False
         super().__init__(config, log)
 
     def _split_scope(self, nodeid: str) -> str:
-        if nodeid.rfind("@") > nodeid.rfind("]"):  # a group (an '@' in a parameter is not)
-            return nodeid.rsplit("@", 1)[-1]
-        return nodeid.split("::", 1)[0]
+        return unit_of(nodeid)
 
 
 class Plugin:
-    @pytest.hookimpl(tryfirst=True)  # before xdist names grouped tests' ids after the group
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.get_closest_marker("lab") and unit_of(item.nodeid) != LAB_UNIT:
+            pytest.fail(f"{item.nodeid} is marked lab: lab tests live in files named *lab.py (tests/parallel.py)")
+
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         if os.environ.get("PYTEST_XDIST_WORKER"):  # a plain run keeps the written order
-            group_and_order(items)
+            order(items)
 
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Producer) -> LoadScopeScheduling | None:
-        return FileScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+        return FileScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def register(config: pytest.Config) -> None:
