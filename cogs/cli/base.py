@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -97,26 +98,37 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
         sys.exit(130)
 
 
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def hold_stop_signals() -> None:
+    """Hold SIGINT/SIGTERM until ``_until_signal`` has its handlers in place: a command
+    that serves (a port) before its event loop runs would otherwise be killed by a
+    SIGTERM that came in between, instead of stopping cleanly (exit 0)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 async def _until_signal(fn: Callable[[], Awaitable[Any]]) -> bool:
     """Run ``fn`` until it returns or SIGINT/SIGTERM comes; True if a signal ended it.
     A cancel scope, not asyncio's one-shot task cancel: a library that swallows one
     cancellation (a redis connect under way) is cancelled again at its next await."""
-    import signal
-
     import anyio
+    import anyio.abc
 
     stopped = False
     async with anyio.create_task_group() as tg:
 
-        async def on_signal() -> None:
+        async def on_signal(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             nonlocal stopped
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
                 async for _ in signals:
                     stopped = True
                     tg.cancel_scope.cancel()
                     return
 
-        tg.start_soon(on_signal)
+        await tg.start(on_signal)  # the handlers are in place before fn runs
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since hold_stop_signals() comes now
         await fn()
         tg.cancel_scope.cancel()
     return stopped

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cogs.cli.base import _progress, _until_signal, main, run, url_option
+from cogs.cli.base import _progress, _until_signal, hold_stop_signals, main, run, url_option
 from cogs.settings import load_settings
 
 
@@ -36,6 +36,7 @@ def exporter_cmd(url: str | None, nfs: tuple[str, ...], port: int, host: str, in
     settings = load_settings(url=url)
     shown = [namespace(nf).nf for nf in nfs] or None  # a bad name: exit 2 now
     view = CoordinatorView()
+    hold_stop_signals()  # it serves from here on: a SIGTERM before the loop runs still stops it cleanly
     with MetricsServer(registry(view), host, port, {"/targets": lambda: targets(view)}) as server:
         _progress(f"serving {settings.url}'s metrics on {server.url} (every {interval:g} s; Ctrl-C stops)")
         _progress(f"proxies serving metrics, for Prometheus' http_sd_configs: http://{server.address}/targets")
