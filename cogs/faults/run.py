@@ -46,8 +46,9 @@ THRESHOLD = int(Catalog.from_file(CATALOG).get(COUNT).params["threshold"])
 #: 0.5 s margin is for what the proof does not cover: a discard that reaches a proxy only
 #: over the cluster bus while a key's primary changes and the proxy has not seen it yet.
 STALENESS_BOUND_S = DEAD_AFTER + 0.5
-STATS = ("cache_hits", "cache_drops", "discards", "outages", "longest_pause_s", "resent_batches", "lost_batches",
-         "lost_ops", "overdue_batches", "errors", "backpressure", "lease_lost", "stale_locators")  # fmt: skip
+STATS = ("cache_hits", "cache_drops", "discard_links_lost", "discards", "outages", "longest_pause_s",
+         "resent_batches", "lost_batches", "lost_ops", "overdue_batches", "errors", "backpressure", "lease_lost",
+         "stale_locators")  # fmt: skip
 Progress = Callable[[str], None]
 
 

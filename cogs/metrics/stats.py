@@ -36,7 +36,7 @@ COUNTERS = frozenset(
         "resent_batches", "outages", "evicted", "stale_locators", "indirect_local_hits", "remote_ops",
         "locator_lookups", "peer_served", "collapsed_reads", "gaps", "lost_batches", "lost_ops", "overdue_batches",
         "callback_errors", "lease_checks", "lease_lost", "bad_discards",
-        "cache_releases",
+        "cache_releases", "discard_links_lost",
     }
 )  # fmt: skip
 _FIELD = re.compile(r"^\s*(\w+)\s*:")

@@ -53,6 +53,9 @@ class CacheStatistics:
     #: whole-cache drops because a node dropped this id's holder entries (a process
     #: started with the same id, or the id was released as dead)
     cache_releases: int
+    #: times the discard link was lost (nothing cached could be trusted from then on,
+    #: whether or not anything was cached: cache_drops counts only drops of entries)
+    discard_links_lost: int
 
 
 class ReplicaCache:
@@ -67,6 +70,7 @@ class ReplicaCache:
         self.fresh_until = 0.0
         self.hits = self.misses = self.discards = self.drops = self.expired = self.bad_discards = 0
         self.released = 0
+        self.links_lost = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,7 +78,7 @@ class ReplicaCache:
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
             self.hits, self.misses, len(self._entries), self.discards, self.drops, self.expired, self.bad_discards,
-            self.released,
+            self.released, self.links_lost,
         )  # fmt: skip
 
     def get(self, k: tuple[int, str]) -> Any:

@@ -186,6 +186,7 @@ class DiscardLink:
         self.cache.fresh_until = 0.0
         self.cache.drop_all()
         if was:
+            self.cache.links_lost += 1
             log.warning("discard link lost (%s): replicas dropped", cause, extra=fields(proxy=self.proxy_id))
 
     async def _listen(self, pubsub: Any, i: int) -> None:

@@ -103,6 +103,7 @@ class ProxyStatistics:
     expired_reads: int
     bad_discards: int
     cache_releases: int
+    discard_links_lost: int
     # -- request table (RequestStatistics)
     pending_packets: int
     callback_errors: int
