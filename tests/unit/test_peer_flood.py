@@ -44,19 +44,25 @@ async def _flooded(server: PeerServer, least: int) -> None:
             await anyio.sleep(0.05)
 
 
+async def _under_flood(server: PeerServer, addr: str, *, sources: int) -> tuple[int, list[str]]:
+    """Reads through a flood of 2 processes from ``sources`` addresses (once 2000 flood
+    connections came), until 5000 more did; the flooders and the server end after."""
+    procs = flooders(int(addr.rpartition(":")[2]), procs=2, sources=sources, seconds=60)
+    try:
+        await _flooded(server, 2000)
+        return await _read_through_flood(server, addr, 5000)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()  # closes its pipe too
+        await server.aclose()
+
+
 def test_a_connection_flood_from_one_address_starves_no_peer() -> None:
     async def go() -> None:
         server = PeerServer("owner", b"k", handler, lambda _s: 1 << 20)
         addr = await server.start()
-        procs = flooders(int(addr.rpartition(":")[2]), procs=2, sources=1, seconds=60)
-        try:
-            await _flooded(server, 2000)
-            reads, failures = await _read_through_flood(server, addr, 5000)
-        finally:
-            for p in procs:
-                p.kill()
-                p.communicate()  # closes its pipe too
-            await server.aclose()
+        reads, failures = await _under_flood(server, addr, sources=1)
         assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
         assert server.gate.refused_source >= 5000  # reset at accept, before any handshake work
         assert server.gate.refused_strangers == 0  # one source never drains the shared rate
@@ -76,15 +82,7 @@ def test_a_flood_from_many_addresses_starves_no_known_peer() -> None:
         client = PeerClient("reader", b"k", timeout=2)
         assert await client.request(addr, "get", "s", "k") == (1, b"body")  # 127.0.0.1 is known now
         await client.aclose()
-        procs = flooders(int(addr.rpartition(":")[2]), procs=2, sources=8, seconds=60)
-        try:
-            await _flooded(server, 2000)
-            reads, failures = await _read_through_flood(server, addr, 5000)
-        finally:
-            for p in procs:
-                p.kill()
-                p.communicate()  # closes its pipe too
-            await server.aclose()
+        reads, failures = await _under_flood(server, addr, sources=8)
         assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
         # each address under its own rate (a refused one keeps its token): the shared one refuses
         assert server.gate.refused_strangers >= 5000
