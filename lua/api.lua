@@ -387,7 +387,7 @@ do
         return x and x == x and x > -math.huge and x < math.huge and x
     end
 
-    local function bucket_read(tag)
+    local function bucket_read(tag, now)
         local key = LIMIT_PREFIX .. tag
         local ok, got = pcall_(R, 'HMGET', key, 't', 'b')
         if not ok then
@@ -395,7 +395,6 @@ do
             R('DEL', key)
             got = {}
         end
-        local now = now_ms()
         local t, b = finite(tonumber(got[1])), finite(tonumber(got[2]))
         if not t or not b then
             b = LIMIT_OPS_PER_S
@@ -538,9 +537,10 @@ do
         end
         local session, seq, rec, bk, use = args[5], args[6], nil, nil, nil
         if LIMITED then
-            local ok, tag = pcall_(node_tag, now_ms())
+            local now = now_ms() -- one TIME per batch: the slot map's age and the bucket's refill
+            local ok, tag = pcall_(node_tag, now)
             if ok and LIMIT_OPS_PER_S > 0 then
-                ok, bk = pcall_(bucket_read, tag)
+                ok, bk = pcall_(bucket_read, tag, now)
                 tag = ok and tag or bk
             end
             if ok and USAGE_LIMITED then

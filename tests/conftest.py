@@ -58,13 +58,19 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Iterator[LocalCluster]:
     """A 3-primary Redis Cluster running the cogs library with the test catalog."""
-    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path_factory.mktemp("cluster"))
+    with serving(LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path_factory.mktemp("cluster")), catalog) as lc:
+        yield lc
+
+
+@contextlib.contextmanager
+def serving(lc: LocalCluster, catalog: Catalog | None = None, *, purge: bool = False) -> Iterator[LocalCluster]:
+    """``lc`` up with the cogs library and ``catalog`` (the test catalog) loaded, down after."""
     lc.up()
     try:
-        anyio.run(_load, lc.url, catalog)
+        anyio.run(_load, lc.url, catalog or make_catalog())
         yield lc
     finally:
-        lc.down()
+        lc.down(purge=purge)
 
 
 async def _load(url: str, catalog: Catalog) -> None:

@@ -34,7 +34,7 @@ from cogs.errors import BadDelta, BadKey, CogsError, DeliveryTimeout, Oversize
 from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
-from tests.conftest import _load
+from tests.conftest import _load, serving
 from tests.helpers import make_catalog
 
 pytestmark = pytest.mark.anyio
@@ -42,13 +42,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    lc = LocalCluster(port=free_port_base(6), masters=3, replicas=1, dir=tmp_path_factory.mktemp("delivery"))
-    lc.up()
-    try:
-        anyio.run(_load, lc.url, make_catalog())
+    with serving(LocalCluster(port=free_port_base(6), masters=3, replicas=1, dir=tmp_path_factory.mktemp("delivery"))) as lc:
         yield lc
-    finally:
-        lc.down()
 
 
 def _kill_connections(lc: LocalCluster) -> int:

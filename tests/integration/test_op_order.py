@@ -32,19 +32,13 @@ from cogs.keys import escape, slot
 from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.reshard import Admin, Member, Mover
-from tests.conftest import _load
-from tests.helpers import make_catalog
+from tests.conftest import serving
 
 
 @pytest.fixture
 def movable(tmp_path: Path) -> Iterator[LocalCluster]:
-    lc = LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c")
-    lc.up()
-    try:
-        anyio.run(_load, lc.url, make_catalog())
+    with serving(LocalCluster(port=free_port_base(3), masters=3, dir=tmp_path / "c"), purge=True) as lc:
         yield lc
-    finally:
-        lc.down(purge=True)
 
 
 def _sequential(ops: list[tuple[str, str, str]]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from cogs.coordinator.ops import Op, StateTable
 from cogs.keys import alert_stream, slot
 from cogs.ports import free_port_base
 from cogs.protocol import Mode
-from tests.conftest import _load
+from tests.conftest import serving
 from tests.helpers import LuaHarness, make_catalog
 
 PROXIES = 3
@@ -35,13 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def elastic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    lc = LocalCluster(port=free_port_base(6), masters=3, dir=tmp_path_factory.mktemp("elastic"))
-    lc.up()
-    try:
-        anyio.run(_load, lc.url, make_catalog())
+    with serving(LocalCluster(port=free_port_base(6), masters=3, dir=tmp_path_factory.mktemp("elastic"))) as lc:
         yield lc
-    finally:
-        lc.down()
 
 
 def _myid(r: redis.Redis) -> str:

@@ -23,8 +23,7 @@ from cogs.keys import namespace
 from cogs.ports import free_port_base
 from cogs.proxy import StateProxy
 from cogs.settings import load_settings
-from tests.conftest import _load
-from tests.helpers import make_catalog
+from tests.conftest import serving
 
 CATALOG = """
 [states.cnt]
@@ -51,14 +50,8 @@ def _cli(*args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    d = tmp_path_factory.mktemp("usage")
-    lc = LocalCluster(port=free_port_base(4), masters=3, dir=d / "cluster")
-    lc.up()
-    try:
-        anyio.run(_load, lc.url, make_catalog())
+    with serving(LocalCluster(port=free_port_base(4), masters=3, dir=tmp_path_factory.mktemp("usage") / "cluster")) as lc:
         yield lc
-    finally:
-        lc.down()
 
 
 def _load_nf(lc: LocalCluster, tmp: Path, nf: str, limits: str) -> None:
